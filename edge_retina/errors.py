@@ -1,0 +1,55 @@
+"""Exception types shared by the runtime, the CLI and the host tools.
+
+Every error a user can trigger carries a message that names what went wrong and, where there is
+one, what to do about it; the CLI prints the message, never a traceback.
+"""
+from __future__ import annotations
+
+
+class EdgeRetinaError(Exception):
+    """Base class of every error edge-retina raises on purpose."""
+
+
+class ImageError(EdgeRetinaError):
+    """An input image could not be turned into a model tensor.
+
+    ``code`` is a stable machine-readable reason (it goes into CSV/JSON results); the message is for
+    people.
+    """
+
+    #: Stable reason codes, documented in README ("Bad input").
+    CODES = (
+        "not_found",        # the path does not exist
+        "not_a_file",       # a directory or special file where an image was expected
+        "empty_file",       # zero bytes
+        "not_an_image",     # no known image signature
+        "unsupported",      # an image format or pixel layout we do not accept
+        "corrupt",          # the decoder failed or the data is truncated
+        "too_large",        # above the documented pixel limit (decompression-bomb guard)
+        "too_small",        # below the documented minimum side
+    )
+
+    def __init__(self, code: str, message: str):
+        if code not in self.CODES:
+            raise ValueError(f"unknown ImageError code {code!r}")
+        super().__init__(message)
+        self.code = code
+
+
+class BundleError(EdgeRetinaError):
+    """A bundle is missing, malformed, or fails verification (a file's sha256, the schema...)."""
+
+
+class BackendError(EdgeRetinaError):
+    """An inference backend is unavailable or failed to load or run an engine."""
+
+
+class MissingExtraError(EdgeRetinaError):
+    """A host-only feature was used without the optional dependencies it needs."""
+
+    def __init__(self, feature: str, extra: str, missing: str):
+        super().__init__(
+            f"{feature} needs the '{extra}' extra ({missing} is not installed): "
+            f"pip install 'edge-retina[{extra}]'"
+        )
+        self.extra = extra

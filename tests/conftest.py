@@ -1,0 +1,35 @@
+"""Shared fixtures: real fundus photographs, the shared datasets, temporary images."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared/datasets beside the checkout (CI always has it); EDGE_RETINA_DATASETS overrides.
+SHARED_DATASETS = Path(os.environ.get("EDGE_RETINA_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    if not (SHARED_DATASETS / "README.md").is_file():
+        pytest.skip(f"real fundus datasets not found at {SHARED_DATASETS} (set EDGE_RETINA_DATASETS)")
+    return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def retina_rgb() -> np.ndarray:
+    """A real 1411x1411 colour fundus photograph (scikit-image, CC0), RGB uint8."""
+    skimage_data = pytest.importorskip("skimage.data")
+    return skimage_data.retina()
+
+
+@pytest.fixture(scope="session")
+def retina_jpeg(tmp_path_factory, retina_rgb) -> Path:
+    import cv2
+
+    path = tmp_path_factory.mktemp("retina") / "retina.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(retina_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return path
