@@ -33,3 +33,17 @@ def retina_jpeg(tmp_path_factory, retina_rgb) -> Path:
     path = tmp_path_factory.mktemp("retina") / "retina.jpg"
     cv2.imwrite(str(path), cv2.cvtColor(retina_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """Directory bundle (ONNX Runtime + OpenVINO FP32) of a small random encoder: mechanics only."""
+    from tiny_bundle import build_tiny_bundle
+
+    root = tmp_path_factory.mktemp("tiny-bundle")
+    return build_tiny_bundle(root / "bundle", archive=root / "bundle.erb.tar")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_archive(tiny_bundle) -> Path:
+    return tiny_bundle.parent / "bundle.erb.tar"

@@ -1,0 +1,149 @@
+"""Assemble a bundle from an image encoder, its input spec and its embedded prompt table (host side).
+
+This is the FP32 path: export the encoder to ONNX, write the engines each requested backend loads
+(ONNX Runtime takes the ONNX file; OpenVINO gets an FP32 IR), embed the prompts with the teacher's
+text tower, and write a verified bundle (directory, optionally also packed as one archive).
+"""
+from __future__ import annotations
+
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from edge_retina.bundle import ConditionEntry, EngineEntry, Manifest, pack_bundle, write_bundle
+from edge_retina.bundle.manifest import ModelInfo, PromptsEntry, Provenance, StudentInfo
+from edge_retina.preprocess.spec import InputSpec
+from edge_retina.prompts import PromptTable
+
+from .export.onnx_fp32 import export_onnx
+from .export.openvino_ir import onnx_to_openvino_ir
+from .prompts import DEFAULT_PROMPT_FILE, Condition, load_prompt_file, normal_class
+from .teachers import Teacher
+
+DEFAULT_THRESHOLD = 0.5
+FP32_BACKENDS = ("onnxruntime", "openvino")
+
+
+@dataclass
+class BundleRecipe:
+    """Everything a bundle is made from."""
+
+    encoder: torch.nn.Module
+    input_spec: InputSpec
+    embed_texts: Callable[[list[str]], np.ndarray]  # texts -> (n, D) embeddings, host-side text tower
+    conditions: Sequence[Condition]  # from a prompt file; exactly one is the normal class
+    ensembling: str
+    logit_scale: float
+    family: str
+    name: str
+    teacher_checkpoint_sha256: str
+    thresholds: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (threshold, source)
+    role: str = "teacher"
+    student: StudentInfo | None = None
+
+    @classmethod
+    def from_teacher(cls, teacher: Teacher, prompt_file: Path = DEFAULT_PROMPT_FILE) -> "BundleRecipe":
+        """A teacher-only bundle: its image encoder, preprocessing, prompts embedded by its text tower."""
+        return cls(
+            encoder=teacher.image_encoder,
+            input_spec=teacher.input_spec,
+            embed_texts=teacher.embed_texts,
+            conditions=load_prompt_file(prompt_file),
+            ensembling=teacher.ensembling,
+            logit_scale=teacher.logit_scale,
+            family=teacher.family,
+            name=teacher.name,
+            teacher_checkpoint_sha256=teacher.checkpoint_sha256,
+        )
+
+
+def toolchain_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import openvino
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino.get_version(),
+    }
+
+
+def build_prompt_table(recipe: BundleRecipe) -> PromptTable:
+    texts, index = [], []
+    for i, condition in enumerate(recipe.conditions):
+        texts.extend(condition.prompts)
+        index.extend([i] * len(condition.prompts))
+    with torch.no_grad():
+        embeddings = np.asarray(recipe.embed_texts(texts), dtype=np.float32)
+    return PromptTable(
+        [c.name for c in recipe.conditions], normal_class(list(recipe.conditions)).name, embeddings, np.asarray(index),
+        recipe.ensembling, recipe.logit_scale,
+    )
+
+
+def build_bundle(
+    recipe: BundleRecipe,
+    out_dir: Path,
+    *,
+    backends: Sequence[str] = FP32_BACKENDS,
+    archive: Path | None = None,
+    command: str | None = None,
+) -> Path:
+    """Write an FP32 bundle for ``backends`` to ``out_dir`` (and ``archive`` if given); returns ``out_dir``."""
+    unknown = set(backends) - set(FP32_BACKENDS)
+    if unknown:
+        raise ValueError(f"FP32 bundles can hold {FP32_BACKENDS} engines, not {sorted(unknown)}")
+    toolchain = toolchain_versions()
+    with tempfile.TemporaryDirectory(prefix="edge-retina-build-") as tmp:
+        work = Path(tmp)
+        onnx_path = export_onnx(recipe.encoder, recipe.input_spec.size, work / "encoder.onnx")
+        files: dict[str, Path] = {}
+        engines: list[EngineEntry] = []
+        for backend in backends:
+            stem = f"engines/{recipe.role}-{backend}-fp32"
+            if backend == "onnxruntime":
+                files[f"{stem}.onnx"] = onnx_path
+                engine_files = [f"{stem}.onnx"]
+            else:
+                xml, binary = onnx_to_openvino_ir(onnx_path, work / "openvino" / "model.xml")
+                files[f"{stem}.xml"], files[f"{stem}.bin"] = xml, binary
+                engine_files = [f"{stem}.xml", f"{stem}.bin"]
+            engines.append(EngineEntry(
+                backend=backend, precision="fp32", role=recipe.role, files=engine_files,
+                device_profile=None, toolchain=toolchain, calibration=None,
+            ))
+
+        table = build_prompt_table(recipe)
+        table.save(work / "prompts.npz")
+        files["prompts.npz"] = work / "prompts.npz"
+        conditions = []
+        for c in recipe.conditions:
+            threshold, source = recipe.thresholds.get(c.name, (DEFAULT_THRESHOLD, "default"))
+            conditions.append(ConditionEntry(
+                name=c.name, label=c.label, prompts=c.prompts,
+                threshold=None if c.name == table.normal_class else threshold,
+                threshold_source="normal class: never referred" if c.name == table.normal_class else source,
+            ))
+        manifest = Manifest(
+            model=ModelInfo(family=recipe.family, name=recipe.name,
+                            teacher_checkpoint_sha256=recipe.teacher_checkpoint_sha256,
+                            embedding_dim=table.embedding_dim, student=recipe.student),
+            input=recipe.input_spec,
+            engines=engines,
+            prompts=PromptsEntry(conditions=conditions, normal_class=table.normal_class,
+                                 ensembling=recipe.ensembling, file="prompts.npz"),
+            logit_scale=recipe.logit_scale,
+            provenance=Provenance.for_this_run(command),
+        )
+        bundle_dir = write_bundle(out_dir, manifest, files)
+    if archive is not None:
+        pack_bundle(bundle_dir, archive)
+    return bundle_dir

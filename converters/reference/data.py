@@ -1,0 +1,172 @@
+"""Labelled fundus images from the shared datasets, their deterministic splits, and a pixel cache.
+
+Splits (train / val / test; test is never used for training or model selection):
+
+- RIM-ONE DL: its published train/test split; val is carved out of train by hash.
+- HEI-MED and eye4class: by a hash of a grouping key, so that everything sharing the key lands on
+  the same side: for eye4class the patient (``<id>_left``/``<id>_right`` are one patient; ODIR and
+  EyePACS ids are separate namespaces), else the file's sha1 (the two byte-identical eye4class
+  images share both). HEI-MED keys by the sha1 of the JPEG bytes.
+
+Images are prepared ONCE with the project's shared preprocessing (``edge_retina.preprocess``) and
+cached as uint8 arrays keyed by the input spec's hash and the record list's hash.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from converters.reference.captions import FindingClass
+from edge_retina.preprocess.spec import InputSpec
+
+SPLITS = ("train", "val", "test")
+# (val, test) fractions for hash-split datasets. HEI-MED is small (169 images, 54 with exudates):
+# a larger test share keeps its test AUROC from resting on a handful of positives.
+_HASH_FRACTIONS = {"heimed": (0.10, 0.30), "eye4class": (0.10, 0.20), "rimone": (0.15, 0.0)}
+_PATIENT_FILE = re.compile(r"^(\d+)_(left|right)\.jpe?g$", re.IGNORECASE)
+_DR_GRADE_CLASSES = {
+    0: FindingClass.NORMAL,
+    1: FindingClass.DR_MILD,
+    2: FindingClass.DR_MODERATE,
+    3: FindingClass.DR_SEVERE,
+    4: FindingClass.DR_PROLIFERATIVE,
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled image: where it is, what it shows, which split it belongs to."""
+
+    dataset: str  # heimed | rimone | eye4class
+    source: str  # original collection: heimed | rimone | odir | eyepacs
+    file: str  # relative to the dataset folder
+    finding: FindingClass
+    split: str
+    group: str  # split key: records sharing it always share a split
+
+    def path(self, root: Path) -> Path:
+        return Path(root) / self.dataset / self.file
+
+
+def _file_sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
+    # sha256 of the key spreads any key (sha1, patient id) uniformly over [0, 1).
+    u = int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / 16**12
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _heimed(root: Path) -> list[Record]:
+    val, test = _HASH_FRACTIONS["heimed"]
+    records = []
+    for row in _read_csv(root / "heimed" / "labels.csv"):
+        if row["exudate"] == "1":
+            finding = FindingClass.EXUDATES
+        elif row["healthy"] == "1":
+            finding = FindingClass.NORMAL
+        else:  # no exudate but not healthy: microaneurysms (the README's definition of healthy)
+            finding = FindingClass.DR_MILD
+        group = "sha1:" + _file_sha1(root / "heimed" / row["file"])
+        records.append(Record("heimed", "heimed", row["file"], finding, _hash_split(group, val, test), group))
+    return records
+
+
+def _rimone(root: Path) -> list[Record]:
+    val, _ = _HASH_FRACTIONS["rimone"]
+    records = []
+    for row in _read_csv(root / "rimone" / "labels.csv"):
+        if row["glaucoma"] == "1":
+            finding = FindingClass.GLAUCOMA_SUSPECT_DISC if row["suspect"] == "1" else FindingClass.GLAUCOMA_DISC
+        else:
+            finding = FindingClass.NORMAL_DISC
+        group = "sha1:" + _file_sha1(root / "rimone" / row["file"])
+        split = row["split"]
+        if split == "train":
+            split = _hash_split(group, val, 0.0)
+        elif split != "test":
+            raise ValueError(f"rimone/labels.csv: unknown split {split!r} for {row['file']}")
+        records.append(Record("rimone", "rimone", row["file"], finding, split, group))
+    return records
+
+
+def _eye4class(root: Path) -> list[Record]:
+    val, test = _HASH_FRACTIONS["eye4class"]
+    records = []
+    split_of_sha1: dict[str, str] = {}
+    for row in _read_csv(root / "eye4class" / "labels.csv"):
+        label = row["label"]
+        source = "eyepacs" if label == "diabetic_retinopathy" else "odir"
+        if label == "diabetic_retinopathy":
+            if not row["eyepacs_dr_grade"]:
+                continue  # ungraded: its folder name alone says nothing (most of the folder is grade 0)
+            finding = _DR_GRADE_CLASSES[int(row["eyepacs_dr_grade"])]
+        else:
+            finding = FindingClass(label)
+        patient = _PATIENT_FILE.match(Path(row["file"]).name)
+        group = f"{source}:{patient.group(1)}" if patient else "sha1:" + row["sha1"]
+        split = _hash_split(group, val, test)
+        # Grouping by patient already keeps byte-identical copies together; fail loudly if it ever does not.
+        if split_of_sha1.setdefault(row["sha1"], split) != split:
+            raise ValueError(f"byte-identical copies of eye4class/{row['file']} fell into different splits")
+        records.append(Record("eye4class", source, row["file"], finding, split, group))
+    return records
+
+
+def load_records(root: str | Path) -> list[Record]:
+    """All usable labelled images of the shared datasets, in a fixed order, with their split."""
+    root = Path(root)
+    return _heimed(root) + _rimone(root) + _eye4class(root)
+
+
+def split_hash(records: list[Record]) -> str:
+    """Identifies the exact split: sha256 over (dataset, file, finding, split) of every record."""
+    blob = json.dumps([[r.dataset, r.file, r.finding.value, r.split] for r in records], separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _prepare(args: tuple[str, dict]) -> np.ndarray:
+    from edge_retina.preprocess import Preprocessor
+
+    path, spec = args
+    return Preprocessor(InputSpec.from_dict(spec)).prepare(path).image
+
+
+def build_pixel_cache(
+    records: list[Record], root: str | Path, spec: InputSpec, cache_dir: str | Path, workers: int = 2
+) -> np.ndarray:
+    """(N, H, W, 3) uint8 images of ``records`` after the shared preprocessing, cached on disk."""
+    cache_dir = Path(cache_dir)
+    key = hashlib.sha256((spec.sha256() + split_hash(records)).encode()).hexdigest()[:16]
+    cache = cache_dir / f"pixels-{key}.npy"
+    if cache.is_file():
+        return np.load(cache, mmap_mode="r")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(r.path(root)), spec.to_dict()) for r in records]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        images = list(pool.map(_prepare, jobs, chunksize=32))
+    pixels = np.stack(images)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, pixels)
+    tmp.replace(cache)
+    (cache_dir / f"pixels-{key}.json").write_text(
+        json.dumps({"spec": spec.to_dict(), "records": [asdict(r) | {"finding": r.finding.value} for r in records]})
+    )
+    return pixels

@@ -1,0 +1,192 @@
+"""Zero-shot AUROC of the reference model per condition on held-out splits.
+
+Scoring rule (the one the device runtime uses): a condition's class embedding is the mean of its
+L2-normalised prompt embeddings, renormalised; logits = exp(logit_scale) * cosine; a condition's
+probability is the softmax over [condition, normal].
+
+    python -m converters.reference.evaluate --weights converters/reference/weights/reference-v1.safetensors --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from converters.prompts import DEFAULT_PROMPT_FILE, Condition, load_prompt_file, normal_class
+from converters.reference.captions import FindingClass as FC
+from converters.reference.data import Record, build_pixel_cache, load_records
+from converters.reference.model import REFERENCE_INPUT_SPEC, ImageEncoder, TextEncoder
+from edge_retina.preprocess.spec import InputSpec
+
+DEFAULT_DATASETS = Path(os.environ.get("EDGE_RETINA_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets"))
+DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "runs" / "cache"
+_REFERABLE_DR = {FC.DR_MODERATE, FC.DR_SEVERE, FC.DR_PROLIFERATIVE}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A labelled binary question for one condition: which records are positives, which negatives."""
+
+    condition: str
+    data: str  # which dataset and labels, for people
+    is_positive: Callable[[Record], bool]
+    is_negative: Callable[[Record], bool]
+
+
+TASKS = (
+    Task(
+        "diabetic_retinopathy",
+        "eye4class EyePACS sample: referable DR (grade >= 2) vs grade 0 (grade 1 left out)",
+        lambda r: r.source == "eyepacs" and r.finding in _REFERABLE_DR,
+        lambda r: r.source == "eyepacs" and r.finding == FC.NORMAL,
+    ),
+    Task(
+        "glaucoma",
+        "RIM-ONE DL optic-disc crops: glaucoma (incl. suspects) vs non-glaucoma",
+        lambda r: r.source == "rimone" and r.finding in (FC.GLAUCOMA_DISC, FC.GLAUCOMA_SUSPECT_DISC),
+        lambda r: r.source == "rimone" and r.finding == FC.NORMAL_DISC,
+    ),
+    Task(
+        "glaucoma",
+        "eye4class ODIR-5K: glaucoma vs normal",
+        lambda r: r.source == "odir" and r.finding == FC.GLAUCOMA,
+        lambda r: r.source == "odir" and r.finding == FC.NORMAL,
+    ),
+    Task(
+        "cataract",
+        "eye4class ODIR-5K: cataract vs normal",
+        lambda r: r.source == "odir" and r.finding == FC.CATARACT,
+        lambda r: r.source == "odir" and r.finding == FC.NORMAL,
+    ),
+    Task(
+        "macular_oedema",
+        "HEI-MED: exudates vs healthy (the 6 microaneurysm-only images left out)",
+        lambda r: r.source == "heimed" and r.finding == FC.EXUDATES,
+        lambda r: r.source == "heimed" and r.finding == FC.NORMAL,
+    ),
+)
+
+
+def normalise_batch(pixels: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """uint8 or [0, 255] float NHWC -> model tensor NCHW float32.
+
+    The formula of ``InputSpec`` (``(value * scale - mean) / std``), i.e. what
+    ``Preprocessor.normalise`` computes on the device; written in torch so augmented training
+    batches get it without a round trip through numpy. A test checks the two agree.
+    """
+    x = pixels.float().permute(0, 3, 1, 2) * spec.scale
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    if spec.colour_order == "BGR":
+        x = x.flip(1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def embed_images(encoder: ImageEncoder, pixels: np.ndarray, spec: InputSpec, batch_size: int = 64) -> torch.Tensor:
+    encoder.eval()
+    out = [
+        encoder(normalise_batch(torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])), spec))
+        for i in range(0, len(pixels), batch_size)
+    ]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def class_embeddings(text_model: TextEncoder, conditions: list[Condition]) -> torch.Tensor:
+    """(K, D): per condition, the renormalised mean of its normalised prompt embeddings."""
+    rows = [F.normalize(text_model(list(c.prompts)).mean(0), dim=-1) for c in conditions]
+    return torch.stack(rows)
+
+
+def condition_probabilities(
+    image_embeddings: torch.Tensor, class_emb: torch.Tensor, logit_scale: torch.Tensor, conditions: list[Condition]
+) -> dict[str, np.ndarray]:
+    """Per non-normal condition: softmax over [condition, normal] of the scaled cosines."""
+    logits = logit_scale.exp() * image_embeddings @ class_emb.T
+    normal_index = conditions.index(normal_class(conditions))
+    probs = {}
+    for k, c in enumerate(conditions):
+        if k != normal_index:
+            pair = torch.stack([logits[:, k], logits[:, normal_index]], dim=1)
+            probs[c.name] = pair.softmax(dim=1)[:, 0].numpy()
+    return probs
+
+
+def zero_shot_auroc(
+    image_embeddings: torch.Tensor,
+    records: list[Record],
+    text_model: TextEncoder,
+    logit_scale: torch.Tensor,
+    conditions: list[Condition],
+) -> list[dict]:
+    """One result row per task whose condition is in the prompt file; ``auroc`` is None without both classes."""
+    probs = condition_probabilities(image_embeddings, class_embeddings(text_model, conditions), logit_scale, conditions)
+    rows = []
+    for task in TASKS:
+        if task.condition not in probs:
+            continue
+        pos = np.array([task.is_positive(r) for r in records])
+        neg = np.array([task.is_negative(r) for r in records])
+        keep = pos | neg
+        auroc = None
+        if pos.any() and neg.any():
+            auroc = float(roc_auc_score(pos[keep], probs[task.condition][keep]))
+        rows.append({"condition": task.condition, "data": task.data, "n_pos": int(pos.sum()), "n_neg": int(neg.sum()), "auroc": auroc})
+    evaluated = {t.condition for t in TASKS}
+    for c in conditions:
+        if not c.normal and c.name not in evaluated:
+            rows.append({"condition": c.name, "data": "no labelled data", "n_pos": 0, "n_neg": 0, "auroc": None})
+    return rows
+
+
+def mean_auroc(rows: list[dict]) -> float:
+    values = [r["auroc"] for r in rows if r["auroc"] is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from converters.reference.weights import REFERENCE_WEIGHTS, load_reference
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, default=REFERENCE_WEIGHTS)
+    parser.add_argument("--prompts", type=Path, default=DEFAULT_PROMPT_FILE)
+    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(2)
+    conditions = load_prompt_file(args.prompts)
+    model = load_reference(args.weights)
+    records = load_records(args.datasets)
+    pixels = build_pixel_cache(records, args.datasets, REFERENCE_INPUT_SPEC, args.cache)
+    keep = [i for i, r in enumerate(records) if r.split == args.split]
+    embeddings = embed_images(model.image_encoder, pixels[keep], REFERENCE_INPUT_SPEC)
+    rows = zero_shot_auroc(embeddings, [records[i] for i in keep], model.text_model, model.logit_scale.detach(), conditions)
+    result = {"weights": str(args.weights), "prompts": str(args.prompts), "split": args.split, "results": rows,
+              "mean_auroc": mean_auroc(rows)}
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"zero-shot AUROC on the {args.split} split ({args.weights}):")
+        for r in rows:
+            auroc = "  n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
+            print(f"  {r['condition']:<22} {auroc}  n_pos={r['n_pos']:<4} n_neg={r['n_neg']:<4} {r['data']}")
+        print(f"  mean {result['mean_auroc']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

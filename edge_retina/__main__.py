@@ -1,0 +1,3 @@
+from edge_retina.cli.main import main
+
+main()

@@ -1,0 +1,179 @@
+"""Where TensorRT engines are cached and when a cached engine may be reused.
+
+A TensorRT engine is only valid for the GPU model and TensorRT version that built it, so engines are
+built on the device from the bundle's ONNX and cached as
+``<cache_dir>/<gpu-name-slug>_trt<version>/<onnx-sha256-prefix>.engine`` beside a JSON sidecar that
+records what the engine was built for. An engine whose sidecar does not match the local GPU,
+TensorRT version and source ONNX is never loaded: it is rebuilt. Everything here is plain Python
+(no TensorRT, no CUDA) so the rules are testable on any machine.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Hex digits of the ONNX sha256 in an engine's file name: enough to never collide in one cache.
+ONNX_SHA_PREFIX_LENGTH = 16
+ENGINE_SUFFIX = ".engine"
+SIDECAR_SUFFIX = ".json"
+TIMING_CACHE_NAME = "timing.cache"
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """What an engine is specific to: the GPU model and the TensorRT version."""
+
+    gpu_name: str
+    compute_capability: tuple[int, int]
+    tensorrt_version: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compute_capability", tuple(int(v) for v in self.compute_capability))
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/edge-retina/tensorrt`` (``~/.cache/...`` by default): bundles may be read-only."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edge-retina" / "tensorrt"
+
+
+def slugify(text: str) -> str:
+    """Lower-case, runs of anything but letters, digits and dots become one '-'.
+
+    >>> slugify("NVIDIA GeForce RTX 4090")
+    'nvidia-geforce-rtx-4090'
+    """
+    slug = re.sub(r"[^a-z0-9.]+", "-", text.strip().lower()).strip("-")
+    if not slug:
+        raise ValueError(f"cannot make a file-name slug from {text!r}")
+    return slug
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks (Q/DQ encoders are tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def target_dir(cache_dir: Path, target: EngineTarget) -> Path:
+    """The cache folder for one GPU model and TensorRT version."""
+    return Path(cache_dir) / f"{slugify(target.gpu_name)}_trt{slugify(target.tensorrt_version)}"
+
+
+def engine_path(cache_dir: Path, target: EngineTarget, onnx_sha256: str) -> Path:
+    return target_dir(cache_dir, target) / f"{onnx_sha256[:ONNX_SHA_PREFIX_LENGTH]}{ENGINE_SUFFIX}"
+
+
+def sidecar_path(engine: Path) -> Path:
+    return Path(engine).with_suffix(SIDECAR_SUFFIX)
+
+
+def timing_cache_path(cache_dir: Path, target: EngineTarget) -> Path:
+    """Kernel timings are per GPU and TensorRT version, like engines; later builds reuse them."""
+    return target_dir(cache_dir, target) / TIMING_CACHE_NAME
+
+
+def sidecar_record(target: EngineTarget, onnx_sha256: str) -> dict[str, Any]:
+    return {
+        "gpu_name": target.gpu_name,
+        "compute_capability": list(target.compute_capability),
+        "tensorrt_version": target.tensorrt_version,
+        "onnx_sha256": onnx_sha256,
+    }
+
+
+def target_mismatch(record: dict[str, Any], target: EngineTarget) -> str | None:
+    """Why an engine described by ``record`` cannot run on ``target``; None when it can."""
+    built_for = (
+        ("GPU", record.get("gpu_name"), target.gpu_name),
+        ("compute capability", tuple(record.get("compute_capability") or ()), target.compute_capability),
+        ("TensorRT version", record.get("tensorrt_version"), target.tensorrt_version),
+    )
+    for what, recorded, local in built_for:
+        if recorded != local:
+            return f"engine was built for {what} {recorded!r}, this device has {local!r}"
+    return None
+
+
+def read_sidecar(engine: Path) -> dict[str, Any]:
+    """The sidecar of ``engine``; raises ValueError when it is missing or unreadable."""
+    path = sidecar_path(engine)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"no sidecar {path.name} beside the engine") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"sidecar {path.name} is unreadable: {exc}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"sidecar {path.name} is not a JSON object")
+    return record
+
+
+def engine_mismatch(engine: Path, target: EngineTarget, onnx_sha256: str) -> str | None:
+    """Why the cached ``engine`` must not be loaded for this ONNX on this device; None when it may."""
+    if not Path(engine).is_file():
+        return "no cached engine yet"
+    try:
+        record = read_sidecar(engine)
+    except ValueError as exc:
+        return str(exc)
+    if record.get("onnx_sha256") != onnx_sha256:
+        return "engine was built from a different ONNX file"
+    return target_mismatch(record, target)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # A half-written engine must never sit at the final path: write a temp file, then rename.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def store_engine(engine: Path, engine_bytes: bytes, target: EngineTarget, onnx_sha256: str) -> None:
+    """Save an engine and then its sidecar; the sidecar goes last so a crash leaves no valid pair."""
+    sidecar_path(engine).unlink(missing_ok=True)
+    _write_atomically(engine, engine_bytes)
+    record = json.dumps(sidecar_record(target, onnx_sha256), indent=2, sort_keys=True) + "\n"
+    _write_atomically(sidecar_path(engine), record.encode())
+
+
+def store_timing_cache(path: Path, data: bytes) -> None:
+    _write_atomically(path, data)
+
+
+def ensure_engine(
+    onnx_path: Path, cache_dir: Path, target: EngineTarget, build: Callable[[Path], bytes]
+) -> Path:
+    """Path of an engine for ``onnx_path`` valid on ``target``, building it with ``build`` if needed.
+
+    ``build`` gets the ONNX path and returns the serialized engine. Why an engine is (re)built is
+    logged: a first build is routine, a rejected cached engine is worth a warning.
+    """
+    onnx_sha256 = file_sha256(onnx_path)
+    engine = engine_path(cache_dir, target, onnx_sha256)
+    reason = engine_mismatch(engine, target, onnx_sha256)
+    if reason is None:
+        return engine
+    log = logger.warning if engine.exists() else logger.info
+    log("building TensorRT engine %s from %s: %s", engine, onnx_path, reason)
+    store_engine(engine, build(onnx_path), target, onnx_sha256)
+    return engine

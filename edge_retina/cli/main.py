@@ -1,0 +1,72 @@
+"""The ``edge-retina`` command: a thin layer over the library API.
+
+Device commands (screen, bundle) load eagerly-light runtime modules. Host commands (demo, convert...)
+live in the host packages and are imported only when invoked, so the runtime never imports them and a
+device install without the ``convert`` extra gets a one-line "install the extra" message instead of a
+traceback.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from edge_retina import __version__
+from edge_retina.errors import EdgeRetinaError
+
+# name -> ("module:attribute", extra that module needs, or None for the runtime)
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "screen": ("edge_retina.cli.screen:screen", None),
+    "bundle": ("edge_retina.cli.bundle:bundle", None),
+    "demo": ("converters.cli:demo", "convert"),
+    "convert": ("converters.cli:convert", "convert"),
+}
+
+# Modules whose absence means "the extra is not installed" rather than a bug.
+_EXTRA_MODULES = {"torch", "onnx", "onnxscript", "nncf", "openvino", "safetensors", "timm", "sklearn", "skimage"}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports each subcommand only when it is run or its help is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        target, extra = COMMANDS[name]
+        module_name, attribute = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if extra and exc.name and exc.name.split(".")[0] in _EXTRA_MODULES:
+                return _missing_extra_command(name, extra, exc.name)
+            raise
+        return getattr(module, attribute)
+
+
+def _missing_extra_command(name: str, extra: str, missing: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                   help=f"(needs the '{extra}' extra: pip install 'edge-retina[{extra}]')")
+    def unavailable(**_: object) -> None:
+        raise click.ClickException(
+            f"'edge-retina {name}' runs on the host and needs the '{extra}' extra ({missing} is not installed): "
+            f"pip install 'edge-retina[{extra}]'"
+        )
+
+    return unavailable
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-retina")
+def cli() -> None:
+    """Retinal foundation models on screening devices: convert on the host, screen offline on the device."""
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except EdgeRetinaError as exc:  # an error raised outside a command's own handling
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,84 @@
+"""Result files: CSV (one row per image), JSON (an array) or JSON Lines.
+
+Rows are written and flushed as each image finishes, into ``<out>.partial``; the file gets its final
+name when the batch ends. An interrupted batch therefore leaves every finished row on disk (in the
+``.partial`` file) and never a half-written file under the final name.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from edge_retina.screener import Result
+
+STAGES = ("decode", "preprocess", "inference", "lookup", "total")
+FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
+
+
+def csv_columns(conditions: tuple[str, ...]) -> list[str]:
+    return (
+        ["source", "status", "gradable", "ungradable_reason", "refer"]
+        + [f"p_{c}" for c in conditions]
+        + [f"refer_{c}" for c in conditions]
+        + [f"{s}_ms" for s in STAGES]
+        + ["error_code", "error"]
+    )
+
+
+def csv_row(result: Result, conditions: tuple[str, ...]) -> dict[str, Any]:
+    d = result.to_dict()
+    row: dict[str, Any] = {k: d[k] for k in ("source", "status", "gradable", "ungradable_reason", "refer")}
+    for c in conditions:
+        p = d["probabilities"].get(c)
+        row[f"p_{c}"] = "" if p is None else f"{p:.6f}"
+        row[f"refer_{c}"] = d["referral"].get(c, "")
+    for s in STAGES:
+        t = d["timings_ms"].get(s)
+        row[f"{s}_ms"] = "" if t is None else f"{t:.3f}"
+    row["error_code"] = d["error_code"] or ""
+    row["error"] = d["error"] or ""
+    return {k: ("" if v is None else v) for k, v in row.items()}
+
+
+class ResultWriter:
+    """Streams results to ``path`` (format from its suffix) and renames it into place on ``close``."""
+
+    def __init__(self, path: Path, conditions: tuple[str, ...]):
+        self.path = Path(path)
+        self.format = FORMATS.get(self.path.suffix.lower())
+        if self.format is None:
+            raise ValueError(f"--out must end in one of {sorted(FORMATS)}, got {self.path.name!r}")
+        self.conditions = conditions
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = open(self.partial, "w", newline="", encoding="utf-8")
+        self._count = 0
+        if self.format == "csv":
+            self._csv = csv.DictWriter(self._file, fieldnames=csv_columns(conditions))
+            self._csv.writeheader()
+        elif self.format == "json":
+            self._file.write("[\n")
+
+    def write(self, result: Result) -> None:
+        if self.format == "csv":
+            self._csv.writerow(csv_row(result, self.conditions))
+        else:
+            text = json.dumps(result.to_dict())
+            if self.format == "json":
+                text = ("  " if self._count == 0 else ",\n  ") + text
+            else:
+                text += "\n"
+            self._file.write(text)
+        self._count += 1
+        self._file.flush()
+
+    def close(self) -> None:
+        if self.format == "json":
+            self._file.write("\n]\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.partial, self.path)

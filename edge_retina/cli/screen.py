@@ -1,0 +1,124 @@
+"""``edge-retina screen``: screen files, folders and globs offline with a bundle."""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from edge_retina.cli.inputs import expand_inputs
+from edge_retina.cli.results_io import STAGES, ResultWriter
+from edge_retina.errors import EdgeRetinaError
+from edge_retina.screener import Result, Screener
+
+
+def summarise(results: list[Result]) -> dict:
+    statuses = ["no-referral", "refer", "ungradable", "error"]
+    counts = {s: sum(r.status == s for r in results) for s in statuses}
+    latency = {}
+    for stage in STAGES:
+        values = [r.timings_ms[stage] for r in results if stage in r.timings_ms and r.gradable]
+        if values:
+            latency[stage] = {"median_ms": round(statistics.median(values), 3), "n": len(values)}
+    return {"images": len(results), **counts, "latency": latency}
+
+
+def print_results(console: Console, results: list[Result], conditions: tuple[str, ...], summary: dict) -> None:
+    table = Table(title="Screening results", show_lines=False)
+    table.add_column("image", overflow="fold")
+    table.add_column("status")
+    for c in conditions:
+        table.add_column(c, justify="right")
+    table.add_column("ms", justify="right")
+    styles = {"refer": "bold red", "no-referral": "green", "ungradable": "yellow", "error": "magenta"}
+    for r in results:
+        cells = []
+        for c in conditions:
+            p = r.probabilities.get(c)
+            cells.append("" if p is None else (f"[bold]{p:.2f}*[/]" if r.referral.get(c) else f"{p:.2f}"))
+        detail = r.status
+        if r.status == "ungradable":
+            detail += f" ({r.ungradable_reason})"
+        elif r.status == "error":
+            detail += f" ({r.error_code})"
+        total = r.timings_ms.get("total")
+        table.add_row(Path(r.source).name if r.screened else r.source, f"[{styles[r.status]}]{detail}[/]",
+                      *cells, "" if total is None else f"{total:.1f}")
+    console.print(table)
+    console.print("* = over the bundle's referral threshold")
+    for r in results:
+        if r.error:
+            console.print(f"[magenta]error[/] {r.source}: {r.error}", soft_wrap=True)
+    lat = ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in summary["latency"].items())
+    console.print(
+        f"{summary['images']} images: {summary['no-referral']} no referral, {summary['refer']} refer, "
+        f"{summary['ungradable']} ungradable, {summary['error']} errors. Median latency: {lat or 'n/a'}"
+    )
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory or archive.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default=None,
+              help="Inference backend (default: the bundle's preferred engine available here).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None)
+@click.option("--threads", type=int, default=None, help="Inference threads (default: the backend's).")
+@click.option("--conditions", default=None, help="Comma-separated conditions to report (default: all).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write results to .csv, .json or .jsonl (rows are flushed as they finish).")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout instead of a table.")
+@click.option("--recursive/--no-recursive", default=True, help="Descend into sub-folders (default: yes).")
+def screen(paths, bundle_path, backend, precision, threads, conditions, out, as_json, recursive) -> None:
+    """Screen fundus photographs (files, folders, globs) offline.
+
+    A failed image becomes a row with its error and does not stop the batch. Exit status: 0 when at
+    least one image was screened, 1 when none could be, 2 when the bundle could not be loaded.
+    """
+    console = Console(stderr=as_json)
+    err = Console(stderr=True)
+    try:
+        screener = Screener.from_bundle(
+            bundle_path, backend=backend, precision=precision, threads=threads,
+            conditions=[c.strip() for c in conditions.split(",")] if conditions else None,
+        )
+    except EdgeRetinaError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+
+    items = expand_inputs(list(paths), recursive=recursive)
+    writer = ResultWriter(out, screener.conditions) if out else None
+    results: list[Result] = []
+    progress = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, transient=True, disable=not err.is_terminal)
+    engine = screener.engine_info
+    with screener, progress:
+        task = progress.add_task("screen", total=len(items))
+        for item in items:
+            if item.problem is not None:
+                result = Result(item.path, error=item.problem, error_code=item.problem_code)
+            else:
+                result = screener.screen(item.path)
+            results.append(result)
+            if writer:
+                writer.write(result)
+            progress.advance(task)
+    if writer:
+        writer.close()
+
+    summary = summarise(results)
+    summary["engine"] = engine
+    if as_json:
+        click.echo(json.dumps({"results": [r.to_dict() for r in results], "summary": summary}, indent=1))
+    else:
+        print_results(console, results, screener.conditions, summary)
+        console.print(f"engine: {engine.get('backend')} {engine.get('precision')} ({bundle_path})")
+        if out:
+            console.print(f"results written to {out}")
+    if summary["images"] == summary["error"]:
+        sys.exit(1)

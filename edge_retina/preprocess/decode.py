@@ -1,0 +1,372 @@
+"""Reading, probing and decoding input images into RGB uint8 arrays.
+
+Every path through here either returns an ``(H, W, 3)`` RGB ``uint8`` array or raises
+:class:`~edge_retina.errors.ImageError` with a stable code and a message naming the input.
+
+Policy decisions (documented here because the CLI and the README point at them):
+
+- **Pixel limits.** The header is probed with Pillow (its lazy ``Image.open`` reads only the
+  header) before anything is decoded: images above ``MAX_PIXELS`` are refused as ``too_large``
+  (decompression-bomb guard) and images with a side below ``MIN_SIDE`` as ``too_small``. Pillow's
+  own bomb warning is silenced; Pillow's hard bomb error (above ``2 * PIL.Image.MAX_IMAGE_PIXELS``,
+  about 179 MP) is reported as ``too_large`` as well, so a ``max_pixels`` above that is capped there.
+- **EXIF orientation is honoured**, for every format, the way every image viewer shows the photo
+  (fundus cameras do not write a rotation, so for them this changes nothing; a phone photo of a
+  screen or of an adapter-based camera is shown the way the person who took it saw it). It is
+  applied by us from the probed tag, after decoding with ``IMREAD_IGNORE_ORIENTATION``, so reduced
+  and full decodes, and all formats, behave the same. ``ImageHeader.width/height`` are the
+  displayed (oriented) size.
+- **Reduced JPEG decoding.** When the caller says how many pixels it needs along the shorter side,
+  JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (OpenCV's
+  ``IMREAD_REDUCED_*``): the largest reduction whose shorter side still meets the need.
+- **Conversions.** Greyscale becomes three equal channels; alpha is composited onto black (the
+  background of a fundus photograph); 16-bit data is scaled to 8 bits by its real range: the bit
+  depth its largest value needs (a 12-bit sensor in a 16-bit container maps 4095 to 255), which keeps
+  the exposure (an underexposed photo stays dark for the quality gate) where a min/max stretch would
+  hide it. Float and other sample types are ``unsupported``.
+- **Truncation.** OpenCV can return a partly grey image for a truncated file, so before decoding
+  we check the end-of-data markers: JPEG EOI after the first scan, PNG IEND, and the sizes BMP and
+  WebP declare in their headers.
+"""
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edge_retina.errors import ImageError
+
+#: Largest accepted image, in pixels (width * height). 100 MP is above every fundus camera and
+#: phone sensor in use (the largest common sensors are ~50 MP), and decoding it needs ~300 MB.
+MAX_PIXELS = 100_000_000
+#: Smallest accepted side, in pixels: below this there is no usable retinal detail.
+MIN_SIDE = 64
+#: File suffixes the CLI treats as images when it expands a folder (lower case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+#: Pillow format names we decode (through OpenCV). Anything else Pillow recognises is "unsupported".
+DECODABLE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+
+_EXIF_ORIENTATION_TAG = 0x0112
+_REDUCTIONS = (8, 4, 2)
+_REDUCED_FLAG = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole IEND chunk: length 0, type, CRC
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says about an image, before any pixel is decoded."""
+
+    format: str  # Pillow's format name ("JPEG", "PNG", ...) or "array" for numpy input
+    width: int  # as displayed, i.e. after EXIF orientation
+    height: int
+    mode: str  # Pillow's mode ("RGB", "L", "I;16", "RGBA", ...) or the numpy dtype for arrays
+    orientation: int = 1  # EXIF orientation tag, 1..8 (1: stored upright)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB uint8 image plus where it came from."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8, RGB, oriented
+    header: ImageHeader
+    reduction: int  # 1 (full decode), 2, 4 or 8 (libjpeg DCT scaling)
+    name: str  # how messages refer to the source (its path, or "<bytes>"/"<array>")
+
+
+def describe_source(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, np.ndarray):
+        return "<array>"
+    return "<bytes>"
+
+
+def read_source(source: ImageSource) -> tuple[bytes | np.ndarray, str]:
+    """Return the encoded bytes (or the array) of ``source`` and its display name."""
+    name = describe_source(source)
+    if isinstance(source, np.ndarray):
+        return source, name
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        data = _read_file(Path(source), name)
+    else:
+        raise TypeError(f"an image source is a path, bytes or a numpy array, not {type(source).__name__}")
+    if not data:
+        raise ImageError("empty_file", f"{name}: the file is empty (0 bytes)")
+    return data, name
+
+
+def _read_file(path: Path, name: str) -> bytes:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageError("not_found", f"{name}: no such file") from None
+    except OSError as exc:
+        raise ImageError("not_found", f"{name}: cannot access the file ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError("not_a_file", f"{name}: is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO or device would block or never end: refuse before opening it.
+        raise ImageError("not_a_file", f"{name}: is not a regular file")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ImageError("not_found", f"{name}: cannot read the file ({exc.strerror})") from None
+
+
+def probe_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> ImageHeader:
+    """Read only the header of ``source`` and check it against the pixel limits.
+
+    Raises ``ImageError`` for anything that is not a decodable image of acceptable size.
+    """
+    data, name = read_source(source)
+    return _probe(data, name, max_pixels, min_side)
+
+
+def _probe(data: bytes | np.ndarray, name: str, max_pixels: int, min_side: int) -> ImageHeader:
+    if isinstance(data, np.ndarray):
+        header = _array_header(data, name)
+    else:
+        header = _encoded_header(data, name)
+    _check_size(header, name, max_pixels, min_side)
+    return header
+
+
+def _array_header(array: np.ndarray, name: str) -> ImageHeader:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ImageError(
+            "unsupported", f"{name}: expected an HxW, HxWx3 or HxWx4 array, got shape {array.shape}"
+        )
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ImageError("unsupported", f"{name}: expected uint8 or uint16 pixels, got {array.dtype}")
+    return ImageHeader("array", int(array.shape[1]), int(array.shape[0]), str(array.dtype))
+
+
+def _encoded_header(data: bytes, name: str) -> ImageHeader:
+    with warnings.catch_warnings():
+        # Our own limit is checked below; Pillow's warning would only be noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS) as im:
+                fmt, mode, (width, height) = im.format or "?", im.mode, im.size
+                orientation = _exif_orientation(im)
+        except Image.DecompressionBombError:
+            raise ImageError(
+                "too_large",
+                f"{name}: more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
+                "(refused before decoding: possible decompression bomb)",
+            ) from None
+        except UnidentifiedImageError:
+            raise _not_decodable(data, name) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            # Pillow raises these for a recognised signature with a broken header.
+            raise ImageError("corrupt", f"{name}: unreadable image header ({exc})") from None
+    if orientation in (5, 6, 7, 8):  # these turn the image by 90 degrees
+        width, height = height, width
+    return ImageHeader(fmt, width, height, mode, orientation)
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 -- a broken EXIF block must not make a readable photo fail
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _not_decodable(data: bytes, name: str) -> ImageError:
+    """Tell an image format we do not decode from something that is no image at all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                fmt = im.format
+        except Exception:  # noqa: BLE001 -- any failure here means "not an image we know"
+            fmt = None
+    if fmt:
+        return ImageError(
+            "unsupported", f"{name}: {fmt} images are not supported (use {', '.join(DECODABLE_FORMATS)})"
+        )
+    return ImageError("not_an_image", f"{name}: not an image file (no known image signature)")
+
+
+def _check_size(header: ImageHeader, name: str, max_pixels: int, min_side: int) -> None:
+    if header.pixels > max_pixels:
+        raise ImageError(
+            "too_large",
+            f"{name}: {header.width}x{header.height} = {header.pixels:,} pixels is above the limit of "
+            f"{max_pixels:,} (refused before decoding: possible decompression bomb)",
+        )
+    if min(header.width, header.height) < min_side:
+        raise ImageError(
+            "too_small",
+            f"{name}: {header.width}x{header.height} is too small (each side must be at least {min_side} px)",
+        )
+
+
+def choose_reduction(width: int, height: int, min_short_side: int) -> int:
+    """Largest libjpeg DCT reduction (8, 4, 2, else 1) keeping the shorter side >= ``min_short_side``."""
+    short = min(width, height)
+    for factor in _REDUCTIONS:
+        if -(-short // factor) >= min_short_side:  # libjpeg rounds scaled sizes up
+            return factor
+    return 1
+
+
+def decode_image(
+    source: ImageSource,
+    *,
+    min_short_side: int = 0,
+    max_pixels: int = MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+) -> DecodedImage:
+    """Decode ``source`` to an oriented RGB uint8 image.
+
+    ``min_short_side`` > 0 allows a reduced-resolution JPEG decode whose shorter side is at least
+    that many pixels (0: always decode at full size).
+    """
+    data, name = read_source(source)
+    header = _probe(data, name, max_pixels, min_side)
+    if isinstance(data, np.ndarray):
+        return DecodedImage(_array_to_rgb(data, from_bgr=False), header, 1, name)
+    reduction = 1
+    if header.format == "JPEG":
+        _check_jpeg_complete(data, name)
+        if min_short_side > 0:
+            reduction = choose_reduction(header.width, header.height, min_short_side)
+        pixels = _imdecode(data, name, _jpeg_flags(reduction))
+    else:
+        _check_complete(data, header.format, name)
+        pixels = _imdecode(data, name, cv2.IMREAD_UNCHANGED)
+    rgb = _array_to_rgb(pixels, from_bgr=header.format != "JPEG")
+    return DecodedImage(_orient(rgb, header.orientation), header, reduction, name)
+
+
+def _jpeg_flags(reduction: int) -> int:
+    # Decode straight to RGB; IMREAD_REDUCED_COLOR_n is IMREAD_COLOR (BGR) plus a scale bit, so
+    # swap its colour bit for IMREAD_COLOR_RGB.
+    base = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+    if reduction == 1:
+        return base
+    return (_REDUCED_FLAG[reduction] & ~cv2.IMREAD_COLOR) | base
+
+
+def _imdecode(data: bytes, name: str, flags: int) -> np.ndarray:
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:
+        raise ImageError("corrupt", f"{name}: the decoder failed ({str(exc).strip().splitlines()[-1]})") from None
+    if pixels is None or pixels.size == 0:
+        raise ImageError("corrupt", f"{name}: the image data is corrupt (the decoder returned nothing)")
+    return pixels
+
+
+def _check_jpeg_complete(data: bytes, name: str) -> None:
+    """Refuse a JPEG without an EOI marker after its first scan (i.e. a truncated file).
+
+    Hand-written because neither OpenCV nor Pillow's header parse reports truncation without a
+    full decode. Marker segments up to the first SOS carry their lengths, so we hop over them (an
+    EXIF thumbnail has its own EOI inside APP1); after SOS every 0xFF in entropy-coded data is
+    byte-stuffed, so any FF D9 after it is the real end of image.
+    """
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            raise ImageError("corrupt", f"{name}: corrupt JPEG (bad marker at byte {pos})")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan
+            # rfind: the EOI is normally the last two bytes, and bytes.find is slow over the
+            # many stuffed 0xFF bytes of entropy-coded data (~1.4 ms for 12 MP vs ~0).
+            if data.rfind(b"\xff\xd9", pos) >= 0:
+                return
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    raise ImageError("corrupt", f"{name}: truncated JPEG (the file ends before its end-of-image marker)")
+
+
+def _check_complete(data: bytes, fmt: str, name: str) -> None:
+    """Truncation checks for the formats whose end is cheap to verify (see module docstring)."""
+    declared = None
+    if fmt == "PNG":
+        if _PNG_IEND not in data:
+            raise ImageError("corrupt", f"{name}: truncated PNG (no IEND chunk)")
+    elif fmt == "BMP":
+        declared = int.from_bytes(data[2:6], "little")  # bfSize: the whole file
+    elif fmt == "WEBP":
+        declared = int.from_bytes(data[4:8], "little") + 8  # RIFF payload size + RIFF header
+    if declared and len(data) < declared:
+        raise ImageError(
+            "corrupt", f"{name}: truncated {fmt} ({len(data):,} of the {declared:,} bytes its header declares)"
+        )
+
+
+def _array_to_rgb(pixels: np.ndarray, *, from_bgr: bool) -> np.ndarray:
+    """Grey / colour / with alpha, 8 or 16 bit -> RGB uint8. ``from_bgr``: OpenCV channel order."""
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise ImageError("unsupported", f"unsupported sample type {pixels.dtype} (8 or 16-bit images only)")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim == 2:
+        return cv2.cvtColor(_to_uint8(pixels), cv2.COLOR_GRAY2RGB)
+    channels = pixels.shape[2]
+    if channels == 4:
+        colour, alpha = pixels[:, :, :3], pixels[:, :, 3:]
+        full = float(np.iinfo(pixels.dtype).max)
+        pixels = (colour.astype(np.float32) * (alpha.astype(np.float32) / full)).astype(pixels.dtype)
+    elif channels != 3:
+        raise ImageError("unsupported", f"unsupported channel count {channels}")
+    rgb = _to_uint8(pixels)
+    if from_bgr:
+        rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(rgb)
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    bits = max(8, int(pixels.max()).bit_length())
+    return cv2.convertScaleAbs(pixels, alpha=255.0 / ((1 << bits) - 1))
+
+
+def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (the transforms Pillow's ``ImageOps.exif_transpose`` uses)."""
+    if orientation == 2:
+        rgb = rgb[:, ::-1]
+    elif orientation == 3:
+        rgb = rgb[::-1, ::-1]
+    elif orientation == 4:
+        rgb = rgb[::-1]
+    elif orientation == 5:
+        rgb = rgb.transpose(1, 0, 2)
+    elif orientation == 6:
+        rgb = np.rot90(rgb, -1)
+    elif orientation == 7:
+        rgb = rgb.transpose(1, 0, 2)[::-1, ::-1]
+    elif orientation == 8:
+        rgb = np.rot90(rgb, 1)
+    else:
+        return rgb
+    return np.ascontiguousarray(rgb)

@@ -1,0 +1,195 @@
+"""The device-side screening API: bundle in, per-image results out.
+
+    screener = Screener.from_bundle("default.erb.tar")
+    result = screener.screen("IMG_0001.JPG")
+    result.probabilities["glaucoma"], result.referral["glaucoma"], result.timings_ms
+
+Pipeline: preprocessing (decode, field-of-view crop, resize, normalise) -> engine -> prompt lookup.
+Nothing here imports torch: this is what runs on the device.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .backends import Runner, create_runner
+from .bundle import Bundle, default_cache_dir, load_bundle
+from .errors import EdgeRetinaError, ImageError
+from .preprocess import Preprocessor
+from .prompts import PromptTable
+
+
+@dataclass
+class Result:
+    """One image's outcome. ``error`` is set when the image could not be screened at all."""
+
+    source: str
+    gradable: bool | None = None
+    ungradable_reason: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)  # condition vs normal
+    class_probabilities: dict[str, float] = field(default_factory=dict)  # softmax over all classes
+    referral: dict[str, bool] = field(default_factory=dict)  # probability >= the bundle's threshold
+    timings_ms: dict[str, float] = field(default_factory=dict)  # decode, preprocess, inference, lookup, total
+    error: str | None = None
+    error_code: str | None = None
+    embedding: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def screened(self) -> bool:
+        return self.error is None
+
+    @property
+    def refer(self) -> bool:
+        """Refer when any reported condition is over its threshold."""
+        return any(self.referral.values())
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return "error"
+        if not self.gradable:
+            return "ungradable"
+        return "refer" if self.refer else "no-referral"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "status": self.status,
+            "gradable": self.gradable,
+            "ungradable_reason": self.ungradable_reason,
+            "refer": self.refer if self.screened and self.gradable else None,
+            "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()},
+            "referral": dict(self.referral),
+            "class_probabilities": {k: round(float(v), 6) for k, v in self.class_probabilities.items()},
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "error": self.error,
+            "error_code": self.error_code,
+        }
+
+
+def engine_cache_dir(bundle: Bundle) -> Path:
+    """Per-bundle cache for compiled engines (OpenVINO model cache, TensorRT engines built on the device).
+
+    Kept outside the bundle, which may sit on read-only storage or be a shared archive extraction,
+    and keyed by the manifest's bytes, which pin every file of the bundle.
+    """
+    return default_cache_dir().parent / "engines" / hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
+
+
+class Screener:
+    """Preprocessing, one engine and the prompt table of a bundle, ready to screen images."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        runner: Runner,
+        prompt_table: PromptTable,
+        *,
+        conditions: Iterable[str] | None = None,
+        keep_embeddings: bool = False,
+    ):
+        self.bundle = bundle
+        self.runner = runner
+        self.prompt_table = prompt_table
+        self.preprocessor = Preprocessor(bundle.manifest.input)
+        self.thresholds = {c.name: c.threshold for c in bundle.manifest.prompts.conditions}
+        self.keep_embeddings = keep_embeddings
+        self.conditions = self._choose_conditions(conditions)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        backend: str | None = None,
+        device: str | None = None,
+        *,
+        precision: str | None = None,
+        threads: int | None = None,
+        conditions: Iterable[str] | None = None,
+        keep_embeddings: bool = False,
+    ) -> "Screener":
+        """Load and verify a bundle, open its best engine for ``backend``/``precision``, read its prompts."""
+        bundle = load_bundle(Path(path))
+        engine = bundle.select_engine(backend=backend, precision=precision)
+        # Each backend keeps its own default device (CPU for ONNX Runtime/OpenVINO, GPU for TensorRT).
+        device_option = {} if device is None else {"device": device}
+        runner = create_runner(
+            engine.backend,
+            bundle.path_of(engine.files[0]),
+            precision=engine.precision,
+            threads=threads,
+            cache_dir=engine_cache_dir(bundle),
+            **device_option,
+        )
+        prompts = bundle.manifest.prompts
+        table = PromptTable.load(
+            bundle.path_of(prompts.file),
+            classes=[c.name for c in prompts.conditions],
+            normal_class=prompts.normal_class,
+            ensembling=prompts.ensembling,
+            logit_scale=bundle.manifest.logit_scale,
+        )
+        return cls(bundle, runner, table, conditions=conditions, keep_embeddings=keep_embeddings)
+
+    def _choose_conditions(self, requested: Iterable[str] | None) -> tuple[str, ...]:
+        available = self.prompt_table.conditions
+        if requested is None:
+            return available
+        requested = tuple(requested)
+        unknown = [c for c in requested if c not in available]
+        if unknown:
+            raise EdgeRetinaError(f"unknown condition(s) {unknown}; this bundle reports {list(available)}")
+        return requested
+
+    @property
+    def engine_info(self) -> dict[str, Any]:
+        return self.runner.info()
+
+    def screen(self, source: "str | Path | bytes | np.ndarray", *, name: str | None = None) -> Result:
+        """Screen one image. Bad input becomes a Result with ``error`` set, never an exception."""
+        label = name or (str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>")
+        start = time.perf_counter()
+        try:
+            prepared = self.preprocessor.prepare(source)
+        except ImageError as exc:
+            return Result(label, error=str(exc), error_code=exc.code)
+        result = Result(
+            label,
+            gradable=prepared.quality.gradable,
+            ungradable_reason=prepared.quality.reason,
+            timings_ms={k: v * 1e3 for k, v in prepared.timings.items()},
+        )
+        if not prepared.quality.gradable:
+            result.timings_ms["total"] = (time.perf_counter() - start) * 1e3
+            return result
+
+        t0 = time.perf_counter()
+        embedding = self.runner.infer(prepared.tensor)[0]
+        t1 = time.perf_counter()
+        scores = self.prompt_table.score(embedding)
+        result.probabilities = {c: float(scores.condition_probabilities[c][0]) for c in self.conditions}
+        result.class_probabilities = {c: float(p) for c, p in zip(scores.classes, scores.class_probabilities[0])}
+        result.referral = {c: result.probabilities[c] >= self.thresholds[c] for c in self.conditions}
+        t2 = time.perf_counter()
+        result.timings_ms.update(inference=(t1 - t0) * 1e3, lookup=(t2 - t1) * 1e3, total=(t2 - start) * 1e3)
+        if self.keep_embeddings:
+            result.embedding = embedding
+        return result
+
+    def screen_many(self, sources: Iterable["str | Path"]) -> Iterator[Result]:
+        for source in sources:
+            yield self.screen(source)
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> "Screener":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

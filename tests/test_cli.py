@@ -1,0 +1,117 @@
+"""The edge-retina command: screen, bundle inspect/verify, host commands without their extra."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge_retina.cli.main import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path, retina_jpeg):
+    folder = tmp_path / "captures"
+    (folder / "day2").mkdir(parents=True)
+    shutil.copy(retina_jpeg, folder / "a.jpg")
+    shutil.copy(retina_jpeg, folder / "day2" / "b.jpg")
+    (folder / "broken.jpg").write_bytes(retina_jpeg.read_bytes()[:5000])  # truncated camera write
+    (folder / "zero.png").write_bytes(b"")
+    return folder
+
+
+def test_screen_folder_writes_a_row_for_everything(tiny_bundle, mixed_folder, tmp_path):
+    out = tmp_path / "results.csv"
+    res = run("screen", mixed_folder, tmp_path / "missing.jpg", "--bundle", tiny_bundle, "--out", out)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 5
+    by_name = {Path(r["source"]).name: r for r in rows}
+    assert by_name["a.jpg"]["status"] in {"refer", "no-referral"} and by_name["b.jpg"]["p_glaucoma"]
+    assert by_name["broken.jpg"]["status"] == "error" and by_name["broken.jpg"]["error_code"] == "corrupt"
+    assert by_name["zero.png"]["error_code"] == "empty_file"
+    assert by_name["missing.jpg"]["error_code"] == "not_found"
+    assert not out.with_name("results.csv.partial").exists()
+    assert "Screening results" in res.output and "errors" in res.output
+
+
+def test_screen_json_output_and_conditions(tiny_bundle, retina_jpeg, tmp_path):
+    res = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--json", "--conditions", "glaucoma,cataract",
+              "--out", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert len(doc["results"]) == 1 and set(doc["results"][0]["probabilities"]) == {"glaucoma", "cataract"}
+    assert doc["summary"]["images"] == 1 and doc["summary"]["engine"]["backend"]
+    assert json.loads((tmp_path / "r.json").read_text())[0]["source"] == str(retina_jpeg)
+
+
+def test_screen_exit_status_when_nothing_could_be_screened(tiny_bundle, tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = run("screen", tmp_path / "empty", tmp_path / "nope.jpg", "--bundle", tiny_bundle)
+    assert res.exit_code == 1
+    assert "no images" in res.output and "no such file" in res.output
+
+
+def test_screen_with_a_broken_bundle_says_so(tmp_path, retina_jpeg):
+    res = run("screen", retina_jpeg, "--bundle", tmp_path / "no-bundle")
+    assert res.exit_code == 2 and "error" in res.output
+
+
+def test_bundle_inspect_and_verify(tiny_bundle, tmp_path):
+    res = run("bundle", "inspect", tiny_bundle)
+    assert res.exit_code == 0 and "glaucoma" in res.output and "onnxruntime" in res.output
+    assert json.loads(run("bundle", "inspect", tiny_bundle, "--json").stdout)["schema_version"] == 1
+    assert run("bundle", "verify", tiny_bundle).exit_code == 0
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_bundle, tampered)
+    prompts = tampered / "prompts.npz"
+    data = bytearray(prompts.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    prompts.write_bytes(bytes(data))
+    res = run("bundle", "verify", tampered)
+    assert res.exit_code == 1 and "prompts.npz" in res.output
+
+
+def without(*modules: str) -> str:
+    """A python -c program running the CLI as if ``modules`` were not installed."""
+    return (
+        "import sys\n"
+        f"for m in {modules!r}:\n"
+        "    sys.modules[m] = None\n"
+        "from edge_retina.cli.main import main\n"
+        "sys.argv = ['edge-retina'] + sys.argv[1:]\n"
+        "main()\n"
+    )
+
+
+# The runtime must not even import the host packages.
+BLOCK_HOST = without("torch", "onnx", "onnxscript", "nncf", "sklearn", "converters", "calibration")
+
+
+def test_runtime_screens_without_torch(tiny_bundle, retina_jpeg):
+    proc = subprocess.run([sys.executable, "-c", BLOCK_HOST, "screen", str(retina_jpeg), "--bundle",
+                           str(tiny_bundle), "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["results"][0]["gradable"] is True
+
+
+def test_host_command_without_its_extra_names_the_extra():
+    proc = subprocess.run([sys.executable, "-c", without("torch"), "demo"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert proc.returncode != 0
+    assert "pip install 'edge-retina[convert]'" in proc.stderr
+
+
+def test_python_dash_m():
+    proc = subprocess.run([sys.executable, "-m", "edge_retina", "--help"], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert proc.returncode == 0 and "screen" in proc.stdout and "bundle" in proc.stdout
