@@ -15,17 +15,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from edge_retina.bundle import ConditionEntry, EngineEntry, Manifest, pack_bundle, write_bundle
+from edge_retina.bundle import EngineEntry, Manifest, pack_bundle, write_bundle
 from edge_retina.bundle.manifest import ModelInfo, PromptsEntry, Provenance, StudentInfo
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.prompts import PromptTable
 
 from .export.onnx_fp32 import export_onnx
 from .export.openvino_ir import onnx_to_openvino_ir
-from .prompts import DEFAULT_PROMPT_FILE, Condition, load_prompt_file, normal_class
+from .prompt_tables import PROMPTS_FILE, condition_entries, embed_conditions
+from .prompts import DEFAULT_PROMPT_FILE, Condition, load_prompt_file
 from .teachers import Teacher
 
-DEFAULT_THRESHOLD = 0.5
 FP32_BACKENDS = ("onnxruntime", "openvino")
 
 
@@ -76,19 +75,6 @@ def toolchain_versions() -> dict[str, str]:
     }
 
 
-def build_prompt_table(recipe: BundleRecipe) -> PromptTable:
-    texts, index = [], []
-    for i, condition in enumerate(recipe.conditions):
-        texts.extend(condition.prompts)
-        index.extend([i] * len(condition.prompts))
-    with torch.no_grad():
-        embeddings = np.asarray(recipe.embed_texts(texts), dtype=np.float32)
-    return PromptTable(
-        [c.name for c in recipe.conditions], normal_class(list(recipe.conditions)).name, embeddings, np.asarray(index),
-        recipe.ensembling, recipe.logit_scale,
-    )
-
-
 def build_bundle(
     recipe: BundleRecipe,
     out_dir: Path,
@@ -121,25 +107,18 @@ def build_bundle(
                 device_profile=None, toolchain=toolchain, calibration=None,
             ))
 
-        table = build_prompt_table(recipe)
-        table.save(work / "prompts.npz")
-        files["prompts.npz"] = work / "prompts.npz"
-        conditions = []
-        for c in recipe.conditions:
-            threshold, source = recipe.thresholds.get(c.name, (DEFAULT_THRESHOLD, "default"))
-            conditions.append(ConditionEntry(
-                name=c.name, label=c.label, prompts=c.prompts,
-                threshold=None if c.name == table.normal_class else threshold,
-                threshold_source="normal class: never referred" if c.name == table.normal_class else source,
-            ))
+        table = embed_conditions(recipe.embed_texts, recipe.conditions, recipe.ensembling, recipe.logit_scale)
+        table.save(work / PROMPTS_FILE)
+        files[PROMPTS_FILE] = work / PROMPTS_FILE
         manifest = Manifest(
             model=ModelInfo(family=recipe.family, name=recipe.name,
                             teacher_checkpoint_sha256=recipe.teacher_checkpoint_sha256,
                             embedding_dim=table.embedding_dim, student=recipe.student),
             input=recipe.input_spec,
             engines=engines,
-            prompts=PromptsEntry(conditions=conditions, normal_class=table.normal_class,
-                                 ensembling=recipe.ensembling, file="prompts.npz"),
+            prompts=PromptsEntry(conditions=condition_entries(recipe.conditions, table.normal_class, recipe.thresholds),
+                                 normal_class=table.normal_class,
+                                 ensembling=recipe.ensembling, file=PROMPTS_FILE),
             logit_scale=recipe.logit_scale,
             provenance=Provenance.for_this_run(command),
         )

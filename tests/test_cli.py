@@ -115,3 +115,14 @@ def test_python_dash_m():
     proc = subprocess.run([sys.executable, "-m", "edge_retina", "--help"], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
     assert proc.returncode == 0 and "screen" in proc.stdout and "bundle" in proc.stdout
+
+
+def test_screen_heimed_folder_writes_a_row_per_image(tiny_bundle, shared_datasets, tmp_path):
+    folder = shared_datasets / "heimed" / "images"
+    expected = len(list(folder.glob("*.jpg")))
+    out = tmp_path / "heimed.csv"
+    res = run("screen", folder, "--bundle", tiny_bundle, "--out", out, "--json")
+    assert res.exit_code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == expected == 169
+    assert sum(r["status"] == "error" for r in rows) == 0

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnx_ir.passes.common import NameFixPass
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
@@ -44,6 +45,12 @@ def export_onnx(encoder: torch.nn.Module, input_size: tuple[int, int], path: Pat
             verbose=False,
             report=False,
         )
+        # The exporter gives the graph output its name after optimising, without checking whether an
+        # internal value already has it: a constant-folded lookup `embedding(table, fixed ids)` (a ViT's
+        # position table) is named after its aten op, `embedding`, like our output, and the ONNX checker
+        # rejects the duplicate. NameFixPass (onnx_ir, the IR the exporter builds) keeps the graph's
+        # input and output names and renames any other value that reuses one.
+        NameFixPass()(program.model)
         program.save(str(path), external_data=False)
         expected = encoder(example).numpy()
     onnx.checker.check_model(str(path))

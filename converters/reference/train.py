@@ -2,6 +2,7 @@
 
     python -m converters.reference.train --out runs/ref            # full recipe
     python -m converters.reference.train --out runs/ref --resume   # continue from runs/ref/last.pt
+    python -m converters.reference.train --out runs/ref --export-only  # stop early: ship runs/ref/best.pt
 
 Recipe:
 - The text tower (MiniLM) is frozen, so every caption variant is embedded once up front; only the
@@ -48,7 +49,7 @@ from converters.torch_compat import ensure_torchvision
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: keeps the temperature from collapsing
 
 RECIPE = {
-    "epochs": 12,
+    "epochs": 9,
     "batch_size": 48,
     "lr": 2e-3,
     "weight_decay": 0.05,
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (throughput checks)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--export-only", action="store_true",
+                        help="skip training: write the safetensors from <out>/best.pt (history from last.pt)")
     args = parser.parse_args(argv)
 
     recipe = dict(RECIPE, epochs=args.epochs)
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start_epoch, best, history = 0, -1.0, []
     last_ckpt, best_ckpt = args.out / "last.pt", args.out / "best.pt"
-    if args.resume and last_ckpt.is_file():
+    if (args.resume or args.export_only) and last_ckpt.is_file():
         ckpt = torch.load(last_ckpt, weights_only=False)
         model.load_state_dict(ckpt["model"], strict=False)
         optimiser.load_state_dict(ckpt["optimiser"])
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hashes = {"recipe_sha256": recipe_hash(recipe, captions), "split_sha256": split_hash(records)}
     step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, recipe["epochs"]):
+    for epoch in range(start_epoch, start_epoch if args.export_only else recipe["epochs"]):
         model.train()
         epoch_start = time.time()
         order = torch.multinomial(sample_weights, steps_per_epoch * recipe["batch_size"], True, generator=sampler_gen)
@@ -230,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         "selected_epoch": best_state["epoch"] + 1,
         "val_mean_auroc": best_state["val_mean_auroc"],
         "history": history,
-        "train_wall_seconds_this_run": round(wall, 1),
+        "epochs_run": len(history),
+        "train_seconds_all_epochs": round(sum(h["seconds"] for h in history), 1),
+        "wall_seconds_last_invocation": round(wall, 1),
         "n_train": len(train_idx),
         "n_val": len(val_idx),
     })

@@ -7,7 +7,6 @@ with ``@register_teacher("name")``.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +65,3 @@ def load_teacher(family: str, checkpoint: str | Path | None = None, **options) -
     if family not in _REGISTRY:
         importlib.import_module(_FAMILY_MODULES[family])
     return _REGISTRY[family](checkpoint, **options)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -33,13 +33,14 @@ The text tower's weights come from the checkpoint; its config and tokenizer come
 directory (``text_model_path``, e.g. a copy of Bio_ClinicalBERT's ``config.json`` and
 ``vocab.txt``): nothing is ever downloaded.
 
-The helpers here (checkpoint reading, exact loading, the FLAIR text tower) are reused by RetiZero,
-whose code is a fork of FLAIR's.
+The FLAIR pieces here (the text tower, projections, legacy-key handling, logit scale) are reused
+by RetiZero, whose code is a fork of FLAIR's; checkpoint reading and exact loading are
+:mod:`converters.teachers.checkpoints`.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,10 +48,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from converters.torch_compat import ensure_torchvision
-from edge_retina.errors import EdgeRetinaError
 from edge_retina.preprocess.spec import InputSpec
 
-from . import Teacher, register_teacher, sha256_of
+from . import Teacher, register_teacher
+from .checkpoints import CheckpointLayoutError, checkpoint_sha256, load_exact, read_state_dict, require_checkpoint
 
 EMBED_DIM = 512  # proj_dim default in FLAIRModel / KeepFITModel
 RESNET50_BLOCKS = (3, 4, 6, 3)  # torchvision resnet50's Bottleneck counts per stage
@@ -80,57 +81,6 @@ FLAIR_INPUT_SPEC = InputSpec(
     std=(1.0, 1.0, 1.0),
 )
 KEEPFIT_INPUT_SPEC = FLAIR_INPUT_SPEC  # KeepFIT pre_transform.py / ImageScaling: the same canvas resize
-
-
-class CheckpointLayoutError(EdgeRetinaError):
-    """A checkpoint's keys or shapes do not match the family's published layout."""
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A flat ``{key: tensor}`` state dict from a ``.safetensors`` file or a ``torch.save`` pickle.
-
-    Pickles are read with ``weights_only=True``: a teacher checkpoint comes from outside, and a
-    state dict never needs arbitrary objects.
-    """
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        top = sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointLayoutError(
-            f"{path}: expected a flat state dict (the file torch.save(model.state_dict()) writes), "
-            f"found {top}"
-        )
-    return dict(obj)
-
-
-def _listing(keys: Sequence[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def load_exact(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``module`` only if keys and shapes match exactly; else list what differs."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        problems = [f"{source} does not match the published layout:"]
-        if missing:
-            problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-        if mismatched:
-            problems.append(f"shape mismatches ({len(mismatched)}): {_listing(mismatched)}")
-        raise CheckpointLayoutError("\n  ".join(problems))
-    module.load_state_dict(state, strict=True)
 
 
 def drop_legacy_position_ids(state: dict[str, torch.Tensor], source: str) -> None:
@@ -277,15 +227,6 @@ class FlairDualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.zeros(()))
 
 
-def _require_checkpoint(family: str, checkpoint: str | Path | None) -> Path:
-    if checkpoint is None:
-        raise ValueError(f"the {family} teacher has no embedded default: pass its checkpoint file")
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"{family} checkpoint not found: {path}")
-    return path
-
-
 def _load_flair_family(
     family: str,
     checkpoint: str | Path | None,
@@ -297,7 +238,7 @@ def _load_flair_family(
     resnet_blocks: Sequence[int],
     embed_dim: int,
 ) -> Teacher:
-    path = _require_checkpoint(family, checkpoint)
+    path = require_checkpoint(family, checkpoint)
     source = f"{family} checkpoint {path}"
     state = read_state_dict(path)
     drop_legacy_position_ids(state, source)
@@ -320,7 +261,7 @@ def _load_flair_family(
         input_spec=KEEPFIT_INPUT_SPEC if family == "keepfit" else FLAIR_INPUT_SPEC,
         ensembling="mean",
         logit_scale=clamped_logit_scale(model.logit_scale),
-        checkpoint_sha256=sha256_of(path),
+        checkpoint_sha256=checkpoint_sha256(path),
     )
 
 

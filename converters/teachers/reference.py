@@ -9,7 +9,8 @@ import torch
 from converters.reference import DEFAULT_WEIGHTS, load_reference
 from converters.reference.model import REFERENCE_INPUT_SPEC
 
-from . import Teacher, register_teacher, sha256_of
+from . import Teacher, register_teacher
+from .checkpoints import checkpoint_sha256
 
 
 @register_teacher("reference")
@@ -29,5 +30,5 @@ def load(checkpoint: str | Path | None = None) -> Teacher:
         input_spec=REFERENCE_INPUT_SPEC,
         ensembling="mean_renormalised",
         logit_scale=float(model.logit_scale.exp()),
-        checkpoint_sha256=sha256_of(weights),
+        checkpoint_sha256=checkpoint_sha256(weights),
     )

@@ -43,20 +43,18 @@ from torch import nn
 from converters.torch_compat import ensure_torchvision
 from edge_retina.preprocess.spec import InputSpec
 
-from . import Teacher, register_teacher, sha256_of
+from . import Teacher, register_teacher
+from .checkpoints import checkpoint_sha256, load_exact, read_state_dict, require_checkpoint
 from .flair import (
     EMBED_DIM,
     FLAIR_CAPTION,
     FLAIR_TEXT_MAX_LENGTH,
     BertTextTower,
     VisionTower,
-    _require_checkpoint,
     clamped_logit_scale,
     drop_legacy_position_ids,
-    load_exact,
     load_text_config_and_tokenizer,
     make_text_embedder,
-    read_state_dict,
 )
 
 # RETFound vit_large_patch16 (rmaphoh/RETFound_MAE models_vit.py)
@@ -183,6 +181,7 @@ def retfound_vit(*, depth: int, width: int, heads: int) -> nn.Module:
         norm_layer=partial(nn.LayerNorm, eps=VIT_LAYER_NORM_EPS),
         num_classes=0,
         global_pool="token",
+        weight_init="skip",  # every tensor is overwritten by the checkpoint
     )
 
 
@@ -230,7 +229,7 @@ def load_retizero(
     ``lora_rank`` and ``embed_dim`` options exist for small test models; the defaults are the
     published architecture.
     """
-    path = _require_checkpoint("retizero", checkpoint)
+    path = require_checkpoint("retizero", checkpoint)
     source = f"retizero checkpoint {path}"
     state = read_state_dict(path)
     drop_legacy_position_ids(state, source)
@@ -250,5 +249,5 @@ def load_retizero(
         input_spec=RETIZERO_INPUT_SPEC,
         ensembling="mean",
         logit_scale=clamped_logit_scale(model.logit_scale),
-        checkpoint_sha256=sha256_of(path),
+        checkpoint_sha256=checkpoint_sha256(path),
     )

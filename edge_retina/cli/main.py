@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "bundle": ("edge_retina.cli.bundle:bundle", None),
     "demo": ("converters.cli:demo", "convert"),
     "convert": ("converters.cli:convert", "convert"),
+    "prompts": ("converters.cli:prompts", "convert"),
 }
 
 # Modules whose absence means "the extra is not installed" rather than a bug.

@@ -25,8 +25,8 @@ Policy decisions (documented here because the CLI and the README point at them):
   the exposure (an underexposed photo stays dark for the quality gate) where a min/max stretch would
   hide it. Float and other sample types are ``unsupported``.
 - **Truncation.** OpenCV can return a partly grey image for a truncated file, so before decoding
-  we check the end-of-data markers: JPEG EOI after the first scan, PNG IEND, and the sizes BMP and
-  WebP declare in their headers.
+  we check the end-of-data markers: JPEG EOI after the first scan, PNG IEND, and the size a BMP
+  declares in its header (truncated WebP and TIFF files already fail the header probe).
 """
 from __future__ import annotations
 
@@ -61,6 +61,16 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _REDUCTIONS = (8, 4, 2)
 _REDUCED_FLAG = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole IEND chunk: length 0, type, CRC
+# File signatures of DECODABLE_FORMATS (from each format's specification), to tell a damaged file
+# from a non-image when Pillow cannot read its header.
+_SIGNATURES = (
+    ("JPEG", b"\xff\xd8\xff"),
+    ("PNG", b"\x89PNG\r\n\x1a\n"),
+    ("BMP", b"BM"),
+    ("TIFF", b"II*\x00"),
+    ("TIFF", b"MM\x00*"),
+    ("WEBP", b"RIFF"),  # followed by a 4-byte size and "WEBP"
+)
 
 
 @dataclass(frozen=True)
@@ -161,8 +171,9 @@ def _array_header(array: np.ndarray, name: str) -> ImageHeader:
 
 def _encoded_header(data: bytes, name: str) -> ImageHeader:
     with warnings.catch_warnings():
-        # Our own limit is checked below; Pillow's warning would only be noise.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Our own limit is checked below, and damage is reported as ImageError: Pillow's warnings
+        # (decompression bomb, corrupt EXIF) would only be noise.
+        warnings.simplefilter("ignore")
         try:
             with Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS) as im:
                 fmt, mode, (width, height) = im.format or "?", im.mode, im.size
@@ -192,9 +203,17 @@ def _exif_orientation(im: Image.Image) -> int:
 
 
 def _not_decodable(data: bytes, name: str) -> ImageError:
-    """Tell an image format we do not decode from something that is no image at all."""
+    """Tell a damaged image, an image format we do not decode and something that is no image apart.
+
+    Pillow reports all three as "cannot identify image file".
+    """
+    for fmt, signature in _SIGNATURES:
+        if data.startswith(signature) and (fmt != "WEBP" or data[8:12] == b"WEBP"):
+            return ImageError(
+                "corrupt", f"{name}: damaged {fmt} file (its header cannot be read; or an exotic pixel layout)"
+            )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore")
         try:
             with Image.open(io.BytesIO(data)) as im:
                 fmt = im.format
@@ -245,7 +264,7 @@ def decode_image(
     data, name = read_source(source)
     header = _probe(data, name, max_pixels, min_side)
     if isinstance(data, np.ndarray):
-        return DecodedImage(_array_to_rgb(data, from_bgr=False), header, 1, name)
+        return DecodedImage(_array_to_rgb(data, name, from_bgr=False), header, 1, name)
     reduction = 1
     if header.format == "JPEG":
         _check_jpeg_complete(data, name)
@@ -255,7 +274,7 @@ def decode_image(
     else:
         _check_complete(data, header.format, name)
         pixels = _imdecode(data, name, cv2.IMREAD_UNCHANGED)
-    rgb = _array_to_rgb(pixels, from_bgr=header.format != "JPEG")
+    rgb = _array_to_rgb(pixels, name, from_bgr=header.format != "JPEG")
     return DecodedImage(_orient(rgb, header.orientation), header, reduction, name)
 
 
@@ -272,7 +291,8 @@ def _imdecode(data: bytes, name: str, flags: int) -> np.ndarray:
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as exc:
-        raise ImageError("corrupt", f"{name}: the decoder failed ({str(exc).strip().splitlines()[-1]})") from None
+        reason = str(exc).strip().splitlines()[-1]
+        raise ImageError("corrupt", f"{name}: the decoder failed ({reason})") from None
     if pixels is None or pixels.size == 0:
         raise ImageError("corrupt", f"{name}: the image data is corrupt (the decoder returned nothing)")
     return pixels
@@ -308,25 +328,24 @@ def _check_jpeg_complete(data: bytes, name: str) -> None:
 
 
 def _check_complete(data: bytes, fmt: str, name: str) -> None:
-    """Truncation checks for the formats whose end is cheap to verify (see module docstring)."""
-    declared = None
-    if fmt == "PNG":
-        if _PNG_IEND not in data:
-            raise ImageError("corrupt", f"{name}: truncated PNG (no IEND chunk)")
-    elif fmt == "BMP":
+    """Truncation checks for the formats whose end is cheap to verify (see module docstring).
+
+    (A truncated WebP or TIFF already fails Pillow's header parse.)
+    """
+    if fmt == "PNG" and _PNG_IEND not in data:
+        raise ImageError("corrupt", f"{name}: truncated PNG (no IEND chunk)")
+    if fmt == "BMP":
         declared = int.from_bytes(data[2:6], "little")  # bfSize: the whole file
-    elif fmt == "WEBP":
-        declared = int.from_bytes(data[4:8], "little") + 8  # RIFF payload size + RIFF header
-    if declared and len(data) < declared:
-        raise ImageError(
-            "corrupt", f"{name}: truncated {fmt} ({len(data):,} of the {declared:,} bytes its header declares)"
-        )
+        if len(data) < declared:
+            raise ImageError(
+                "corrupt", f"{name}: truncated BMP ({len(data):,} of the {declared:,} bytes its header declares)"
+            )
 
 
-def _array_to_rgb(pixels: np.ndarray, *, from_bgr: bool) -> np.ndarray:
+def _array_to_rgb(pixels: np.ndarray, name: str, *, from_bgr: bool) -> np.ndarray:
     """Grey / colour / with alpha, 8 or 16 bit -> RGB uint8. ``from_bgr``: OpenCV channel order."""
     if pixels.dtype not in (np.uint8, np.uint16):
-        raise ImageError("unsupported", f"unsupported sample type {pixels.dtype} (8 or 16-bit images only)")
+        raise ImageError("unsupported", f"{name}: {pixels.dtype} samples are not supported (8 or 16-bit only)")
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if pixels.ndim == 2:
@@ -337,7 +356,7 @@ def _array_to_rgb(pixels: np.ndarray, *, from_bgr: bool) -> np.ndarray:
         full = float(np.iinfo(pixels.dtype).max)
         pixels = (colour.astype(np.float32) * (alpha.astype(np.float32) / full)).astype(pixels.dtype)
     elif channels != 3:
-        raise ImageError("unsupported", f"unsupported channel count {channels}")
+        raise ImageError("unsupported", f"{name}: {channels}-channel images are not supported")
     rgb = _to_uint8(pixels)
     if from_bgr:
         rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)

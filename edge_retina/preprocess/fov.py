@@ -22,10 +22,10 @@ beyond a clipped image: that part is padded with black, so the disc has the same
 the model input whether or not the sensor clipped it.
 
 Constants were set on the 4.9k photographs in ../shared/datasets (HEI-MED, RIM-ONE, eye4class) by
-looking at the crops: with them, all 177 HEI-MED photos, 4,043 of the 4,217 eye4class photos and
-none of the 485 RIM-ONE crops get a border; of the 174 eye4class photos without one, most are
+looking at the crops: with them, 176 of the 177 HEI-MED photos, 4,043 of the 4,217 eye4class
+photos and none of the 485 RIM-ONE crops get a border; of the 175 photos without one, most are
 octagon-cut EyePACS photos (whole image = FoV box, as intended) and about 10 are photos on white
-or with unusual borders (passed through whole). Of the borders found, about 1 in 500 looked off by
+or with a white-out halo or unusual borders (passed through whole). Of the borders found, about 1 in 500 looked off by
 more than a few percent of the radius (underexposed photos whose rim fades into the background).
 """
 from __future__ import annotations
@@ -137,17 +137,18 @@ def whole_image(width: int, height: int, coverage: float = 1.0) -> FieldOfView:
 def downscale(rgb: np.ndarray, longer_side: int = WORK_SIDE) -> np.ndarray:
     """``rgb`` shrunk so its longer side is at most ``longer_side`` (as-is when already smaller).
 
-    Shrinking by up to 2x uses bilinear interpolation, which at those ratios still averages every
-    source pixel and is ~8x faster than INTER_AREA at non-integer ratios (~0.1 vs ~1 ms, most of
-    the pipeline's budget after a reduced JPEG decode); larger ratios use INTER_AREA to avoid
-    aliasing.
+    Halves with a Gaussian pyramid while the image is at least twice too large, then finishes
+    with bilinear interpolation (at most 2x: no aliasing). ~0.3 ms where INTER_AREA to an arbitrary
+    size costs ~1 ms, a large share of the budget after a reduced JPEG decode.
     """
+    while max(rgb.shape[:2]) >= 2 * longer_side:
+        rgb = cv2.pyrDown(rgb)
     height, width = rgb.shape[:2]
     scale = longer_side / max(height, width)
     if scale >= 1.0:
         return rgb
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA)
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
 
 
 def find_field_of_view(rgb: np.ndarray) -> FieldOfView:
@@ -158,17 +159,29 @@ def find_field_of_view(rgb: np.ndarray) -> FieldOfView:
     """
     height, width = rgb.shape[:2]
     small = downscale(rgb)
-    candidate = _border_candidate(small)
-    if candidate is None:
+    brightness = _brightness(small)
+    region = _bright_region(brightness)
+    if region is None:
         return whole_image(width, height, 0.0)
-    if not _is_border(candidate):
-        return whole_image(width, height, candidate["coverage"])
+    coverage = cv2.countNonZero(region) / region.size
+    candidate = _border_candidate(region, brightness)
+    if candidate is None or not _is_border(candidate):
+        return whole_image(width, height, coverage)
     sh, sw = small.shape[:2]
     sx, sy = width / sw, height / sh
     cx, cy = candidate["cx"] * sx, candidate["cy"] * sy
     rx, ry = candidate["rx"] * sx, candidate["ry"] * sy
     box = (round(cx - rx), round(cy - ry), round(cx + rx), round(cy + ry))
-    return FieldOfView(True, (cx, cy), (rx, ry), box, candidate["coverage"], (width, height))
+    return FieldOfView(True, (cx, cy), (rx, ry), box, coverage, (width, height))
+
+
+def _brightness(small: np.ndarray) -> np.ndarray:
+    """The brightest channel, with pure white as background (some public sets pad with white)."""
+    # Two elementwise maxima: numpy's max over a length-3 last axis is ~20x slower.
+    brightness = np.maximum(np.maximum(small[:, :, 0], small[:, :, 1]), small[:, :, 2])
+    white = np.minimum(np.minimum(small[:, :, 0], small[:, :, 1]), small[:, :, 2]) >= _WHITE_LEVEL
+    brightness[white] = 0
+    return brightness
 
 
 def _is_border(c: dict[str, float]) -> bool:
@@ -184,20 +197,12 @@ def _is_border(c: dict[str, float]) -> bool:
     )
 
 
-def _border_candidate(small: np.ndarray) -> dict[str, float] | None:
-    """Fit an ellipse to the edge of the brightest region of a small RGB image; measure the fit.
+def _border_candidate(region: np.ndarray, brightness: np.ndarray) -> dict[str, float] | None:
+    """Fit an ellipse to the outer edge of ``region`` and measure the fit (``_is_border`` judges).
 
-    Returns None when there is no bright region or its edge lies along the image border.
+    Returns None when the edge lies along the image border or no ellipse fits at all.
     """
-    h, w = small.shape[:2]
-    # The brightest channel, via two elementwise maxima (numpy's max over a length-3 last axis is
-    # ~20x slower). Pure white counts as background: some public sets pad photos with white.
-    brightness = np.maximum(np.maximum(small[:, :, 0], small[:, :, 1]), small[:, :, 2])
-    white = np.minimum(np.minimum(small[:, :, 0], small[:, :, 1]), small[:, :, 2]) >= _WHITE_LEVEL
-    brightness[white] = 0
-    region = _bright_region(brightness)
-    if region is None:
-        return None
+    h, w = region.shape
     contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     points = max(contours, key=len).reshape(-1, 2).astype(np.float64) + 0.5  # pixel centres
     # Where the disc is clipped, the contour runs along (or a few px inside) the image border.
@@ -231,7 +236,6 @@ def _border_candidate(small: np.ndarray) -> dict[str, float] | None:
         "cy": cy,
         "rx": rx,
         "ry": ry,
-        "coverage": float(np.count_nonzero(region)) / region.size,
         "arc_fraction": len(occupied) / 72,
         "fit_rms": float(np.sqrt(np.mean(_radial_residual(points, *ellipse) ** 2))),
         "rx_fraction": rx / w,

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# A module import (not a from-import): edge_retina.quality imports preprocess.fov, so whichever of
+# the two is imported first finds the other one half-initialised.
+import edge_retina.quality as quality_gate
 from edge_retina.preprocess.decode import MAX_PIXELS, MIN_SIDE, ImageSource, decode_image
 from edge_retina.preprocess.fov import FieldOfView, crop_to_fov, downscale, find_field_of_view
 from edge_retina.preprocess.resize import normalise, resize_to_spec
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.quality import Quality, assess_quality
 
 #: The reduced JPEG decode assumes the field of view spans at least this fraction of the shorter
 #: side (it is ~0.8-1.0 on fundus cameras, above 1 when the sensor clips the disc). When the FoV
@@ -30,7 +32,7 @@ class PreparedImage:
     tensor: np.ndarray  # float32 (1, 3, H, W), normalised
     image: np.ndarray  # uint8 (H, W, 3) RGB after FoV crop and resize, before normalisation
     fov: FieldOfView  # in the coordinates of the original (source_size)
-    quality: Quality
+    quality: quality_gate.Quality
     source_size: tuple[int, int]  # (width, height) of the original, as displayed
     timings: dict[str, float]  # seconds: {"decode": ..., "preprocess": ...}
 
@@ -61,13 +63,14 @@ class Preprocessor:
         small = downscale(rgb)
         small_fov = find_field_of_view(small)
         fov = small_fov.scaled(rgb.shape[1], rgb.shape[0])
-        if fov.found and decoded.reduction > 1 and 2 * fov.radius < self._needed_fov_side:
+        fov_side = 2 * min(fov.radii)
+        if fov.found and decoded.reduction > 1 and fov_side < self._needed_fov_side:
             # The FoV is smaller than the reduced decode assumed: decode again with enough pixels.
             redecode_start = time.perf_counter()
             short = min(rgb.shape[:2])
             decoded = decode_image(
                 source,
-                min_short_side=math.ceil(self._needed_fov_side * short / (2 * fov.radius)),
+                min_short_side=math.ceil(self._needed_fov_side * short / fov_side),
                 max_pixels=self.max_pixels,
                 min_side=self.min_side,
             )
@@ -77,7 +80,7 @@ class Preprocessor:
 
         cropped = crop_to_fov(rgb, fov) if self.spec.fov_crop else rgb
         image = resize_to_spec(cropped, self.spec)
-        quality = assess_quality(small, small_fov)
+        quality = quality_gate.assess_quality(small, small_fov)
         tensor = normalise(image, self.spec)
         preprocess_seconds = time.perf_counter() - start - decode_seconds
 
