@@ -14,23 +14,19 @@ import pytest
 import torch
 from torch import nn
 
-from converters.teachers import load_teacher, sha256_of
-from converters.teachers.clip import CheckpointLayoutError
+from converters.torch_compat import ensure_torchvision
 
-import open_clip  # noqa: E402  (after converters.teachers.clip, which makes torchvision importable)
+ensure_torchvision()  # open_clip imports torchvision
+import open_clip  # noqa: E402
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
+from teacher_fixtures import randomise_  # noqa: E402
+
+from converters.teachers import load_teacher  # noqa: E402
+from converters.teachers.checkpoints import CheckpointLayoutError, checkpoint_sha256  # noqa: E402
 
 IMAGE_SIZE = 32
 EMBED = 24
 TEXTS = ["a fundus photograph of diabetic retinopathy", "Normal Retina.", "glaucoma " * 40]
-
-
-def _perturb(module: nn.Module, seed: int) -> None:
-    # Every tensor distinct and non-trivial (LayerNorms included), so a mis-mapped key shows.
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
 
 
 def _tiny_openai_clip(seed: int) -> CLIP:
@@ -41,7 +37,7 @@ def _tiny_openai_clip(seed: int) -> CLIP:
         text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
         quick_gelu=True,
     )
-    _perturb(model, seed)
+    randomise_(model, seed)
     return model.eval()
 
 
@@ -112,7 +108,7 @@ def test_openai_clip_round_trip(tmp_path, images, saved_as):
 
     _assert_matches(teacher, images, *_expected(reference, images, open_clip.tokenize(TEXTS)))
     assert teacher.logit_scale == pytest.approx(float(reference.logit_scale.detach().exp()))
-    assert teacher.checkpoint_sha256 == sha256_of(path)
+    assert teacher.checkpoint_sha256 == checkpoint_sha256(path)
     spec = teacher.input_spec
     assert (spec.size, spec.resize_mode, spec.interpolation, spec.fov_crop) == (
         (IMAGE_SIZE, IMAGE_SIZE), "centre-crop", "bicubic", False)
@@ -161,7 +157,7 @@ TINY_OPEN_CLIP_CFG = {
 
 def _tiny_open_clip(seed: int) -> CLIP:
     model = CLIP(**TINY_OPEN_CLIP_CFG)  # open_clip's own defaults: nn.GELU, not OpenAI's QuickGELU
-    _perturb(model, seed)
+    randomise_(model, seed)
     return model.eval()
 
 
@@ -247,7 +243,7 @@ def hf_clip_directory(tmp_path_factory) -> tuple[Path, nn.Module]:
         projection_dim=EMBED,
     )
     reference = CLIPModel(config)
-    _perturb(reference, 10)
+    randomise_(reference, 10)
     reference.save_pretrained(directory)
     (directory / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": IMAGE_SIZE},
@@ -273,7 +269,7 @@ def test_hf_clip_round_trip(images, hf_clip_directory):
         (IMAGE_SIZE, IMAGE_SIZE), "centre-crop", "bicubic", False)
 
 
-def test_hf_clip_missing_weights_are_listed(tmp_path, hf_clip_directory):
+def test_hf_clip_missing_and_misshaped_weights_are_listed(tmp_path, hf_clip_directory):
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -282,9 +278,12 @@ def test_hf_clip_missing_weights_are_listed(tmp_path, hf_clip_directory):
     shutil.copytree(hf_clip_directory[0], directory)
     state = load_file(directory / "model.safetensors")
     del state["visual_projection.weight"]
+    state["vision_model.post_layernorm.weight"] = torch.ones(65)
     save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(CheckpointLayoutError, match=r"missing keys \(1\): visual_projection.weight"):
+    with pytest.raises(CheckpointLayoutError) as error:
         load_teacher("hf_clip", directory)
+    assert "missing keys (1): visual_projection.weight" in str(error.value)
+    assert "keys with other shapes (1): vision_model.post_layernorm.weight (65,) (expected (64,))" in str(error.value)
 
 
 @pytest.mark.slow

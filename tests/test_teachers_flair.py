@@ -15,62 +15,26 @@ from converters.torch_compat import ensure_torchvision
 
 ensure_torchvision()
 import torchvision  # noqa: E402
-from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
+from teacher_fixtures import (  # noqa: E402
+    FLAIR_EMBED_DIM,
+    Projection,
+    published_text_model,
+    randomise_,
+    reference_text_embedding,
+    unit,
+    write_tiny_bert,
+)
 
 from converters.teachers import load_teacher  # noqa: E402
+from converters.teachers.checkpoints import CheckpointLayoutError  # noqa: E402
 from converters.teachers.flair import (  # noqa: E402
     FLAIR_INPUT_SPEC,
     KEEPFIT_TRAINING_ONLY_KEYS,
-    CheckpointLayoutError,
     apply_caption,
     clamped_logit_scale,
 )
 
 SMALL_BLOCKS = (1, 1, 1, 1)  # a ResNet with ResNet-50's key names and fewer blocks, for speed
-EMBED_DIM = 512
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
-    "a fundus photograph of the retina with diabetic retinopathy glaucoma healthy macular edema and no"
-).split()
-
-
-def write_tiny_bert(directory: Path) -> Path:
-    """A Bio_ClinicalBERT-shaped local directory (config.json + vocab.txt, as that repository ships)
-    with a 3-layer BERT, so that layers 1, 2 and the last are distinct."""
-    directory.mkdir(parents=True, exist_ok=True)
-    BertConfig(
-        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=300,
-    ).save_pretrained(directory)
-    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    return directory
-
-
-class Projection(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int):
-        super().__init__()
-        self.projection = nn.Linear(in_dim, out_dim, bias=False)
-
-
-def randomise_(module: nn.Module, seed: int) -> nn.Module:
-    """Move every weight and running statistic off its initial value, so each one must be loaded."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            noise = torch.randn(tensor.shape, generator=generator) * 0.05
-            if name.endswith("running_var"):
-                tensor.copy_(1.0 + noise.abs())
-            else:
-                tensor.add_(noise)
-    return module.eval()
-
-
-def published_text_model(text_dir: Path) -> nn.Module:
-    text_model = nn.Module()
-    text_model.model = BertModel(BertConfig.from_pretrained(text_dir))
-    text_model.projection_head_text = Projection(text_model.model.config.hidden_size, EMBED_DIM)
-    return text_model
 
 
 def published_flair(text_dir: Path, blocks=(3, 4, 6, 3), seed: int = 0) -> nn.Module:
@@ -79,14 +43,10 @@ def published_flair(text_dir: Path, blocks=(3, 4, 6, 3), seed: int = 0) -> nn.Mo
     model.vision_model = nn.Module()
     model.vision_model.model = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, list(blocks))
     model.vision_model.model.fc = nn.Identity()
-    model.vision_model.projection_head_vision = Projection(2048, EMBED_DIM)
+    model.vision_model.projection_head_vision = Projection(2048, FLAIR_EMBED_DIM)
     model.text_model = published_text_model(text_dir)
     model.logit_scale = nn.Parameter(torch.log(torch.tensor(1 / 0.07)))
     return randomise_(model, seed)
-
-
-def unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
 
 
 def reference_image_embedding(model: nn.Module, image: torch.Tensor) -> np.ndarray:
@@ -94,20 +54,6 @@ def reference_image_embedding(model: nn.Module, image: torch.Tensor) -> np.ndarr
     with torch.no_grad():
         features = unit(model.vision_model.model(image))
         return unit(model.vision_model.projection_head_vision.projection(features)).numpy()
-
-
-def reference_text_embedding(model: nn.Module, text_dir: Path, prompt: str, max_length: int) -> np.ndarray:
-    """FLAIR's TextModel.tokenize + forward for one prompt."""
-    tokenizer = AutoTokenizer.from_pretrained(text_dir)
-    tokenizer.model_max_length = max_length
-    tokens = tokenizer([prompt], truncation=True, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        output = model.text_model.model(
-            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], output_hidden_states=True
-        )
-        layers = torch.stack([output.hidden_states[1], output.hidden_states[2], output.hidden_states[-1]])
-        features = unit(layers.permute(1, 0, 2, 3).mean(2).mean(1))
-        return unit(model.text_model.projection_head_text.projection(features)).numpy()
 
 
 def published_state(model: nn.Module, *, legacy_position_ids: bool = True) -> dict[str, torch.Tensor]:
@@ -121,7 +67,7 @@ def published_state(model: nn.Module, *, legacy_position_ids: bool = True) -> di
 
 def keepfit_state(model: nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    extra = {k: torch.randn(EMBED_DIM, EMBED_DIM, generator=generator) for k in KEEPFIT_TRAINING_ONLY_KEYS}
+    extra = {k: torch.randn(FLAIR_EMBED_DIM, FLAIR_EMBED_DIM, generator=generator) for k in KEEPFIT_TRAINING_ONLY_KEYS}
     return published_state(model) | extra
 
 
@@ -165,7 +111,7 @@ def test_flair_checkpoint_round_trip_matches_the_model(text_dir, save):
         reference_text_embedding(model, text_dir, "A fundus photograph of glaucoma and macular edema", 77),
     ]
     np.testing.assert_allclose(texts, np.concatenate(expected), atol=1e-6)
-    assert texts.dtype == np.float32 and texts.shape == (3, EMBED_DIM)
+    assert texts.dtype == np.float32 and texts.shape == (3, FLAIR_EMBED_DIM)
 
     assert teacher.family == "flair" and teacher.name == "flair_resnet"
     assert teacher.ensembling == "mean"
@@ -217,7 +163,7 @@ def test_text_embeddings_depend_on_the_prompt_only(text_dir, small_flair, save):
     alone = np.concatenate([teacher.embed_texts([p]) for p in PROMPTS])
     np.testing.assert_allclose(together, alone, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
-    assert teacher.embed_texts([]).shape == (0, EMBED_DIM)
+    assert teacher.embed_texts([]).shape == (0, FLAIR_EMBED_DIM)
 
     verbatim = load_teacher(
         "flair", save(published_state(small_flair), "again.pth"), text_model_path=text_dir,
@@ -232,7 +178,7 @@ def test_text_embeddings_depend_on_the_prompt_only(text_dir, small_flair, save):
     ("edit", "family", "expected"),
     [
         # a KeepFIT checkpoint is not a FLAIR one: its training-only keys are unexpected there
-        (lambda s: s | {k: torch.zeros(EMBED_DIM, EMBED_DIM) for k in KEEPFIT_TRAINING_ONLY_KEYS},
+        (lambda s: s | {k: torch.zeros(FLAIR_EMBED_DIM, FLAIR_EMBED_DIM) for k in KEEPFIT_TRAINING_ONLY_KEYS},
          "flair", "unexpected keys (4): attention.W_k.weight"),
         (lambda s: s, "keepfit", "lacks keepfit's training-only keys ['attention.W_q.weight'"),
         (lambda s: {k: v for k, v in s.items() if "projection_head_vision" not in k} | {"module.extra": torch.zeros(1)},

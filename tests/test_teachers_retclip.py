@@ -15,8 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from converters.teachers import load_teacher, sha256_of
-from converters.teachers.clip import CheckpointLayoutError
+from teacher_fixtures import randomise_
+
+from converters.teachers import load_teacher
+from converters.teachers.checkpoints import CheckpointLayoutError, checkpoint_sha256
 
 # Chinese-CLIP's own code is the reference implementation.
 cn_clip = pytest.importorskip("cn_clip.clip")
@@ -33,14 +35,6 @@ TEXTS = [
 ]
 
 
-def _perturb(module: nn.Module, seed: int) -> None:
-    # Every tensor distinct and non-trivial (LayerNorms included), so a mis-mapped key shows.
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-
-
 def _chinese_clip_towers(seed: int) -> ChineseClip:
     model = ChineseClip(
         embed_dim=EMBED, image_resolution=IMAGE_SIZE, vision_layers=2, vision_width=HIDDEN, vision_patch_size=8,
@@ -49,7 +43,7 @@ def _chinese_clip_towers(seed: int) -> ChineseClip:
         text_intermediate_size=2 * HIDDEN, text_max_position_embeddings=64, text_num_attention_heads=2,
         text_num_hidden_layers=2, text_type_vocab_size=2,
     )
-    _perturb(model, seed)
+    randomise_(model, seed)
     return model.eval()
 
 
@@ -76,7 +70,7 @@ class RetClipReference(nn.Module):
             self.right_feature_mapping = nn.Linear(EMBED, EMBED, bias=False)
         else:  # the older Code_of_RET-CLIP/ snapshot
             self.single_feature_mapping = nn.Linear(EMBED, EMBED)
-        _perturb(self.text_projection_left, 7)
+        randomise_(self.text_projection_left, 7)
 
     def encode_left_text(self, text_ids: torch.Tensor) -> torch.Tensor:
         mask = text_ids.ne(cn_clip._tokenizer.vocab["[PAD]"])
@@ -129,7 +123,7 @@ def test_vilref_round_trip(vilref_checkpoint, vocab_dir, images):
     np.testing.assert_allclose(teacher.embed_texts(TEXTS), want_texts, atol=1e-5)
     assert teacher.logit_scale == pytest.approx(float(reference.logit_scale.detach().exp()))
     assert teacher.ensembling == "mean_renormalised"
-    assert teacher.checkpoint_sha256 == sha256_of(path)
+    assert teacher.checkpoint_sha256 == checkpoint_sha256(path)
     spec = teacher.input_spec
     assert (spec.size, spec.resize_mode, spec.interpolation, spec.fov_crop) == (
         (IMAGE_SIZE, IMAGE_SIZE), "stretch", "bicubic", False)
@@ -181,7 +175,7 @@ def test_layout_mismatch_lists_missing_and_unexpected_keys(tmp_path, vilref_chec
     message = str(error.value)
     assert "missing keys (1): bert.encoder.layer.1.output.dense.bias" in message
     assert "unexpected keys (1): visual.extra_adapter.weight" in message
-    assert "keys with other shapes (1): visual.ln_post.weight (129,) (model (128,))" in message
+    assert "keys with other shapes (1): visual.ln_post.weight (129,) (expected (128,))" in message
 
     state = reference.state_dict()
     state["text_projection"] = torch.zeros(HIDDEN, EMBED + 1)

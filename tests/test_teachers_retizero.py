@@ -13,10 +13,19 @@ from torch import nn
 from converters.torch_compat import ensure_torchvision
 
 ensure_torchvision()
+from teacher_fixtures import (  # noqa: E402
+    FLAIR_EMBED_DIM,
+    Projection,
+    published_text_model,
+    randomise_,
+    reference_text_embedding,
+    unit,
+    write_tiny_bert,
+)
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 from converters.teachers import load_teacher  # noqa: E402
-from converters.teachers.flair import CheckpointLayoutError  # noqa: E402
+from converters.teachers.checkpoints import CheckpointLayoutError  # noqa: E402
 from converters.teachers.retizero import (  # noqa: E402
     LORA_FACTOR,
     LORA_RANK,
@@ -29,14 +38,6 @@ from converters.teachers.retizero import (  # noqa: E402
     merge_lora_state,
     retfound_vit,
     timm_key,
-)
-from test_teachers_flair import (  # noqa: E402
-    EMBED_DIM,
-    Projection,
-    published_text_model,
-    randomise_,
-    reference_text_embedding,
-    write_tiny_bert,
 )
 
 DEPTH, WIDTH, HEADS, RANK = 2, 64, 4, 4  # a small ViT with RETFound's key names
@@ -78,14 +79,10 @@ def published_retizero(text_dir: Path, seed: int = 0) -> nn.Module:
     model.vision_model = nn.Module()
     model.vision_model.model = nn.Module()
     model.vision_model.model.lora_vit = vit
-    model.vision_model.projection_head_vision = Projection(WIDTH, EMBED_DIM)
+    model.vision_model.projection_head_vision = Projection(WIDTH, FLAIR_EMBED_DIM)
     model.text_model = published_text_model(text_dir)
     model.logit_scale = nn.Parameter(torch.log(torch.tensor(1 / 0.07)))
     return randomise_(model, seed)
-
-
-def unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
 
 
 def reference_image_embedding(model: nn.Module, image: torch.Tensor) -> np.ndarray:

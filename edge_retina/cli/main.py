@@ -18,9 +18,9 @@ from edge_retina.errors import EdgeRetinaError
 COMMANDS: dict[str, tuple[str, str | None]] = {
     "screen": ("edge_retina.cli.screen:screen", None),
     "bundle": ("edge_retina.cli.bundle:bundle", None),
-    "demo": ("converters.cli:demo", "convert"),
-    "convert": ("converters.cli:convert", "convert"),
-    "prompts": ("converters.cli:prompts", "convert"),
+    "demo": ("converters.commands.demo:demo", "convert"),
+    "convert": ("converters.commands.convert:convert", "convert"),
+    "prompts": ("converters.commands.prompts:prompts", "convert"),
 }
 
 # Modules whose absence means "the extra is not installed" rather than a bug.
@@ -41,22 +41,46 @@ class LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if extra and exc.name and exc.name.split(".")[0] in _EXTRA_MODULES:
+            if extra and _is_extra_module(exc):
                 return _missing_extra_command(name, extra, exc.name)
             raise
-        return getattr(module, attribute)
+        command = getattr(module, attribute)
+        return _guarded(command, name, extra) if extra else command
+
+
+def _is_extra_module(exc: ModuleNotFoundError) -> bool:
+    return bool(exc.name) and exc.name.split(".")[0] in _EXTRA_MODULES
+
+
+def _missing_extra_message(name: str, extra: str, missing: str) -> str:
+    return (f"'edge-retina {name}' runs on the host and needs the '{extra}' extra ({missing} is not installed): "
+            f"pip install 'edge-retina[{extra}]'")
 
 
 def _missing_extra_command(name: str, extra: str, missing: str) -> click.Command:
     @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
                    help=f"(needs the '{extra}' extra: pip install 'edge-retina[{extra}]')")
     def unavailable(**_: object) -> None:
-        raise click.ClickException(
-            f"'edge-retina {name}' runs on the host and needs the '{extra}' extra ({missing} is not installed): "
-            f"pip install 'edge-retina[{extra}]'"
-        )
+        raise click.ClickException(_missing_extra_message(name, extra, missing))
 
     return unavailable
+
+
+def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
+    """Host commands import their heavy dependencies when they run: turn a missing one into the
+    "install the extra" message there too."""
+    invoke = command.invoke
+
+    def guarded_invoke(ctx: click.Context):
+        try:
+            return invoke(ctx)
+        except ModuleNotFoundError as exc:
+            if _is_extra_module(exc):
+                raise click.ClickException(_missing_extra_message(name, extra, exc.name)) from None
+            raise
+
+    command.invoke = guarded_invoke  # type: ignore[method-assign]
+    return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,27 @@
+"""``edge-retina demo``: the main job on the embedded default."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from converters.commands.options import default_datasets
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("artifacts/demo"), show_default=True,
+              help="Where the default bundle and sample images go.")
+@click.option("--datasets", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Labelled fundus datasets for the parity table (default: ../shared/datasets when present).")
+@click.option("--rebuild", is_flag=True, help="Rebuild the default bundle even if it is up to date.")
+@click.option("--parity-limit", type=int, default=120, show_default=True,
+              help="Held-out images per dataset in the parity table.")
+def demo(workdir: Path, datasets: Path | None, rebuild: bool, parity_limit: int) -> None:
+    """Build the default bundle from the embedded reference model, screen sample images, and print
+    latency and parity tables."""
+    from converters.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(workdir=workdir, datasets=datasets or default_datasets(), rebuild=rebuild,
+                        parity_limit=parity_limit))
+
+

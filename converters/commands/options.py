@@ -1,0 +1,32 @@
+"""Options shared by the host commands."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+_REPO_SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+
+
+def teacher_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--teacher-option key=value`` pairs (e.g. text_model_path=/models/Bio_ClinicalBERT)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--teacher-option")
+        options[key.strip()] = value
+    return options
+
+
+TEACHER_OPTION = click.option(
+    "--teacher-option", "teacher_options", multiple=True, metavar="KEY=VALUE",
+    help="Option for the teacher adapter, repeatable (e.g. text_model_path=DIR for FLAIR's local text tower).",
+)
+
+
+def default_datasets() -> Path | None:
+    """``$EDGE_RETINA_DATASETS``, else ../shared/datasets beside the checkout, when present."""
+    candidate = Path(os.environ.get("EDGE_RETINA_DATASETS", _REPO_SHARED))
+    return candidate if (candidate / "README.md").is_file() else None
