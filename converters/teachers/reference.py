@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converters.reference import DEFAULT_WEIGHTS, load_reference
+from converters.reference import REFERENCE_WEIGHTS, load_reference
 from converters.reference.model import REFERENCE_INPUT_SPEC
 
 from . import Teacher, register_teacher
@@ -15,7 +15,7 @@ from .checkpoints import checkpoint_sha256
 
 @register_teacher("reference")
 def load(checkpoint: str | Path | None = None) -> Teacher:
-    weights = Path(checkpoint) if checkpoint is not None else DEFAULT_WEIGHTS
+    weights = Path(checkpoint) if checkpoint is not None else REFERENCE_WEIGHTS
     model = load_reference(weights).eval()
 
     def embed_texts(texts: list[str]) -> np.ndarray:

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 from edge_retina.bundle.hashing import CHUNK_BYTES, copy_and_hash, sha256_stream
 from edge_retina.bundle.paths import MANIFEST_NAME, relpath_problem
@@ -92,6 +92,23 @@ def hash_archive(archive: Path) -> tuple[bytes | None, dict[str, str]]:
             except tarfile.ReadError as exc:
                 raise BundleError(f"{archive} is truncated or corrupt: member {name!r} ({exc})") from None
     return manifest_bytes, hashes
+
+
+def read_small_members(archive: Path, names: Collection[str], max_bytes: int) -> dict[str, bytes]:
+    """The bytes of those of ``names`` the archive holds (e.g. manifest.json and manifest.sig),
+    read without extracting; BundleError for an unsafe archive or a named member over ``max_bytes``."""
+    found: dict[str, bytes] = {}
+    with _open_archive(archive) as tar:
+        for name, member in _safe_members(tar, archive):
+            if name not in names:
+                continue
+            if member.size > max_bytes:
+                raise BundleError(f"{archive}: member {name!r} is {member.size} bytes, more than {max_bytes}")
+            try:
+                found[name] = tar.extractfile(member).read()
+            except tarfile.ReadError as exc:
+                raise BundleError(f"{archive} is truncated or corrupt: member {name!r} ({exc})") from None
+    return found
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from edge_retina.bundle.archive import hash_archive
 from edge_retina.bundle.cache import default_cache_dir, discard, extracted
 from edge_retina.bundle.hashing import sha256_file
 from edge_retina.bundle.manifest import EngineEntry, Manifest, ManifestError
-from edge_retina.bundle.paths import MANIFEST_NAME, relpath_problem
+from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME, relpath_problem
 from edge_retina.errors import BundleError
 
 
@@ -97,7 +97,7 @@ def verify_bundle(path: str | os.PathLike[str]) -> VerificationReport:
                 raise BundleError(f"{source} is not a bundle: the archive has no {MANIFEST_NAME}")
             manifest = Manifest.from_bytes(manifest_bytes, source=_describe(source, source))
             unreadable = {}
-            unlisted = sorted(set(actual) - set(manifest.files))
+            unlisted = sorted(set(actual) - set(manifest.files) - {SIGNATURE_NAME})
         else:
             raise BundleError(f"no bundle at {source}")
     except ManifestError as exc:
@@ -189,6 +189,6 @@ def _unlisted_files(root: Path, files: Mapping[str, str]) -> list[str]:
     for directory, _, names in os.walk(root):
         for name in names:
             rel = (Path(directory) / name).relative_to(root).as_posix()
-            if rel != MANIFEST_NAME and rel not in files:
+            if rel not in (MANIFEST_NAME, SIGNATURE_NAME) and rel not in files:
                 unlisted.append(rel)
     return sorted(unlisted)

@@ -12,7 +12,7 @@ from edge_retina.bundle.archive import FILE_MODE, write_archive
 from edge_retina.bundle.hashing import copy_and_hash
 from edge_retina.bundle.loader import load_bundle
 from edge_retina.bundle.manifest import Manifest
-from edge_retina.bundle.paths import MANIFEST_NAME, parent_conflicts, relpath_problem
+from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME, parent_conflicts, relpath_problem
 from edge_retina.errors import BundleError
 
 FileSource = Union[os.PathLike, bytes, bytearray, memoryview]
@@ -52,14 +52,16 @@ def write_bundle(
 def pack_bundle(bundle_dir: str | os.PathLike[str], archive_path: str | os.PathLike[str]) -> Path:
     """Pack a verified bundle directory into a deterministic ``.erb.tar`` archive.
 
-    Members: manifest.json first (a streaming reader meets it before the files it pins), then every
-    file the manifest lists, sorted; files the manifest does not list are left out.
+    Members: manifest.json first (a streaming reader meets it before the files it pins), then its
+    signature manifest.sig when the directory has one, then every file the manifest lists, sorted;
+    files the manifest does not list are left out.
     """
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise BundleError(f"{bundle_dir} is not a bundle directory (pack_bundle packs directories)")
     bundle = load_bundle(bundle_dir, verify=True)
-    return write_archive(bundle_dir, [MANIFEST_NAME, *sorted(bundle.manifest.files)], Path(archive_path))
+    signature = [SIGNATURE_NAME] if (bundle_dir / SIGNATURE_NAME).is_file() else []
+    return write_archive(bundle_dir, [MANIFEST_NAME, *signature, *sorted(bundle.manifest.files)], Path(archive_path))
 
 
 def _check_sources(out_dir: Path, files: Mapping[str, FileSource]) -> None:
@@ -67,6 +69,8 @@ def _check_sources(out_dir: Path, files: Mapping[str, FileSource]) -> None:
     for rel, content in files.items():
         if rel == MANIFEST_NAME:
             problems.append(f"{rel}: write_bundle writes manifest.json itself")
+        elif rel == SIGNATURE_NAME:
+            problems.append(f"{rel}: the signature is added after writing (edge_retina.bundle.signing)")
         elif problem := relpath_problem(rel):
             problems.append(f"file path {problem}")
         if isinstance(content, os.PathLike):

@@ -1,0 +1,56 @@
+"""Where calibration candidates come from: image files, folders, or a CSV with metadata columns.
+
+A CSV needs a ``file`` column (relative to the CSV's folder, or absolute); its other columns are
+metadata that stratified selection can group by.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from edge_retina.preprocess import IMAGE_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def _read_csv(path: Path) -> list[Candidate]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "file" not in rows[0]:
+        raise ValueError(f"{path}: a calibration CSV needs a 'file' column (other columns are metadata)")
+    candidates = []
+    for row in rows:
+        file = Path(row["file"])
+        metadata = {k: (v or "") for k, v in row.items() if k != "file"}
+        candidates.append(Candidate(file if file.is_absolute() else path.parent / file, metadata))
+    return candidates
+
+
+def list_candidates(sources: Iterable[str | Path]) -> list[Candidate]:
+    """Every image named by ``sources`` (files, folders searched recursively, CSVs), in a stable order."""
+    candidates: list[Candidate] = []
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            candidates += [Candidate(p) for p in sorted(source.rglob("*"))
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        elif source.suffix.lower() == ".csv":
+            candidates += _read_csv(source)
+        elif source.exists():
+            candidates.append(Candidate(source))
+        else:
+            raise FileNotFoundError(f"calibration source not found: {source}")
+    seen: set[Path] = set()
+    unique = []
+    for c in candidates:  # the same image named twice is one candidate
+        key = c.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(c)
+    return unique

@@ -1,0 +1,72 @@
+"""The labels CSV a parity run reads (format: docs/LABELS.md).
+
+A ``file`` column (relative to the CSV's folder, or absolute) and one column per condition holding
+1 (has it), 0 (does not) or blank (not labelled for that condition: left out of its AUROC).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_retina.errors import EdgeRetinaError
+
+
+@dataclass
+class LabelledImages:
+    """Image paths and, per condition, a 0/1 label per image (NaN where the image is not labelled)."""
+
+    paths: list[Path]
+    labels: dict[str, np.ndarray]
+
+    def subset(self, indices: list[int]) -> "LabelledImages":
+        return LabelledImages([self.paths[i] for i in indices], {c: y[indices] for c, y in self.labels.items()})
+
+
+def read_labels_csv(path: str | os.PathLike[str]) -> LabelledImages:
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except OSError as exc:
+        raise EdgeRetinaError(f"labels CSV {path}: cannot read ({exc.strerror or exc})") from None
+    if "file" not in columns or len(columns) < 2:
+        raise EdgeRetinaError(f"{path}: a labels CSV needs a 'file' column and one 0/1 column per condition "
+                              f"(found columns {columns}); see docs/LABELS.md")
+    if not rows:
+        raise EdgeRetinaError(f"{path}: no rows")
+    conditions = [c for c in columns if c != "file"]
+    labels = {c: np.full(len(rows), np.nan) for c in conditions}
+    for i, row in enumerate(rows):
+        for c in conditions:
+            value = (row[c] or "").strip()
+            if value not in ("", "0", "1"):
+                raise EdgeRetinaError(f"{path}: row {i + 2}, column {c!r}: expected 0, 1 or blank, got {value!r}")
+            if value:
+                labels[c][i] = float(value)
+    paths = [Path(r["file"]) if Path(r["file"]).is_absolute() else path.parent / r["file"] for r in rows]
+    return LabelledImages(paths, labels)
+
+
+def write_labels_csv(labelled: LabelledImages, path: str | os.PathLike[str]) -> Path:
+    """Write ``labelled`` in the labels-CSV format, with file paths relative to the CSV when possible."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conditions = list(labelled.labels)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", *conditions])
+        for i, image in enumerate(labelled.paths):
+            try:
+                name = os.path.relpath(Path(image).resolve(), path.parent.resolve())
+            except ValueError:  # another drive on Windows
+                name = str(Path(image).resolve())
+            cells = ["" if math.isnan(labelled.labels[c][i]) else str(int(labelled.labels[c][i])) for c in conditions]
+            writer.writerow([Path(name).as_posix(), *cells])
+    return path

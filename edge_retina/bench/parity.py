@@ -1,0 +1,235 @@
+"""Parity of a bundle's engines against a reference model, on labelled images (runtime side).
+
+Every image is preprocessed once with the runtime's own Preprocessor; the same tensor then goes to
+the reference and to every engine, so differences come from the models alone. The reference is
+either the bundle's own FP32 engine (this module alone: runs on a device) or the PyTorch teacher
+(its embeddings come from ``converters.parity`` on the host).
+
+Per condition and model: zero-shot AUROC, ΔAUROC against the reference with a paired bootstrap 95 %
+CI and DeLong's test, sensitivity and specificity at the bundle's thresholds, and the agreement of
+refer / no-refer decisions with the reference. Per model: the distribution of the embedding cosine
+to the reference.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from edge_retina.backends import Runner, create_runner
+from edge_retina.bench import metrics
+from edge_retina.bench.labels import LabelledImages
+from edge_retina.bundle import Bundle, EngineEntry, load_bundle
+from edge_retina.errors import EdgeRetinaError, ImageError
+from edge_retina.preprocess import Preprocessor
+from edge_retina.prompts import PromptTable
+from edge_retina.screener import engine_cache_dir
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ModelParity:
+    """One model on one condition; the comparison fields are None for the reference itself."""
+
+    auroc: float
+    sensitivity: float | None  # at the bundle's threshold (None: the condition has no threshold)
+    specificity: float | None
+    bootstrap: metrics.BootstrapDelta | None = None
+    delong: metrics.DeLongResult | None = None
+    agreement: float | None = None  # refer / no-refer decisions equal to the reference's, all images
+
+
+@dataclass
+class ConditionParity:
+    condition: str
+    n_pos: int
+    n_neg: int
+    threshold: float | None
+    models: dict[str, ModelParity]
+    roc: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False)  # model -> (fpr, tpr)
+
+
+@dataclass
+class ParityReport:
+    reference: str
+    models: list[str]  # the reference first
+    n_images: int
+    conditions: list[ConditionParity]
+    cosine: dict[str, np.ndarray]  # model -> per-image cosine of its embedding to the reference's
+    skipped: list[str]  # images that could not be used, with why
+
+    def failures(self, max_drop: float) -> list[str]:
+        """Every (condition, model) whose AUROC is more than ``max_drop`` below the reference's."""
+        return [
+            f"{c.condition}: {name} ΔAUROC {m.bootstrap.delta:+.4f} (max drop {max_drop})"
+            for c in self.conditions for name, m in c.models.items()
+            if m.bootstrap is not None and m.bootstrap.delta < -max_drop
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        def model_dict(m: ModelParity) -> dict[str, Any]:
+            d: dict[str, Any] = {"auroc": m.auroc, "sensitivity": m.sensitivity, "specificity": m.specificity}
+            if m.bootstrap is not None:
+                d.update(delta_auroc=m.bootstrap.delta, delta_ci95=[m.bootstrap.ci_low, m.bootstrap.ci_high],
+                         bootstrap_replicates=m.bootstrap.replicates)
+            if m.delong is not None:
+                d.update(delong_z=m.delong.z, delong_p=m.delong.p_value, delong_se=m.delong.standard_error)
+            if m.agreement is not None:
+                d["decision_agreement"] = m.agreement
+            return d
+
+        return {
+            "reference": self.reference,
+            "models": self.models,
+            "images": self.n_images,
+            "conditions": [
+                {"condition": c.condition, "n_pos": c.n_pos, "n_neg": c.n_neg, "threshold": c.threshold,
+                 "models": {name: model_dict(m) for name, m in c.models.items()}}
+                for c in self.conditions
+            ],
+            "cosine_to_reference": {name: metrics.distribution(v) for name, v in self.cosine.items()},
+            "skipped": self.skipped,
+        }
+
+
+def compare_embeddings(
+    reference: str,
+    embeddings: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    table: PromptTable,
+    thresholds: dict[str, float | None],
+    *,
+    replicates: int = 2000,
+    seed: int = 0,
+    skipped: Iterable[str] = (),
+) -> ParityReport:
+    """``embeddings`` maps model name -> (N, D), ``reference`` among them; labels are aligned with N.
+
+    Conditions the prompt table does not score, or without both classes, are left out.
+    """
+    if reference not in embeddings:
+        raise ValueError(f"reference {reference!r} is not among the models {list(embeddings)}")
+    models = [reference, *(name for name in embeddings if name != reference)]
+    scores = {name: table.score(embeddings[name]).condition_probabilities for name in models}
+    conditions = []
+    for condition, y_all in labels.items():
+        if condition not in table.conditions:
+            continue
+        labelled = ~np.isnan(y_all)
+        y = y_all[labelled]
+        if len(np.unique(y)) < 2:
+            continue
+        threshold = thresholds.get(condition)
+        ref_all = scores[reference][condition]
+        per_model, roc = {}, {}
+        for name in models:
+            s_all = scores[name][condition]
+            s = s_all[labelled]
+            sens, spec = (metrics.sensitivity_specificity(y, s, threshold) if threshold is not None
+                          else (None, None))
+            entry = ModelParity(metrics.auroc(y, s), sens, spec)
+            if name != reference:
+                entry.bootstrap = metrics.paired_bootstrap_delta(y, ref_all[labelled], s, replicates=replicates,
+                                                                 seed=seed)
+                entry.delong = metrics.delong_test(y, ref_all[labelled], s)
+                if threshold is not None:
+                    entry.agreement = metrics.decision_agreement(ref_all, s_all, threshold)
+            per_model[name] = entry
+            roc[name] = metrics.roc_points(y, s)
+        conditions.append(ConditionParity(condition, int((y == 1).sum()), int((y == 0).sum()), threshold,
+                                          per_model, roc))
+    cosine = {name: metrics.cosine_similarity(embeddings[name], embeddings[reference]) for name in models[1:]}
+    n_images = len(next(iter(embeddings.values())))
+    return ParityReport(reference, models, n_images, conditions, cosine, list(skipped))
+
+
+def prepare_tensors(preprocessor: Preprocessor, paths: Sequence[Path],
+                    progress: Progress | None = None) -> tuple[np.ndarray, list[int], list[str]]:
+    """Preprocess images once; returns (N, 3, H, W), the indices kept, and why the others were not."""
+    tensors, kept, skipped = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            prepared = preprocessor.prepare(path)
+        except ImageError as exc:  # an unreadable image is reported, not fatal, in a parity run
+            skipped.append(f"{path}: {exc}")
+        else:
+            tensors.append(prepared.tensor[0])
+            kept.append(i)
+        if progress:
+            progress(1)
+    if not tensors:
+        raise EdgeRetinaError(f"none of the {len(paths)} labelled images could be read")
+    return np.stack(tensors), kept, skipped
+
+
+def runner_embeddings(runner: Runner, tensors: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    return np.concatenate([runner.infer(tensors[s:s + batch_size]) for s in range(0, len(tensors), batch_size)])
+
+
+def engine_name(engine: EngineEntry) -> str:
+    return engine.describe()
+
+
+def bundle_prompt_table(bundle: Bundle) -> PromptTable:
+    prompts = bundle.manifest.prompts
+    return PromptTable.load(bundle.path_of(prompts.file), classes=[c.name for c in prompts.conditions],
+                            normal_class=prompts.normal_class, ensembling=prompts.ensembling,
+                            logit_scale=bundle.manifest.logit_scale)
+
+
+def engine_embeddings(bundle: Bundle, tensors: np.ndarray, engines: Sequence[EngineEntry],
+                      threads: int | None = None) -> dict[str, np.ndarray]:
+    """Each engine's embeddings of the same prepared tensors (engines opened one at a time)."""
+    out = {}
+    for engine in engines:
+        with create_runner(engine.backend, bundle.path_of(engine.primary_file), precision=engine.precision,
+                           threads=threads, cache_dir=engine_cache_dir(bundle)) as runner:
+            out[engine_name(engine)] = runner_embeddings(runner, tensors)
+    return out
+
+
+def bundle_parity(
+    bundle_path: str | Path,
+    labelled: LabelledImages,
+    *,
+    reference: tuple[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+    engines: Sequence[EngineEntry] | None = None,
+    threads: int | None = None,
+    replicates: int = 2000,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> ParityReport:
+    """Parity of ``engines`` (default: all of the bundle's) on ``labelled`` images.
+
+    ``reference`` is (name, embed function on prepared tensors), e.g. the PyTorch teacher; without
+    it the reference is the bundle's preferred FP32 engine.
+    """
+    bundle = load_bundle(Path(bundle_path))
+    engines = list(engines if engines is not None else bundle.manifest.engines)
+    tensors, kept, skipped = prepare_tensors(Preprocessor(bundle.manifest.input), labelled.paths, progress)
+    embeddings = {}
+    if reference is None:
+        fp32 = bundle.select_engine(precision="fp32")
+        reference_name = engine_name(fp32)
+        if all(engine_name(e) != reference_name for e in engines):
+            engines.insert(0, fp32)
+    else:
+        reference_name, embed = reference
+        embeddings[reference_name] = embed(tensors)
+    embeddings.update(engine_embeddings(bundle, tensors, engines, threads))
+    thresholds = {c.name: c.threshold for c in bundle.manifest.prompts.conditions}
+    return compare_embeddings(reference_name, embeddings, labelled.subset(kept).labels, bundle_prompt_table(bundle),
+                              thresholds, replicates=replicates, seed=seed, skipped=skipped)
+
+
+def format_delta(m: ModelParity) -> str:
+    """ΔAUROC with its CI, as the tables print it: "-0.0012 [-0.0040, +0.0015] p=0.41"."""
+    b, d = m.bootstrap, m.delong
+    if b is None:
+        return ""
+    p = "" if d is None or math.isnan(d.p_value) else f" p={d.p_value:.2g}"
+    return f"{b.delta:+.4f} [{b.ci_low:+.4f}, {b.ci_high:+.4f}]{p}"

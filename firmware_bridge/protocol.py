@@ -1,0 +1,212 @@
+"""Wire protocol v1 between a fundus camera and the bridge: frames, messages, error codes.
+
+docs/PROTOCOL.md is the normative description; this module is its reference implementation.
+
+Frame (all integers big-endian)::
+
+    offset  size  field
+    0       2     magic "ER" (0x45 0x52)
+    2       1     protocol version (1)
+    3       1     message type (MessageType)
+    4       4     payload length N (uint32)
+    8       4     CRC-32 of bytes 0..7 (header check)
+    12      N     payload
+    12+N    4     CRC-32 of the payload
+
+The header has its own CRC so that a corrupted length is refused at once (a UART drops and flips
+bytes) instead of making the receiver wait for a payload that never comes. The CRC is zlib's
+CRC-32 (IEEE 802.3, the one in every camera SDK and in the C client).
+
+Payload: ``uint32 M | M bytes of UTF-8 JSON object (metadata) | N - 4 - M bytes of body``. Only
+SCREEN carries a body (the image).
+"""
+from __future__ import annotations
+
+import enum
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+MAGIC = b"ER"
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+HEADER = struct.Struct(">2sBBI")  # magic, version, type, payload length
+HEADER_SIZE = HEADER.size + 4  # + header CRC
+TRAILER_SIZE = 4
+#: Default largest payload accepted (a 12 MP camera JPEG is 2-6 MB; raw frames of large sensors need
+#: ``--max-frame-mb``). Frames above the limit are refused from their header, before any payload is read.
+DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
+#: Upper bound of the metadata JSON inside a payload.
+MAX_METADATA = 64 * 1024
+
+
+class MessageType(enum.IntEnum):
+    HELLO = 0x01
+    SCREEN = 0x02
+    RESULT = 0x03
+    STATUS = 0x04
+    SELFTEST = 0x05
+    ERROR = 0x7F
+
+
+class ErrorCode(str, enum.Enum):
+    """Typed ERROR codes (the ``code`` field of an ERROR message's metadata)."""
+
+    BAD_MAGIC = "bad_magic"              # bytes that do not start a frame (skipped up to the next magic)
+    BAD_HEADER_CHECKSUM = "bad_header_checksum"
+    BAD_CHECKSUM = "bad_checksum"        # payload CRC mismatch
+    UNSUPPORTED_VERSION = "unsupported_version"
+    FRAME_TOO_LARGE = "frame_too_large"
+    TRUNCATED = "truncated"              # a frame stopped arriving before its end (frame timeout)
+    UNKNOWN_TYPE = "unknown_type"
+    MALFORMED = "malformed"              # the payload is not metadata JSON + body
+    BAD_REQUEST = "bad_request"          # well-formed message with missing or invalid fields
+    ID_CONFLICT = "id_conflict"          # a request id reused with a different image
+    BUSY = "busy"                        # queue full: retry after ``retry_after_ms``
+    TIMEOUT = "timeout"                  # not screened within the request timeout: retry the same id later
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A frame or message that cannot be accepted; the server answers it with an ERROR."""
+
+    def __init__(self, code: ErrorCode, message: str, *, request_id: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Message:
+    type: MessageType
+    meta: dict[str, Any] = field(default_factory=dict)
+    body: bytes = b""
+
+
+def crc32(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def encode_payload(meta: dict[str, Any], body: bytes = b"") -> bytes:
+    meta_bytes = json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()
+    return struct.pack(">I", len(meta_bytes)) + meta_bytes + body
+
+
+def encode_frame(msg_type: int, payload: bytes, *, version: int = VERSION) -> bytes:
+    header = HEADER.pack(MAGIC, version, int(msg_type), len(payload))
+    return header + struct.pack(">I", crc32(header)) + payload + struct.pack(">I", crc32(payload))
+
+
+def encode_message(message: Message) -> bytes:
+    return encode_frame(message.type, encode_payload(message.meta, message.body))
+
+
+def error_message(code: ErrorCode, text: str, *, request_id: str | None = None, **extra: Any) -> Message:
+    meta: dict[str, Any] = {"code": code.value, "message": text, **extra}
+    if request_id is not None:
+        meta["request_id"] = request_id
+    return Message(MessageType.ERROR, meta)
+
+
+def decode_payload(msg_type: int, payload: bytes) -> Message:
+    """Split a checked payload into metadata and body; refuse unknown types and bad metadata."""
+    try:
+        kind = MessageType(msg_type)
+    except ValueError:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type 0x{msg_type:02x}") from None
+    if len(payload) < 4:
+        raise ProtocolError(ErrorCode.MALFORMED, "payload shorter than its 4-byte metadata length")
+    (meta_len,) = struct.unpack_from(">I", payload)
+    if meta_len > MAX_METADATA or 4 + meta_len > len(payload):
+        raise ProtocolError(ErrorCode.MALFORMED, f"metadata length {meta_len} does not fit the payload")
+    try:
+        meta = json.loads(payload[4:4 + meta_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"metadata is not UTF-8 JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, "metadata must be a JSON object")
+    return Message(kind, meta, bytes(payload[4 + meta_len:]))
+
+
+class FrameParser:
+    """Incremental frame parser for a byte stream (socket, serial line).
+
+    ``feed`` bytes as they arrive; ``next`` returns the next :class:`Message`, ``None`` when more
+    bytes are needed, or raises :class:`ProtocolError` for a bad frame. After an error the parser has
+    already skipped what it could not use (up to the next magic, or the whole refused frame when its
+    header was valid), so calling ``next`` again resynchronises on the stream: one bad frame never
+    poisons the frames after it.
+    """
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
+        self.max_payload = max_payload
+        self._buffer = bytearray()
+        self._skip = 0  # payload bytes of a refused (oversized) frame still to discard
+
+    def feed(self, data: bytes) -> None:
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
+        self._buffer += data
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held (0 when idle between frames)."""
+        return len(self._buffer) + self._skip
+
+    def discard(self) -> None:
+        """Drop an incomplete frame (the sender stopped mid-frame)."""
+        self._buffer.clear()
+        self._skip = 0
+
+    def next(self) -> Message | None:
+        buf = self._buffer
+        if not buf:
+            return None
+        if not buf.startswith(MAGIC[: len(buf)]):
+            self._resync(1)
+            raise ProtocolError(ErrorCode.BAD_MAGIC, "bytes outside a frame (skipped to the next magic)")
+        if len(buf) < HEADER_SIZE:
+            return None
+        magic, version, msg_type, length = HEADER.unpack_from(buf)
+        (header_crc,) = struct.unpack_from(">I", buf, HEADER.size)
+        if crc32(bytes(buf[: HEADER.size])) != header_crc:
+            self._resync(len(MAGIC))
+            raise ProtocolError(ErrorCode.BAD_HEADER_CHECKSUM, "frame header checksum mismatch")
+        if length > self.max_payload:
+            del buf[:HEADER_SIZE]
+            self._skip_bytes(length + TRAILER_SIZE)
+            raise ProtocolError(
+                ErrorCode.FRAME_TOO_LARGE, f"payload of {length} bytes is over the limit of {self.max_payload}"
+            )
+        end = HEADER_SIZE + length + TRAILER_SIZE
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[HEADER_SIZE: HEADER_SIZE + length])
+        (payload_crc,) = struct.unpack_from(">I", buf, HEADER_SIZE + length)
+        del buf[:end]
+        if version not in SUPPORTED_VERSIONS:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {version} is not supported (supported: {list(SUPPORTED_VERSIONS)})",
+            )
+        if crc32(payload) != payload_crc:
+            raise ProtocolError(ErrorCode.BAD_CHECKSUM, "payload checksum mismatch")
+        return decode_payload(msg_type, payload)
+
+    def _resync(self, start: int) -> None:
+        """Drop bytes up to the next possible frame start at or after ``start``."""
+        buf = self._buffer
+        index = buf.find(MAGIC, start)
+        if index < 0:
+            # Keep a trailing first magic byte: the rest of the magic may still be on its way.
+            index = len(buf) - 1 if buf.endswith(MAGIC[:1]) else len(buf)
+        del buf[:index]
+
+    def _skip_bytes(self, count: int) -> None:
+        dropped = min(count, len(self._buffer))
+        del self._buffer[:dropped]
+        self._skip = count - dropped

@@ -1,0 +1,389 @@
+"""The bridge server: camera requests in, screening results out, nothing accepted ever lost.
+
+Threads: one per connection (reads frames, answers them in order), one screening worker (the
+engine already uses every core for one image, so a second worker would only add contention), and
+the listener. Memory is bounded: at most ``queue_capacity`` images wait in the queue (further
+SCREENs get BUSY), each connection holds at most one frame of ``max_payload`` bytes, and at most
+``max_connections`` connections are served (further ones get BUSY and are closed).
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edge_retina import __version__
+from edge_retina.screener import Screener
+
+from .protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    SUPPORTED_VERSIONS,
+    ErrorCode,
+    FrameParser,
+    Message,
+    MessageType,
+    ProtocolError,
+    encode_message,
+    error_message,
+)
+from .store import ResultStore, StoredRequest, parse_time
+from .transports import Listener, Stream
+
+log = logging.getLogger("edge_retina.bridge")
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+IMAGE_FORMATS = ("jpeg", "png", "raw")
+EYES = ("left", "right", "unknown")
+MAX_TEXT_FIELD = 64
+
+
+@dataclass
+class BridgeConfig:
+    queue_capacity: int = 8
+    request_timeout: float = 30.0  # seconds a SCREEN waits for its result before ERROR timeout
+    frame_timeout: float = 5.0  # seconds a started frame may stall before ERROR truncated
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_connections: int = 16
+    busy_retry_ms: int = 200
+
+
+def bundle_id(screener: Screener) -> str:
+    manifest = screener.bundle.manifest
+    return f"{manifest.model.name}@{hashlib.sha256(manifest.canonical_bytes()).hexdigest()[:12]}"
+
+
+def synthetic_selftest(screener: Screener) -> dict[str, Any]:
+    """Screen a generated fundus-like image (bright disc on black) and check the engine answers with
+    finite probabilities. It proves the pipeline runs end to end, not that the model is the right one:
+    a bundle with a recorded golden embedding should be checked with that instead (``selftest=``)."""
+    size = 256
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.45 * size) ** 2
+    image = np.zeros((size, size, 3), np.uint8)
+    image[disc] = (170, 80, 40)
+    image[(yy - 128) ** 2 + (xx - 170) ** 2 < 15 ** 2] = (250, 220, 150)  # an optic-disc-like spot
+    result = screener.screen(image, name="selftest")
+    finite = result.screened and all(math.isfinite(p) for p in result.probabilities.values())
+    passed = bool(finite and result.probabilities)
+    return {"passed": passed, "check": "synthetic-image", "status": result.status, "error": result.error}
+
+
+@dataclass
+class _Job:
+    request_id: str
+    meta: dict[str, Any]
+    image: bytes
+    done: threading.Event = field(default_factory=threading.Event)
+    stored: StoredRequest | None = None
+
+
+class BridgeServer:
+    def __init__(
+        self,
+        screener: Screener,
+        store: ResultStore,
+        config: BridgeConfig | None = None,
+        *,
+        selftest: Callable[[Screener], dict[str, Any]] = synthetic_selftest,
+    ):
+        self.screener = screener
+        self.store = store
+        self.config = config or BridgeConfig()
+        self.bundle_id = bundle_id(screener)
+        self._selftest = selftest
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._inflight: dict[str, _Job] = {}
+        self._screen_lock = threading.Lock()  # the runner is used by one thread at a time
+        self._stop = threading.Event()
+        self._connections = 0
+        self._started = time.monotonic()
+        self.processed = 0
+        self._worker = threading.Thread(target=self._work_loop, name="bridge-worker", daemon=True)
+        # Accepted before a crash and not screened yet: screen them first (a capacity overshoot of
+        # at most one queue is accepted here, they are already on disk).
+        for row in store.pending():
+            job = _Job(row.request_id, row.meta, row.image or b"")
+            self._inflight[job.request_id] = job
+            self._queue.append(job)
+        self._worker.start()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def serve(self, listeners: list[Listener]) -> None:
+        """Accept connections on every listener until :meth:`stop`."""
+        threads = [threading.Thread(target=self._accept_loop, args=(l,), daemon=True) for l in listeners]
+        for t in threads:
+            t.start()
+        try:
+            self._stop.wait()
+        finally:
+            for t in threads:
+                t.join()
+            for l in listeners:
+                l.close()
+
+    def serve_stream(self, stream: Stream) -> None:
+        """Serve one stream (a serial line) until it ends or :meth:`stop`."""
+        try:
+            self._connection_loop(stream)
+        finally:
+            stream.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._work:
+            self._work.notify_all()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        self.stop()
+        self._worker.join()
+
+    # -- connections ---------------------------------------------------------------------------
+    def _accept_loop(self, listener: Listener) -> None:
+        while not self._stop.is_set():
+            stream = listener.accept()
+            if stream is None:
+                continue
+            with self._lock:
+                admitted = self._connections < self.config.max_connections
+                self._connections += admitted
+            if not admitted:
+                self._send(stream, error_message(
+                    ErrorCode.BUSY, "too many connections", retry_after_ms=self.config.busy_retry_ms))
+                stream.close()
+                continue
+            threading.Thread(target=self._serve_connection, args=(stream,), daemon=True).start()
+
+    def _serve_connection(self, stream: Stream) -> None:
+        try:
+            self._connection_loop(stream)
+        finally:
+            stream.close()
+            with self._lock:
+                self._connections -= 1
+
+    def _connection_loop(self, stream: Stream) -> None:
+        parser = FrameParser(self.config.max_payload)
+        last_byte = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                message = parser.next()
+            except ProtocolError as exc:
+                log.warning("%s: %s (%s)", stream.name, exc.code.value, exc)
+                if not self._send(stream, error_message(exc.code, str(exc), request_id=exc.request_id)):
+                    return
+                continue
+            if message is not None:
+                if not self._send(stream, self.handle(message)):
+                    return
+                continue
+            data = stream.read()
+            if data is None:
+                if parser.pending and time.monotonic() - last_byte > self.config.frame_timeout:
+                    parser.discard()
+                    reply = error_message(ErrorCode.TRUNCATED, "the frame stopped before its end")
+                    if not self._send(stream, reply):
+                        return
+                continue
+            if not data:
+                return
+            parser.feed(data)
+            last_byte = time.monotonic()
+
+    @staticmethod
+    def _send(stream: Stream, message: Message) -> bool:
+        try:
+            stream.write(encode_message(message))
+            return True
+        except OSError as exc:
+            log.info("%s: peer gone (%s)", stream.name, exc)
+            return False
+
+    # -- messages ------------------------------------------------------------------------------
+    def handle(self, message: Message) -> Message:
+        """The reply to one decoded request message."""
+        try:
+            if message.type is MessageType.HELLO:
+                return self._hello(message.meta)
+            if message.type is MessageType.STATUS:
+                return Message(MessageType.STATUS, self.status())
+            if message.type is MessageType.SELFTEST:
+                return self._run_selftest()
+            if message.type is MessageType.SCREEN:
+                return self._screen(message)
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{message.type.name} is sent by the server, not to it")
+        except ProtocolError as exc:
+            return error_message(exc.code, str(exc), request_id=exc.request_id,
+                                 **({"retry_after_ms": self.config.busy_retry_ms} if exc.code is ErrorCode.BUSY else {}))
+        except Exception as exc:  # a bug must cost one request, never the connection or the server
+            log.exception("internal error handling %s", message.type.name)
+            return error_message(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
+                                 request_id=message.meta.get("request_id") if isinstance(message.meta, dict) else None)
+
+    def _hello(self, meta: dict[str, Any]) -> Message:
+        offered = meta.get("versions", [1])
+        if not isinstance(offered, list):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "HELLO 'versions' must be a list of integers")
+        common = [v for v in offered if isinstance(v, int) and v in SUPPORTED_VERSIONS]
+        if not common:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
+                                f"no common protocol version: offered {offered}, supported {list(SUPPORTED_VERSIONS)}")
+        return Message(MessageType.HELLO, {
+            "version": max(common),
+            "server": f"edge-retina {__version__}",
+            "bundle_id": self.bundle_id,
+            "conditions": list(self.screener.conditions),
+            "max_payload": self.config.max_payload,
+            "formats": list(IMAGE_FORMATS),
+        })
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            depth, inflight, connections = len(self._queue), len(self._inflight), self._connections
+        worker_alive = self._worker.is_alive()
+        return {
+            "health": "ok" if worker_alive and not self._stop.is_set() else "degraded",
+            "bundle_id": self.bundle_id,
+            "queue_depth": depth,
+            "queue_capacity": self.config.queue_capacity,
+            "in_flight": inflight,
+            "connections": connections,
+            "processed": self.processed,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+        }
+
+    def _run_selftest(self) -> Message:
+        start = time.perf_counter()
+        with self._screen_lock:
+            outcome = self._selftest(self.screener)
+        return Message(MessageType.SELFTEST, {
+            **outcome, "bundle_id": self.bundle_id, "ms": round((time.perf_counter() - start) * 1e3, 3)})
+
+    def _screen(self, message: Message) -> Message:
+        meta = validate_screen(message.meta, message.body)
+        request_id = meta["request_id"]
+        sha = hashlib.sha256(message.body).hexdigest()
+        with self._lock:
+            stored = self.store.get(request_id)
+            if stored is not None and stored.image_sha256 != sha:
+                raise ProtocolError(ErrorCode.ID_CONFLICT,
+                                    f"request id {request_id!r} was already used for a different image",
+                                    request_id=request_id)
+            if stored is not None and stored.state == "done":
+                return result_message(stored, duplicate=True)
+            job = self._inflight.get(request_id)
+            duplicate = job is not None
+            if job is None:
+                if len(self._queue) >= self.config.queue_capacity:
+                    raise ProtocolError(ErrorCode.BUSY, "the screening queue is full", request_id=request_id)
+                self.store.accept(request_id, sha, meta, message.body)
+                job = _Job(request_id, meta, message.body)
+                self._inflight[request_id] = job
+                self._queue.append(job)
+                self._work.notify()
+        if not job.done.wait(self.config.request_timeout):
+            raise ProtocolError(
+                ErrorCode.TIMEOUT,
+                f"not screened within {self.config.request_timeout:g} s; it stays queued: retry the same request id",
+                request_id=request_id,
+            )
+        assert job.stored is not None
+        return result_message(job.stored, duplicate=duplicate)
+
+    # -- the worker ----------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        while True:
+            with self._work:
+                while not self._queue and not self._stop.is_set():
+                    self._work.wait()
+                if self._stop.is_set():
+                    return
+                job = self._queue.popleft()
+            result = self._screen_job(job)
+            stored = self.store.complete(job.request_id, result)
+            with self._lock:
+                self._inflight.pop(job.request_id, None)
+                self.processed += 1
+            job.stored = stored
+            job.done.set()
+
+    def _screen_job(self, job: _Job) -> dict[str, Any]:
+        try:
+            source = image_source(job.meta, job.image)
+            with self._screen_lock:
+                outcome = self.screener.screen(source, name=job.request_id).to_dict()
+        except Exception as exc:  # stored as this request's result: a poison image must not loop for ever
+            log.exception("screening %s failed", job.request_id)
+            outcome = {"source": job.request_id, "status": "error", "error": f"{type(exc).__name__}: {exc}",
+                       "error_code": "internal"}
+        outcome["bundle_id"] = self.bundle_id
+        return outcome
+
+
+def validate_screen(meta: dict[str, Any], body: bytes) -> dict[str, Any]:
+    """The SCREEN metadata, checked and with defaults filled in (what gets journaled)."""
+    request_id = meta.get("request_id")
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "request_id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+
+    def bad(text: str) -> ProtocolError:
+        return ProtocolError(ErrorCode.BAD_REQUEST, text, request_id=request_id)
+
+    image_format = meta.get("format")
+    if image_format not in IMAGE_FORMATS:
+        raise bad(f"format must be one of {list(IMAGE_FORMATS)}")
+    if not body:
+        raise bad("SCREEN carries no image")
+    clean: dict[str, Any] = {"request_id": request_id, "format": image_format}
+    if image_format == "raw":
+        shape = meta.get("shape")
+        if (not isinstance(shape, list) or len(shape) not in (2, 3)
+                or not all(isinstance(s, int) and s > 0 for s in shape) or (len(shape) == 3 and shape[2] not in (1, 3))):
+            raise bad("raw images need shape [height, width] or [height, width, 1|3] (uint8, RGB)")
+        if math.prod(shape) != len(body):
+            raise bad(f"raw shape {shape} needs {math.prod(shape)} bytes, got {len(body)}")
+        clean["shape"] = shape
+    eye = meta.get("eye", "unknown")
+    if eye not in EYES:
+        raise bad(f"eye must be one of {list(EYES)}")
+    clean["eye"] = eye
+    patient = meta.get("patient")
+    if patient is not None:
+        if not isinstance(patient, str) or not REQUEST_ID.fullmatch(patient):
+            raise bad("patient must be a pseudonymous id: 1-64 characters of A-Z a-z 0-9 . _ : -")
+        clean["patient"] = patient
+    captured = meta.get("captured_at")
+    if captured is not None:
+        try:
+            if not isinstance(captured, str) or len(captured) > MAX_TEXT_FIELD:
+                raise ValueError
+            parse_time(captured)
+        except ValueError:
+            raise bad("captured_at must be an ISO-8601 time") from None
+        clean["captured_at"] = captured
+    return clean
+
+
+def image_source(meta: dict[str, Any], image: bytes) -> bytes | np.ndarray:
+    if meta["format"] != "raw":
+        return image
+    shape = meta["shape"]
+    array = np.frombuffer(image, np.uint8).reshape(shape)
+    return array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
+
+
+def result_message(stored: StoredRequest, *, duplicate: bool) -> Message:
+    return Message(MessageType.RESULT, {**stored.record(), "duplicate": duplicate})

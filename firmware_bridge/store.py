@@ -1,0 +1,156 @@
+"""The bridge's durable request journal and result store (SQLite, WAL mode, synchronous commits).
+
+A request goes through two committed states:
+
+- ``pending``: accepted. Its image and metadata are on disk, so a crash before it is screened loses
+  nothing: the next start queues it again.
+- ``done``: its result is committed (exactly once: a row leaves ``pending`` in one transaction, and
+  a ``done`` row is never written again) before the RESULT is sent. The image is dropped then.
+
+Request ids are the idempotency key: a retried request (same id, same image) finds its row and gets
+the stored result; the same id with a different image is refused.
+
+One connection shared behind a lock: the bridge's writes are small and serial, and a single
+connection keeps the WAL checkpointing in one place.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id   TEXT NOT NULL UNIQUE,
+    image_sha256 TEXT NOT NULL,
+    meta         TEXT NOT NULL,
+    image        BLOB,
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+    accepted_at  REAL NOT NULL,
+    completed_at REAL,
+    result       TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at) WHERE state = 'done';
+"""
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    seq: int
+    request_id: str
+    image_sha256: str
+    meta: dict[str, Any]
+    state: str
+    accepted_at: float
+    completed_at: float | None
+    result: dict[str, Any] | None
+    image: bytes | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The JSON form used by RESULT messages and ``bridge results``."""
+        return {
+            "request_id": self.request_id,
+            "image_sha256": self.image_sha256,
+            "meta": self.meta,
+            "accepted_at": iso_time(self.accepted_at),
+            "completed_at": None if self.completed_at is None else iso_time(self.completed_at),
+            "result": self.result,
+        }
+
+
+def iso_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds")
+
+
+def parse_time(text: str) -> float:
+    """Seconds since the epoch from an ISO-8601 time (naive means UTC) or a number of seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+class ResultStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk (WAL fsynced) before execute returns, so "persisted before
+        # RESULT is sent" holds across a power cut, not only a process crash.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def get(self, request_id: str) -> StoredRequest | None:
+        with self._lock:
+            row = self._db.execute(_SELECT + " WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else _row(row)
+
+    def accept(self, request_id: str, image_sha256: str, meta: dict[str, Any], image: bytes) -> bool:
+        """Journal a new pending request; False if the id is already known (nothing written)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO requests (request_id, image_sha256, meta, image, state, accepted_at)"
+                " VALUES (?, ?, ?, ?, 'pending', ?)",
+                (request_id, image_sha256, json.dumps(meta), image, time.time()),
+            )
+            return cursor.rowcount == 1
+
+    def complete(self, request_id: str, result: dict[str, Any]) -> StoredRequest:
+        """Commit the result of a pending request, once; returns the stored row either way."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE requests SET state = 'done', result = ?, completed_at = ?, image = NULL"
+                " WHERE request_id = ? AND state = 'pending'",
+                (json.dumps(result), time.time(), request_id),
+            )
+            row = self._db.execute(_SELECT + " WHERE request_id = ?", (request_id,)).fetchone()
+        return _row(row)
+
+    def pending(self) -> list[StoredRequest]:
+        """Accepted requests not yet screened, oldest first, with their images (for a restart)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, request_id, image_sha256, meta, state, accepted_at, completed_at, result, image"
+                " FROM requests WHERE state = 'pending' ORDER BY seq"
+            ).fetchall()
+        return [_row(r) for r in rows]
+
+    def done_since(self, since: float) -> Iterator[StoredRequest]:
+        with self._lock:
+            rows = self._db.execute(
+                _SELECT + " WHERE state = 'done' AND completed_at > ? ORDER BY completed_at, seq", (since,)
+            ).fetchall()
+        return (_row(r) for r in rows)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall()
+        return {"pending": 0, "done": 0, **dict(rows)}
+
+
+_SELECT = "SELECT seq, request_id, image_sha256, meta, state, accepted_at, completed_at, result FROM requests"
+
+
+def _row(row: tuple) -> StoredRequest:
+    seq, request_id, sha, meta, state, accepted, completed, result, *image = row
+    return StoredRequest(
+        seq, request_id, sha, json.loads(meta), state, accepted, completed,
+        None if result is None else json.loads(result), image[0] if image else None,
+    )
