@@ -1,39 +1,19 @@
-"""Labelled image sets for parity: the labels-CSV format, and ready mappings for ../shared/datasets.
+"""Ready labelled sets for parity: the shared datasets' held-out splits as condition labels.
 
-Labels CSV: a ``file`` column (relative to the CSV's folder, or absolute) and one column per condition
-holding 1 (has it), 0 (does not) or blank (not labelled for that condition: left out of its AUROC).
+The labels-CSV format itself (docs/LABELS.md) is read and written by the runtime
+(``edge_retina.bench.labels``), so a device can run parity on its own CSV.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
-from converters.parity import LabelledImages
-from converters.reference.data import load_records
+from converters.reference.data import SPLITS, load_records
 from converters.reference.evaluate import TASKS
+from edge_retina.bench.labels import LabelledImages
 
 SHARED_DATASETS = ("heimed", "rimone", "eye4class")
-
-
-def read_labels_csv(path: Path) -> LabelledImages:
-    path = Path(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "file" not in rows[0]:
-        raise ValueError(f"{path}: a labels CSV needs a 'file' column and one 0/1 column per condition")
-    conditions = [c for c in rows[0] if c != "file"]
-    labels = {c: np.full(len(rows), np.nan) for c in conditions}
-    for i, row in enumerate(rows):
-        for c in conditions:
-            value = (row[c] or "").strip()
-            if value not in ("", "0", "1"):
-                raise ValueError(f"{path}: row {i + 2}, column {c!r}: expected 0, 1 or blank, got {value!r}")
-            if value:
-                labels[c][i] = float(value)
-    paths = [Path(r["file"]) if Path(r["file"]).is_absolute() else path.parent / r["file"] for r in rows]
-    return LabelledImages(paths, labels)
 
 
 def shared_dataset_labels(root: Path, dataset: str, split: str = "test", limit: int | None = None) -> LabelledImages:
@@ -45,6 +25,8 @@ def shared_dataset_labels(root: Path, dataset: str, split: str = "test", limit: 
     """
     if dataset not in SHARED_DATASETS:
         raise ValueError(f"unknown shared dataset {dataset!r}; expected one of {SHARED_DATASETS}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     records = [r for r in load_records(root) if r.dataset == dataset and r.split == split]
     tasks = [t for t in TASKS if any(t.is_positive(r) or t.is_negative(r) for r in records)]
     kept = [r for r in records if any(t.is_positive(r) or t.is_negative(r) for t in tasks)]

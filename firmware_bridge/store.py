@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS requests (
     image_sha256 TEXT NOT NULL,
     meta         TEXT NOT NULL,
     image        BLOB,
+    origin       TEXT NOT NULL,  -- 'bridge' (a SCREEN message) or 'hotfolder' (a file; image not copied)
     state        TEXT NOT NULL CHECK (state IN ('pending', 'done')),
     accepted_at  REAL NOT NULL,
     completed_at REAL,
@@ -102,13 +103,14 @@ class ResultStore:
             row = self._db.execute(_SELECT + " WHERE request_id = ?", (request_id,)).fetchone()
         return None if row is None else _row(row)
 
-    def accept(self, request_id: str, image_sha256: str, meta: dict[str, Any], image: bytes) -> bool:
+    def accept(self, request_id: str, image_sha256: str, meta: dict[str, Any], image: bytes | None,
+               *, origin: str = "bridge") -> bool:
         """Journal a new pending request; False if the id is already known (nothing written)."""
         with self._lock:
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO requests (request_id, image_sha256, meta, image, state, accepted_at)"
-                " VALUES (?, ?, ?, ?, 'pending', ?)",
-                (request_id, image_sha256, json.dumps(meta), image, time.time()),
+                "INSERT OR IGNORE INTO requests (request_id, image_sha256, meta, image, origin, state, accepted_at)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                (request_id, image_sha256, json.dumps(meta), image, origin, time.time()),
             )
             return cursor.rowcount == 1
 
@@ -123,12 +125,12 @@ class ResultStore:
             row = self._db.execute(_SELECT + " WHERE request_id = ?", (request_id,)).fetchone()
         return _row(row)
 
-    def pending(self) -> list[StoredRequest]:
+    def pending(self, origin: str = "bridge") -> list[StoredRequest]:
         """Accepted requests not yet screened, oldest first, with their images (for a restart)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, request_id, image_sha256, meta, state, accepted_at, completed_at, result, image"
-                " FROM requests WHERE state = 'pending' ORDER BY seq"
+                " FROM requests WHERE state = 'pending' AND origin = ? ORDER BY seq", (origin,)
             ).fetchall()
         return [_row(r) for r in rows]
 

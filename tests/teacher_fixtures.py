@@ -11,6 +11,7 @@ from torch import nn
 from converters.torch_compat import ensure_torchvision
 
 ensure_torchvision()
+import torchvision  # noqa: E402
 from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
 
 FLAIR_EMBED_DIM = 512  # proj_dim default of FLAIRModel (jusiro/FLAIR flair/modeling/model.py)
@@ -79,3 +80,24 @@ def reference_text_embedding(model: nn.Module, text_dir: Path, prompt: str, max_
         layers = torch.stack([output.hidden_states[1], output.hidden_states[2], output.hidden_states[-1]])
         features = unit(layers.permute(1, 0, 2, 3).mean(2).mean(1))
         return unit(model.text_model.projection_head_text.projection(features)).numpy()
+
+
+def published_flair(text_dir: Path, blocks=(3, 4, 6, 3), seed: int = 0) -> nn.Module:
+    """FLAIRModel's module tree built directly from torchvision and transformers."""
+    model = nn.Module()
+    model.vision_model = nn.Module()
+    model.vision_model.model = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, list(blocks))
+    model.vision_model.model.fc = nn.Identity()
+    model.vision_model.projection_head_vision = Projection(2048, FLAIR_EMBED_DIM)
+    model.text_model = published_text_model(text_dir)
+    model.logit_scale = nn.Parameter(torch.log(torch.tensor(1 / 0.07)))
+    return randomise_(model, seed)
+
+
+def published_state(model: nn.Module, *, legacy_position_ids: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict as FLAIR's transformers 4.27 saved it (with the position_ids buffer)."""
+    state = dict(model.state_dict())
+    if legacy_position_ids:
+        positions = model.text_model.model.config.max_position_embeddings
+        state["text_model.model.embeddings.position_ids"] = torch.arange(positions).unsqueeze(0)
+    return state

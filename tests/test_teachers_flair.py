@@ -17,8 +17,8 @@ ensure_torchvision()
 import torchvision  # noqa: E402
 from teacher_fixtures import (  # noqa: E402
     FLAIR_EMBED_DIM,
-    Projection,
-    published_text_model,
+    published_flair,
+    published_state,
     randomise_,
     reference_text_embedding,
     unit,
@@ -37,32 +37,11 @@ from converters.teachers.flair import (  # noqa: E402
 SMALL_BLOCKS = (1, 1, 1, 1)  # a ResNet with ResNet-50's key names and fewer blocks, for speed
 
 
-def published_flair(text_dir: Path, blocks=(3, 4, 6, 3), seed: int = 0) -> nn.Module:
-    """FLAIRModel's module tree built directly from torchvision and transformers."""
-    model = nn.Module()
-    model.vision_model = nn.Module()
-    model.vision_model.model = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, list(blocks))
-    model.vision_model.model.fc = nn.Identity()
-    model.vision_model.projection_head_vision = Projection(2048, FLAIR_EMBED_DIM)
-    model.text_model = published_text_model(text_dir)
-    model.logit_scale = nn.Parameter(torch.log(torch.tensor(1 / 0.07)))
-    return randomise_(model, seed)
-
-
 def reference_image_embedding(model: nn.Module, image: torch.Tensor) -> np.ndarray:
     """FLAIR's VisionModel.forward with ProjectionLayer(projection=True, norm=True)."""
     with torch.no_grad():
         features = unit(model.vision_model.model(image))
         return unit(model.vision_model.projection_head_vision.projection(features)).numpy()
-
-
-def published_state(model: nn.Module, *, legacy_position_ids: bool = True) -> dict[str, torch.Tensor]:
-    """The state dict as FLAIR's transformers 4.27 saved it (with the position_ids buffer)."""
-    state = dict(model.state_dict())
-    if legacy_position_ids:
-        positions = model.text_model.model.config.max_position_embeddings
-        state["text_model.model.embeddings.position_ids"] = torch.arange(positions).unsqueeze(0)
-    return state
 
 
 def keepfit_state(model: nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:

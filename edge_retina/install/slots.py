@@ -1,0 +1,262 @@
+"""A/B installs: install a signed bundle into the inactive slot, start with a self-test, roll back.
+
+Layout of an install root::
+
+    root/state.json      which slot is active, which is the fallback, what is on trial (state.py)
+    root/slots/a/        a bundle directory
+    root/slots/b/        the other one
+    root/.lock           serialises installs, starts and rollbacks between processes
+
+Install: the new bundle is copied or extracted into a private staging directory, fsynced, and
+checked there (signature by a trusted key, every file's sha256, a self-test present), so what is
+checked is exactly what will run. It then replaces the inactive slot by renames, and state.json is
+switched to it, marked as on trial. Start: a slot on trial runs its self-test first; if that fails
+(or the slot keeps dying before finishing it), state.json is switched back to the previous slot,
+which the install never touched. Until the switch, a power cut leaves the previous bundle active;
+after it, the next start tests the new one. Each step calls ``on_step(name)`` when it is done, so
+tests can cut the power at every one of them.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_retina.bundle import load_bundle
+from edge_retina.bundle.archive import extract_archive
+from edge_retina.bundle.hashing import copy_and_hash, sha256_file
+from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME
+from edge_retina.bundle.signing import check_signature
+from edge_retina.errors import BundleError
+from edge_retina.install.state import (
+    GOOD, REJECTED, SLOT_NAMES, SLOTS_DIR, TRIAL, InstallError, InstallState, SlotRecord,
+    fsync_directory, fsync_tree, locked, read_state, slot_path, utc_now, write_state,
+)
+from edge_retina.selftest import EXPECTED_FILE, SelftestResult, run_selftest
+
+# A slot on trial that was started this many times without finishing its self-test (it hangs or
+# crashes the process) is rolled back, like a boot counter in an A/B bootloader.
+MAX_TRIAL_STARTS = 3
+STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
+
+StepHook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class InstallReport:
+    slot: str
+    path: Path
+    key_id: str
+    manifest_sha256: str
+
+
+@dataclass(frozen=True)
+class StartReport:
+    slot: str
+    path: Path  # the bundle directory to screen with
+    rolled_back_from: str | None = None  # the slot that failed its self-test, when a rollback happened
+    selftest: SelftestResult | None = None  # None when the active slot was already known good
+
+
+def install_bundle(
+    root: str | Path,
+    source: str | Path,
+    trusted: Mapping[str, Ed25519PublicKey],
+    *,
+    on_step: StepHook | None = None,
+) -> InstallReport:
+    """Install the bundle directory or archive ``source`` into the inactive slot, on trial.
+
+    Refuses (BundleError, SignatureError, InstallError) before touching any slot when the bundle is
+    unsigned or signed by an untrusted key, altered, unsafe to extract, or has no self-test.
+    """
+    root, source = Path(root), Path(source)
+    step = on_step or (lambda name: None)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / SLOTS_DIR).mkdir(exist_ok=True)
+    with locked(root):
+        state = read_state(root)
+        if state.on_trial:
+            raise InstallError(
+                f"slot {state.active} in {root} is still on trial (its self-test has not passed); "
+                "start it (`edge-retina bundle start`) or roll it back before installing another bundle"
+            )
+        _remove_leftovers(root)
+        target = next(name for name in SLOT_NAMES if name != state.active)
+
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=STAGING_PREFIX))
+        step("staging-created")
+        try:
+            key_id = _stage(source, staging, trusted, step)
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        step("staging-verified")
+
+        if state.previous == target:  # its content is about to go: stop pointing at it first
+            state.previous = None
+            write_state(root, state)
+            step("fallback-detached")
+        destination = slot_path(root, target)
+        if destination.exists():
+            destination.rename(root / f"{TRASH_PREFIX}{target}")
+            fsync_directory(destination.parent)
+            step("old-slot-moved")
+        staging.rename(destination)
+        fsync_directory(destination.parent)
+        fsync_directory(root)
+        step("slot-placed")
+
+        manifest_sha256 = sha256_file(destination / MANIFEST_NAME)
+        state.slots[target] = SlotRecord(status=TRIAL, manifest_sha256=manifest_sha256, key_id=key_id,
+                                         installed=utc_now(), source=str(source))
+        state.previous, state.active, state.trial_starts = state.active, target, 0
+        write_state(root, state)  # the switch
+        step("switched")
+        _remove_leftovers(root)
+        step("cleaned")
+    return InstallReport(slot=target, path=destination, key_id=key_id, manifest_sha256=manifest_sha256)
+
+
+def start(
+    root: str | Path,
+    *,
+    trusted: Mapping[str, Ed25519PublicKey] | None = None,
+    backend: str | None = None,
+    precision: str | None = None,
+    device: str | None = None,
+    on_step: StepHook | None = None,
+) -> StartReport:
+    """The bundle to run, after the self-test of a slot on trial (rolled back when it fails).
+
+    Call it when the device starts, before opening a Screener on the returned path. ``backend``,
+    ``precision`` and ``device`` choose the engine to test: pass what the screener will use.
+    ``trusted`` re-checks the signature of a slot on trial too. Raises InstallError when nothing
+    usable is installed.
+    """
+    root = Path(root)
+    step = on_step or (lambda name: None)
+    if not (root / SLOTS_DIR).is_dir():
+        raise InstallError(f"no bundle is installed in {root} (install one with `edge-retina bundle install`)")
+    with locked(root):
+        state = read_state(root)
+        if state.active is None:
+            raise InstallError(f"no working bundle is installed in {root}: {_rejections(state)}")
+        _remove_leftovers(root)
+        active = state.active
+        if not state.on_trial:
+            return StartReport(slot=active, path=slot_path(root, active))
+
+        state.trial_starts += 1
+        write_state(root, state)  # counted before the attempt, so a crash during it still counts
+        step("trial-counted")
+        result = _trial(root, state, trusted, backend=backend, precision=precision, device=device)
+        step("selftest-done")
+        record = state.slots[active]
+        record.note = result.message
+        if result.passed:
+            record.status, state.trial_starts = GOOD, None
+            write_state(root, state)
+            step("confirmed")
+            return StartReport(slot=active, path=slot_path(root, active), selftest=result)
+
+        record.status, state.trial_starts = REJECTED, None
+        state.active, state.previous = state.previous, None
+        write_state(root, state)
+        step("rolled-back")
+        if state.active is None:
+            raise InstallError(f"the bundle in slot {active} failed its self-test and there is no previous "
+                               f"bundle to return to: {result.message}")
+        return StartReport(slot=state.active, path=slot_path(root, state.active), rolled_back_from=active,
+                           selftest=result)
+
+
+def rollback(root: str | Path) -> InstallState:
+    """Switch back to the previous slot by hand; the slot left becomes the fallback if it was good."""
+    root = Path(root)
+    if not (root / SLOTS_DIR).is_dir():
+        raise InstallError(f"no bundle is installed in {root}")
+    with locked(root):
+        state = read_state(root)
+        if state.previous is None:
+            raise InstallError(f"{root} has no previous bundle to roll back to")
+        try:
+            load_bundle(slot_path(root, state.previous), verify=True)
+        except BundleError as exc:
+            raise InstallError(f"the previous bundle (slot {state.previous}) is damaged, not switching to it: {exc}") from None
+        left = state.active
+        if state.on_trial:
+            state.slots[left].status = REJECTED
+            state.slots[left].note = "rolled back by hand while on trial"
+            state.active, state.previous, state.trial_starts = state.previous, None, None
+        else:
+            state.active, state.previous = state.previous, left
+        write_state(root, state)
+        return state
+
+
+def read_status(root: str | Path) -> InstallState:
+    """The root's current state (what `edge-retina bundle status` shows)."""
+    return read_state(Path(root))
+
+
+def _trial(root: Path, state: InstallState, trusted, **engine_options) -> SelftestResult:
+    if state.trial_starts > MAX_TRIAL_STARTS:
+        return SelftestResult(passed=False, message=(
+            f"self-test FAILED: started {MAX_TRIAL_STARTS} times on trial without finishing its self-test"))
+    path = slot_path(root, state.active)
+    if trusted is not None:
+        try:
+            check_signature(path, trusted)
+        except BundleError as exc:
+            return SelftestResult(passed=False, message=f"self-test FAILED: {exc}")
+    return run_selftest(path, **engine_options)
+
+
+def _stage(source: Path, staging: Path, trusted: Mapping[str, Ed25519PublicKey], step: StepHook) -> str:
+    """Copy ``source`` into ``staging`` durably and check the copy; returns the signing key's id."""
+    _fill_staging(source, staging)
+    fsync_tree(staging)
+    step("staging-written")
+    key_id = check_signature(staging, trusted)
+    manifest = load_bundle(staging, verify=True).manifest
+    if EXPECTED_FILE not in manifest.files:
+        raise InstallError(
+            f"{source} has no self-test ({EXPECTED_FILE}); a device only installs bundles it can test "
+            "(the converter adds them: converters/selftest_files.py)"
+        )
+    return key_id
+
+
+def _fill_staging(source: Path, staging: Path) -> None:
+    """Copy the bundle at ``source`` into ``staging``: an archive through the safe extractor, a
+    directory as its manifest, signature and the files the manifest lists (nothing else)."""
+    if source.is_dir():
+        bundle = load_bundle(source, verify=False)  # refuses listed files that lead outside it
+        names = [MANIFEST_NAME, *([SIGNATURE_NAME] if (source / SIGNATURE_NAME).is_file() else []),
+                 *sorted(bundle.manifest.files)]
+        for name in names:
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(bundle.path_of(name) if name in bundle.manifest.files else source / name, "rb") as stream:
+                copy_and_hash(stream, target)
+    elif source.is_file():
+        extract_archive(source, staging)
+    else:
+        raise BundleError(f"no bundle at {source}")
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Staging and trash directories of an install that was cut short (the lock is held)."""
+    for leftover in [*root.glob(f"{STAGING_PREFIX}*"), *root.glob(f"{TRASH_PREFIX}*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _rejections(state: InstallState) -> str:
+    rejected = [f"slot {name}: {record.note}" for name, record in sorted(state.slots.items()) if record.status == REJECTED]
+    return "; ".join(rejected) or "nothing was installed"

@@ -1,0 +1,154 @@
+"""A bundle's self-test: its golden fundus image must give its recorded embedding on this device.
+
+The converter stores ``selftest/golden.jpg`` and ``selftest/expected.json`` in the bundle (host
+helper: ``converters/selftest_files.py``). On the device the image goes through the same
+preprocessing and the engine the screener would use; the cosine similarity between the embedding
+it gives and the recorded one must reach the tolerance recorded for that engine's precision. This
+catches what hashes cannot: a runtime library that computes differently, a broken accelerator
+driver, an engine that does not suit this hardware. Installs run it before a new bundle is trusted
+(``edge_retina.install``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edge_retina.backends import create_runner
+from edge_retina.bundle import Bundle, load_bundle
+from edge_retina.bundle.manifest import PRECISIONS
+from edge_retina.errors import BundleError
+from edge_retina.preprocess import Preprocessor
+from edge_retina.screener import engine_cache_dir
+
+EXPECTED_FILE = "selftest/expected.json"
+GOLDEN_IMAGE = "selftest/golden.jpg"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SelftestExpectation:
+    """The content of selftest/expected.json."""
+
+    image: str  # bundle-relative path of the golden image
+    embedding: np.ndarray  # float32 (D,): what the reference produced
+    engine: str  # what produced it (e.g. "torch-fp32"), for people reading the file
+    min_cosine: Mapping[str, float]  # precision -> lowest acceptable cosine similarity
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps({
+            "format_version": FORMAT_VERSION,
+            "image": self.image,
+            "engine": self.engine,
+            "min_cosine": dict(sorted(self.min_cosine.items())),
+            "embedding": [float(v) for v in self.embedding],
+        }, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = EXPECTED_FILE) -> "SelftestExpectation":
+        try:
+            d = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{source}: malformed JSON ({exc})") from None
+        fields = {"format_version", "image", "engine", "min_cosine", "embedding"}
+        if not isinstance(d, dict) or set(d) != fields:
+            raise BundleError(f"{source}: expected exactly the fields {sorted(fields)}")
+        if d["format_version"] != FORMAT_VERSION:
+            raise BundleError(f"{source}: format_version {d['format_version']!r} is not {FORMAT_VERSION}")
+        embedding = d["embedding"]
+        if not (isinstance(embedding, list) and embedding
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in embedding)):
+            raise BundleError(f"{source}: embedding must be a non-empty list of finite numbers")
+        tolerances = d["min_cosine"]
+        if not (isinstance(tolerances, dict) and set(tolerances) <= set(PRECISIONS)
+                and all(isinstance(v, (int, float)) and -1 <= v <= 1 for v in tolerances.values())):
+            raise BundleError(f"{source}: min_cosine must map precisions ({', '.join(PRECISIONS)}) to numbers in [-1, 1]")
+        if not isinstance(d["image"], str) or not isinstance(d["engine"], str):
+            raise BundleError(f"{source}: image and engine must be strings")
+        return cls(image=d["image"], embedding=np.asarray(embedding, dtype=np.float32),
+                   engine=d["engine"], min_cosine={k: float(v) for k, v in tolerances.items()})
+
+
+@dataclass(frozen=True)
+class SelftestResult:
+    passed: bool
+    message: str  # why it failed, or the measured agreement
+    engine: str | None = None  # backend/precision/role of the engine tested
+    cosine: float | None = None
+    min_cosine: float | None = None
+    max_abs_diff: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "message": self.message, "engine": self.engine, "cosine": self.cosine,
+                "min_cosine": self.min_cosine, "max_abs_diff": self.max_abs_diff, "seconds": round(self.seconds, 3)}
+
+
+def run_selftest(
+    bundle: Bundle | str | Path,
+    *,
+    backend: str | None = None,
+    precision: str | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+) -> SelftestResult:
+    """Run the bundle's self-test on the engine the screener would pick for these options.
+
+    Never raises: any failure, including an engine that does not load, is a failed result, because
+    the caller's decision (keep or roll back a bundle) must not depend on which way it broke.
+    """
+    start = time.perf_counter()
+    engine_name = None
+    try:
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle)
+        expected = SelftestExpectation.from_bytes(_read(bundle, EXPECTED_FILE), source=f"{bundle.source}: {EXPECTED_FILE}")
+        engine = bundle.select_engine(backend=backend, precision=precision)
+        engine_name = engine.describe()
+        if engine.precision not in expected.min_cosine:
+            return _failed(f"{EXPECTED_FILE} has no tolerance for {engine.precision} engines", engine_name, start)
+        tensor = Preprocessor(bundle.manifest.input).prepare(bundle.path_of(expected.image)).tensor
+        device_option = {} if device is None else {"device": device}
+        with create_runner(engine.backend, bundle.path_of(engine.primary_file), precision=engine.precision,
+                           threads=threads, cache_dir=engine_cache_dir(bundle), **device_option) as runner:
+            actual = np.asarray(runner.infer(tensor), dtype=np.float32).reshape(-1)
+    except Exception as exc:  # noqa: BLE001 - see the docstring: every failure means "do not trust"
+        return _failed(f"{type(exc).__name__}: {exc}", engine_name, start)
+    return _compare(expected, actual, engine.precision, engine_name, start)
+
+
+def _read(bundle: Bundle, relpath: str) -> bytes:
+    if relpath not in bundle.manifest.files:
+        raise BundleError(f"the bundle has no self-test ({relpath} is not in its manifest)")
+    return bundle.path_of(relpath).read_bytes()
+
+
+def _compare(expected: SelftestExpectation, actual: np.ndarray, precision: str, engine: str, start: float) -> SelftestResult:
+    want = expected.embedding
+    if actual.shape != want.shape:
+        return _failed(f"the engine gives a {actual.size}-dimensional embedding; the self-test recorded {want.size}",
+                       engine, start)
+    if not np.all(np.isfinite(actual)):
+        return _failed("the engine's embedding has NaN or infinite values", engine, start)
+    norms = float(np.linalg.norm(actual)) * float(np.linalg.norm(want))
+    cosine = float(np.dot(actual, want) / norms) if norms > 0 else 0.0
+    threshold = expected.min_cosine[precision]
+    max_abs = float(np.max(np.abs(actual - want)))
+    passed = cosine >= threshold
+    verdict = "passed" if passed else "FAILED"
+    return SelftestResult(
+        passed=passed,
+        message=f"self-test {verdict} on {engine}: cosine {cosine:.6f} (needs >= {threshold}), max |diff| {max_abs:.3g}",
+        engine=engine, cosine=cosine, min_cosine=threshold, max_abs_diff=max_abs,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _failed(message: str, engine: str | None, start: float) -> SelftestResult:
+    return SelftestResult(passed=False, message=f"self-test FAILED: {message}", engine=engine,
+                          seconds=time.perf_counter() - start)

@@ -1,0 +1,155 @@
+"""``edge-retina bridge``: serve cameras over a socket, TCP or a serial line; watch a hot folder;
+export stored results."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from edge_retina.errors import EdgeRetinaError
+from edge_retina.screener import Screener
+
+from .protocol import DEFAULT_MAX_PAYLOAD
+from .store import ResultStore, parse_time
+
+
+def default_store() -> Path:
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home / "edge-retina" / "bridge.sqlite3"
+
+
+store_option = click.option(
+    "--store", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGE_RETINA_BRIDGE_STORE",
+    default=default_store, show_default="$XDG_DATA_HOME/edge-retina/bridge.sqlite3",
+    help="SQLite result store (env EDGE_RETINA_BRIDGE_STORE).")
+
+
+def _stop_on_signals(stop) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop())
+
+
+def _open_screener(bundle: Path, backend: str | None, threads: int | None) -> Screener:
+    try:
+        return Screener.from_bundle(bundle, backend=backend, threads=threads)
+    except EdgeRetinaError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group("bridge")
+def bridge() -> None:
+    """Connect fundus cameras to the screener (wire protocol v1: docs/PROTOCOL.md)."""
+
+
+@bridge.command()
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Unix domain socket to listen on.")
+@click.option("--tcp", "tcp_address", metavar="[HOST:]PORT",
+              help="TCP address to listen on; the host defaults to 127.0.0.1, port 0 picks a free one.")
+@click.option("--serial", "serial_device", metavar="DEV", help="Serial device (UART, USB-CDC) to serve.")
+@click.option("--baud", default=115200, show_default=True)
+@store_option
+@click.option("--queue", "queue_capacity", default=8, show_default=True, help="Images that may wait; then BUSY.")
+@click.option("--timeout", "request_timeout", default=30.0, show_default=True, help="Seconds per SCREEN.")
+@click.option("--frame-timeout", default=5.0, show_default=True, help="Seconds a frame may stall mid-way.")
+@click.option("--max-frame-mb", default=DEFAULT_MAX_PAYLOAD / 2**20, show_default=True, help="Largest payload (MiB).")
+@click.option("--max-connections", default=16, show_default=True)
+@click.option("--backend", default=None, help="Engine backend of the bundle (default: its best).")
+@click.option("--threads", type=int, default=None, help="Inference threads.")
+@click.option("--allow-remote", is_flag=True, help="Allow a TCP address other than loopback.")
+def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, queue_capacity, request_timeout,
+          frame_timeout, max_frame_mb, max_connections, backend, threads, allow_remote) -> None:
+    """Serve camera requests until SIGTERM/SIGINT."""
+    from .server import BridgeConfig, BridgeServer
+    from .transports import is_loopback, parse_tcp_address, serial_streams, tcp_listener, unix_listener
+
+    chosen = [x for x in (socket_path, tcp_address, serial_device) if x]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --socket, --tcp, --serial")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = BridgeConfig(queue_capacity=queue_capacity, request_timeout=request_timeout, frame_timeout=frame_timeout,
+                          max_payload=int(max_frame_mb * 2**20), max_connections=max_connections)
+    screener = _open_screener(bundle_path, backend, threads)
+    server = BridgeServer(screener, ResultStore(store), config)
+    _stop_on_signals(server.stop)
+    try:
+        if serial_device:
+            click.echo(f"serving serial:{serial_device} ({server.bundle_id})")
+            for stream in serial_streams(serial_device, baud, lambda: server.stopped):
+                try:
+                    server.serve_stream(stream)
+                except OSError as exc:  # unplugged or rebooting camera: open the port again
+                    logging.getLogger("edge_retina.bridge").warning("serial:%s: %s", serial_device, exc)
+            return
+        if tcp_address:
+            host, port = parse_tcp_address(tcp_address)
+            if not is_loopback(host) and not allow_remote:
+                raise click.UsageError(f"{host} is not a loopback address: pass --allow-remote to listen on it")
+            listener = tcp_listener(host, port)
+        else:
+            listener = unix_listener(socket_path)
+        # Printed (and flushed) once listening: supervisors and tests wait for this line.
+        click.echo(f"listening on {listener.address} ({server.bundle_id})")
+        server.serve([listener])
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen: {exc}") from None
+    finally:
+        server.close()
+        screener.close()
+
+
+@bridge.command()
+@store_option
+@click.option("--since", default="0", show_default=True,
+              help="Only results completed after this time (ISO 8601, naive = UTC, or epoch seconds).")
+def results(store, since) -> None:
+    """Print stored results as JSON lines, oldest first (for syncing once a connection exists)."""
+    try:
+        since_epoch = parse_time(since)
+    except ValueError:
+        raise click.BadParameter(f"{since!r} is not an ISO-8601 time or epoch seconds", param_hint="--since") from None
+    if not store.is_file():
+        raise click.ClickException(f"no result store at {store}")
+    result_store = ResultStore(store)
+    try:
+        for row in result_store.done_since(since_epoch):
+            click.echo(json.dumps(row.record(), separators=(",", ":")))
+    finally:
+        result_store.close()
+
+
+@bridge.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Journal and result store [default: FOLDER/.edge-retina/journal.sqlite3].")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between scans.")
+@click.option("--settle", default=2.0, show_default=True, help="Seconds a file must be unchanged before screening.")
+@click.option("--once", is_flag=True, help="Scan once and exit.")
+@click.option("--backend", default=None)
+@click.option("--threads", type=int, default=None)
+def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threads) -> None:
+    """Screen each new capture written to FOLDER once; write IMAGE.result.json beside it."""
+    from .hotfolder import HotFolder
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    screener = _open_screener(bundle_path, backend, threads)
+    result_store = ResultStore(store or folder / ".edge-retina" / "journal.sqlite3")
+    watcher = HotFolder(screener, result_store, folder, settle_seconds=settle)
+    try:
+        if once:
+            written = watcher.scan_once()
+            click.echo(f"{len(written)} sidecar(s) written")
+            return
+        stop = threading.Event()
+        _stop_on_signals(stop.set)
+        click.echo(f"watching {folder} ({watcher.bundle_id})")
+        watcher.run(stop, interval)
+    finally:
+        result_store.close()
+        screener.close()

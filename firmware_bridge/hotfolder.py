@@ -1,0 +1,135 @@
+"""Hot-folder mode, for cameras that can only write files: screen each new capture once.
+
+For every image file that has stopped changing (its mtime is at least ``settle_seconds`` old, so a
+capture still being written is left alone), the watcher:
+
+1. journals it as pending in the result store (keyed by the sha256 of its content),
+2. screens it, unless the journal already holds its result, and commits the result,
+3. writes the sidecar ``<image name>.result.json`` atomically (temporary file, fsync, rename, fsync
+   of the directory): a reader sees no sidecar or a whole one, never half of one.
+
+The sidecar, whose ``image_sha256`` must match the file, is the "done" mark: after a crash at any
+point a restart either finds it (nothing repeated), finds the committed result and only writes the
+sidecar (nothing screened twice), or screens an image whose result was never committed (nothing
+lost). A file replaced by a new capture under the same name has a new sha256 and is screened again.
+
+The folder is polled rather than watched with inotify: polling works the same on every file system a
+camera writes to (SMB/NFS shares and FAT-formatted USB media send no inotify events) and needs no
+extra dependency; a capture every few seconds makes a one-second poll cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_retina.preprocess.decode import IMAGE_EXTENSIONS
+from edge_retina.screener import Screener
+
+from .server import bundle_id
+from .store import ResultStore, StoredRequest
+
+log = logging.getLogger("edge_retina.bridge.hotfolder")
+
+SIDECAR_SUFFIX = ".result.json"
+ORIGIN = "hotfolder"
+
+
+class HotFolder:
+    def __init__(self, screener: Screener, store: ResultStore, folder: str | Path, *, settle_seconds: float = 2.0):
+        self.screener = screener
+        self.store = store
+        self.folder = Path(folder)
+        self.settle_seconds = settle_seconds
+        self.bundle_id = bundle_id(screener)
+        # (size, mtime_ns) of files already handled in this run: spares re-hashing them every poll.
+        self._handled: dict[Path, tuple[int, int]] = {}
+
+    def captures(self) -> list[Path]:
+        """Image files under the folder (hidden files and folders skipped), in name order."""
+        found = []
+        for root, dirs, files in os.walk(self.folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                    found.append(Path(root) / name)
+        return found
+
+    def scan_once(self) -> list[Path]:
+        """Handle every settled capture not handled yet; returns the sidecars written."""
+        written = []
+        now = time.time()
+        for path in self.captures():
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # removed between the listing and now
+                continue
+            signature = (info.st_size, info.st_mtime_ns)
+            if self._handled.get(path) == signature or now - info.st_mtime < self.settle_seconds:
+                continue
+            sidecar = self.handle(path)
+            if sidecar is not None:
+                written.append(sidecar)
+            self._handled[path] = signature
+        return written
+
+    def handle(self, path: Path) -> Path | None:
+        """Screen one capture if its sidecar is missing or stale; returns the sidecar if written."""
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        sidecar = sidecar_path(path)
+        if _sidecar_sha(sidecar) == sha:
+            return None
+        request_id = f"{ORIGIN}:{sha[:40]}"
+        stored = self.store.get(request_id)
+        if stored is None:
+            self.store.accept(request_id, sha, {"path": str(path.relative_to(self.folder))}, None, origin=ORIGIN)
+        if stored is None or stored.state != "done":
+            result = self.screener.screen(data, name=path.name).to_dict()
+            result["bundle_id"] = self.bundle_id
+            stored = self.store.complete(request_id, result)
+        write_sidecar(sidecar, stored, path)
+        log.info("%s -> %s", path, stored.result.get("status") if stored.result else None)
+        return sidecar
+
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        while not stop.is_set():
+            self.scan_once()
+            stop.wait(interval)
+
+
+def sidecar_path(image: Path) -> Path:
+    return image.with_name(image.name + SIDECAR_SUFFIX)
+
+
+def _sidecar_sha(sidecar: Path) -> str | None:
+    try:
+        return json.loads(sidecar.read_text())["image_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_sidecar(sidecar: Path, stored: StoredRequest, image: Path) -> None:
+    record: dict[str, Any] = {**stored.record(), "image": image.name}
+    directory = sidecar.parent
+    fd, temporary = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, sidecar)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(directory_fd)

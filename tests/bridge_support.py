@@ -1,0 +1,87 @@
+"""Helpers shared by the firmware-bridge tests: small camera images, in-process and subprocess servers."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from firmware_bridge.server import BridgeConfig, BridgeServer
+from firmware_bridge.store import ResultStore
+from firmware_bridge.transports import tcp_listener, unix_listener
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_jpeg(retina_rgb: np.ndarray, side: int = 128, quality: int = 90) -> bytes:
+    """A small real fundus JPEG: keeps screening in the tests to a few milliseconds."""
+    small = cv2.resize(retina_rgb, (side, side), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return encoded.tobytes()
+
+
+@contextlib.contextmanager
+def running_server(screener, store_path: Path, *, transport: str = "unix", socket_dir: Path | None = None,
+                   **config) -> Iterator[tuple[BridgeServer, str]]:
+    """A BridgeServer in this process; yields it and its address ("unix:PATH" or "tcp:HOST:PORT")."""
+    store = ResultStore(store_path)
+    server = BridgeServer(screener, store, BridgeConfig(**config))
+    if transport == "unix":
+        listener = unix_listener(Path(socket_dir or store_path.parent) / "bridge.sock")
+    else:
+        listener = tcp_listener("127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve, args=([listener],), daemon=True)
+    thread.start()
+    try:
+        yield server, listener.address
+    finally:
+        server.close()
+        thread.join(timeout=10)
+        store.close()
+
+
+def connect(address: str, **kwargs):
+    from firmware_bridge.client import BridgeClient
+
+    kind, _, where = address.partition(":")
+    return BridgeClient.unix(where, **kwargs) if kind == "unix" else BridgeClient.tcp(where, **kwargs)
+
+
+class ServerProcess:
+    """``edge-retina bridge serve`` in a child process, for crash tests (kill -9) and the C client."""
+
+    def __init__(self, bundle: Path, store: Path, *extra: str, transport: tuple[str, str] = ("--tcp", "127.0.0.1:0")):
+        code = "import sys; from firmware_bridge.cli import bridge; bridge(sys.argv[1:])"
+        args = [sys.executable, "-c", code, "serve", "--bundle", str(bundle), "--store", str(store),
+                *transport, *extra]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self.address = self._wait_listening()
+
+    def _wait_listening(self, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"server exited with {self.process.wait()} before listening")
+            match = re.match(r"listening on (\S+)", line)
+            if match:
+                return match.group(1)
+        raise RuntimeError("server did not start listening")
+
+    def kill(self) -> None:
+        self.process.kill()  # SIGKILL: no clean-up runs
+        self.process.wait()
+
+    def stop(self) -> int:
+        self.process.terminate()
+        return self.process.wait(timeout=30)
