@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -55,7 +56,7 @@ def calibrate(sources: tuple[Path, ...], out: Path, size: int, seed: int, model:
         candidates = list_candidates(sources)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    with click.progressbar(length=len(candidates), label="gating and embedding", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=len(candidates), label="gating and embedding", file=sys.stderr) as bar:
         try:
             result = build_calibration_set(candidates, out, spec, size=size, seed=seed, embed=embed,
                                            model_sha256=model_sha, stratify_by=stratify, progress=bar.update)

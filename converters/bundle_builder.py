@@ -1,8 +1,10 @@
 """Assemble a bundle from an image encoder, its input spec and its embedded prompt table (host side).
 
-This is the FP32 path: export the encoder to ONNX, write the engines each requested backend loads
-(ONNX Runtime takes the ONNX file; OpenVINO gets an FP32 IR), embed the prompts with the teacher's
-text tower, and write a verified bundle (directory, optionally also packed as one archive).
+``build_bundle`` is the FP32 path: export the encoder to ONNX, write the engines each requested
+backend loads (ONNX Runtime takes the ONNX file; OpenVINO gets an FP32 IR), embed the prompts with
+the teacher's text tower, and write a verified bundle (directory, optionally also packed as one
+archive). ``assemble_bundle`` writes a bundle from engines built elsewhere (the INT8 pipeline of
+``converters.convert_pipeline`` uses it).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ import torch
 from edge_retina.bundle import EngineEntry, Manifest, pack_bundle, write_bundle
 from edge_retina.bundle.manifest import ModelInfo, PromptsEntry, Provenance, StudentInfo
 from edge_retina.preprocess.spec import InputSpec
+from edge_retina.prompts import PromptTable
 
 from .export.onnx_fp32 import export_onnx
 from .export.openvino_ir import onnx_to_openvino_ir
@@ -75,47 +78,65 @@ def toolchain_versions() -> dict[str, str]:
     }
 
 
-def build_bundle(
+@dataclass
+class BuiltEngine:
+    """An engine ready to go into a bundle: its manifest entry and its files (bundle path -> local file)."""
+
+    entry: EngineEntry
+    files: dict[str, Path]
+
+
+def engine_stem(role: str, backend: str, precision: str) -> str:
+    """Bundle path of an engine without its suffix, e.g. ``engines/teacher-openvino-int8``."""
+    return f"engines/{role}-{backend}-{precision}"
+
+
+def fp32_engine(role: str, backend: str, onnx_path: Path, work: Path, toolchain: dict[str, str]) -> BuiltEngine:
+    """The FP32 engine ``backend`` loads, made from the exported ONNX (an IR for OpenVINO) under ``work``."""
+    if backend not in FP32_BACKENDS:
+        raise ValueError(f"FP32 bundles can hold {FP32_BACKENDS} engines, not {backend!r}")
+    stem = engine_stem(role, backend, "fp32")
+    if backend == "onnxruntime":
+        files = {f"{stem}.onnx": Path(onnx_path)}
+    else:
+        xml, binary = onnx_to_openvino_ir(onnx_path, Path(work) / f"openvino-{role}-fp32" / "model.xml")
+        files = {f"{stem}.xml": xml, f"{stem}.bin": binary}
+    entry = EngineEntry(backend=backend, precision="fp32", role=role, files=list(files),
+                        device_profile=None, toolchain=toolchain, calibration=None)
+    return BuiltEngine(entry, files)
+
+
+def recipe_prompt_table(recipe: BundleRecipe) -> PromptTable:
+    """The recipe's prompts embedded by its text tower (what the bundle's prompts.npz holds)."""
+    return embed_conditions(recipe.embed_texts, recipe.conditions, recipe.ensembling, recipe.logit_scale)
+
+
+def assemble_bundle(
     recipe: BundleRecipe,
+    engines: Sequence[BuiltEngine],
     out_dir: Path,
     *,
-    backends: Sequence[str] = FP32_BACKENDS,
+    table: PromptTable | None = None,
+    extra_files: Mapping[str, Path | bytes] | None = None,
     archive: Path | None = None,
     command: str | None = None,
 ) -> Path:
-    """Write an FP32 bundle for ``backends`` to ``out_dir`` (and ``archive`` if given); returns ``out_dir``."""
-    unknown = set(backends) - set(FP32_BACKENDS)
-    if unknown:
-        raise ValueError(f"FP32 bundles can hold {FP32_BACKENDS} engines, not {sorted(unknown)}")
-    toolchain = toolchain_versions()
+    """Write a bundle of ``engines``, the recipe's prompt table (``table`` if already embedded) and
+    ``extra_files`` (e.g. ``reports/parity.json``) to ``out_dir`` (and ``archive``); returns ``out_dir``."""
+    table = table if table is not None else recipe_prompt_table(recipe)
     with tempfile.TemporaryDirectory(prefix="edge-retina-build-") as tmp:
-        work = Path(tmp)
-        onnx_path = export_onnx(recipe.encoder, recipe.input_spec.size, work / "encoder.onnx")
-        files: dict[str, Path] = {}
-        engines: list[EngineEntry] = []
-        for backend in backends:
-            stem = f"engines/{recipe.role}-{backend}-fp32"
-            if backend == "onnxruntime":
-                files[f"{stem}.onnx"] = onnx_path
-                engine_files = [f"{stem}.onnx"]
-            else:
-                xml, binary = onnx_to_openvino_ir(onnx_path, work / "openvino" / "model.xml")
-                files[f"{stem}.xml"], files[f"{stem}.bin"] = xml, binary
-                engine_files = [f"{stem}.xml", f"{stem}.bin"]
-            engines.append(EngineEntry(
-                backend=backend, precision="fp32", role=recipe.role, files=engine_files,
-                device_profile=None, toolchain=toolchain, calibration=None,
-            ))
-
-        table = embed_conditions(recipe.embed_texts, recipe.conditions, recipe.ensembling, recipe.logit_scale)
-        table.save(work / PROMPTS_FILE)
-        files[PROMPTS_FILE] = work / PROMPTS_FILE
+        files: dict[str, Path | bytes] = {}
+        for engine in engines:
+            files.update(engine.files)
+        files.update(extra_files or {})
+        table.save(Path(tmp) / PROMPTS_FILE)
+        files[PROMPTS_FILE] = Path(tmp) / PROMPTS_FILE
         manifest = Manifest(
             model=ModelInfo(family=recipe.family, name=recipe.name,
                             teacher_checkpoint_sha256=recipe.teacher_checkpoint_sha256,
                             embedding_dim=table.embedding_dim, student=recipe.student),
             input=recipe.input_spec,
-            engines=engines,
+            engines=[engine.entry for engine in engines],
             prompts=PromptsEntry(conditions=condition_entries(recipe.conditions, table.normal_class, recipe.thresholds),
                                  normal_class=table.normal_class,
                                  ensembling=recipe.ensembling, file=PROMPTS_FILE),
@@ -126,3 +147,26 @@ def build_bundle(
     if archive is not None:
         pack_bundle(bundle_dir, archive)
     return bundle_dir
+
+
+def build_bundle(
+    recipe: BundleRecipe,
+    out_dir: Path,
+    *,
+    backends: Sequence[str] = FP32_BACKENDS,
+    archive: Path | None = None,
+    command: str | None = None,
+) -> Path:
+    """Write an FP32 bundle for ``backends`` to ``out_dir`` (and ``archive`` if given); returns ``out_dir``.
+
+    INT8 engines, calibration, the accuracy guard and thresholds: ``converters.convert_pipeline``.
+    """
+    unknown = set(backends) - set(FP32_BACKENDS)
+    if unknown:
+        raise ValueError(f"FP32 bundles can hold {FP32_BACKENDS} engines, not {sorted(unknown)}")
+    toolchain = toolchain_versions()
+    with tempfile.TemporaryDirectory(prefix="edge-retina-build-") as tmp:
+        work = Path(tmp)
+        onnx_path = export_onnx(recipe.encoder, recipe.input_spec.size, work / "encoder.onnx")
+        engines = [fp32_engine(recipe.role, backend, onnx_path, work, toolchain) for backend in backends]
+        return assemble_bundle(recipe, engines, out_dir, archive=archive, command=command)

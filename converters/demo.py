@@ -1,9 +1,11 @@
-"""The main job on the embedded default: build the default bundle, screen sample images, and print a
-latency table (per engine, per stage) and a parity table (FP32 PyTorch teacher vs every engine).
+"""The main job on the embedded default: build the default bundle, screen sample images, and print
+latency tables (per engine, per stage) and parity tables (FP32 PyTorch teacher vs every engine).
+
+The tables come from ``edge-retina bench``'s own API (``edge_retina.bench``), so the demo and the
+benchmark commands measure the same way.
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +16,16 @@ from rich.table import Table
 
 from converters.bundle_builder import BundleRecipe, build_bundle
 from converters.labelled_sets import SHARED_DATASETS, shared_dataset_labels
-from converters.parity import parity_report, prepare_tensors, runner_embeddings, torch_embeddings
+from converters.parity import teacher_embedder
 from converters.teachers import Teacher, load_teacher
+from edge_retina.bench.latency import latency_table_rows, run_latency, select_engines, system_table_rows
+from edge_retina.bench.parity import bundle_parity
+from edge_retina.bench.parity import parity_tables as parity_tables_rows
 from edge_retina.bundle import load_bundle
+from edge_retina.cli.bench import rich_table
 from edge_retina.cli.screen import print_results, summarise
 from edge_retina.errors import BundleError
 from edge_retina.screener import Screener
-
-STAGES = ("decode", "preprocess", "inference", "lookup", "total")
 
 
 @dataclass
@@ -68,68 +72,29 @@ def sample_images(workdir: Path, datasets: Path | None) -> list[Path]:
     return images
 
 
-def latency_table(bundle_dir: Path, images: list[Path], rounds: int) -> Table:
-    """Per-stage median latency for every engine, engines interleaved image by image (A B A B ...)."""
-    manifest = load_bundle(bundle_dir).manifest
-    screeners = {f"{e.backend} {e.precision}": Screener.from_bundle(bundle_dir, backend=e.backend, precision=e.precision)
-                 for e in manifest.engines}
-    timings: dict[str, dict[str, list[float]]] = {name: {s: [] for s in STAGES} for name in screeners}
-    for name, s in screeners.items():  # warm-up
-        s.screen(images[0])
-    for _ in range(rounds):
-        for image in images:
-            for name, s in screeners.items():
-                result = s.screen(image)
-                for stage in STAGES:
-                    if stage in result.timings_ms:
-                        timings[name][stage].append(result.timings_ms[stage])
-    for s in screeners.values():
-        s.close()
-    baseline = next(iter(timings))
-    table = Table(title=f"Latency per stage, median ms ({len(images)} images x {rounds} rounds, engines interleaved)")
-    table.add_column("engine")
-    for stage in STAGES:
-        table.add_column(stage, justify="right")
-    table.add_column(f"total vs {baseline}", justify="right")
-    base_total = statistics.median(timings[baseline]["total"])
-    for name, stages in timings.items():
-        total = statistics.median(stages["total"])
-        table.add_row(name, *[f"{statistics.median(v):.1f}" if v else "-" for v in stages.values()],
-                      f"{total / base_total:.2f}x")
-    return table
+def latency_tables(bundle_dir: Path, images: list[Path], rounds: int, console: Console) -> list[Table]:
+    """Per-stage latency of every engine (``edge-retina bench latency``, without the cold-start runs)."""
+    engines = select_engines(bundle_dir)
+    with console.status(f"latency: {len(engines)} engines x {len(images)} images x {rounds} rounds, interleaved"):
+        report = run_latency(bundle_dir, engines, images, iterations=rounds, streams=2, cold_runs=0).to_dict()
+    headers, rows = system_table_rows(report)  # its first three columns: no cold-start runs here
+    return [rich_table(f"Latency per stage, median ({len(report['images'])} images x {rounds} rounds, engines "
+                       "interleaved)", *latency_table_rows(report)),
+            rich_table("Throughput", headers[:3], [r[:3] for r in rows])]
 
 
 def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int, console: Console) -> list[Table]:
-    bundle = load_bundle(bundle_dir)
-    screener = Screener.from_bundle(bundle_dir)
-    table_ = screener.prompt_table
-    preprocessor = screener.preprocessor
-    screener.close()
+    """Zero-shot AUROC of every engine against the PyTorch teacher (``edge-retina bench parity``), per
+    shared dataset's held-out split."""
     tables = []
     for dataset in SHARED_DATASETS:
         labelled = shared_dataset_labels(datasets, dataset, split="test", limit=limit)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"parity on {dataset}", total=len(labelled.paths))
-            tensors, kept, skipped = prepare_tensors(preprocessor, labelled.paths,
-                                                     lambda n: progress.advance(task, n))
-        labels = {c: y[kept] for c, y in labelled.labels.items()}
-        embeddings = {"teacher (PyTorch fp32)": torch_embeddings(teacher.image_encoder, tensors)}
-        for e in bundle.manifest.engines:
-            with Screener.from_bundle(bundle_dir, backend=e.backend, precision=e.precision) as s:
-                embeddings[f"{e.backend} {e.precision}"] = runner_embeddings(s.runner, tensors)
-        report = parity_report("teacher (PyTorch fp32)", embeddings, labels, table_, skipped)
-        t = Table(title=f"Zero-shot AUROC parity on {dataset} (held-out test split, {len(kept)} images)")
-        t.add_column("condition")
-        t.add_column("n+/n-", justify="right")
-        for name in embeddings:
-            t.add_column(name, justify="right")
-        for row in report.rows:
-            cells = [f"{row.auroc[report.reference]:.4f}"]
-            cells += [f"{row.auroc[n]:.4f} ({report.delta(row, n):+.4f})" for n in embeddings if n != report.reference]
-            t.add_row(row.condition, f"{row.n_pos}/{row.n_neg}", *cells)
-        t.add_row("embedding cosine to teacher (mean / min)", "", "1", *[
-            f"{c.mean():.6f} / {c.min():.6f}" for c in report.cosine.values()])
-        tables.append(t)
+            report = bundle_parity(bundle_dir, labelled, reference=teacher_embedder(teacher),
+                                   progress=lambda n: progress.advance(task, n))
+        for title, headers, rows in parity_tables_rows(report):
+            tables.append(rich_table(f"{dataset} (held-out test split) - {title}", headers, rows))
     return tables
 
 
@@ -145,7 +110,8 @@ def run_demo(config: DemoConfig) -> dict:
         results = [screener.screen(p) for p in images]
         summary = summarise(results)
         print_results(console, results, screener.conditions, summary)
-    console.print(latency_table(bundle_dir, images, config.latency_rounds))
+    for table in latency_tables(bundle_dir, images, config.latency_rounds, console):
+        console.print(table)
     if config.datasets is None:
         console.print("[yellow]parity table skipped: no labelled datasets found (pass --datasets)[/]")
     else:

@@ -31,7 +31,10 @@ def bundle_teacher(manifest: Manifest, checkpoint: str | Path | None = None) -> 
     """The teacher a bundle was built from: its family's loader on ``checkpoint`` (None: the family's
     embedded default, e.g. the reference model's shipped weights), refused if its sha256 differs
     from the one the manifest records."""
-    teacher = load_teacher(manifest.model.family, checkpoint)
+    try:
+        teacher = load_teacher(manifest.model.family, checkpoint)
+    except (ValueError, FileNotFoundError) as exc:  # unknown family, missing or mismatched checkpoint
+        raise EdgeRetinaError(f"cannot load the bundle's teacher ({manifest.model.family}): {exc}") from exc
     if teacher.checkpoint_sha256 != manifest.model.teacher_checkpoint_sha256:
         raise EdgeRetinaError(
             f"the teacher checkpoint ({checkpoint or 'the embedded default'}, sha256 {teacher.checkpoint_sha256[:12]}…) "
@@ -41,9 +44,13 @@ def bundle_teacher(manifest: Manifest, checkpoint: str | Path | None = None) -> 
     return teacher
 
 
-def teacher_reference(manifest: Manifest, checkpoint: str | Path | None = None
-                      ) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+def teacher_embedder(teacher: Teacher) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
     """(name, embed function) for ``edge_retina.bench.parity.bundle_parity(reference=...)``."""
-    teacher = bundle_teacher(manifest, checkpoint)
     encoder = teacher.image_encoder.eval()
     return TEACHER_NAME, lambda tensors: torch_embeddings(encoder, tensors)
+
+
+def teacher_reference(manifest: Manifest, checkpoint: str | Path | None = None
+                      ) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """The teacher of the bundle described by ``manifest`` as a parity reference."""
+    return teacher_embedder(bundle_teacher(manifest, checkpoint))

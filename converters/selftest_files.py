@@ -1,7 +1,7 @@
 """The self-test files a bundle carries (host side): a golden fundus photo and its expected embedding.
 
-Give ``selftest_files`` the bundle's image encoder (a callable from a preprocessed tensor to its
-embedding) and the bundle's input spec; pass what it returns to ``write_bundle`` with the other
+Give ``selftest_files`` the bundle's image encoders (by engine role: a callable from a preprocessed
+tensor to its embedding) and the bundle's input spec; pass what it returns to ``write_bundle`` with the other
 files. The device checks them with ``edge_retina.selftest.run_selftest``.
 
 The golden image is scikit-image's real colour fundus photograph (``skimage.data.retina``, CC0),
@@ -18,7 +18,7 @@ from PIL import Image
 
 from edge_retina.preprocess import Preprocessor
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.selftest import EXPECTED_FILE, GOLDEN_IMAGE, SelftestExpectation
+from edge_retina.selftest import EXPECTED_FILE, GOLDEN_IMAGE, ReferenceEmbedding, SelftestExpectation
 
 # Lowest cosine similarity to the recorded embedding that still counts as the same model, by the
 # precision of the engine under test. FP32 engines differ from the reference by float rounding only
@@ -41,7 +41,7 @@ def golden_jpeg(side: int = GOLDEN_SIDE, quality: int = GOLDEN_JPEG_QUALITY) -> 
 
 
 def selftest_files(
-    encode: Callable[[np.ndarray], np.ndarray],
+    encoders: Mapping[str, Callable[[np.ndarray], np.ndarray]],
     input_spec: InputSpec,
     *,
     engine: str,
@@ -50,18 +50,21 @@ def selftest_files(
 ) -> dict[str, bytes]:
     """``{"selftest/golden.jpg": ..., "selftest/expected.json": ...}`` for ``write_bundle``.
 
-    ``encode`` maps the preprocessed float32 (1, 3, H, W) tensor to its embedding ((1, D) or (D,));
-    ``engine`` names what it is (e.g. ``"torch-fp32"``). ``image`` replaces the default golden JPEG.
+    ``encoders`` maps each engine role the bundle has ("teacher", "student") to its image encoder:
+    a callable from the preprocessed float32 (1, 3, H, W) tensor to the embedding ((1, D) or (D,)).
+    ``engine`` names what computes them (e.g. ``"torch-fp32"``). ``image`` replaces the golden JPEG.
     """
     jpeg = golden_jpeg() if image is None else image
     tensor = Preprocessor(input_spec).prepare(jpeg).tensor
-    embedding = np.asarray(encode(tensor), dtype=np.float32).reshape(-1)
-    if not np.all(np.isfinite(embedding)):
-        raise ValueError("the encoder gave NaN or infinite values on the golden image")
+    references = {}
+    for role, encode in encoders.items():
+        embedding = np.asarray(encode(tensor), dtype=np.float32).reshape(-1)
+        if not np.all(np.isfinite(embedding)):
+            raise ValueError(f"the {role} encoder gave NaN or infinite values on the golden image")
+        references[role] = ReferenceEmbedding(embedding=embedding, engine=engine)
     expectation = SelftestExpectation(
         image=GOLDEN_IMAGE,
-        embedding=embedding,
-        engine=engine,
+        references=references,
         min_cosine=dict(DEFAULT_MIN_COSINE if min_cosine is None else min_cosine),
     )
     return {GOLDEN_IMAGE: jpeg, EXPECTED_FILE: expectation.to_bytes()}

@@ -5,7 +5,7 @@ torch or host code. docs/DEVICES.md describes the profiles and how detection dec
 """
 from devices.detect import Candidate, Detection, detect
 from devices.facts import LibraryFacts, MachineFacts, probe_libraries, read_machine
-from devices.plan import PlannedEngine, build_plan
+from devices.plan import PlannedEngine, build_plan, missing_from_bundle
 from devices.profiles import (
     PROFILE_DIR,
     DeviceProfile,
@@ -36,6 +36,7 @@ __all__ = [
     "load_profile_file",
     "load_profiles",
     "memory_report",
+    "missing_from_bundle",
     "probe_libraries",
     "read_machine",
     "select_engine_for_profile",

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import importlib
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# /proc/cpuinfo's "flags" (x86) or "Features" (ARM) line; the architecture is told by which one is there.
+# One "key : value" line of /proc/cpuinfo (flags on x86, Features on ARM, one block per processor).
 _CPUINFO_FIELD = re.compile(r"^(?P<key>[^:\n]+?)[ \t]*:[ \t]*(?P<value>.*)$", re.MULTILINE)
 # "# R36 (release), REVISION: 4.0, GCID: ..., BOARD: generic, EABI: aarch64, DATE: ..."
 _L4T_RELEASE = re.compile(r"#\s*R(?P<major>\d+)\s*\(release\),\s*REVISION:\s*(?P<revision>[\d.]+)")
@@ -79,7 +79,7 @@ class LibraryFacts:
     openvino_version: str | None = None
     openvino_devices: tuple[str, ...] = ()     # Core().available_devices, e.g. ("CPU", "GPU")
     tensorrt_version: str | None = None
-    problems: tuple[str, ...] = field(default=())  # why a library did not import (for the reasons)
+    problems: tuple[str, ...] = ()             # why a library did not import
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -10,14 +10,16 @@ import json
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from devices.profiles import DeviceProfile, get_profile
+from edge_retina.bundle.manifest import EngineEntry
 
 
 class PlannedEngine(NamedTuple):
     backend: str
     precision: str
     role: str
-    options: Mapping[str, Any]     # converter options: format, activations/weights types, reduce_range...
+    options: Mapping[str, Any]     # converter options (reduce_range, high_precision): profile.schema.json
     profiles: tuple[str, ...]      # the profiles this artefact serves, in the order they were asked for
+    max_input_side: int            # the smallest max_input_side of those profiles: the model must fit it
 
     @property
     def device_profile(self) -> str | None:
@@ -39,7 +41,30 @@ def build_plan(profiles: Iterable[DeviceProfile | str], *, role: str = "student"
             if key in planned:
                 entry = planned[key]
                 if profile.name not in entry.profiles:
-                    planned[key] = entry._replace(profiles=entry.profiles + (profile.name,))
+                    planned[key] = entry._replace(
+                        profiles=entry.profiles + (profile.name,),
+                        max_input_side=min(entry.max_input_side, profile.max_input_side),
+                    )
             else:
-                planned[key] = PlannedEngine(spec.backend, spec.precision, role, dict(spec.options), (profile.name,))
+                planned[key] = PlannedEngine(
+                    spec.backend, spec.precision, role, dict(spec.options), (profile.name,), profile.max_input_side
+                )
     return list(planned.values())
+
+
+def missing_from_bundle(plan: Iterable[PlannedEngine], engines: Iterable[EngineEntry]) -> list[PlannedEngine]:
+    """The planned artefacts a bundle's ``engines`` lack (empty: the bundle is what the plan asked for).
+
+    An engine satisfies a planned one with the same backend, role and device profile, and either
+    the same precision or an accuracy-guard ``fallback`` recorded in place of it.
+    """
+    engines = list(engines)
+
+    def satisfied(planned: PlannedEngine) -> bool:
+        return any(
+            (e.backend, e.role, e.device_profile) == (planned.backend, planned.role, planned.device_profile)
+            and (e.precision == planned.precision or e.fallback is not None)
+            for e in engines
+        )
+
+    return [planned for planned in plan if not satisfied(planned)]

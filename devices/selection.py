@@ -8,7 +8,7 @@ screen with.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Collection
+from typing import Any, Collection, Sequence
 
 import psutil
 
@@ -18,7 +18,6 @@ from edge_retina.bundle.manifest import (
     PRECISION_PREFERENCE,
     ROLE_PREFERENCE,
     EngineEntry,
-    Manifest,
 )
 from edge_retina.errors import BackendError
 
@@ -33,11 +32,11 @@ class EngineSelection:
 
 
 def _candidates(
-    manifest: Manifest, available: Collection[str], backend: str | None, precision: str | None
+    engines: Sequence[EngineEntry], available: Collection[str], backend: str | None, precision: str | None
 ) -> list[EngineEntry]:
     """Engines that match the caller's filters and run here, of the most preferred role that has any."""
     runnable = [
-        e for e in manifest.engines
+        e for e in engines
         if e.backend in available
         and (backend is None or e.backend == backend)
         and (precision is None or e.precision == precision)
@@ -50,7 +49,7 @@ def _candidates(
 
 
 def select_engine_for_profile(
-    manifest: Manifest,
+    engines: Sequence[EngineEntry],
     profile: DeviceProfile,
     available: Collection[str],
     *,
@@ -58,15 +57,15 @@ def select_engine_for_profile(
     precision: str | None = None,
     apply_settings: bool = True,
 ) -> EngineSelection:
-    """The engine ``profile`` prefers among the bundle's engines whose backend is in ``available``.
+    """The engine ``profile`` prefers among a bundle's ``engines`` whose backend is in ``available``.
 
     ``backend``/``precision`` narrow the choice as in ``Manifest.select_engine``. With
     ``apply_settings`` the runner options carry the profile's thread count (CPU backends) and
     TensorRT workspace; the backend device of the chosen preference entry is always passed.
     """
-    candidates = _candidates(manifest, available, backend, precision)
+    candidates = _candidates(engines, available, backend, precision)
     if not candidates:
-        has = ", ".join(e.describe() for e in manifest.engines)
+        has = ", ".join(e.describe() for e in engines)
         wanted = "".join(f", {k}={v}" for k, v in (("backend", backend), ("precision", precision)) if v)
         raise BackendError(
             f"no engine of this bundle can run here (profile {profile.name}{wanted}): the bundle has {has}; "

@@ -10,6 +10,7 @@ Nothing here imports torch: this is what runs on the device.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,15 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .backends import Runner, create_runner
+import devices
+
+from .backends import Runner, available_backends, create_runner
 from .bundle import Bundle, default_cache_dir, load_bundle
 from .errors import EdgeRetinaError, ImageError
 from .preprocess import Preprocessor
 from .prompts import PromptTable
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,6 +86,22 @@ def engine_cache_dir(bundle: Bundle) -> Path:
     return default_cache_dir().parent / "engines" / hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
 
 
+def _device_profile(
+    bundle: Bundle, device: str | None, backend: str | None, precision: str | None
+) -> "devices.DeviceProfile | None":
+    """The profile ``device`` names ("auto": this machine's), or without one the detected profile when
+    several of the bundle's engines qualify (None when only one does: detection is skipped)."""
+    if device == "auto":
+        return devices.detect().profile
+    if device is not None:
+        return devices.get_profile(device)
+    qualifying = {
+        (e.backend, e.precision) for e in bundle.manifest.engines
+        if (backend is None or e.backend == backend) and (precision is None or e.precision == precision)
+    }
+    return devices.detect().profile if len(qualifying) > 1 else None
+
+
 class Screener:
     """Preprocessing, one engine and the prompt table of a bundle, ready to screen images."""
 
@@ -92,9 +113,12 @@ class Screener:
         *,
         conditions: Iterable[str] | None = None,
         keep_embeddings: bool = False,
+        device_profile: "devices.DeviceProfile | None" = None,
     ):
         self.bundle = bundle
         self.runner = runner
+        #: The device profile whose settings were applied (None: the backend's defaults).
+        self.device_profile = device_profile
         self.prompt_table = prompt_table
         self.preprocessor = Preprocessor(bundle.manifest.input)
         self.thresholds = {c.name: c.threshold for c in bundle.manifest.prompts.conditions}
@@ -113,19 +137,43 @@ class Screener:
         conditions: Iterable[str] | None = None,
         keep_embeddings: bool = False,
     ) -> "Screener":
-        """Load and verify a bundle, open its best engine for ``backend``/``precision``, read its prompts."""
+        """Load and verify a bundle, open its best engine for ``backend``/``precision``, read its prompts.
+
+        ``device`` names a device profile (``edge-retina devices list``), or is "auto" to detect this
+        machine's: the engine is then the first of the profile's preferences that the bundle has and
+        this machine can run, and the profile's backend device, thread count and TensorRT options are
+        applied (``threads`` still wins). Without ``device`` the bundle's preferred engine is opened
+        with the backend's defaults, except that when several engines qualify the detected profile's
+        preference picks among them (and the backend device it names, e.g. an Intel GPU).
+        """
         bundle = load_bundle(Path(path))
-        engine = bundle.select_engine(backend=backend, precision=precision)
-        # Each backend keeps its own default device (CPU for ONNX Runtime/OpenVINO, GPU for TensorRT).
-        device_option = {} if device is None else {"device": device}
+        profile = _device_profile(bundle, device, backend, precision)
+        options: dict[str, Any] = {}
+        if profile is None:
+            engine = bundle.select_engine(backend=backend, precision=precision)
+        else:
+            selection = devices.select_engine_for_profile(
+                bundle.manifest.engines, profile, available_backends(),
+                backend=backend, precision=precision, apply_settings=device is not None,
+            )
+            engine, options = selection.engine, selection.runner_options
+            for reason in selection.reasons:
+                logger.info("%s", reason)
+        if threads is not None:
+            options["threads"] = threads
         runner = create_runner(
             engine.backend,
             bundle.path_of(engine.files[0]),
             precision=engine.precision,
-            threads=threads,
             cache_dir=engine_cache_dir(bundle),
-            **device_option,
+            **options,
         )
+        applied = profile if device is not None else None
+        if applied is not None:
+            memory = devices.memory_report(applied)
+            if not memory["within_budget"]:
+                logger.warning("after loading %s the process uses %.0f MiB, over the %s profile's budget of %d MiB",
+                               engine.describe(), memory["rss_mib"], applied.name, applied.memory_budget_mib)
         prompts = bundle.manifest.prompts
         table = PromptTable.load(
             bundle.path_of(prompts.file),
@@ -134,7 +182,8 @@ class Screener:
             ensembling=prompts.ensembling,
             logit_scale=bundle.manifest.logit_scale,
         )
-        return cls(bundle, runner, table, conditions=conditions, keep_embeddings=keep_embeddings)
+        return cls(bundle, runner, table, conditions=conditions, keep_embeddings=keep_embeddings,
+                   device_profile=applied)
 
     def _choose_conditions(self, requested: Iterable[str] | None) -> tuple[str, ...]:
         available = self.prompt_table.conditions
@@ -148,7 +197,12 @@ class Screener:
 
     @property
     def engine_info(self) -> dict[str, Any]:
-        return self.runner.info()
+        """The runner's info, plus the applied device profile and memory against its budget."""
+        info = self.runner.info()
+        if self.device_profile is not None:
+            info["device_profile"] = self.device_profile.name
+            info.update(devices.memory_report(self.device_profile))
+        return info
 
     def screen(self, source: "str | Path | bytes | np.ndarray", *, name: str | None = None) -> Result:
         """Screen one image. Bad input becomes a Result with ``error`` set, never an exception."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_retina.backends import create_runner
 from edge_retina.bundle import Bundle, load_bundle
-from edge_retina.bundle.manifest import PRECISIONS
+from edge_retina.bundle.manifest import PRECISIONS, ROLES
 from edge_retina.errors import BundleError
 from edge_retina.preprocess import Preprocessor
 from edge_retina.screener import engine_cache_dir
@@ -32,21 +32,34 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
+class ReferenceEmbedding:
+    """What one encoder gave on the golden image."""
+
+    embedding: np.ndarray  # float32 (D,)
+    engine: str  # what produced it (e.g. "torch-fp32"), for people reading the file
+
+
+@dataclass(frozen=True)
 class SelftestExpectation:
-    """The content of selftest/expected.json."""
+    """The content of selftest/expected.json.
+
+    One reference per engine role: a bundle's teacher and student are different networks, so each
+    engine is compared with the embedding of the encoder it was built from.
+    """
 
     image: str  # bundle-relative path of the golden image
-    embedding: np.ndarray  # float32 (D,): what the reference produced
-    engine: str  # what produced it (e.g. "torch-fp32"), for people reading the file
+    references: Mapping[str, ReferenceEmbedding]  # role ("teacher", "student") -> reference
     min_cosine: Mapping[str, float]  # precision -> lowest acceptable cosine similarity
 
     def to_bytes(self) -> bytes:
         return (json.dumps({
             "format_version": FORMAT_VERSION,
             "image": self.image,
-            "engine": self.engine,
+            "references": {
+                role: {"engine": ref.engine, "embedding": [float(v) for v in ref.embedding]}
+                for role, ref in sorted(self.references.items())
+            },
             "min_cosine": dict(sorted(self.min_cosine.items())),
-            "embedding": [float(v) for v in self.embedding],
         }, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
     @classmethod
@@ -55,23 +68,32 @@ class SelftestExpectation:
             d = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{source}: malformed JSON ({exc})") from None
-        fields = {"format_version", "image", "engine", "min_cosine", "embedding"}
+        fields = {"format_version", "image", "references", "min_cosine"}
         if not isinstance(d, dict) or set(d) != fields:
             raise BundleError(f"{source}: expected exactly the fields {sorted(fields)}")
         if d["format_version"] != FORMAT_VERSION:
             raise BundleError(f"{source}: format_version {d['format_version']!r} is not {FORMAT_VERSION}")
-        embedding = d["embedding"]
-        if not (isinstance(embedding, list) and embedding
-                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in embedding)):
-            raise BundleError(f"{source}: embedding must be a non-empty list of finite numbers")
+        if not isinstance(d["image"], str):
+            raise BundleError(f"{source}: image must be a bundle-relative path")
+        references = d["references"]
+        if not (isinstance(references, dict) and references and set(references) <= set(ROLES)):
+            raise BundleError(f"{source}: references must map engine roles ({', '.join(ROLES)}) to references")
+        parsed = {role: _reference(ref, f"{source}: references.{role}") for role, ref in references.items()}
         tolerances = d["min_cosine"]
         if not (isinstance(tolerances, dict) and set(tolerances) <= set(PRECISIONS)
                 and all(isinstance(v, (int, float)) and -1 <= v <= 1 for v in tolerances.values())):
             raise BundleError(f"{source}: min_cosine must map precisions ({', '.join(PRECISIONS)}) to numbers in [-1, 1]")
-        if not isinstance(d["image"], str) or not isinstance(d["engine"], str):
-            raise BundleError(f"{source}: image and engine must be strings")
-        return cls(image=d["image"], embedding=np.asarray(embedding, dtype=np.float32),
-                   engine=d["engine"], min_cosine={k: float(v) for k, v in tolerances.items()})
+        return cls(image=d["image"], references=parsed, min_cosine={k: float(v) for k, v in tolerances.items()})
+
+
+def _reference(ref: Any, where: str) -> ReferenceEmbedding:
+    if not (isinstance(ref, dict) and set(ref) == {"engine", "embedding"} and isinstance(ref["engine"], str)):
+        raise BundleError(f"{where}: expected exactly the fields ['embedding', 'engine']")
+    embedding = ref["embedding"]
+    if not (isinstance(embedding, list) and embedding
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in embedding)):
+        raise BundleError(f"{where}: embedding must be a non-empty list of finite numbers")
+    return ReferenceEmbedding(embedding=np.asarray(embedding, dtype=np.float32), engine=ref["engine"])
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,8 @@ def run_selftest(
         engine_name = engine.describe()
         if engine.precision not in expected.min_cosine:
             return _failed(f"{EXPECTED_FILE} has no tolerance for {engine.precision} engines", engine_name, start)
+        if engine.role not in expected.references:
+            return _failed(f"{EXPECTED_FILE} has no reference embedding for {engine.role} engines", engine_name, start)
         tensor = Preprocessor(bundle.manifest.input).prepare(bundle.path_of(expected.image)).tensor
         device_option = {} if device is None else {"device": device}
         with create_runner(engine.backend, bundle.path_of(engine.primary_file), precision=engine.precision,
@@ -119,7 +143,8 @@ def run_selftest(
             actual = np.asarray(runner.infer(tensor), dtype=np.float32).reshape(-1)
     except Exception as exc:  # noqa: BLE001 - see the docstring: every failure means "do not trust"
         return _failed(f"{type(exc).__name__}: {exc}", engine_name, start)
-    return _compare(expected, actual, engine.precision, engine_name, start)
+    return _compare(expected.references[engine.role].embedding, actual, expected.min_cosine[engine.precision],
+                    engine_name, start)
 
 
 def _read(bundle: Bundle, relpath: str) -> bytes:
@@ -128,8 +153,7 @@ def _read(bundle: Bundle, relpath: str) -> bytes:
     return bundle.path_of(relpath).read_bytes()
 
 
-def _compare(expected: SelftestExpectation, actual: np.ndarray, precision: str, engine: str, start: float) -> SelftestResult:
-    want = expected.embedding
+def _compare(want: np.ndarray, actual: np.ndarray, threshold: float, engine: str, start: float) -> SelftestResult:
     if actual.shape != want.shape:
         return _failed(f"the engine gives a {actual.size}-dimensional embedding; the self-test recorded {want.size}",
                        engine, start)
@@ -137,7 +161,6 @@ def _compare(expected: SelftestExpectation, actual: np.ndarray, precision: str, 
         return _failed("the engine's embedding has NaN or infinite values", engine, start)
     norms = float(np.linalg.norm(actual)) * float(np.linalg.norm(want))
     cosine = float(np.dot(actual, want) / norms) if norms > 0 else 0.0
-    threshold = expected.min_cosine[precision]
     max_abs = float(np.max(np.abs(actual - want)))
     passed = cosine >= threshold
     verdict = "passed" if passed else "FAILED"

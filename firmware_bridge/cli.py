@@ -110,14 +110,14 @@ def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, que
 def results(store, since) -> None:
     """Print stored results as JSON lines, oldest first (for syncing once a connection exists)."""
     try:
-        since_epoch = parse_time(since)
+        since_us = parse_time(since)
     except ValueError:
         raise click.BadParameter(f"{since!r} is not an ISO-8601 time or epoch seconds", param_hint="--since") from None
     if not store.is_file():
         raise click.ClickException(f"no result store at {store}")
     result_store = ResultStore(store)
     try:
-        for row in result_store.done_since(since_epoch):
+        for row in result_store.done_since(since_us):
             click.echo(json.dumps(row.record(), separators=(",", ":")))
     finally:
         result_store.close()

@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,11 +33,11 @@ CREATE TABLE IF NOT EXISTS requests (
     image        BLOB,
     origin       TEXT NOT NULL,  -- 'bridge' (a SCREEN message) or 'hotfolder' (a file; image not copied)
     state        TEXT NOT NULL CHECK (state IN ('pending', 'done')),
-    accepted_at  REAL NOT NULL,
-    completed_at REAL,
+    accepted_us  INTEGER NOT NULL,  -- microseconds since the epoch (UTC): exact in ISO form
+    completed_us INTEGER,
     result       TEXT
 );
-CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at) WHERE state = 'done';
+CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_us) WHERE state = 'done';
 """
 
 
@@ -48,8 +48,8 @@ class StoredRequest:
     image_sha256: str
     meta: dict[str, Any]
     state: str
-    accepted_at: float
-    completed_at: float | None
+    accepted_us: int
+    completed_us: int | None
     result: dict[str, Any] | None
     image: bytes | None = None
 
@@ -59,26 +59,37 @@ class StoredRequest:
             "request_id": self.request_id,
             "image_sha256": self.image_sha256,
             "meta": self.meta,
-            "accepted_at": iso_time(self.accepted_at),
-            "completed_at": None if self.completed_at is None else iso_time(self.completed_at),
+            "accepted_at": iso_time(self.accepted_us),
+            "completed_at": None if self.completed_us is None else iso_time(self.completed_us),
             "result": self.result,
         }
 
 
-def iso_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def parse_time(text: str) -> float:
-    """Seconds since the epoch from an ISO-8601 time (naive means UTC) or a number of seconds."""
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def iso_time(epoch_us: int) -> str:
+    return (_EPOCH + epoch_us * _MICROSECOND).isoformat(timespec="microseconds")
+
+
+def parse_time(text: str) -> int:
+    """Microseconds since the epoch from an ISO-8601 time (naive means UTC) or a number of seconds.
+
+    Integer microseconds, the resolution of the ISO times the store prints, so that
+    ``--since <a printed completed_at>`` excludes exactly that row and everything before it."""
     try:
-        return float(text)
+        return round(float(text) * 1e6)
     except ValueError:
         pass
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 class ResultStore:
@@ -108,9 +119,9 @@ class ResultStore:
         """Journal a new pending request; False if the id is already known (nothing written)."""
         with self._lock:
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO requests (request_id, image_sha256, meta, image, origin, state, accepted_at)"
+                "INSERT OR IGNORE INTO requests (request_id, image_sha256, meta, image, origin, state, accepted_us)"
                 " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                (request_id, image_sha256, json.dumps(meta), image, origin, time.time()),
+                (request_id, image_sha256, json.dumps(meta), image, origin, now_us()),
             )
             return cursor.rowcount == 1
 
@@ -118,9 +129,9 @@ class ResultStore:
         """Commit the result of a pending request, once; returns the stored row either way."""
         with self._lock:
             self._db.execute(
-                "UPDATE requests SET state = 'done', result = ?, completed_at = ?, image = NULL"
+                "UPDATE requests SET state = 'done', result = ?, completed_us = ?, image = NULL"
                 " WHERE request_id = ? AND state = 'pending'",
-                (json.dumps(result), time.time(), request_id),
+                (json.dumps(result), now_us(), request_id),
             )
             row = self._db.execute(_SELECT + " WHERE request_id = ?", (request_id,)).fetchone()
         return _row(row)
@@ -129,15 +140,15 @@ class ResultStore:
         """Accepted requests not yet screened, oldest first, with their images (for a restart)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, request_id, image_sha256, meta, state, accepted_at, completed_at, result, image"
+                "SELECT seq, request_id, image_sha256, meta, state, accepted_us, completed_us, result, image"
                 " FROM requests WHERE state = 'pending' AND origin = ? ORDER BY seq", (origin,)
             ).fetchall()
         return [_row(r) for r in rows]
 
-    def done_since(self, since: float) -> Iterator[StoredRequest]:
+    def done_since(self, since_us: int) -> Iterator[StoredRequest]:
         with self._lock:
             rows = self._db.execute(
-                _SELECT + " WHERE state = 'done' AND completed_at > ? ORDER BY completed_at, seq", (since,)
+                _SELECT + " WHERE state = 'done' AND completed_us > ? ORDER BY completed_us, seq", (since_us,)
             ).fetchall()
         return (_row(r) for r in rows)
 
@@ -147,7 +158,7 @@ class ResultStore:
         return {"pending": 0, "done": 0, **dict(rows)}
 
 
-_SELECT = "SELECT seq, request_id, image_sha256, meta, state, accepted_at, completed_at, result FROM requests"
+_SELECT = "SELECT seq, request_id, image_sha256, meta, state, accepted_us, completed_us, result FROM requests"
 
 
 def _row(row: tuple) -> StoredRequest:

@@ -1,4 +1,8 @@
-"""``edge-retina convert``: teacher checkpoint -> bundle."""
+"""``edge-retina convert``: teacher checkpoint -> bundle, in one command.
+
+FP32 ONNX -> calibration -> INT8 per requested backend (accuracy-guarded) -> thresholds -> parity
+report -> bundle, each step cached by content hash so a re-run resumes (``converters.convert_pipeline``).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +14,10 @@ from converters.prompts import DEFAULT_PROMPT_FILE
 from converters.teachers import list_families
 
 
+def _backend_list(text: str) -> list[str]:
+    return [b.strip() for b in text.split(",") if b.strip()]
+
+
 @click.command()
 @click.option("--family", type=click.Choice(list_families()), default="reference", show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=True), default=None,
@@ -17,19 +25,58 @@ from converters.teachers import list_families
 @click.option("--prompts", "prompt_file", type=click.Path(path_type=Path, dir_okay=False),
               default=DEFAULT_PROMPT_FILE, show_default=True, help="Prompt file (conditions and their prompts).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle directory to write.")
-@click.option("--backends", default="onnxruntime,openvino", show_default=True)
+@click.option("--backends", default="onnxruntime,openvino", show_default=True,
+              help="FP32 engines to include (onnxruntime, openvino; '' for none).")
+@click.option("--int8", "int8_backends", default="", metavar="BACKENDS",
+              help="INT8 engines to build, e.g. 'openvino,onnxruntime,tensorrt' (tensorrt: a Q/DQ ONNX the "
+                   "device builds its engine from). Each is checked by the accuracy guard.")
+@click.option("--calibration", "calibration_sources", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Calibration images: files, folders, a CSV (file column + metadata), or a folder made by "
+                   "'edge-retina calibrate'. Repeatable.")
+@click.option("--calibration-size", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--validation", "validation_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Labels CSV (docs/LABELS.md): the guard's ΔAUROC, thresholds and the parity report.")
+@click.option("--target-sensitivity", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.90,
+              show_default=True, help="Each condition's referral threshold is chosen for this sensitivity.")
+@click.option("--max-auroc-drop", type=float, default=0.005, show_default=True, help="Accuracy guard: max |ΔAUROC|.")
+@click.option("--min-cosine", type=float, default=0.99, show_default=True,
+              help="Accuracy guard: minimum mean embedding cosine to the FP32 model.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads while converting.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Step cache (default: ~/.cache/edge-retina/convert); a re-run resumes from it.")
 @click.option("--archive", type=click.Path(path_type=Path), default=None,
               help="Also pack the bundle into this single archive file.")
 @TEACHER_OPTION
-def convert(family: str, checkpoint: Path | None, prompt_file: Path, out: Path, backends: str,
-            archive: Path | None, teacher_options: tuple[str, ...]) -> None:
-    """Teacher checkpoint -> FP32 bundle (ONNX Runtime and OpenVINO engines + prompt table)."""
-    from converters.bundle_builder import BundleRecipe, build_bundle
+def convert(family: str, checkpoint: Path | None, prompt_file: Path, out: Path, backends: str, int8_backends: str,
+            calibration_sources: tuple[Path, ...], calibration_size: int, validation_csv: Path | None,
+            target_sensitivity: float, max_auroc_drop: float, min_cosine: float, seed: int, threads: int | None,
+            cache_dir: Path | None, archive: Path | None, teacher_options: tuple[str, ...]) -> None:
+    """Teacher checkpoint -> bundle: FP32 and INT8 engines, thresholds, parity report, prompt table."""
+    from converters.accuracy_guard import GuardLimits
+    from converters.bundle_builder import BundleRecipe
+    from converters.convert_pipeline import ConvertError, ConvertSettings, EngineTarget, convert as run_convert
+    from converters.convert_pipeline import default_cache_dir
     from converters.teachers import load_teacher
+    from edge_retina.bench.labels import read_labels_csv
 
+    try:
+        targets = ([EngineTarget(b, "fp32") for b in _backend_list(backends)]
+                   + [EngineTarget(b, "int8") for b in _backend_list(int8_backends)])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not targets:
+        raise click.BadParameter("no engines requested: give --backends and/or --int8")
+    settings = ConvertSettings(
+        targets=targets, calibration=calibration_sources, calibration_size=calibration_size, seed=seed,
+        validation=read_labels_csv(validation_csv) if validation_csv else None,
+        target_sensitivity=target_sensitivity, limits=GuardLimits(max_auroc_drop, min_cosine),
+        cache_dir=cache_dir or default_cache_dir(), threads=threads,
+    )
     teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))
-    bundle = build_bundle(BundleRecipe.from_teacher(teacher, prompt_file), out,
-                          backends=[b.strip() for b in backends.split(",")], archive=archive)
+    try:
+        bundle = run_convert(BundleRecipe.from_teacher(teacher, prompt_file), out, settings, archive=archive,
+                             progress=lambda message: click.echo(message, err=True))
+    except ConvertError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"bundle written to {bundle}" + (f" and {archive}" if archive else ""))
-
-

@@ -65,8 +65,14 @@ def quantize_openvino(
     if accuracy_control is None:
         quantized = nncf.quantize(model, calibration, **common)
     else:
-        def validate(compiled: ov.CompiledModel, items) -> tuple[float, None]:
-            return accuracy_control.metric(_embed_all(compiled, np.concatenate(list(items)))), None
+        def validate(compiled: ov.CompiledModel, items) -> tuple[float, list[list[np.ndarray]]]:
+            # The metric is a set-level AUROC, meaningless per image. NNCF first probes with one item:
+            # refusing it makes NNCF rank layers by how far each image's output moves (the outputs
+            # returned beside the metric) instead of re-running the metric image by image.
+            embeddings = _embed_all(compiled, np.concatenate(list(items)))
+            if len(embeddings) != len(accuracy_control.tensors):
+                raise ValueError("the validation metric is computed on the whole validation set only")
+            return accuracy_control.metric(embeddings), [[e] for e in embeddings]
 
         quantized = nncf.quantize_with_accuracy_control(
             model, calibration, nncf.Dataset([t[None] for t in accuracy_control.tensors]), validate,

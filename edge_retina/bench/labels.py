@@ -54,6 +54,16 @@ def read_labels_csv(path: str | os.PathLike[str]) -> LabelledImages:
     return LabelledImages(paths, labels)
 
 
+def _portable_name(image: Path, folder: Path) -> str:
+    """``image`` relative to ``folder`` when they share more than the filesystem root (so a CSV next
+    to its images moves with them), else absolute."""
+    try:
+        shared = Path(os.path.commonpath([image, folder]))
+    except ValueError:  # different drives on Windows
+        return image.as_posix()
+    return Path(os.path.relpath(image, folder)).as_posix() if shared != Path(shared.anchor) else image.as_posix()
+
+
 def write_labels_csv(labelled: LabelledImages, path: str | os.PathLike[str]) -> Path:
     """Write ``labelled`` in the labels-CSV format, with file paths relative to the CSV when possible."""
     path = Path(path)
@@ -63,10 +73,7 @@ def write_labels_csv(labelled: LabelledImages, path: str | os.PathLike[str]) -> 
         writer = csv.writer(f)
         writer.writerow(["file", *conditions])
         for i, image in enumerate(labelled.paths):
-            try:
-                name = os.path.relpath(Path(image).resolve(), path.parent.resolve())
-            except ValueError:  # another drive on Windows
-                name = str(Path(image).resolve())
+            name = _portable_name(Path(image).resolve(), path.parent.resolve())
             cells = ["" if math.isnan(labelled.labels[c][i]) else str(int(labelled.labels[c][i])) for c in conditions]
-            writer.writerow([Path(name).as_posix(), *cells])
+            writer.writerow([name, *cells])
     return path

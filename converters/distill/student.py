@@ -1,0 +1,124 @@
+"""The student image encoder: a small timm backbone, randomly initialised, projected into the
+teacher's embedding space; and its shipped weights (safetensors fp16 + JSON sidecar).
+
+The default student is MobileNetV3-Small (``mobilenetv3_small_100``) at 224x224. Measured on this
+machine against the ResNet-18 reference teacher (FP32, ONNX Runtime, interleaved; BENCHMARKS.md,
+"Distillation"): 32x fewer FLOPs and the only candidate among MobileNetV3-Large/0.75, EfficientNet-Lite0,
+LCNet and MobileNetV4-conv-small that ran >= 8x faster than the teacher. It keeps the teacher's
+224 px input: the field of view holds small lesions (exudates, microaneurysms) that a lower
+resolution would blur away, and the compute target is already met at 224.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from converters.torch_compat import ensure_torchvision
+from edge_retina.preprocess.spec import InputSpec
+
+DEFAULT_ARCH = "mobilenetv3_small_100"
+DEFAULT_SIZE = 224
+FORMAT_VERSION = 1
+WEIGHTS_FORMAT = "edge-retina-student"
+
+
+def student_input_spec(teacher_spec: InputSpec, size: int) -> InputSpec:
+    """The student's pixel contract: the teacher's (crop, padding, normalisation) at ``size`` px.
+
+    timm's MobileNet/EfficientNet families are trained with ImageNet statistics too, so the
+    teacher's normalisation suits them; only the resolution may differ.
+    """
+    return replace(teacher_spec, size=(size, size))
+
+
+class StudentEncoder(nn.Module):
+    """Normalised image (N, 3, H, W) -> L2-normalised embedding (N, embed_dim) in the teacher's space.
+
+    ``backbone`` is a timm model built with ``num_classes=0`` (pooled features, no classifier);
+    ``projection`` maps its features to the teacher's embedding size. Export-ready as one module.
+    """
+
+    def __init__(self, arch: str, embed_dim: int, input_size: int):
+        super().__init__()
+        ensure_torchvision()
+        import timm
+
+        self.arch = arch
+        self.backbone = timm.create_model(arch, pretrained=False, num_classes=0)
+        # timm's `num_features` is not always the pooled width (MobileNetV3 adds a conv head after
+        # it), so measure the width once on a dummy image.
+        self.backbone.eval()
+        with torch.no_grad():
+            width = self.backbone(torch.zeros(1, 3, input_size, input_size)).shape[1]
+        self.projection = nn.Linear(width, embed_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(self.backbone(image)), dim=-1)
+
+
+def build_student(arch: str, embed_dim: int, input_size: int, seed: int) -> StudentEncoder:
+    """A randomly initialised student; ``seed`` makes the initial weights reproducible."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return StudentEncoder(arch, embed_dim, input_size)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_flops(encoder: nn.Module, input_size: tuple[int, int]) -> int:
+    """FLOPs of one image through ``encoder`` (torch's counter: a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    encoder = encoder.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        encoder(torch.zeros(1, 3, *input_size))
+    return int(counter.get_total_flops())
+
+
+def sidecar_path(weights_path: str | Path) -> Path:
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_student(student: StudentEncoder, spec: InputSpec, weights_path: str | Path, metadata: dict) -> Path:
+    """Write the student's weights as fp16 safetensors and a sidecar JSON saying how to rebuild it."""
+    weights_path = Path(weights_path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in student.state_dict().items()
+               if v.is_floating_point()}
+    save_file(tensors, str(weights_path), metadata={"format": WEIGHTS_FORMAT, "version": str(FORMAT_VERSION)})
+    sidecar = {
+        "format_version": FORMAT_VERSION,
+        "arch": student.arch,
+        "embed_dim": student.projection.out_features,
+        "input_spec": spec.to_dict(),
+        "input_spec_sha256": spec.sha256(),
+        "dtype": "float16",
+        **metadata,
+    }
+    sidecar_path(weights_path).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return weights_path
+
+
+def load_student(weights_path: str | Path) -> tuple[StudentEncoder, InputSpec, dict]:
+    """Rebuild a saved student (float32, eval mode); returns it, its input spec and its sidecar."""
+    weights_path = Path(weights_path)
+    sidecar = json.loads(sidecar_path(weights_path).read_text())
+    spec = InputSpec.from_dict(sidecar["input_spec"])
+    student = StudentEncoder(sidecar["arch"], sidecar["embed_dim"], spec.height)
+    state = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    # Integer buffers (BatchNorm's num_batches_tracked) are not shipped; everything else must match.
+    result = student.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{weights_path} does not match {sidecar['arch']}: missing {missing}, "
+                         f"unexpected {result.unexpected_keys}")
+    return student.eval(), spec, sidecar

@@ -1,0 +1,224 @@
+"""Distil a teacher's image encoder into a small student, from unlabelled fundus images.
+
+    result = distill(load_teacher("reference"), image_paths, Path("runs/distill"))
+    save_student(result.student, result.input_spec, "converters/distill/weights/student-v1.safetensors",
+                 result.metadata())
+
+1. Every image is hashed (sha256 of its bytes) and prepared ONCE through the shared Preprocessor,
+   with the teacher's spec (-> teacher embedding, cached) and the student's spec (-> uint8 pixels,
+   cached): each model sees the photo the way it will on the device, and epochs never re-run the
+   teacher. Images are ordered by their hash, so a run does not depend on how a folder was listed.
+2. The student sees a freshly augmented copy of its pixels each epoch (camera variation: see
+   ``augment``) and learns to match the teacher's embedding of the clean photo and the teacher's
+   zero-shot distribution over the prompt table (``loss``): the same decision whatever the camera.
+3. A checkpoint (``last.pt``) is written after every epoch; ``resume=True`` continues from it and
+   ends with exactly the weights of an uninterrupted run (all randomness is derived from the seed,
+   the epoch and the sample, never from global state that a restart would lose).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from converters.prompt_tables import embed_conditions
+from converters.prompts import DEFAULT_PROMPT_FILE, load_prompt_file
+from converters.teachers import Teacher
+from edge_retina.preprocess import Preprocessor
+from edge_retina.preprocess.spec import InputSpec
+
+from .augment import AugmentConfig, FundusAugment
+from .cache import ContentCache, content_sha256, prepare_images
+from .loss import DistillLoss, LossConfig
+from .student import DEFAULT_ARCH, DEFAULT_SIZE, StudentEncoder, build_student, student_input_spec
+
+CHECKPOINT = "last.pt"
+TEACHER_BATCH = 32
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    arch: str = DEFAULT_ARCH
+    size: int = DEFAULT_SIZE
+    epochs: int = 12
+    batch_size: int = 48
+    lr: float = 4e-3
+    weight_decay: float = 0.02
+    warmup_fraction: float = 0.05
+    seed: int = 20261123
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DistillResult:
+    student: StudentEncoder
+    input_spec: InputSpec
+    teacher: Teacher
+    config: DistillConfig
+    data_sha256: str  # over the sorted content hashes of the images trained on
+    n_images: int
+    skipped: list[str]
+    history: list[dict]  # per epoch: mean loss parts and seconds
+    seconds: float  # wall time of this invocation (caching + training)
+
+    def metadata(self) -> dict:
+        """What the weights' sidecar records about how they were made."""
+        return {
+            "teacher": {"family": self.teacher.family, "name": self.teacher.name,
+                        "checkpoint_sha256": self.teacher.checkpoint_sha256,
+                        "input_spec_sha256": self.teacher.input_spec.sha256()},
+            "recipe": self.config.to_dict(),
+            "data_sha256": self.data_sha256,
+            "n_images": self.n_images,
+            "history": self.history,
+            "train_seconds_all_epochs": round(sum(h["seconds"] for h in self.history), 1),
+            "wall_seconds_last_invocation": round(self.seconds, 1),
+        }
+
+
+def cached_training_set(teacher: Teacher, student_spec: InputSpec, paths: Sequence[Path], cache_dir: Path,
+                        *, workers: int = 2, progress: bool = True) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Content hashes (sorted, unique), student uint8 pixels (N, H, W, 3), teacher embeddings (N, D),
+    and the images skipped as unreadable. Only images missing from the caches are prepared."""
+    pixel_cache = ContentCache(cache_dir / f"student-pixels-{student_spec.sha256()[:16]}.npz")
+    embedding_cache = ContentCache(
+        cache_dir / f"teacher-embeddings-{teacher.checkpoint_sha256[:16]}-{teacher.input_spec.sha256()[:16]}.npz")
+    path_of: dict[str, Path] = {}
+    for path in tqdm(paths, desc="hashing", unit="img", disable=not progress):
+        path_of.setdefault(content_sha256(path), Path(path))
+    missing = [k for k in sorted(path_of) if k not in pixel_cache or k not in embedding_cache]
+    skipped: list[str] = []
+    unreadable: set[str] = set()
+    if missing:
+        with tqdm(total=len(missing), desc="preparing (teacher + student specs)", unit="img",
+                  disable=not progress) as bar:
+            images, kept, skipped = prepare_images([path_of[k] for k in missing],
+                                                   [teacher.input_spec, student_spec], workers, bar.update)
+        keys = [missing[i] for i in kept]
+        unreadable = set(missing) - set(keys)
+        teacher_preprocessor = Preprocessor(teacher.input_spec)
+        encoder = teacher.image_encoder.eval()
+        embeddings = []
+        with torch.no_grad():
+            for start in tqdm(range(0, len(keys), TEACHER_BATCH), desc="teacher embeddings", unit="batch",
+                              disable=not progress):
+                batch = np.stack([images[i][0] for i in range(start, min(start + TEACHER_BATCH, len(keys)))])
+                embeddings.append(encoder(torch.from_numpy(teacher_preprocessor.normalise(batch))).numpy())
+        if keys:
+            embedding_cache.add(keys, np.concatenate(embeddings).astype(np.float32))
+            pixel_cache.add(keys, np.stack([images[i][1] for i in range(len(keys))]))
+    keys = [k for k in sorted(path_of) if k not in unreadable]
+    return keys, pixel_cache.get(keys), embedding_cache.get(keys), skipped
+
+
+def learning_rate(step: int, total: int, config: DistillConfig) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    warmup = max(1, int(config.warmup_fraction * total))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _optimiser(student: StudentEncoder, config: DistillConfig) -> torch.optim.Optimizer:
+    decay = [p for p in student.parameters() if p.ndim > 1]
+    no_decay = [p for p in student.parameters() if p.ndim <= 1]  # biases and norm scales
+    return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=config.lr, weight_decay=config.weight_decay)
+
+
+def distill(
+    teacher: Teacher,
+    images: Sequence[Path],
+    work_dir: Path,
+    config: DistillConfig = DistillConfig(),
+    *,
+    prompt_file: Path = DEFAULT_PROMPT_FILE,
+    cache_dir: Path | None = None,
+    resume: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+) -> DistillResult:
+    """Train a student on ``images`` (unlabelled) to reproduce ``teacher``; checkpoints go to ``work_dir``."""
+    started = time.time()
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    student_spec = student_input_spec(teacher.input_spec, config.size)
+    keys, pixels, targets, skipped = cached_training_set(
+        teacher, student_spec, images, Path(cache_dir) if cache_dir else work_dir / "cache",
+        workers=workers, progress=progress)
+    if not keys:
+        raise ValueError("no usable images to distil from" + (f" ({len(skipped)} unreadable)" if skipped else ""))
+    data_sha256 = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+    table = embed_conditions(teacher.embed_texts, load_prompt_file(prompt_file), teacher.ensembling,
+                             teacher.logit_scale)
+    criterion = DistillLoss(table.class_embeddings, table.logit_scale, config.loss)
+    student = build_student(config.arch, table.embedding_dim, config.size, config.seed)
+    student.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
+    optimiser = _optimiser(student, config)
+    augment = FundusAugment(config.augment)
+    preprocessor = Preprocessor(student_spec)
+    targets_t = torch.from_numpy(np.ascontiguousarray(targets))
+
+    n = len(keys)
+    batch_size = min(config.batch_size, n)
+    steps_per_epoch = n // batch_size
+    total_steps = steps_per_epoch * config.epochs
+    start_epoch, history = 0, []
+    checkpoint = work_dir / CHECKPOINT
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["config"] != config.to_dict() or state["data_sha256"] != data_sha256 \
+                or state["teacher_sha256"] != teacher.checkpoint_sha256:
+            raise ValueError(f"{checkpoint} was written by another recipe, image set or teacher: "
+                             "resume with the same ones, or start afresh in another directory")
+        student.load_state_dict(state["student"])
+        optimiser.load_state_dict(state["optimiser"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+
+    for epoch in range(start_epoch, config.epochs):
+        epoch_start = time.time()
+        student.train()
+        torch.manual_seed(config.seed + epoch)  # any torch-side randomness (none in the default student)
+        order = np.random.default_rng([config.seed, epoch]).permutation(n)
+        sums: dict[str, float] = {}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+                   disable=not progress)
+        for b in bar:
+            index = order[b * batch_size:(b + 1) * batch_size]
+            batch = np.stack([augment(pixels[i], np.random.default_rng([config.seed, epoch, int(i)])) for i in index])
+            x = torch.from_numpy(preprocessor.normalise(batch)).contiguous(memory_format=torch.channels_last)
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate(epoch * steps_per_epoch + b, total_steps, config)
+            loss, parts = criterion(student(x), targets_t[index])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
+        bar.close()
+        history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()},
+                        "seconds": round(time.time() - epoch_start, 1)})
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"student": student.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch,
+                    "history": history, "config": config.to_dict(), "data_sha256": data_sha256,
+                    "teacher_sha256": teacher.checkpoint_sha256}, tmp)
+        tmp.replace(checkpoint)
+        (work_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+
+    student.to(memory_format=torch.contiguous_format).eval()
+    return DistillResult(student, student_spec, teacher, config, data_sha256, n, skipped, history,
+                         time.time() - started)

@@ -1,0 +1,70 @@
+"""``edge-retina devices detect|list|show``: which device profile this machine is, and what each says."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+import devices
+from edge_retina.errors import EdgeRetinaError
+
+
+@click.group("devices")
+def devices_group() -> None:
+    """Device profiles: detect this machine's, list them, show one."""
+
+
+@devices_group.command()
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False, exists=True), default=Path("/"),
+              show_default=True, help="Directory standing in for / (reads ROOT/proc and ROOT/etc); "
+                                      "installed libraries are always those of this interpreter.")
+@click.option("--json", "as_json", is_flag=True, help="Print the detection as JSON.")
+def detect(root: Path, as_json: bool) -> None:
+    """Name the best device profile for this machine, with the reasons."""
+    try:
+        detection = devices.detect(root)
+    except EdgeRetinaError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(detection.to_dict(), indent=2))
+        return
+    console = Console()
+    console.print(f"[bold]{detection.profile.name}[/]: {detection.profile.title}")
+    for reason in detection.reasons:
+        console.print(f"  - {reason}", soft_wrap=True)
+    machine = detection.facts["machine"]
+    console.print(f"CPU: {machine['cpu_model'] or 'unknown'} ({machine['cpu_arch'] or 'unknown architecture'}, "
+                  f"{machine['cpu_count']} logical CPUs)", soft_wrap=True)
+    if machine["device_tree_model"] or machine["l4t_release"]:
+        console.print(f"board: {machine['device_tree_model'] or 'unknown'}, L4T {machine['l4t_release'] or 'unknown'}")
+
+
+@devices_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+def list_profiles(as_json: bool) -> None:
+    """List the device profiles."""
+    profiles = devices.load_profiles()
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in profiles.values()], indent=2))
+        return
+    table = Table(title="device profiles (edge-retina devices show NAME for the details)")
+    table.add_column("name", no_wrap=True)
+    for column in ("precision", "threads", "memory MiB", "title"):
+        table.add_column(column)
+    for p in profiles.values():
+        table.add_row(p.name, p.precision, str(p.threads or "default"), str(p.memory_budget_mib), p.title)
+    Console().print(table)
+
+
+@devices_group.command()
+@click.argument("name")
+def show(name: str) -> None:
+    """Show one profile as its data file says it (JSON)."""
+    try:
+        profile = devices.get_profile(name)
+    except EdgeRetinaError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(profile.to_dict(), indent=2))

@@ -1,0 +1,148 @@
+"""The accuracy guard: checks against FP32, per-layer sensitivity, automatic recorded fallback; thresholds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration import ArrayCalibrationReader
+from converters.accuracy_guard import (
+    GuardError,
+    GuardLimits,
+    check_against_fp32,
+    guarded_build,
+    layer_sensitivity,
+)
+from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
+from converters.thresholds import choose_thresholds, threshold_for_sensitivity
+from edge_retina.bench.metrics import sensitivity_specificity
+from edge_retina.prompts import PromptTable
+from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec
+
+RNG = np.random.default_rng(0)
+DIM = 8
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _table() -> PromptTable:
+    prompts = _unit(np.eye(3, DIM, dtype=np.float32))
+    return PromptTable(["normal", "dr", "glaucoma"], "normal", prompts, np.arange(3), "mean", 50.0)
+
+
+def test_check_passes_identical_and_fails_noisy_embeddings():
+    fp32 = _unit(RNG.normal(size=(40, DIM)))
+    labels = {"dr": (fp32[:, 1] > fp32[:, 0]).astype(float)}
+    same = check_against_fp32(fp32, fp32.copy(), table=_table(), labels=labels)
+    assert same.passed and same.decision_agreement == 1.0 and same.delta_auroc == {"dr": 0.0}
+    noisy = check_against_fp32(fp32, fp32 + RNG.normal(scale=0.5, size=fp32.shape), table=_table(), labels=labels)
+    assert not noisy.passed
+    assert any("mean cosine" in f for f in noisy.failures) and any("dr: |ΔAUROC|" in f for f in noisy.failures)
+    assert noisy.to_dict()["passed"] is False
+
+
+def _fake_build(quality: dict[tuple[str, int], float], fp32: np.ndarray):
+    """An artefact is (precision, excluded count); its embeddings are fp32 plus noise of a set size."""
+    def build(precision, excluded):
+        return precision, len(excluded)
+
+    def embed(artefact):
+        noise = quality[artefact]
+        return fp32 + noise * np.random.default_rng(1).normal(size=fp32.shape)
+
+    return build, embed
+
+
+def test_guard_ships_int8_when_it_passes():
+    fp32 = _unit(RNG.normal(size=(20, DIM)))
+    build, embed = _fake_build({("int8", 0): 0.0}, fp32)
+    result = guarded_build(build, embed, fp32, lambda artefact: pytest.fail("no sensitivity needed"))
+    assert result.precision == "int8" and result.fallback_record() is None
+    assert result.notes(GuardLimits())["accuracy_guard"]["passed"] is True
+
+
+def test_guard_excludes_the_most_sensitive_layers_first_and_records_it():
+    fp32 = _unit(RNG.normal(size=(20, DIM)))
+    build, embed = _fake_build({("int8", 0): 0.5, ("int8", 1): 0.5, ("int8", 2): 0.0}, fp32)
+    result = guarded_build(build, embed, fp32, lambda artefact: ["conv_a", "conv_b", "conv_c"])
+    assert (result.precision, result.excluded_nodes) == ("int8", ["conv_a", "conv_b"])
+    record = result.fallback_record()
+    assert record["requested"] == "int8" and record["shipped"] == "int8"
+    assert record["excluded_nodes"] == ["conv_a", "conv_b"] and "mean cosine" in record["reason"]
+    assert [a["excluded_nodes"] for a in record["attempts"]] == [[], ["conv_a"], ["conv_a", "conv_b"]]
+
+
+def test_guard_falls_back_to_float_and_refuses_when_nothing_passes():
+    fp32 = _unit(RNG.normal(size=(20, DIM)))
+    quality = {("int8", n): 0.5 for n in range(3)} | {("fp16", 0): 0.5, ("fp32", 0): 0.0}
+    build, embed = _fake_build(quality, fp32)
+    result = guarded_build(build, embed, fp32, lambda artefact: ["a", "b"])
+    assert result.precision == "fp32" and result.fallback_record()["shipped"] == "fp32"
+    assert [a["precision"] for a in result.attempts] == ["int8", "int8", "int8", "fp16", "fp32"]
+    with pytest.raises(GuardError, match="no precision met the limits"):
+        guarded_build(build, embed, fp32, lambda artefact: ["a", "b"], fallback_precisions=("fp16",))
+
+
+@pytest.fixture(scope="module")
+def tensors(shared_datasets, tiny_bundle) -> np.ndarray:
+    return prepared_tensors([Path(r["file"]) for r in eye4class_rows(shared_datasets, 3)], tiny_spec(tiny_bundle))
+
+
+def test_layer_sensitivity_ranks_every_quantized_layer(tiny_bundle, tensors, tmp_path):
+    fp32 = tiny_onnx(tiny_bundle)
+    qdq = quantize_onnxruntime(fp32, tmp_path / "q.onnx", ArrayCalibrationReader(tensors))
+    ranked = layer_sensitivity(fp32, qdq, tensors[:4])
+    assert {name for name, _ in ranked} == {"node_conv2d", "node_conv2d_1", "node_linear"}
+    sqnr = [value for _, value in ranked]
+    assert sqnr == sorted(sqnr) and all(np.isfinite(sqnr))
+
+
+def test_real_int8_forced_over_the_limit_falls_back_and_records_it(tiny_bundle, tensors, tmp_path):
+    """An impossible cosine limit: every INT8 attempt fails, the FP32 fallback ships, all recorded."""
+    from edge_retina.backends import create_runner
+
+    fp32_path = tiny_onnx(tiny_bundle)
+    calibration, held_out = tensors[:8], tensors[8:]
+    with create_runner("onnxruntime", fp32_path, precision="fp32") as runner:
+        reference = runner.infer(held_out)
+
+    def build(precision, excluded):
+        if precision == "fp32":
+            return fp32_path
+        return quantize_onnxruntime(fp32_path, tmp_path / f"{len(excluded)}.onnx", ArrayCalibrationReader(calibration),
+                                    nodes_to_exclude=excluded)
+
+    def embed(path):
+        with create_runner("onnxruntime", path, precision="int8") as runner:
+            return runner.infer(held_out)
+
+    result = guarded_build(build, embed, reference,
+                           lambda qdq: [n for n, _ in layer_sensitivity(fp32_path, qdq, calibration[:4])],
+                           limits=GuardLimits(min_mean_cosine=1.0 - 1e-9), fallback_precisions=("fp32",))
+    assert result.precision == "fp32"
+    record = result.fallback_record()
+    assert record["reason"].startswith("mean cosine") and record["attempts"][0]["precision"] == "int8"
+    assert len(record["attempts"]) >= 3  # int8, int8 without the most sensitive layer(s), ..., fp32
+
+
+def test_threshold_reaches_the_target_sensitivity():
+    y = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.8, 0.85, 0.7, 0.6, 0.95, 0.65, 0.75, 0.3, 0.55, 0.1, 0.5, 0.58, 0.2])
+    threshold = threshold_for_sensitivity(y, scores, 0.9)
+    assert threshold == 0.55  # the 9th-highest positive: refers 9 of 10
+    sensitivity, specificity = sensitivity_specificity(y, scores, threshold)
+    assert sensitivity == 0.9 and specificity == 0.75  # only the 0.58 negative is referred
+    assert threshold_for_sensitivity(y, scores, 1.0) == 0.3
+
+
+def test_choose_thresholds_per_condition_records_what_it_gave():
+    embeddings = _unit(RNG.normal(size=(60, DIM)))
+    labels = {"dr": (embeddings[:, 1] > 0).astype(float), "glaucoma": np.full(60, np.nan), "unknown": np.ones(60)}
+    choices = choose_thresholds(_table(), embeddings, labels, target_sensitivity=0.9)
+    assert set(choices) == {"dr"}
+    dr = choices["dr"]
+    assert dr.sensitivity >= 0.9 and 0.0 <= dr.specificity <= 1.0
+    assert "sensitivity" in dr.source() and "target sensitivity 0.90" in dr.source()

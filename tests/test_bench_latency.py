@@ -1,0 +1,114 @@
+"""Latency benchmark mechanics on the tiny bundle: interleaving, stages, throughput, cold start,
+the research baseline, and `edge-retina bench latency`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_retina.bench import latency
+from edge_retina.bench.parity import bundle_prompt_table
+from edge_retina.bench.research import ResearchPipeline
+from edge_retina.bundle import load_bundle
+from edge_retina.cli.bench import bench
+from edge_retina.errors import MissingExtraError
+
+
+class RecordingPipeline:
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def run(self, image):
+        self.calls.append((self.name, Path(image).name))
+        return {stage: 1.0 for stage in latency.STAGES}
+
+    def prepared_tensor(self, image):
+        return np.zeros((1, 3, 8, 8), np.float32)
+
+    def run_engine(self, tensor):
+        self.calls.append((self.name, "engine"))
+
+    def close(self):
+        pass
+
+
+def test_pipelines_run_interleaved_in_rotating_order():
+    calls = []
+    a, b = RecordingPipeline("A", calls), RecordingPipeline("B", calls)
+    results = latency.measure_interleaved([a, b], [Path("x.jpg"), Path("y.jpg")], iterations=2, warmup=1)
+    timed = calls[4:]  # after one warm-up of each pipeline and its engine
+    assert timed == [("A", "x.jpg"), ("A", "engine"), ("B", "x.jpg"), ("B", "engine"),
+                     ("A", "y.jpg"), ("A", "engine"), ("B", "y.jpg"), ("B", "engine"),
+                     ("B", "x.jpg"), ("B", "engine"), ("A", "x.jpg"), ("A", "engine"),
+                     ("B", "y.jpg"), ("B", "engine"), ("A", "y.jpg"), ("A", "engine")]
+    assert all(len(r.stages_ms["total"]) == 4 and len(r.engine_ms) == 4 for r in results.values())
+
+
+def test_summary_statistics():
+    s = latency.summary(list(range(1, 101)))
+    assert (s["n"], s["median"], s["min"], s["max"], s["mean"]) == (100, 50.5, 1, 100, 50.5)
+    assert s["p90"] == pytest.approx(90.1) and s["p99"] == pytest.approx(99.01)
+
+
+@pytest.fixture(scope="module")
+def images(retina_jpeg):
+    return [retina_jpeg, retina_jpeg]
+
+
+def test_run_latency_on_the_tiny_bundle(tiny_bundle, images):
+    engines = latency.select_engines(tiny_bundle)
+    report = latency.run_latency(tiny_bundle, engines, images, iterations=2, threads=1, streams=2, cold_runs=1)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert set(data["pipelines"]) == {"onnxruntime/fp32/teacher", "openvino/fp32/teacher"}
+    assert data["baseline"] == "onnxruntime/fp32/teacher"
+    assert data["machine"]["logical_cores"] >= 1 and "onnxruntime" in data["machine"]["libraries"]
+    for name, p in data["pipelines"].items():
+        assert set(p["stages_ms"]) == set(latency.STAGES)
+        assert p["stages_ms"]["total"]["n"] == 4 and len(p["engine_samples_ms"]) == 4
+        stages = p["stages_ms"]
+        assert stages["total"]["median"] >= stages["inference"]["median"] > 0
+        assert p["throughput_images_per_s"]["batch1"] > 0 and p["throughput_images_per_s"]["streams_2"] > 0
+        cold = p["cold_start"]["runs"][0]
+        assert cold["process_to_first_result_ms"] > cold["load_to_first_result_ms"] > 0
+        assert 30 < cold["peak_rss_mb"] < 4000
+    assert data["pipelines"]["onnxruntime/fp32/teacher"]["speedup_vs_baseline"] == 1.0
+    headers, rows = latency.latency_table_rows(data)
+    assert len(rows) == 2 and len(rows[0]) == len(headers) and rows[0][-1] == "1.00x"
+    headers, rows = latency.system_table_rows(data)
+    assert len(rows) == 2 and all(cell != "-" for cell in rows[0])
+
+
+def test_research_baseline_is_compared_with_the_engine(tiny_bundle, images):
+    from tiny_bundle import _tiny_encoder
+
+    bundle = load_bundle(tiny_bundle)
+    research = ResearchPipeline(_tiny_encoder(), bundle.manifest.input, bundle_prompt_table(bundle), threads=1)
+    engines = latency.select_engines(tiny_bundle, backend="onnxruntime")
+    report = latency.run_latency(tiny_bundle, engines, images, iterations=1, streams=1, cold_runs=0,
+                                 extra_pipelines=[research])
+    assert report.baseline == research.name
+    assert research.prepared_tensor(images[0]).shape == (1, 3, *bundle.manifest.input.size)
+    assert set(report.pipelines[research.name].stages_ms) == set(latency.STAGES)
+    assert report.speedup("onnxruntime/fp32/teacher") > 0
+
+
+def test_research_baseline_without_torch_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(MissingExtraError, match=r"'convert' extra .*pip install 'edge-retina\[convert\]'"):
+        ResearchPipeline(object(), None, None)
+
+
+def test_latency_command_json(tiny_bundle, retina_jpeg, tmp_path):
+    out = tmp_path / "latency.json"
+    result = CliRunner().invoke(bench, ["latency", "--bundle", str(tiny_bundle), "--images", str(retina_jpeg),
+                                        "--backend", "openvino", "--iterations", "2", "--streams", "1",
+                                        "--cold-runs", "0", "--json", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert list(data["pipelines"]) == ["openvino/fp32/teacher"] and json.loads(out.read_text()) == data
+    bad = CliRunner().invoke(bench, ["latency", "--bundle", str(tiny_bundle), "--images", str(tmp_path / "none.jpg")])
+    assert bad.exit_code == 2 and "none.jpg" in bad.output

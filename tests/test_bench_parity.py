@@ -1,0 +1,174 @@
+"""Parity runs: comparing embeddings, the labels CSV, and `edge-retina bench parity`'s gate exit codes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_retina.bench import parity as parity_module
+from edge_retina.bench.labels import LabelledImages, read_labels_csv, write_labels_csv
+from edge_retina.cli.bench import bench
+from edge_retina.errors import EdgeRetinaError
+from edge_retina.prompts import PromptTable
+
+
+def two_class_table() -> PromptTable:
+    prompts = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]], np.float32)
+    return PromptTable(["normal", "glaucoma"], "normal", prompts, np.array([0, 1]), "mean_renormalised", 10.0)
+
+
+def synthetic_embeddings(rng, n=200, noise=0.0):
+    """Embeddings whose glaucoma score follows the label; ``noise`` blurs a copy of them."""
+    y = np.r_[np.ones(n // 2), np.zeros(n // 2)]
+    reference = rng.normal(size=(n, 4)) * 0.3
+    reference[:, 1] += 0.8 * y
+    reference[:, 0] += 0.8 * (1 - y)
+    return y, reference, reference + noise * rng.normal(size=reference.shape)
+
+
+def degraded_report(drop_noise=1.0):
+    rng = np.random.default_rng(0)
+    y, reference, degraded = synthetic_embeddings(rng, noise=drop_noise)
+    labels = {"glaucoma": y, "cataract": np.full(len(y), np.nan)}  # cataract: not in the table, left out
+    return parity_module.compare_embeddings(
+        "teacher", {"teacher": reference, "same": reference.copy(), "degraded": degraded}, labels,
+        two_class_table(), {"glaucoma": 0.5, "normal": None}, replicates=300)
+
+
+def test_compare_embeddings_finds_a_drop_and_not_a_copy():
+    report = degraded_report()
+    assert report.models == ["teacher", "same", "degraded"]
+    (glaucoma,) = report.conditions
+    assert (glaucoma.condition, glaucoma.n_pos, glaucoma.n_neg) == ("glaucoma", 100, 100)
+    same, degraded = glaucoma.models["same"], glaucoma.models["degraded"]
+    assert same.bootstrap.delta == 0.0 and same.agreement == 1.0 and same.delong.p_value == 1.0
+    assert degraded.bootstrap.delta < -0.02 and degraded.bootstrap.ci_high < 0 and degraded.delong.p_value < 0.05
+    assert degraded.agreement < 1.0 and 0 <= degraded.sensitivity <= 1
+    assert glaucoma.models["teacher"].bootstrap is None
+    np.testing.assert_allclose(report.cosine["same"], 1.0)
+    assert report.cosine["degraded"].min() < 0.99
+    assert report.failures(0.005) == [f"glaucoma: degraded ΔAUROC {degraded.bootstrap.delta:+.4f} (max drop 0.005)"]
+    assert report.failures(1.0) == []
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["conditions"][0]["models"]["degraded"]["delta_ci95"][1] < 0
+    assert data["cosine_to_reference"]["same"]["min"] == pytest.approx(1.0)
+
+
+def test_labels_csv_round_trip(tmp_path):
+    images = tmp_path / "photos"
+    images.mkdir()
+    labelled = LabelledImages([images / "a.jpg", images / "b.jpg", images / "c.jpg"],
+                              {"glaucoma": np.array([1.0, 0.0, np.nan]), "cataract": np.array([np.nan, 1.0, 0.0])})
+    path = write_labels_csv(labelled, tmp_path / "labels.csv")
+    assert path.read_text().splitlines() == ["file,glaucoma,cataract", "photos/a.jpg,1,", "photos/b.jpg,0,1",
+                                             "photos/c.jpg,,0"]
+    back = read_labels_csv(path)
+    assert back.paths == labelled.paths
+    for condition, y in labelled.labels.items():
+        np.testing.assert_array_equal(back.labels[condition], y)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("image,glaucoma\na.jpg,1\n", "'file' column"),
+    ("file,glaucoma\na.jpg,yes\n", "expected 0, 1 or blank"),
+    ("file,glaucoma\n", "no rows"),
+])
+def test_bad_labels_csv_is_refused(tmp_path, text, message):
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    with pytest.raises(EdgeRetinaError, match=message):
+        read_labels_csv(path)
+
+
+@pytest.fixture(scope="module")
+def labelled_folder(tmp_path_factory, retina_rgb):
+    """Ten variants of a real fundus photo (flips, brightness, zoom) with made-up glaucoma labels."""
+    folder = tmp_path_factory.mktemp("labelled")
+    small = cv2.resize(retina_rgb, (400, 400), interpolation=cv2.INTER_AREA)
+    rows = ["file,glaucoma,cataract"]
+    for i in range(10):
+        image = small[:, ::-1] if i % 2 else small
+        image = np.clip(image.astype(np.float32) * (0.7 + 0.06 * i), 0, 255).astype(np.uint8)
+        margin = 4 * i
+        image = cv2.resize(image[margin:400 - margin, margin:400 - margin], (400, 400))
+        cv2.imwrite(str(folder / f"img{i}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        rows.append(f"img{i}.jpg,{i % 2},{'' if i < 4 else (i // 2) % 2}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def invoke(*args):
+    return CliRunner().invoke(bench, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_parity_against_the_fp32_engine_passes_the_gate(tiny_bundle, labelled_folder, tmp_path):
+    html = tmp_path / "report.html"
+    result = invoke("parity", "--bundle", tiny_bundle, "--labels", labelled_folder / "labels.csv", "--reference",
+                    "fp32", "--replicates", "200", "--json", "--html", html)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["gate"] == "pass" and data["reference"] == "onnxruntime/fp32/teacher"
+    assert {c["condition"] for c in data["conditions"]} == {"glaucoma", "cataract"}
+    openvino = data["conditions"][0]["models"]["openvino/fp32/teacher"]
+    assert abs(openvino["delta_auroc"]) < 1e-6 and openvino["decision_agreement"] == 1.0
+    assert data["cosine_to_reference"]["openvino/fp32/teacher"]["min"] > 0.9999
+    page = html.read_text()
+    assert page.count("<img") >= 3 and "PASS" in page and "glaucoma" in page
+
+
+def test_parity_gate_fails_with_exit_1(tiny_bundle, labelled_folder, monkeypatch):
+    monkeypatch.setattr(parity_module, "bundle_parity", lambda *a, **k: degraded_report())
+    result = invoke("parity", "--bundle", tiny_bundle, "--labels", labelled_folder / "labels.csv", "--reference",
+                    "fp32", "--max-drop", "0.01")
+    assert result.exit_code == 1
+    assert "parity gate FAILED" in result.output and "degraded" in result.output
+    assert invoke("parity", "--bundle", tiny_bundle, "--labels", labelled_folder / "labels.csv", "--reference",
+                  "fp32", "--max-drop", "0.9").exit_code == 0
+
+
+def test_parity_cannot_run_exits_2(tiny_bundle, labelled_folder, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,glaucoma\na.jpg,1\n")
+    result = invoke("parity", "--bundle", tiny_bundle, "--labels", bad, "--reference", "fp32")
+    assert result.exit_code == 2 and "'file' column" in result.output
+    result = invoke("parity", "--bundle", tmp_path / "nowhere", "--labels", labelled_folder / "labels.csv")
+    assert result.exit_code == 2 and "no bundle" in result.output
+    # The tiny bundle's teacher family is not a real one: named, not a traceback.
+    result = invoke("parity", "--bundle", tiny_bundle, "--labels", labelled_folder / "labels.csv")
+    assert result.exit_code == 2 and "cannot load the bundle's teacher (test-tiny)" in result.output
+
+
+def test_labels_command_writes_a_shared_dataset_split(shared_datasets, tmp_path):
+    out = tmp_path / "rimone-test.csv"
+    result = invoke("labels", "--dataset", "rimone", "--datasets", shared_datasets, "--limit", "30", "--out", out)
+    assert result.exit_code == 0, result.output
+    labelled = read_labels_csv(out)
+    assert len(labelled.paths) == 30 and all(p.is_file() for p in labelled.paths)
+    assert set(np.unique(labelled.labels["glaucoma"])) == {0.0, 1.0}
+
+
+DEVICE = (  # the bench group as on a device: no host packages installed
+    "import sys\n"
+    "for m in ('torch', 'sklearn', 'scipy', 'matplotlib', 'converters', 'onnx'):\n"
+    "    sys.modules[m] = None\n"
+    "from edge_retina.cli.bench import bench\n"
+    "bench()\n"
+)
+
+
+def test_fp32_parity_runs_on_a_device_and_host_options_name_the_extra(tiny_bundle, labelled_folder):
+    common = ["parity", "--bundle", str(tiny_bundle), "--labels", str(labelled_folder / "labels.csv"),
+              "--replicates", "100"]
+    proc = subprocess.run([sys.executable, "-c", DEVICE, *common, "--reference", "fp32", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["gate"] == "pass"
+    for extra_args in (["--reference", "teacher"], ["--reference", "fp32", "--html", "r.html"]):
+        proc = subprocess.run([sys.executable, "-c", DEVICE, *common, *extra_args], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2 and "pip install 'edge-retina[convert]'" in proc.stderr, proc.stderr

@@ -1,0 +1,55 @@
+"""The reference C client, built with gcc, screens images through the Python server."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bridge_support import REPO, running_server, small_jpeg
+from edge_retina.screener import Screener
+from firmware_bridge.client import BridgeClient
+
+C_CLIENT = REPO / "firmware_bridge" / "c_client"
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory) -> Path:
+    if shutil.which("gcc") is None or shutil.which("make") is None:
+        pytest.skip("gcc and make are needed to build the C client")
+    out = tmp_path_factory.mktemp("c-client")
+    subprocess.run(["make", "-C", str(C_CLIENT), "CC=gcc", f"OUT={out}"], check=True, capture_output=True)
+    return out / "er_screen_example"
+
+
+@pytest.fixture(scope="module")
+def screener(tiny_bundle):
+    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
+        yield s
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_c_example_screens_an_image(example, screener, retina_rgb, tmp_path, transport):
+    image = tmp_path / "capture.jpg"
+    image.write_bytes(small_jpeg(retina_rgb))
+    with running_server(screener, tmp_path / "r.sqlite3", transport=transport) as (server, address):
+        kind, _, where = address.partition(":")
+        run = subprocess.run([example, f"--{kind}", where, image, "cam-c:1", "right"],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        hello, result = (json.loads(line) for line in run.stdout.splitlines())
+        assert hello["version"] == 1 and hello["bundle_id"] == server.bundle_id
+        assert result["request_id"] == "cam-c:1" and result["meta"]["eye"] == "right"
+        assert result["result"] == screener.screen(image.read_bytes(), name="cam-c:1").to_dict() | {
+            "timings_ms": result["result"]["timings_ms"], "bundle_id": server.bundle_id}
+        assert run.stderr.strip() == f"cam-c:1: {result['result']['status']}"
+
+        again = subprocess.run([example, f"--{kind}", where, image, "cam-c:1"], capture_output=True, text=True)
+        assert again.returncode == 0 and json.loads(again.stdout.splitlines()[1])["duplicate"] is True
+
+        refused = subprocess.run([example, f"--{kind}", where, image, "bad id"], capture_output=True, text=True)
+        assert refused.returncode == 2 and "bad_request" in refused.stderr
+        with (BridgeClient.tcp(where) if kind == "tcp" else BridgeClient.unix(where)) as client:
+            assert client.status()["processed"] == 1

@@ -1,0 +1,169 @@
+"""Crash safety: kill -9 of the server mid-stream, hot-folder restarts, and `bridge results`."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from bridge_support import ServerProcess, connect, small_jpeg
+from edge_retina.screener import Screener
+from firmware_bridge.cli import bridge
+from firmware_bridge.client import BridgeError
+from firmware_bridge.hotfolder import HotFolder, sidecar_path
+from firmware_bridge.protocol import Message, MessageType
+from firmware_bridge.server import BridgeServer
+from firmware_bridge.store import ResultStore
+
+
+@pytest.fixture(scope="module")
+def screener(tiny_bundle):
+    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
+        yield s
+
+
+def test_kill_9_mid_stream_then_restart_loses_and_repeats_nothing(tiny_bundle, retina_rgb, tmp_path):
+    """Requests whose RESULT arrived before the kill keep it (same completion time: not screened
+    again); those cut off are screened once after the restart, when the camera retries them."""
+    images = [small_jpeg(retina_rgb, side=96 + 4 * i) for i in range(24)]
+    store = tmp_path / "r.sqlite3"
+    server = ServerProcess(tiny_bundle, store, "--backend", "onnxruntime", "--threads", "1")
+    before: dict[str, dict] = {}
+    killed = threading.Event()
+
+    def camera():
+        try:
+            with connect(server.address) as client:
+                for i, image in enumerate(images):
+                    before[f"k{i}"] = client.screen(f"k{i}", image)
+        except (ConnectionError, OSError, BridgeError):
+            assert killed.is_set()
+
+    thread = threading.Thread(target=camera)
+    thread.start()
+    while len(before) < 8:
+        thread.join(0.01)
+    killed.set()
+    server.kill()
+    thread.join()
+    assert 8 <= len(before) < len(images)
+
+    server = ServerProcess(tiny_bundle, store, "--backend", "onnxruntime", "--threads", "1")
+    try:
+        with connect(server.address) as client:
+            after = {f"k{i}": client.screen(f"k{i}", image) for i, image in enumerate(images)}
+            assert client.status()["queue_depth"] == 0
+    finally:
+        assert server.stop() == 0
+    for request_id, reply in before.items():
+        assert after[request_id]["duplicate"] is True
+        assert after[request_id]["completed_at"] == reply["completed_at"]
+        assert after[request_id]["result"] == reply["result"]
+    assert all(r["result"]["status"] != "error" for r in after.values())
+    result_store = ResultStore(store)
+    assert result_store.counts() == {"pending": 0, "done": len(images)}
+    result_store.close()
+
+    lines = CliRunner().invoke(bridge, ["results", "--store", str(store), "--since", "0"]).output.splitlines()
+    assert sorted(json.loads(line)["request_id"] for line in lines) == sorted(after)
+    last = max(r["completed_at"] for r in after.values())
+    newer = CliRunner().invoke(bridge, ["results", "--store", str(store), "--since", last])
+    assert newer.exit_code == 0 and newer.output == ""
+    bad = CliRunner().invoke(bridge, ["results", "--store", str(store), "--since", "last tuesday"])
+    assert bad.exit_code != 0 and "ISO-8601" in bad.output
+
+
+def test_requests_accepted_before_a_crash_are_screened_at_start(screener, retina_rgb, tmp_path):
+    """Accepted (journaled) but not screened when the process died: the next start screens them
+    without waiting for the camera, and the camera's retry gets that one result."""
+    jpeg = small_jpeg(retina_rgb)
+    store = ResultStore(tmp_path / "r.sqlite3")
+    meta = {"request_id": "orphan-1", "format": "jpeg", "eye": "left"}
+    assert store.accept("orphan-1", hashlib.sha256(jpeg).hexdigest(), meta, jpeg)
+    server = BridgeServer(screener, store)
+    try:
+        deadline = time.monotonic() + 30
+        while store.counts()["pending"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        stored = store.get("orphan-1")
+        assert stored.result["status"] != "error" and stored.meta == meta
+        assert server.handle(Message(MessageType.SCREEN, meta, jpeg)).meta["completed_at"] == stored.record()["completed_at"]
+    finally:
+        server.close()
+        store.close()
+
+
+def test_hot_folder_screens_each_capture_once_across_restarts(screener, retina_rgb, tmp_path, monkeypatch):
+    folder = tmp_path / "captures"
+    (folder / "2026-11-23").mkdir(parents=True)
+    first = folder / "IMG_0001.JPG"
+    first.write_bytes(small_jpeg(retina_rgb))
+    (folder / "2026-11-23" / "IMG_0002.jpg").write_bytes(small_jpeg(retina_rgb, side=160))
+    (folder / "notes.txt").write_text("not an image")
+    journal = tmp_path / "journal.sqlite3"
+    calls = []
+    original = screener.screen
+    monkeypatch.setattr(screener, "screen", lambda *a, **k: calls.append(k.get("name")) or original(*a, **k))
+
+    store = ResultStore(journal)
+    written = HotFolder(screener, store, folder, settle_seconds=0).scan_once()
+    assert sorted(p.name for p in written) == ["IMG_0001.JPG.result.json", "IMG_0002.jpg.result.json"]
+    sidecar = json.loads(sidecar_path(first).read_text())
+    assert sidecar["image"] == "IMG_0001.JPG" and sidecar["result"]["status"] != "error"
+    assert not [p for p in folder.rglob("*") if p.name.startswith(".")]  # no temporary file left
+    store.close()
+
+    # Restart: nothing to do. Then a crash after the result was committed but before the sidecar
+    # was renamed into place: the restart writes the sidecar from the journal, without screening.
+    store = ResultStore(journal)
+    assert HotFolder(screener, store, folder, settle_seconds=0).scan_once() == []
+    sidecar_path(first).unlink()
+    assert HotFolder(screener, store, folder, settle_seconds=0).scan_once() == [sidecar_path(first)]
+    assert json.loads(sidecar_path(first).read_text()) == sidecar
+    assert len(calls) == 2
+
+    # A crash after journaling, before the result: screened (once) on the restart.
+    third = folder / "IMG_0003.jpg"
+    third.write_bytes(small_jpeg(retina_rgb, side=200))
+    watcher = HotFolder(screener, store, folder, settle_seconds=0)
+    monkeypatch.setattr(screener, "screen", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        watcher.scan_once()
+    assert store.counts()["pending"] == 1 and not sidecar_path(third).exists()
+    monkeypatch.setattr(screener, "screen", lambda *a, **k: calls.append(k.get("name")) or original(*a, **k))
+    assert HotFolder(screener, store, folder, settle_seconds=0).scan_once() == [sidecar_path(third)]
+    assert calls == ["IMG_0001.JPG", "IMG_0002.jpg", "IMG_0003.jpg"]
+
+    # A new capture under an old name is a new image: screened again.
+    first.write_bytes(small_jpeg(retina_rgb, side=100))
+    assert HotFolder(screener, store, folder, settle_seconds=0).scan_once() == [sidecar_path(first)]
+    assert calls[-1] == "IMG_0001.JPG"
+    # A capture still being written (fresh mtime) is left for a later scan.
+    (folder / "IMG_0004.jpg").write_bytes(small_jpeg(retina_rgb))
+    assert HotFolder(screener, store, folder, settle_seconds=60).scan_once() == []
+    assert store.counts() == {"pending": 0, "done": 4}
+    store.close()
+
+
+def test_hotfolder_command_once(tiny_bundle, retina_rgb, tmp_path):
+    (tmp_path / "a.jpg").write_bytes(small_jpeg(retina_rgb))
+    args = ["hotfolder", str(tmp_path), "--bundle", str(tiny_bundle), "--once", "--settle", "0",
+            "--backend", "onnxruntime"]
+    first = CliRunner().invoke(bridge, args)
+    assert first.exit_code == 0, first.output
+    assert "1 sidecar(s) written" in first.output
+    assert (tmp_path / ".edge-retina" / "journal.sqlite3").is_file()
+    assert "0 sidecar(s) written" in CliRunner().invoke(bridge, args).output
+
+
+def test_serve_needs_exactly_one_transport_and_loopback_by_default(tiny_bundle, tmp_path):
+    runner = CliRunner()
+    store = ["--store", str(tmp_path / "s.sqlite3")]
+    none = runner.invoke(bridge, ["serve", "--bundle", str(tiny_bundle), *store])
+    assert none.exit_code == 2 and "exactly one" in none.output
+    remote = runner.invoke(bridge, ["serve", "--bundle", str(tiny_bundle), "--tcp", "0.0.0.0:0", *store])
+    assert remote.exit_code == 2 and "--allow-remote" in remote.output

@@ -1,0 +1,120 @@
+"""The one-shot convert: calibration -> guarded INT8 per target -> thresholds -> parity -> bundle,
+resumable from its step cache."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from converters import convert_pipeline
+from converters.accuracy_guard import GuardLimits
+from converters.bundle_builder import BundleRecipe
+from converters.convert_pipeline import ConvertError, ConvertSettings, EngineTarget, convert
+from converters.prompts import load_prompt_file
+from edge_retina.bench.labels import LabelledImages, read_labels_csv
+from edge_retina.bundle import load_bundle
+from edge_retina.preprocess import InputSpec
+from quantize_fixtures import CLASSES, eye4class_rows, write_csv
+from tiny_bundle import _hash_text_embeddings, _tiny_encoder
+
+TARGETS = [EngineTarget("onnxruntime", "fp32"), EngineTarget("onnxruntime", "int8"), EngineTarget("openvino", "int8")]
+
+
+def _recipe() -> BundleRecipe:
+    return BundleRecipe(
+        encoder=_tiny_encoder(), input_spec=InputSpec(size=(64, 64), mean=(0.5, 0.3, 0.2), std=(0.25, 0.2, 0.15)),
+        embed_texts=_hash_text_embeddings, conditions=load_prompt_file(), ensembling="mean_renormalised",
+        logit_scale=50.0, family="test-tiny", name="tiny-random", teacher_checkpoint_sha256="0" * 64,
+    )
+
+
+@pytest.fixture(scope="module")
+def image_sets(shared_datasets, tmp_path_factory) -> tuple[Path, LabelledImages]:
+    """12 calibration candidates and a 12-image labelled validation set (cataract and glaucoma vs normal)."""
+    folder = tmp_path_factory.mktemp("convert-images")
+    rows = eye4class_rows(shared_datasets, 6)
+    calibration = write_csv(rows[:12], folder / "calibration.csv")
+    validation_rows = [{"file": r["file"], "cataract": "1" if r["label"] == "cataract" else "0" if r["label"] == "normal" else "",
+                        "glaucoma": "1" if r["label"] == "glaucoma" else "0" if r["label"] == "normal" else ""}
+                       for r in rows[12:] if r["label"] in CLASSES]
+    return calibration, read_labels_csv(write_csv(validation_rows, folder / "validation.csv"))
+
+
+def _settings(image_sets, cache: Path, **overrides) -> ConvertSettings:
+    calibration, validation = image_sets
+    options = dict(targets=TARGETS, calibration=[calibration], calibration_size=6, validation=validation,
+                   cache_dir=cache, threads=2)
+    return ConvertSettings(**(options | overrides))
+
+
+def test_convert_builds_guarded_int8_with_thresholds_and_parity_then_resumes_from_cache(image_sets, tmp_path):
+    first_log: list[str] = []
+    bundle_dir = convert(_recipe(), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache"),
+                         progress=first_log.append)
+    manifest = load_bundle(bundle_dir).manifest
+    engines = {(e.backend, e.precision if not e.fallback else e.fallback["requested"]): e for e in manifest.engines}
+    assert set(engines) == {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8")}
+    for key in (("onnxruntime", "int8"), ("openvino", "int8")):
+        engine = engines[key]
+        guard = engine.notes["accuracy_guard"]
+        assert guard["passed"] and guard["images"] == 12 and set(guard["delta_auroc"]) == {"cataract", "glaucoma"}
+        if engine.precision == "int8":
+            assert engine.calibration.size == 6 and engine.calibration.method == "kcenter-embeddings"
+    thresholds = {c.name: c for c in manifest.prompts.conditions}
+    for name in ("cataract", "glaucoma"):
+        assert thresholds[name].threshold_source.startswith("validation set: sensitivity")
+    parity = json.loads((bundle_dir / "reports" / "parity.json").read_text())
+    assert parity["reference"] == "fp32 onnx" and parity["images"] == 12
+    assert not any("cached" in line for line in first_log)
+
+    second_log: list[str] = []
+    again = convert(_recipe(), tmp_path / "again", _settings(image_sets, tmp_path / "cache"),
+                    progress=second_log.append)
+    for step in ("export", "calibration", "reference"):
+        assert any(f"] {step}: cached" in line for line in second_log), second_log
+    assert sum("int8: cached" in line for line in second_log) == 2
+    again_manifest = load_bundle(again).manifest
+    assert again_manifest.files == manifest.files  # the same engines, prompts and report, byte for byte
+
+
+def test_a_failing_step_is_named_and_a_rerun_resumes_after_it(image_sets, tmp_path, monkeypatch):
+    real_build = convert_pipeline.build_target
+
+    def broken(backend, precision, options, context, work):
+        raise RuntimeError("quantizer crashed")
+
+    monkeypatch.setattr(convert_pipeline, "build_target", broken)
+    settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "int8")], validation=None)
+    with pytest.raises(ConvertError, match="step 'engines': quantizer crashed"):
+        convert(_recipe(), tmp_path / "bundle", settings)
+    assert not (tmp_path / "bundle").exists()
+
+    monkeypatch.setattr(convert_pipeline, "build_target", real_build)
+    log: list[str] = []
+    bundle_dir = convert(_recipe(), tmp_path / "bundle", settings, progress=log.append)
+    assert any("] calibration: cached" in line for line in log) and any("] export: cached" in line for line in log)
+    engine = load_bundle(bundle_dir).manifest.engines[0]
+    assert engine.backend == "onnxruntime" and engine.notes["accuracy_guard"]["images"] > 0
+
+
+def test_int8_without_calibration_images_fails_at_the_calibration_step(tmp_path):
+    settings = ConvertSettings(targets=[EngineTarget("openvino", "int8")], cache_dir=tmp_path / "cache")
+    with pytest.raises(ConvertError, match="step 'calibration'.*--calibration"):
+        convert(_recipe(), tmp_path / "bundle", settings)
+
+
+def test_guard_limits_that_int8_cannot_meet_ship_fp32_and_say_so(image_sets, tmp_path):
+    settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "int8")],
+                         limits=GuardLimits(min_mean_cosine=1.0 - 1e-9))
+    engine = load_bundle(convert(_recipe(), tmp_path / "bundle", settings)).manifest.engines[0]
+    assert engine.precision == "fp32" and engine.calibration is None
+    assert engine.fallback["requested"] == "int8" and engine.fallback["shipped"] == "fp32"
+    assert engine.fallback["reason"].startswith("mean cosine")
+
+
+def test_targets_are_validated():
+    with pytest.raises(ValueError, match="FP16 comes only"):
+        EngineTarget("openvino", "fp16")
+    with pytest.raises(ValueError, match="unknown backend"):
+        EngineTarget("coreml", "int8")

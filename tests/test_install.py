@@ -1,0 +1,336 @@
+"""A/B installs: signed bundles only, self-test at start, automatic rollback, power cuts at every step."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converters.selftest_files import selftest_files
+from edge_retina.backends import create_runner
+from edge_retina.bundle import load_bundle, pack_bundle, write_bundle
+from edge_retina.bundle.signing import SignatureError, TrustedKeys, generate_key_pair, load_private_key, sign_bundle
+from edge_retina.cli.bundle import bundle as bundle_cli
+from edge_retina.errors import BundleError
+from edge_retina.install import (
+    GOOD, MAX_TRIAL_STARTS, REJECTED, InstallError, install_bundle, read_status, rollback, start,
+)
+from edge_retina.selftest import EXPECTED_FILE, SelftestExpectation, run_selftest
+
+REPO = Path(__file__).resolve().parents[1]
+INSTALL_STEPS = ["staging-created", "staging-written", "staging-verified", "fallback-detached", "old-slot-moved",
+                 "slot-placed", "switched", "cleaned"]
+GOOD_START_STEPS = ["trial-counted", "selftest-done", "confirmed"]
+BAD_START_STEPS = ["trial-counted", "selftest-done", "rolled-back"]
+
+
+class PowerCut(BaseException):
+    """Raised from a step hook: not an Exception, so no cleanup code of the install catches it."""
+
+
+def _cut_at(target: str):
+    def hook(step: str) -> None:
+        if step == target:
+            raise PowerCut(step)
+    return hook
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    root = tmp_path_factory.mktemp("install-keys")
+    generate_key_pair(root / "device.key", root / "trusted" / "device.pub")
+    generate_key_pair(root / "other.key", root / "other.pub")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trusted(keys):
+    return TrustedKeys.from_directory(keys / "trusted")
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_bundle, tmp_path_factory, keys):
+    """Signed copies of the tiny bundle with self-test files: v1, v2 (pass) and broken (recorded
+    embedding negated, so its self-test fails), plus an unsigned one and one without a self-test."""
+    root = tmp_path_factory.mktemp("install-bundles")
+    source = load_bundle(tiny_bundle)
+    engine = source.select_engine()
+    with create_runner(engine.backend, source.path_of(engine.primary_file), precision=engine.precision) as runner:
+        extra = selftest_files({engine.role: runner.infer}, source.manifest.input, engine="onnxruntime-fp32")
+    expected = json.loads(extra[EXPECTED_FILE])
+    for reference in expected["references"].values():
+        reference["embedding"] = [-v for v in reference["embedding"]]
+    broken_extra = {**extra, EXPECTED_FILE: json.dumps(expected).encode()}
+
+    base = {rel: source.path_of(rel) for rel in source.manifest.files}
+    key = load_private_key(keys / "device.key")
+    made = {}
+    for name, files, signed in [("v1", {**base, **extra}, True), ("v2", {**base, **extra}, True),
+                                ("broken", {**base, **broken_extra}, True), ("unsigned", {**base, **extra}, False),
+                                ("no-selftest", base, True)]:
+        manifest = source.manifest.to_dict()
+        manifest["provenance"]["command"] = f"tests: {name}"  # tells the versions apart
+        made[name] = write_bundle(root / name, manifest, files)
+        if signed:
+            sign_bundle(made[name], key)
+    return made
+
+
+def _command(path: Path) -> str:
+    return load_bundle(path).manifest.provenance.command
+
+
+@pytest.fixture(scope="module")
+def two_slot_root(bundles, trusted, tmp_path_factory):
+    """An install root where v1 (slot a) then v2 (slot b, active) were installed and passed: the
+    next install replaces slot a, the fallback, so it goes through every step."""
+    root = tmp_path_factory.mktemp("template") / "root"
+    for name in ("v1", "v2"):
+        install_bundle(root, bundles[name], trusted)
+        start(root)
+    state = read_status(root)
+    assert (state.active, state.previous) == ("b", "a")
+    return root
+
+
+@pytest.fixture
+def root(two_slot_root, tmp_path):
+    return shutil.copytree(two_slot_root, tmp_path / "root")
+
+
+def test_selftest_passes_on_the_recorded_engine_and_fails_without_files(bundles):
+    result = run_selftest(bundles["v1"])
+    assert result.passed and result.cosine > 0.9999 and result.engine == "onnxruntime/fp32/teacher"
+    assert run_selftest(bundles["v1"], backend="openvino").passed  # the same model on another runtime
+    assert not run_selftest(bundles["broken"]).passed
+    missing = run_selftest(bundles["no-selftest"])
+    assert not missing.passed and "has no self-test" in missing.message
+
+
+def _rewritten(bundle_dir: Path, out: Path, **replaced: bytes) -> Path:
+    """A copy of a bundle with some files replaced (and its manifest rewritten to match)."""
+    bundle = load_bundle(bundle_dir)
+    files = {rel: bundle.path_of(rel) for rel in bundle.manifest.files}
+    return write_bundle(out, bundle.manifest.to_dict(), {**files, **replaced})
+
+
+def test_selftest_compares_each_engine_with_the_reference_of_its_role(bundles, tmp_path):
+    expected = json.loads((bundles["v1"] / EXPECTED_FILE).read_text())
+    expected["references"] = {"student": expected["references"]["teacher"]}  # the tiny bundle ships a teacher
+    student_only = _rewritten(bundles["v1"], tmp_path / "student-only", **{EXPECTED_FILE: json.dumps(expected).encode()})
+    result = run_selftest(student_only)
+    assert not result.passed and "no reference embedding for teacher engines" in result.message
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: e.pop("min_cosine"), "expected exactly the fields"),
+    (lambda e: e.update(format_version=2), "format_version 2"),
+    (lambda e: e["references"].update(teacher={"engine": "x", "embedding": []}), "non-empty list of finite"),
+    (lambda e: e["references"].update(cook={"engine": "x", "embedding": [1.0]}), "must map engine roles"),
+    (lambda e: e.update(min_cosine={"fp32": 2}), "numbers in \\[-1, 1\\]"),
+])
+def test_malformed_selftest_file_fails_the_selftest(bundles, tmp_path, change, message):
+    expected = json.loads((bundles["v1"] / EXPECTED_FILE).read_text())
+    change(expected)
+    with pytest.raises(BundleError, match=message):
+        SelftestExpectation.from_bytes(json.dumps(expected).encode())
+    result = run_selftest(_rewritten(bundles["v1"], tmp_path / "b", **{EXPECTED_FILE: json.dumps(expected).encode()}))
+    assert not result.passed and "BundleError" in result.message
+
+
+def test_selftest_files_refuse_an_encoder_giving_nan(tiny_bundle):
+    spec = load_bundle(tiny_bundle).manifest.input
+    with pytest.raises(ValueError, match="teacher encoder gave NaN"):
+        selftest_files({"teacher": lambda x: np.full((1, 8), np.nan)}, spec, engine="test")
+
+
+def test_install_switch_and_selftest(bundles, trusted, tmp_path):
+    root = tmp_path / "root"
+    report = install_bundle(root, bundles["v1"], trusted)
+    assert report.slot == "a" and read_status(root).on_trial
+    started = start(root)
+    assert started.path == root / "slots" / "a" and started.selftest.passed and started.rolled_back_from is None
+    assert read_status(root).slots["a"].status == GOOD and not read_status(root).on_trial
+    assert start(root).selftest is None  # a known-good slot is not re-tested at every start
+
+    install_bundle(root, pack_bundle(bundles["v2"], tmp_path / "v2.erb.tar"), trusted)  # archives install too
+    started = start(root)
+    assert started.slot == "b" and _command(started.path) == "tests: v2"
+    state = read_status(root)
+    assert (state.active, state.previous) == ("b", "a")
+    assert sorted(p.name for p in root.iterdir()) == [".lock", "slots", "state.json"]  # nothing left over
+
+
+def test_failed_selftest_rolls_back_to_the_previous_bundle(root, bundles, trusted):
+    install_bundle(root, bundles["broken"], trusted)
+    started = start(root)
+    assert started.rolled_back_from == "a" and started.slot == "b" and not started.selftest.passed
+    assert _command(started.path) == "tests: v2"
+    state = read_status(root)
+    assert state.slots["a"].status == REJECTED and "self-test FAILED" in state.slots["a"].note
+    assert state.previous is None  # never back to a bundle that failed
+    assert start(root).slot == "b"
+
+
+def test_first_install_failing_its_selftest_leaves_nothing_to_run(bundles, trusted, tmp_path):
+    install_bundle(tmp_path / "root", bundles["broken"], trusted)
+    with pytest.raises(InstallError, match="failed its self-test and there is no previous bundle"):
+        start(tmp_path / "root")
+    with pytest.raises(InstallError, match="no working bundle .* slot a: self-test FAILED"):
+        start(tmp_path / "root")
+
+
+@pytest.mark.parametrize("name, error, message", [
+    ("unsigned", SignatureError, "is not signed"),
+    ("no-selftest", InstallError, "has no self-test"),
+])
+def test_refused_bundles_leave_the_root_untouched(root, bundles, trusted, name, error, message):
+    before = (root / "state.json").read_bytes()
+    with pytest.raises(error, match=message):
+        install_bundle(root, bundles[name], trusted)
+    assert (root / "state.json").read_bytes() == before
+    assert sorted(p.name for p in root.iterdir()) == [".lock", "slots", "state.json"]
+
+
+def test_untrusted_and_tampered_bundles_are_refused(root, bundles, keys, trusted, tmp_path):
+    other = shutil.copytree(bundles["v1"], tmp_path / "other")
+    sign_bundle(other, load_private_key(keys / "other.key"))
+    with pytest.raises(SignatureError, match="not trusted"):
+        install_bundle(root, other, trusted)
+    tampered = shutil.copytree(bundles["v1"], tmp_path / "tampered")
+    with open(tampered / "prompts.npz", "r+b") as f:
+        f.write(b"X")
+    with pytest.raises(BundleError, match="prompts.npz: expected sha256"):
+        install_bundle(root, tampered, trusted)
+    assert start(root).slot == "b"
+
+
+def _archive_with(path: Path, bundle: Path, extra: tarfile.TarInfo, data: bytes = b"") -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name in sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()):
+            tar.add(bundle / name, arcname=name)
+        tar.addfile(extra, io.BytesIO(data) if extra.isreg() else None)
+    return path
+
+
+def test_archives_escaping_the_slot_are_refused(root, bundles, trusted, tmp_path):
+    traversal = tarfile.TarInfo("../../evil.txt")
+    traversal.size = 4
+    link = tarfile.TarInfo("engines/escape")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    for name, member in [("traversal", traversal), ("link", link)]:
+        archive = _archive_with(tmp_path / f"{name}.erb.tar", bundles["v1"], member, b"evil")
+        with pytest.raises(BundleError, match="refusing member"):
+            install_bundle(root, archive, trusted)
+    assert not (tmp_path / "evil.txt").exists() and not (root.parent / "evil.txt").exists()
+    assert sorted(p.name for p in root.iterdir()) == [".lock", "slots", "state.json"]
+
+
+def test_a_slot_altered_while_on_trial_is_rolled_back_when_keys_are_given(root, bundles, trusted):
+    report = install_bundle(root, bundles["v1"], trusted)
+    manifest = report.path / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes().replace(b"tests: v1", b"tests: v9"))
+    started = start(root, trusted=trusted)
+    assert started.rolled_back_from == "a" and "signature does not match" in started.selftest.message
+
+
+def test_damaged_state_file_is_reported(root):
+    (root / "state.json").write_text('{"format_version": 1}')
+    with pytest.raises(InstallError, match="state.json is damaged"):
+        start(root)
+
+
+def test_install_waits_for_a_slot_on_trial_to_be_started(root, bundles, trusted):
+    install_bundle(root, bundles["v1"], trusted)
+    with pytest.raises(InstallError, match="still on trial"):
+        install_bundle(root, bundles["v2"], trusted)
+
+
+def test_manual_rollback_swaps_and_can_roll_forward(root):
+    assert rollback(root).active == "a"
+    assert _command(start(root).path) == "tests: v1"
+    assert rollback(root).active == "b"
+
+
+def test_a_slot_that_never_finishes_its_selftest_is_rolled_back(root, bundles, trusted):
+    install_bundle(root, bundles["v1"], trusted)
+    for _ in range(MAX_TRIAL_STARTS):  # e.g. the engine crashes the process during the self-test
+        with pytest.raises(PowerCut):
+            start(root, on_step=_cut_at("trial-counted"))
+    started = start(root)
+    assert started.rolled_back_from == "a" and started.slot == "b"
+    assert "without finishing its self-test" in started.selftest.message
+
+
+@pytest.mark.parametrize("step", INSTALL_STEPS + BAD_START_STEPS)
+def test_power_cut_during_a_failing_update_keeps_the_previous_bundle(root, bundles, trusted, step):
+    with pytest.raises(PowerCut):
+        install_bundle(root, bundles["broken"], trusted, on_step=_cut_at(step))
+        start(root, on_step=_cut_at(step))
+    started = start(root)
+    assert started.slot == "b" and _command(started.path) == "tests: v2"
+    assert load_bundle(started.path, verify=True)
+    assert sorted(p.name for p in root.iterdir()) == [".lock", "slots", "state.json"]
+
+
+_KILLED_INSTALL = """
+import os, signal, sys
+from edge_retina.bundle.signing import TrustedKeys
+from edge_retina.install import install_bundle, start
+
+root, source, trusted, target = sys.argv[1:]
+def hook(step):
+    if step == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+install_bundle(root, source, TrustedKeys.from_directory(trusted), on_step=hook)
+start(root, on_step=hook)
+"""
+
+
+def test_power_cut_at_every_step_of_an_update_leaves_a_bundle_that_starts(two_slot_root, bundles, keys, tmp_path):
+    """kill -9 after each step of installing v1 over the fallback slot, then start: before the
+    switch the previous bundle (v2) runs; from the switch on the new one is tested and runs."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for index, step in enumerate(INSTALL_STEPS + GOOD_START_STEPS):
+        root = shutil.copytree(two_slot_root, tmp_path / step)
+        killed = subprocess.run([sys.executable, "-c", _KILLED_INSTALL, str(root), str(bundles["v1"]),
+                                 str(keys / "trusted"), step], env=env, cwd=REPO, capture_output=True, text=True)
+        assert killed.returncode == -signal.SIGKILL, (step, killed.stderr)
+        started = start(root)
+        expected = "tests: v2" if index < INSTALL_STEPS.index("switched") else "tests: v1"
+        assert _command(started.path) == expected, step
+        assert load_bundle(started.path, verify=True)
+        state = read_status(root)
+        assert not state.on_trial and state.slots[state.active].status == GOOD
+        assert sorted(p.name for p in root.iterdir()) == [".lock", "slots", "state.json"], step
+
+
+def test_cli_install_status_rollback(bundles, keys, tmp_path):
+    runner = CliRunner()
+    root = tmp_path / "root"
+    for name in ("v1", "v2"):
+        result = runner.invoke(bundle_cli, ["install", str(bundles[name]), "--root", str(root),
+                                            "--trusted-keys", str(keys / "trusted")])
+        assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == str(root / "slots" / "b")
+    assert "self-test passed" in result.output
+    status = json.loads(runner.invoke(bundle_cli, ["status", "--root", str(root), "--json"]).output)
+    assert (status["active"], status["previous"]) == ("b", "a")
+    assert runner.invoke(bundle_cli, ["rollback", "--root", str(root)]).output.strip() == "active slot is now a"
+    broken = runner.invoke(bundle_cli, ["install", str(bundles["broken"]), "--root", str(root),
+                                        "--trusted-keys", str(keys / "trusted")])
+    assert broken.exit_code == 3 and "rolled back from slot b to slot a" in broken.output
+    assert broken.output.strip().splitlines()[-1] == str(root / "slots" / "a")
+    refused = runner.invoke(bundle_cli, ["install", str(bundles["unsigned"]), "--root", str(root),
+                                         "--trusted-keys", str(keys / "trusted")])
+    assert refused.exit_code == 2 and "is not signed" in refused.output
+    assert runner.invoke(bundle_cli, ["start", "--root", str(root)]).output.strip() == str(root / "slots" / "a")

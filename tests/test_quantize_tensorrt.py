@@ -1,0 +1,71 @@
+"""TensorRT explicit quantization: a ModelOpt Q/DQ ONNX, validated here in ONNX Runtime (and polygraphy);
+the engine build itself needs a GPU with TensorRT and is skipped elsewhere."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt (convert extra) not installed")
+
+from converters.quantize.policy import QUANTIZED_OP_TYPES, dequantized_input_consumers  # noqa: E402
+from converters.quantize.tensorrt_modelopt import (  # noqa: E402
+    build_engine_on_device,
+    quantize_tensorrt_qdq,
+    trtexec_command,
+)
+from edge_retina.backends import create_runner  # noqa: E402
+from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec  # noqa: E402
+
+SHAPE_ONLY = {"Shape"}
+
+
+@pytest.fixture(scope="module")
+def calibration_tensors(shared_datasets, tiny_bundle) -> np.ndarray:
+    return prepared_tensors([Path(r["file"]) for r in eye4class_rows(shared_datasets, 4)], tiny_spec(tiny_bundle))
+
+
+@pytest.fixture(scope="module")
+def qdq_onnx(tiny_bundle, calibration_tensors, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trt-qdq") / "model.onnx"
+    return quantize_tensorrt_qdq(tiny_onnx(tiny_bundle), out, calibration_tensors[:12])
+
+
+def test_qdq_onnx_follows_the_policy_and_runs_in_onnxruntime(qdq_onnx, tiny_bundle, calibration_tensors):
+    consumers = dequantized_input_consumers(onnx.load(str(qdq_onnx)))
+    assert consumers and set(consumers) - SHAPE_ONLY <= set(QUANTIZED_OP_TYPES)
+    held_out = calibration_tensors[12:]
+    with create_runner("onnxruntime", tiny_onnx(tiny_bundle), precision="fp32") as fp32, \
+            create_runner("onnxruntime", qdq_onnx, precision="int8") as qdq:
+        a, b = fp32.infer(held_out), qdq.infer(held_out)
+    cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.98
+
+
+def test_polygraphy_runs_the_qdq_onnx_with_onnxruntime(qdq_onnx):
+    polygraphy = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
+    if not Path(polygraphy).is_file():
+        pytest.skip("polygraphy CLI not installed")
+    proc = subprocess.run([polygraphy, "run", str(qdq_onnx), "--onnxrt", "--input-shapes", "image:[1,3,96,96]"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASSED" in proc.stdout + proc.stderr
+
+
+def test_trtexec_recipe_is_strongly_typed_on_tensorrt_10_and_int8_fp16_on_8_5(tmp_path):
+    modern = trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "t.cache")
+    assert "--stronglyTyped" in modern and not {"--int8", "--fp16"} & set(modern)
+    assert f"--maxShapes=image:8x3x224x224" in modern
+    xavier = trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "t.cache", tensorrt_major=8)
+    assert {"--int8", "--fp16"} <= set(xavier) and "--stronglyTyped" not in xavier
+
+
+def test_engine_build_on_the_device(qdq_onnx, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed here: engines are built on the device")
+    engine = build_engine_on_device(qdq_onnx, cache_dir=tmp_path)
+    assert engine.is_file() and engine.stat().st_size > 0

@@ -1,0 +1,208 @@
+"""Ed25519 bundle signatures: keys, sign/verify round trips, and every way a signature must fail."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import stat
+import tarfile
+
+import pytest
+from click.testing import CliRunner
+
+from edge_retina.bundle import MANIFEST_NAME, load_bundle, pack_bundle, verify_bundle, write_bundle
+from edge_retina.bundle.archive import read_small_members
+from edge_retina.bundle.paths import SIGNATURE_NAME
+from edge_retina.bundle.signing import (
+    BundleSignature,
+    SignatureError,
+    TrustedKeys,
+    check_signature,
+    generate_key_pair,
+    load_private_key,
+    load_public_key,
+    sign_bundle,
+)
+from edge_retina.cli.bundle import bundle as bundle_cli
+from edge_retina.errors import BundleError
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Two key pairs: "device" (trusted) and "other" (not)."""
+    root = tmp_path_factory.mktemp("keys")
+    made = {}
+    for name in ("device", "other"):
+        key_id = generate_key_pair(root / f"{name}.key", root / "pubs" / name / f"{name}.pub")
+        made[name] = {"id": key_id, "private": root / f"{name}.key", "public": root / "pubs" / name / f"{name}.pub",
+                      "dir": root / "pubs" / name}
+    return made
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    return shutil.copytree(tiny_bundle, tmp_path / "bundle")
+
+
+@pytest.fixture
+def signed(bundle_copy, keys):
+    sign_bundle(bundle_copy, load_private_key(keys["device"]["private"]))
+    return bundle_copy
+
+
+def trusted(keys, name="device"):
+    return TrustedKeys.from_directory(keys[name]["dir"])
+
+
+def test_keygen_writes_a_private_key_only_its_owner_reads_and_refuses_to_overwrite(keys):
+    private = keys["device"]["private"]
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert keys["device"]["id"] != keys["other"]["id"]
+    with pytest.raises(SignatureError, match="already exists"):
+        generate_key_pair(private, private.with_suffix(".new.pub"))
+    with pytest.raises(SignatureError, match="not an Ed25519 public key"):
+        load_public_key(private)
+    with pytest.raises(SignatureError, match="not an unencrypted Ed25519 private key"):
+        load_private_key(keys["device"]["public"])
+
+
+def test_signed_directory_round_trip(signed, keys):
+    assert check_signature(signed, trusted(keys)) == keys["device"]["id"]
+    report = verify_bundle(signed)
+    assert report.ok and report.warnings == []  # manifest.sig is part of a bundle, not an unlisted file
+    signature = BundleSignature.from_bytes((signed / SIGNATURE_NAME).read_bytes(), source="test")
+    assert signature.key_id == keys["device"]["id"] and len(signature.signature) == 64
+
+
+def test_packed_archive_carries_the_signature_right_after_the_manifest(signed, keys, tmp_path):
+    archive = pack_bundle(signed, tmp_path / "signed.erb.tar")
+    with tarfile.open(archive) as tar:
+        assert tar.getnames()[:2] == [MANIFEST_NAME, SIGNATURE_NAME]
+    assert check_signature(archive, trusted(keys)) == keys["device"]["id"]
+    assert verify_bundle(archive).warnings == []
+    assert load_bundle(archive, cache_dir=tmp_path / "cache").manifest.files
+
+
+def test_signing_an_archive_rewrites_it_with_the_signature(bundle_copy, keys, tmp_path):
+    archive = pack_bundle(bundle_copy, tmp_path / "unsigned.erb.tar")
+    with pytest.raises(SignatureError, match="is not signed"):
+        check_signature(archive, trusted(keys))
+    sign_bundle(archive, load_private_key(keys["other"]["private"]))
+    sign_bundle(archive, load_private_key(keys["device"]["private"]))  # re-signing replaces the signature
+    assert check_signature(archive, trusted(keys)) == keys["device"]["id"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "unsigned.erb.tar"]  # no work files left
+
+
+def test_unsigned_bundle_is_refused(bundle_copy, keys):
+    with pytest.raises(SignatureError, match=r"is not signed \(no manifest.sig\)"):
+        check_signature(bundle_copy, trusted(keys))
+
+
+def test_altered_manifest_is_refused(signed, keys):
+    manifest = json.loads((signed / MANIFEST_NAME).read_text())
+    manifest["prompts"]["conditions"][1]["threshold"] = 0.01  # refer everyone
+    (signed / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(SignatureError, match="signature does not match manifest.json"):
+        check_signature(signed, trusted(keys))
+
+
+def test_altered_file_passes_the_signature_but_fails_verification(signed, keys):
+    # The signature covers the manifest; the manifest's sha256s cover the files: both are checked.
+    with open(signed / "prompts.npz", "r+b") as f:
+        f.write(b"X")
+    check_signature(signed, trusted(keys))
+    result = CliRunner().invoke(bundle_cli, ["verify", str(signed), "--public-key", str(keys["device"]["public"])])
+    assert result.exit_code == 1
+    assert "prompts.npz: expected sha256" in result.output and "REFUSED" in result.output
+
+
+def test_altered_signature_is_refused(signed, keys):
+    record = json.loads((signed / SIGNATURE_NAME).read_text())
+    raw = bytearray(base64.b64decode(record["signature"]))
+    raw[0] ^= 1
+    record["signature"] = base64.b64encode(bytes(raw)).decode()
+    (signed / SIGNATURE_NAME).write_text(json.dumps(record))
+    with pytest.raises(SignatureError, match="signature does not match"):
+        check_signature(signed, trusted(keys))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not json", "malformed JSON"),
+    (b'{"algorithm": "rsa", "key_id": "0000000000000000", "signature": ""}', "unsupported signature algorithm"),
+    (b'{"algorithm": "ed25519", "key_id": "0000000000000000", "signature": "AAAA"}', "is 64 bytes, got 3"),
+    (b'{"algorithm": "ed25519", "key_id": "zz", "signature": "AAAA"}', "key_id must be 16 lowercase hex"),
+    (b'{"algorithm": "ed25519", "key_id": "0000000000000000"}', "exactly the fields"),
+])
+def test_malformed_signature_file_is_refused(signed, keys, content, message):
+    (signed / SIGNATURE_NAME).write_bytes(content)
+    with pytest.raises(SignatureError, match=message):
+        check_signature(signed, trusted(keys))
+
+
+def test_signature_by_an_untrusted_key_is_refused(bundle_copy, keys):
+    sign_bundle(bundle_copy, load_private_key(keys["other"]["private"]))
+    with pytest.raises(SignatureError, match=f"signed by key {keys['other']['id']}, which is not trusted"):
+        check_signature(bundle_copy, trusted(keys))
+
+
+def test_signature_by_another_key_claiming_a_trusted_id_is_refused(bundle_copy, keys):
+    sign_bundle(bundle_copy, load_private_key(keys["other"]["private"]))
+    record = json.loads((bundle_copy / SIGNATURE_NAME).read_text())
+    record["key_id"] = keys["device"]["id"]
+    (bundle_copy / SIGNATURE_NAME).write_text(json.dumps(record))
+    with pytest.raises(SignatureError, match=f"not made by key {keys['device']['id']}"):
+        check_signature(bundle_copy, trusted(keys))
+
+
+def test_trusted_keys_directory_must_hold_valid_keys(tmp_path, keys):
+    with pytest.raises(SignatureError, match="does not exist"):
+        TrustedKeys.from_directory(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SignatureError, match=r"holds no \*.pub key"):
+        TrustedKeys.from_directory(tmp_path / "empty")
+    broken = tmp_path / "broken"
+    shutil.copytree(keys["device"]["dir"], broken)
+    (broken / "junk.pub").write_text("hello")
+    with pytest.raises(SignatureError, match="junk.pub is not an Ed25519 public key"):
+        TrustedKeys.from_directory(broken)
+
+
+def test_only_a_verified_canonical_bundle_is_signed(bundle_copy, keys):
+    key = load_private_key(keys["device"]["private"])
+    manifest = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest))  # same content, not canonical
+    with pytest.raises(SignatureError, match="not in canonical form"):
+        sign_bundle(bundle_copy, key)
+    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (bundle_copy / "prompts.npz").write_bytes(b"changed")
+    with pytest.raises(BundleError, match="prompts.npz"):
+        sign_bundle(bundle_copy, key)
+    assert not (bundle_copy / SIGNATURE_NAME).exists()
+
+
+def test_write_bundle_refuses_a_file_named_like_the_signature(tiny_bundle, tmp_path):
+    manifest = load_bundle(tiny_bundle).manifest
+    files = {rel: tiny_bundle / rel for rel in manifest.files}
+    with pytest.raises(BundleError, match="manifest.sig: the signature is added after writing"):
+        write_bundle(tmp_path / "out", manifest, {**files, SIGNATURE_NAME: b"x"})
+
+
+def test_read_small_members_refuses_oversized_members(tiny_bundle_archive):
+    assert set(read_small_members(tiny_bundle_archive, {MANIFEST_NAME}, max_bytes=1 << 20)) == {MANIFEST_NAME}
+    with pytest.raises(BundleError, match="more than 10"):
+        read_small_members(tiny_bundle_archive, {MANIFEST_NAME}, max_bytes=10)
+
+
+def test_cli_keygen_sign_verify(bundle_copy, tmp_path, keys):
+    runner = CliRunner()
+    result = runner.invoke(bundle_cli, ["keygen", "--private-key", str(tmp_path / "k.key"),
+                                        "--public-key", str(tmp_path / "trust" / "k.pub")])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(bundle_cli, ["sign", str(bundle_copy), "--key", str(tmp_path / "k.key")]).exit_code == 0
+    ok = runner.invoke(bundle_cli, ["verify", str(bundle_copy), "--trusted-keys", str(tmp_path / "trust")])
+    assert ok.exit_code == 0 and "signed by trusted key" in ok.output, ok.output
+    wrong = runner.invoke(bundle_cli, ["verify", str(bundle_copy), "--json", "--public-key", str(keys["device"]["public"])])
+    assert wrong.exit_code == 1
+    assert "not trusted" in json.loads(wrong.output)["problems"][0]
+    unsigned = runner.invoke(bundle_cli, ["verify", str(bundle_copy)])  # no keys asked for: hashes only
+    assert unsigned.exit_code == 0
