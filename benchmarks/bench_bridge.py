@@ -169,7 +169,7 @@ def fault_test(bundle: Path, work: Path, rounds: int, clients: int, per_client: 
         except (ConnectionError, OSError, BridgeError):
             pass  # the server was killed under this camera: it retries after the restart
 
-    kills = 0
+    kills = accepted_unfinished = 0
     for round_ in range(rounds + 1):
         server = Server(bundle, store_path, sock)
         threads = [threading.Thread(target=camera, args=(server, c)) for c in range(clients)]
@@ -181,6 +181,9 @@ def fault_test(bundle: Path, work: Path, rounds: int, clients: int, per_client: 
             kills += 1
             for t in threads:
                 t.join()
+            store = ResultStore(store_path)
+            accepted_unfinished += store.counts()["pending"]  # the restart must finish these
+            store.close()
         else:
             for t in threads:
                 t.join()
@@ -189,7 +192,7 @@ def fault_test(bundle: Path, work: Path, rounds: int, clients: int, per_client: 
     counts = store.counts()
     store.close()
     expected = clients * per_client
-    return {"kill_9_restarts": kills, "requests": expected, "results_received": len(received),
+    return {"kill_9_restarts": kills, "accepted_unfinished_at_kills": accepted_unfinished, "requests": expected, "results_received": len(received),
             "held": counts["done"], "pending_left": counts["pending"], "repeated_or_changed": len(mismatches),
             "lost": expected - counts["done"]}
 

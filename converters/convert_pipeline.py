@@ -137,13 +137,20 @@ class StepCache:
         final = self.root / f"{step}-{self.key(step, parts)}"
         if (final / self.MARKER).is_file():
             return final, True
-        partial = final.with_name(final.name + ".partial")
+        # One partial folder per process: two conversions sharing a cache never write into each other's.
+        partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        make(partial)
-        (partial / self.MARKER).write_text("")
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
+        try:
+            make(partial)
+            (partial / self.MARKER).write_text("")
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+        except OSError:
+            if not (final / self.MARKER).is_file():  # not another process finishing the same step first
+                raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         return final, False
 
 

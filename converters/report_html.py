@@ -108,7 +108,7 @@ def _latency_figure(latency: dict[str, Any], stage: str) -> str:
     if logarithmic:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.set(xlabel=f"{stage} ms", ylabel="images", title=f"{stage} latency")
+    ax.set(xlabel=f"{stage} ms", ylabel="runs", title=f"{stage} latency")
     ax.legend(fontsize=7)
     return _png(fig)
 

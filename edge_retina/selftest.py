@@ -19,12 +19,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edge_retina.backends import create_runner
-from edge_retina.bundle import Bundle, load_bundle
+from edge_retina.bundle import Bundle, EngineEntry
 from edge_retina.bundle.manifest import PRECISIONS, ROLES
 from edge_retina.errors import BundleError
-from edge_retina.preprocess import Preprocessor
-from edge_retina.screener import engine_cache_dir
+from edge_retina.screener import Screener
 
 EXPECTED_FILE = "selftest/expected.json"
 GOLDEN_IMAGE = "selftest/golden.jpg"
@@ -112,39 +110,55 @@ class SelftestResult:
 
 
 def run_selftest(
-    bundle: Bundle | str | Path,
+    bundle: str | Path,
     *,
     backend: str | None = None,
     precision: str | None = None,
     device: str | None = None,
     threads: int | None = None,
 ) -> SelftestResult:
-    """Run the bundle's self-test on the engine the screener would pick for these options.
+    """Open the bundle the way ``Screener.from_bundle`` does with these options and self-test it.
 
-    Never raises: any failure, including an engine that does not load, is a failed result, because
-    the caller's decision (keep or roll back a bundle) must not depend on which way it broke.
+    Never raises: any failure, including a bundle or engine that does not load, is a failed result,
+    because the caller's decision (keep or roll back a bundle) must not depend on how it broke.
     """
     start = time.perf_counter()
+    try:
+        screener = Screener.from_bundle(bundle, backend, device, precision=precision, threads=threads)
+    except Exception as exc:  # noqa: BLE001 - see the docstring: every failure means "do not trust"
+        return _failed(f"{type(exc).__name__}: {exc}", None, start)
+    with screener:
+        return selftest_screener(screener, start=start)
+
+
+def selftest_screener(screener: Screener, *, start: float | None = None) -> SelftestResult:
+    """Self-test the engine an open screener runs (e.g. on request from a camera); never raises."""
+    start = time.perf_counter() if start is None else start
     engine_name = None
     try:
-        if not isinstance(bundle, Bundle):
-            bundle = load_bundle(bundle)
+        bundle = screener.bundle
         expected = SelftestExpectation.from_bytes(_read(bundle, EXPECTED_FILE), source=f"{bundle.source}: {EXPECTED_FILE}")
-        engine = bundle.select_engine(backend=backend, precision=precision)
+        engine = _running_engine(screener)
         engine_name = engine.describe()
         if engine.precision not in expected.min_cosine:
             return _failed(f"{EXPECTED_FILE} has no tolerance for {engine.precision} engines", engine_name, start)
         if engine.role not in expected.references:
             return _failed(f"{EXPECTED_FILE} has no reference embedding for {engine.role} engines", engine_name, start)
-        tensor = Preprocessor(bundle.manifest.input).prepare(bundle.path_of(expected.image)).tensor
-        device_option = {} if device is None else {"device": device}
-        with create_runner(engine.backend, bundle.path_of(engine.primary_file), precision=engine.precision,
-                           threads=threads, cache_dir=engine_cache_dir(bundle), **device_option) as runner:
-            actual = np.asarray(runner.infer(tensor), dtype=np.float32).reshape(-1)
-    except Exception as exc:  # noqa: BLE001 - see the docstring: every failure means "do not trust"
+        tensor = screener.preprocessor.prepare(bundle.path_of(expected.image)).tensor
+        actual = np.asarray(screener.runner.infer(tensor), dtype=np.float32).reshape(-1)
+    except Exception as exc:  # noqa: BLE001 - as in run_selftest
         return _failed(f"{type(exc).__name__}: {exc}", engine_name, start)
     return _compare(expected.references[engine.role].embedding, actual, expected.min_cosine[engine.precision],
                     engine_name, start)
+
+
+def _running_engine(screener: Screener) -> EngineEntry:
+    """The manifest entry of the engine the screener's runner loaded."""
+    loaded = Path(screener.runner.model_path).resolve()
+    for engine in screener.bundle.manifest.engines:
+        if screener.bundle.path_of(engine.primary_file) == loaded:
+            return engine
+    raise BundleError(f"the screener runs {loaded}, which is no engine of its bundle")
 
 
 def _read(bundle: Bundle, relpath: str) -> bytes:

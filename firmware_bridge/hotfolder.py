@@ -73,7 +73,11 @@ class HotFolder:
             signature = (info.st_size, info.st_mtime_ns)
             if self._handled.get(path) == signature or now - info.st_mtime < self.settle_seconds:
                 continue
-            sidecar = self.handle(path)
+            try:
+                sidecar = self.handle(path)
+            except OSError as exc:  # unreadable now (permissions, a share gone): tried again next scan
+                log.warning("%s: %s", path, exc)
+                continue
             if sidecar is not None:
                 written.append(sidecar)
             self._handled[path] = signature

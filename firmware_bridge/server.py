@@ -22,6 +22,7 @@ import numpy as np
 
 from edge_retina import __version__
 from edge_retina.screener import Screener
+from edge_retina.selftest import EXPECTED_FILE, selftest_screener
 
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -64,7 +65,7 @@ def synthetic_selftest(screener: Screener) -> dict[str, Any]:
     """Run a generated fundus-like image (bright disc on black) through preprocessing, the engine and
     the prompt table, past the quality gate, and check the probabilities are finite. It proves the
     pipeline runs end to end, not that the model is the right one: a bundle with a recorded golden
-    embedding should be checked with that instead (``BridgeServer(selftest=...)``)."""
+    embedding is checked with that instead (:func:`bundle_selftest`)."""
     size = 256
     yy, xx = np.mgrid[:size, :size]
     image = np.zeros((size, size, 3), np.uint8)
@@ -76,6 +77,14 @@ def synthetic_selftest(screener: Screener) -> dict[str, Any]:
     passed = bool(np.isfinite(embedding).all() and np.isfinite(probabilities).all()
                   and np.isclose(probabilities.sum(), 1.0, atol=1e-3))
     return {"passed": passed, "check": "synthetic-image"}
+
+
+def bundle_selftest(screener: Screener) -> dict[str, Any]:
+    """The bundle's own self-test (its golden image must give its recorded embedding, on the engine
+    the screener runs) when the bundle carries one; the synthetic pipeline check otherwise."""
+    if EXPECTED_FILE not in screener.bundle.manifest.files:
+        return synthetic_selftest(screener)
+    return {**selftest_screener(screener).to_dict(), "check": "golden-image"}
 
 
 @dataclass
@@ -94,7 +103,7 @@ class BridgeServer:
         store: ResultStore,
         config: BridgeConfig | None = None,
         *,
-        selftest: Callable[[Screener], dict[str, Any]] = synthetic_selftest,
+        selftest: Callable[[Screener], dict[str, Any]] = bundle_selftest,
     ):
         self.screener = screener
         self.store = store
@@ -122,7 +131,7 @@ class BridgeServer:
     # -- lifecycle -----------------------------------------------------------------------------
     def serve(self, listeners: list[Listener]) -> None:
         """Accept connections on every listener until :meth:`stop`."""
-        threads = [threading.Thread(target=self._accept_loop, args=(l,), daemon=True) for l in listeners]
+        threads = [threading.Thread(target=self._accept_loop, args=(listener,), daemon=True) for listener in listeners]
         for t in threads:
             t.start()
         try:
@@ -130,8 +139,8 @@ class BridgeServer:
         finally:
             for t in threads:
                 t.join()
-            for l in listeners:
-                l.close()
+            for listener in listeners:
+                listener.close()
 
     def serve_stream(self, stream: Stream) -> None:
         """Serve one stream (a serial line) until it ends or :meth:`stop`."""
@@ -141,9 +150,9 @@ class BridgeServer:
             stream.close()
 
     def stop(self) -> None:
+        # Only sets the event (no lock): this runs in signal handlers, possibly while the interrupted
+        # thread holds the server's lock. The worker notices within its wait timeout.
         self._stop.set()
-        with self._work:
-            self._work.notify_all()
 
     @property
     def stopped(self) -> bool:
@@ -310,7 +319,7 @@ class BridgeServer:
         while True:
             with self._work:
                 while not self._queue and not self._stop.is_set():
-                    self._work.wait()
+                    self._work.wait(timeout=0.2)
                 if self._stop.is_set():
                     return
                 job = self._queue.popleft()

@@ -63,7 +63,7 @@ class SerialStream:
     """A UART or USB-CDC port (pyserial): one camera, one stream, no end of stream."""
 
     def __init__(self, device: str, baudrate: int = 115200):
-        import serial  # pyserial: imported here so socket-only devices need not install it
+        import serial  # pyserial (a base dependency): loaded only when a serial line is served
 
         self.name = f"serial:{device}"
         self.port = serial.Serial(device, baudrate=baudrate, timeout=POLL_SECONDS, write_timeout=30.0)

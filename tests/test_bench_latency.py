@@ -112,3 +112,6 @@ def test_latency_command_json(tiny_bundle, retina_jpeg, tmp_path):
     assert list(data["pipelines"]) == ["openvino/fp32/teacher"] and json.loads(out.read_text()) == data
     bad = CliRunner().invoke(bench, ["latency", "--bundle", str(tiny_bundle), "--images", str(tmp_path / "none.jpg")])
     assert bad.exit_code == 2 and "none.jpg" in bad.output
+    bad = CliRunner().invoke(bench, ["latency", "--bundle", str(tiny_bundle), "--images", str(retina_jpeg),
+                                     "--baseline", "tensorrt/fp16/teacher"])
+    assert bad.exit_code == 2 and "neither 'research' nor one of the engines" in bad.output

@@ -67,6 +67,22 @@ def test_every_message_round_trips(transport, screener, jpeg, retina_rgb, tmp_pa
         assert client.status()["processed"] == 2
 
 
+def test_selftest_uses_the_bundles_golden_image_when_it_has_one(screener, tmp_path):
+    from converters.selftest_files import selftest_files
+    from edge_retina.bundle.writer import write_bundle
+    from firmware_bridge.server import bundle_selftest
+
+    bundle = screener.bundle
+    files = {rel: bundle.path_of(rel) for rel in bundle.manifest.files}
+    encoders = {e.role: (lambda t: screener.runner.infer(t)) for e in bundle.manifest.engines}
+    files.update(selftest_files(encoders, bundle.manifest.input, engine="onnxruntime-fp32"))
+    with Screener.from_bundle(write_bundle(tmp_path / "golden", bundle.manifest, files),
+                              backend="onnxruntime", threads=1) as golden:
+        outcome = bundle_selftest(golden)
+    assert outcome["check"] == "golden-image" and outcome["passed"] is True and outcome["cosine"] > 0.9999
+    assert bundle_selftest(screener)["check"] == "synthetic-image"
+
+
 def test_invalid_requests_get_typed_errors(screener, jpeg, tmp_path):
     with running_server(screener, tmp_path / "r.sqlite3") as (_, address), connect(address) as client:
         for meta, body, code in [

@@ -150,3 +150,12 @@ def test_cli_writes_a_set(candidates_csv, tmp_path):
     assert "calibration set of 4 images (stratified:label, seed 0)" in result.output
     assert "ungradable or unreadable candidate(s) dropped" in result.output
     assert load_calibration_set(tmp_path / "cli", spec=SPEC).size == 4
+
+
+def test_cli_with_a_bundle_uses_its_spec_and_embeddings(candidates_csv, tiny_bundle, tmp_path):
+    result = CliRunner().invoke(calibrate, [str(candidates_csv), "--out", str(tmp_path / "b"), "--size", "3",
+                                            "--model", str(tiny_bundle)])
+    assert result.exit_code == 0, result.output
+    loaded = load_calibration_set(tmp_path / "b")
+    assert loaded.method == "kcenter-embeddings" and loaded.manifest["model_sha256"]
+    assert loaded.tensors.shape[2:] == (96, 96)  # the tiny bundle's input size

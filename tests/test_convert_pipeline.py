@@ -118,3 +118,12 @@ def test_targets_are_validated():
         EngineTarget("openvino", "fp16")
     with pytest.raises(ValueError, match="unknown backend"):
         EngineTarget("coreml", "int8")
+
+
+def test_cli_refuses_an_unknown_int8_backend(tmp_path):
+    from click.testing import CliRunner
+
+    from converters.commands.convert import convert as convert_command
+
+    result = CliRunner().invoke(convert_command, ["--out", str(tmp_path / "b"), "--int8", "coreml"])
+    assert result.exit_code == 2 and "unknown backend 'coreml'" in result.output

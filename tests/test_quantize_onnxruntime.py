@@ -29,8 +29,16 @@ def quantized(tiny_bundle, calibration_tensors, tmp_path_factory) -> Path:
     return quantize_onnxruntime(tiny_onnx(tiny_bundle), out, ArrayCalibrationReader(calibration_tensors[:12]))
 
 
-def test_qdq_only_on_conv_matmul_gemm_inputs(quantized, tiny_bundle):
-    model = onnx.load(str(quantized))
+@pytest.fixture(scope="module")
+def inputs_only(tiny_bundle, calibration_tensors, tmp_path_factory) -> Path:
+    """The strict ViT-safe policy (what transformers get automatically)."""
+    out = tmp_path_factory.mktemp("ort-int8-inputs") / "model.onnx"
+    return quantize_onnxruntime(tiny_onnx(tiny_bundle), out, ArrayCalibrationReader(calibration_tensors[:12]),
+                                quantize_outputs=False)
+
+
+def test_qdq_only_on_conv_matmul_gemm_inputs(inputs_only, tiny_bundle):
+    model = onnx.load(str(inputs_only))
     consumers = dequantized_input_consumers(model)
     assert set(consumers) - SHAPE_ONLY <= set(QUANTIZED_OP_TYPES)
     assert set(quantizable_nodes(onnx.load(str(tiny_onnx(tiny_bundle))))) == quantized_node_names(model)
@@ -54,3 +62,12 @@ def test_excluded_nodes_stay_in_float(tiny_bundle, calibration_tensors, tmp_path
                                nodes_to_exclude=[first])
     names = quantized_node_names(onnx.load(str(out)))
     assert first not in names and names
+
+
+def test_cnn_default_also_quantizes_conv_outputs_so_ort_can_fuse_qlinearconv(quantized, inputs_only):
+    def quantize_linear_inputs(path: Path) -> set[str]:
+        return {n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"}
+
+    assert quantize_linear_inputs(inputs_only) < quantize_linear_inputs(quantized)
+    consumers = dequantized_input_consumers(onnx.load(str(quantized)))
+    assert {"Add", "LayerNormalization", "Softmax"}.isdisjoint(consumers)

@@ -147,10 +147,15 @@ def distill(
     prompt_file: Path = DEFAULT_PROMPT_FILE,
     cache_dir: Path | None = None,
     resume: bool = False,
+    max_epochs_this_run: int | None = None,
     workers: int = 2,
     progress: bool = True,
 ) -> DistillResult:
-    """Train a student on ``images`` (unlabelled) to reproduce ``teacher``; checkpoints go to ``work_dir``."""
+    """Train a student on ``images`` (unlabelled) to reproduce ``teacher``; checkpoints go to ``work_dir``.
+
+    ``max_epochs_this_run`` stops after that many epochs (a time-sliced run on a shared machine);
+    a later call with ``resume=True`` carries on to ``config.epochs``.
+    """
     started = time.time()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +193,8 @@ def distill(
         optimiser.load_state_dict(state["optimiser"])
         start_epoch, history = state["epoch"] + 1, state["history"]
 
-    for epoch in range(start_epoch, config.epochs):
+    end_epoch = config.epochs if max_epochs_this_run is None else min(config.epochs, start_epoch + max_epochs_this_run)
+    for epoch in range(start_epoch, end_epoch):
         epoch_start = time.time()
         student.train()
         torch.manual_seed(config.seed + epoch)  # any torch-side randomness (none in the default student)

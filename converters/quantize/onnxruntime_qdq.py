@@ -1,8 +1,19 @@
 """FP32 ONNX -> ONNX Runtime INT8 QDQ model (static, per-channel weights, after ``quant_pre_process``).
 
-Signed INT8 activations and weights (S8S8) in QDQ format: ONNX Runtime's recommended default on
-x86-64 and Arm CPUs. ``CalibMaxIntermediateOutputs`` is deliberately left unset: with it ORT 1.32
-drops the collected calibration data (``ValueError: No data is collected``).
+Two choices here were measured on this machine (Xeon with AVX-512 VNNI, ResNet-18 reference
+encoder, batch 1, 2 threads; BENCHMARKS.md "INT8 engines"):
+
+- Activations are unsigned (U8S8): ORT's x86 kernels are built around it; signed activations
+  (S8S8) ran slower than FP32.
+- ORT's CPU provider only runs a Conv in INT8 as ``QLinearConv``, which needs the Conv's *output*
+  quantized too; with Q/DQ on the inputs alone the Conv dequantizes and runs in float, slower than
+  FP32. So for CNNs (``quantize_outputs=None`` and no transformer ops in the graph) Conv/MatMul/Gemm
+  outputs get a Q/DQ pair as well: the ops after them (ReLU, residual Add, pooling, L2 norm) still
+  compute in float. Transformers keep the ViT-safe policy strictly (inputs only; ORT fuses an input-
+  quantized MatMul into ``MatMulIntegerToFloat``), so LayerNorm, Softmax and GELU never see INT8.
+
+``CalibMaxIntermediateOutputs`` is deliberately left unset: with it ORT 1.32 drops the collected
+calibration data (``ValueError: No data is collected``).
 """
 from __future__ import annotations
 
@@ -10,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -19,13 +31,14 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from converters.quantize.policy import QUANTIZED_OP_TYPES
+from converters.quantize.policy import QUANTIZED_OP_TYPES, is_transformer
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
+ACTIVATION_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 
 
 def quantize_onnxruntime(
@@ -36,10 +49,18 @@ def quantize_onnxruntime(
     nodes_to_exclude: Sequence[str] = (),
     per_channel: bool = True,
     calibration_method: str = "minmax",
+    activation_type: str = "uint8",
+    quantize_outputs: bool | None = None,
 ) -> Path:
-    """Write the QDQ model to ``out_path``; ``nodes_to_exclude`` (ONNX node names) stay in FP32."""
+    """Write the QDQ model to ``out_path``; ``nodes_to_exclude`` (ONNX node names) stay in FP32.
+
+    ``quantize_outputs``: also Q/DQ the outputs of Conv/MatMul/Gemm (None: for non-transformers).
+    """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if quantize_outputs is None:
+        quantize_outputs = not is_transformer(onnx.load(str(fp32_onnx), load_external_data=False))
+    extra_options = {} if quantize_outputs else {"OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES)}
     with tempfile.TemporaryDirectory(prefix="edge-retina-ortq-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference and graph optimisation first, as ORT's quantization guide requires. ORT's
@@ -56,11 +77,9 @@ def quantize_onnxruntime(
             op_types_to_quantize=list(QUANTIZED_OP_TYPES),
             nodes_to_exclude=list(nodes_to_exclude),
             per_channel=per_channel,
-            activation_type=QuantType.QInt8,
+            activation_type=ACTIVATION_TYPES[activation_type],
             weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[calibration_method],
-            # Q/DQ on the inputs only: by default ORT also quantizes Conv/Gemm outputs, which would
-            # put the ReLUs, the residual Adds and the L2 norm that follow them in INT8.
-            extra_options={"OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES)},
+            extra_options=extra_options,
         )
     return out_path

@@ -4,6 +4,10 @@ Residual Adds, LayerNorm, Softmax and GELU stay in higher precision: INT8 on tho
 collapses vision transformers (a default-INT8 ViT-B/16 fell to ~0-5 % top-1 on a Jetson Orin Nano,
 while Linear-only INT8 kept 84.5 % against 85.2 % in FP32, as the issue cites). LayerNorm must also
 stay one fused op (the FP32 exporter keeps it so; a decomposed LayerNorm overflows in FP16).
+
+One measured exception, for CNN encoders on ONNX Runtime's CPU provider only: Conv outputs get a
+Q/DQ pair too, because that provider runs INT8 Conv only as QLinearConv (see ``onnxruntime_qdq``).
+The ops after the Conv still compute in float.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ PROCESS_CLOCK_START = time.time()  # before the heavy imports below
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import psutil  # noqa: E402
 
@@ -22,13 +23,24 @@ from edge_retina.screener import Screener  # noqa: E402
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident set size (resource's ru_maxrss; the current RSS where it is missing)."""
+    """This process's peak resident set size, in MiB.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this program's memory. Not
+    getrusage's ru_maxrss: Linux carries that across fork and exec, so a child started from a
+    big parent (the benchmark, with several engines loaded) would report the parent's peak.
+    Elsewhere: ru_maxrss (bytes on macOS), or the current RSS where there is no resource module.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     try:
         import resource
-    except ImportError:  # Windows: no resource module
+    except ImportError:  # Windows
         return psutil.Process().memory_info().rss / 2**20
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / 2**20 if sys.platform == "darwin" else kib / 2**10  # bytes on macOS, KiB on Linux
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
 
 
 def main(argv: list[str] | None = None) -> None:

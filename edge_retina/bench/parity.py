@@ -28,7 +28,7 @@ from edge_retina.preprocess import Preprocessor
 from edge_retina.prompts import PromptTable
 from edge_retina.screener import engine_cache_dir
 
-Progress = Callable[[int], None]
+ProgressCallback = Callable[[int], None]  # called with the number of images just prepared
 
 
 @dataclass
@@ -148,7 +148,7 @@ def compare_embeddings(
 
 
 def prepare_tensors(preprocessor: Preprocessor, paths: Sequence[Path],
-                    progress: Progress | None = None) -> tuple[np.ndarray, list[int], list[str]]:
+                    progress: ProgressCallback | None = None) -> tuple[np.ndarray, list[int], list[str]]:
     """Preprocess images once; returns (N, 3, H, W), the indices kept, and why the others were not."""
     tensors, kept, skipped = [], [], []
     for i, path in enumerate(paths):
@@ -170,10 +170,6 @@ def runner_embeddings(runner: Runner, tensors: np.ndarray, batch_size: int = 16)
     return np.concatenate([runner.infer(tensors[s:s + batch_size]) for s in range(0, len(tensors), batch_size)])
 
 
-def engine_name(engine: EngineEntry) -> str:
-    return engine.describe()
-
-
 def bundle_prompt_table(bundle: Bundle) -> PromptTable:
     prompts = bundle.manifest.prompts
     return PromptTable.load(bundle.path_of(prompts.file), classes=[c.name for c in prompts.conditions],
@@ -188,7 +184,7 @@ def engine_embeddings(bundle: Bundle, tensors: np.ndarray, engines: Sequence[Eng
     for engine in engines:
         with create_runner(engine.backend, bundle.path_of(engine.primary_file), precision=engine.precision,
                            threads=threads, cache_dir=engine_cache_dir(bundle)) as runner:
-            out[engine_name(engine)] = runner_embeddings(runner, tensors)
+            out[engine.describe()] = runner_embeddings(runner, tensors)
     return out
 
 
@@ -201,7 +197,7 @@ def bundle_parity(
     threads: int | None = None,
     replicates: int = 2000,
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ParityReport:
     """Parity of ``engines`` (default: all of the bundle's) on ``labelled`` images.
 
@@ -214,8 +210,8 @@ def bundle_parity(
     embeddings = {}
     if reference is None:
         fp32 = bundle.select_engine(precision="fp32")
-        reference_name = engine_name(fp32)
-        if all(engine_name(e) != reference_name for e in engines):
+        reference_name = fp32.describe()
+        if all(e.describe() != reference_name for e in engines):
             engines.insert(0, fp32)
     else:
         reference_name, embed = reference

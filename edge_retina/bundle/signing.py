@@ -26,8 +26,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_retina.bundle.archive import extract_archive, read_small_members
+from edge_retina.bundle.loader import load_bundle
 from edge_retina.bundle.manifest import Manifest, canonical_json
 from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME
+from edge_retina.bundle.writer import pack_bundle
 from edge_retina.errors import BundleError
 
 ALGORITHM = "ed25519"
@@ -194,10 +196,6 @@ def sign_bundle(path: str | os.PathLike[str], private_key: Ed25519PrivateKey) ->
     The bundle is verified first: signing vouches for files, so only a bundle whose files match its
     manifest is signed. An existing signature is replaced.
     """
-    # Imported here: the writer imports the loader, which must not depend on signing.
-    from edge_retina.bundle.loader import load_bundle
-    from edge_retina.bundle.writer import pack_bundle
-
     path = Path(path)
     if path.is_dir():
         load_bundle(path, verify=True)

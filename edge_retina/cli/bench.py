@@ -92,11 +92,13 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
 @click.option("--precision", default="all", show_default=True, type=click.Choice(["all", "fp32", "fp16", "int8"]))
 @click.option("--images", multiple=True, help="Image files, folders or globs (repeatable; default: the 8 HEI-MED "
               "camera originals of the shared datasets).")
-@click.option("--max-images", type=int, default=8, show_default=True)
-@click.option("--iterations", type=int, default=10, show_default=True, help="Rounds over the images.")
-@click.option("--threads", type=int, default=None, help="Inference threads per engine (default: the backend's).")
-@click.option("--streams", type=int, default=2, show_default=True, help="Concurrent streams for the throughput test.")
-@click.option("--cold-runs", type=int, default=3, show_default=True,
+@click.option("--max-images", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=10, show_default=True, help="Rounds over the images.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Inference threads per engine (default: the backend's).")
+@click.option("--streams", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Concurrent streams for the throughput test.")
+@click.option("--cold-runs", type=click.IntRange(min=0), default=3, show_default=True,
               help="Fresh processes for cold start and peak RSS (0: skip).")
 @click.option("--baseline", default=None, help="'research' (PIL + PyTorch FP32 teacher, host only) or a pipeline "
               "name such as onnxruntime/fp32/teacher; ratios are against it (default: research if run, "
@@ -115,6 +117,9 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     try:
         image_paths = _benchmark_images(images, max_images)
         engines = select_engines(bundle_path, backend, precision)
+        if baseline not in (None, "research", *(e.describe() for e in engines)):
+            raise EdgeRetinaError(f"--baseline {baseline!r} is neither 'research' nor one of the engines benchmarked "
+                                  f"({', '.join(e.describe() for e in engines)})")
         report_html = _host_module("converters.report_html", "the HTML report (--html)") if html else None
         extra = []
         if baseline == "research":
@@ -164,9 +169,9 @@ def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int 
 @click.option("--precision", default="all", show_default=True, type=click.Choice(["all", "fp32", "fp16", "int8"]))
 @click.option("--max-drop", type=float, default=0.005, show_default=True,
               help="Exit 1 when any engine's AUROC is more than this below the reference's.")
-@click.option("--replicates", type=int, default=2000, show_default=True, help="Bootstrap replicates.")
+@click.option("--replicates", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap replicates.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads per engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Write an HTML report (host only).")

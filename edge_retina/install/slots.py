@@ -90,6 +90,7 @@ def install_bundle(
         target = next(name for name in SLOT_NAMES if name != state.active)
 
         staging = Path(tempfile.mkdtemp(dir=root, prefix=STAGING_PREFIX))
+        staging.chmod(0o755)  # mkdtemp makes it private; the screening service may run as another user
         step("staging-created")
         try:
             key_id = _stage(source, staging, trusted, step)

@@ -1,0 +1,199 @@
+"""Benchmark: INT8 engines of the reference encoder against its FP32 ONNX, on the shared datasets.
+
+Steps (nothing is written into the repo; work files go to a temporary folder):
+
+1. Export the reference image encoder (``--weights``: the shipped safetensors, or a training
+   checkpoint ``best.pt``) to FP32 ONNX; embed the prompt table with its text tower.
+2. Calibration candidates: ``--candidates`` images of the *train* split of ../shared/datasets
+   (every dataset, a fixed stride through the record list). Held-out evaluation: the *test* split of
+   every dataset (``shared_dataset_labels``), capped at ``--eval-limit`` per dataset.
+3. For each calibration size (``--sizes``, default 32 64 128 300): a calibration set by
+   ``build_calibration_set`` (quality gate + k-centre greedy on the FP32 embeddings, seed 0), then
+   OpenVINO INT8 (NNCF) and ONNX Runtime INT8 (QDQ), each timed (quantization wall time) and
+   compared with the FP32 ONNX on the held-out images: mean and minimum embedding cosine, ΔAUROC
+   per condition (``check_against_fp32``). With ``--tensorrt``, the ModelOpt Q/DQ ONNX too (run in ORT).
+4. Latency, batch 1, 2 threads, ``--repeats`` rounds interleaved (ORT FP32, OpenVINO FP32,
+   OpenVINO INT8, ORT INT8 of the largest calibration size, in rotating order): medians and ratios.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_int8.py --weights converters/reference/weights/reference-v1.safetensors \
+        --json bench_int8.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_encoder_and_table(weights: Path):
+    """(image encoder, PromptTable, name) of the reference model at ``weights`` (.safetensors or a .pt checkpoint)."""
+    import torch
+
+    from converters.bundle_builder import recipe_prompt_table, BundleRecipe
+    from converters.prompts import load_prompt_file
+    from converters.reference import REFERENCE_INPUT_SPEC, build_reference_model, load_reference
+
+    if weights.suffix == ".pt":
+        state = torch.load(weights, map_location="cpu", weights_only=False)["model"]
+        dim = state["vision_model.projection_head_vision.projection.weight"].shape[0]
+        model = build_reference_model(dim)
+        model.load_state_dict(state, strict=False)
+        model = model.eval()
+    else:
+        model = load_reference(weights)
+
+    def embed_texts(texts):
+        with torch.no_grad():
+            return model.encode_text(list(texts)).numpy()
+
+    recipe = BundleRecipe(model.image_encoder.eval(), REFERENCE_INPUT_SPEC, embed_texts, load_prompt_file(),
+                          "mean_renormalised", float(model.logit_scale.detach().exp()), "reference", weights.name, "0" * 64)
+    return recipe.encoder, recipe_prompt_table(recipe), REFERENCE_INPUT_SPEC
+
+
+def machine() -> dict:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+    import os
+
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "loadavg": os.getloadavg()}
+
+
+def embed(backend: str, path: Path, precision: str, tensors: np.ndarray, threads: int = 2) -> np.ndarray:
+    from edge_retina.backends import create_runner
+
+    with create_runner(backend, path, precision=precision, threads=threads) as runner:
+        return np.concatenate([runner.infer(tensors[s:s + 16]) for s in range(0, len(tensors), 16)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", type=Path, default=REPO / "converters/reference/weights/reference-v1.safetensors")
+    parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 300])
+    parser.add_argument("--candidates", type=int, default=900)
+    parser.add_argument("--eval-limit", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--tensorrt", action="store_true", help="also the ModelOpt Q/DQ ONNX (checked in ORT)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    from calibration import build_calibration_set
+    from calibration.reader import ArrayCalibrationReader
+    from calibration.sources import Candidate
+    from converters.accuracy_guard import check_against_fp32
+    from converters.export.onnx_fp32 import export_onnx
+    from converters.export.openvino_ir import onnx_to_openvino_ir
+    from converters.labelled_sets import SHARED_DATASETS, shared_dataset_labels
+    from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
+    from converters.quantize.openvino_nncf import quantize_openvino
+    from converters.reference.data import load_records
+    from edge_retina.bench.parity import prepare_tensors
+    from edge_retina.preprocess import Preprocessor
+
+    results: dict = {"machine": machine(), "weights": str(args.weights), "sizes": {}}
+    encoder, table, spec = load_encoder_and_table(args.weights)
+    work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
+    fp32_onnx = export_onnx(encoder, spec.size, work / "fp32.onnx")
+    ov_fp32 = onnx_to_openvino_ir(fp32_onnx, work / "ov-fp32" / "model.xml")[0]
+
+    # Held-out labelled images: each dataset's test split; conditions are per dataset, so labels are
+    # merged with NaN where a dataset does not label a condition.
+    paths, label_parts = [], []
+    for dataset in SHARED_DATASETS:
+        labelled = shared_dataset_labels(args.datasets, dataset, "test", limit=args.eval_limit)
+        paths += labelled.paths
+        label_parts.append(labelled)
+    conditions = sorted({c for part in label_parts for c in part.labels})
+    labels = {c: np.concatenate([part.labels.get(c, np.full(len(part.paths), np.nan)) for part in label_parts])
+              for c in conditions}
+    eval_tensors, kept, skipped = prepare_tensors(Preprocessor(spec), paths)
+    labels = {c: y[kept] for c, y in labels.items()}
+    fp32_embeddings = embed("onnxruntime", fp32_onnx, "fp32", eval_tensors)
+    results["held_out"] = {"images": len(kept), "skipped": len(skipped),
+                           "per_condition": {c: [int((y == 1).sum()), int((y == 0).sum())] for c, y in labels.items()}}
+    print(f"held-out: {len(kept)} images; conditions {results['held_out']['per_condition']}", flush=True)
+
+    train = [r for r in load_records(args.datasets) if r.split == "train"]
+    stride = max(1, len(train) // args.candidates)
+    candidates = [Candidate(r.path(args.datasets)) for r in train[::stride][:args.candidates]]
+
+    from edge_retina.backends import create_runner
+
+    last = {}
+    with create_runner("onnxruntime", fp32_onnx, precision="fp32", threads=2) as runner:
+        for size in args.sizes:
+            calibration = build_calibration_set(candidates, work / f"calib-{size}", spec, size=size, seed=0,
+                                                embed=runner.infer, model_sha256="bench")
+            row = {"calibration_method": calibration.method, "calibration_size": calibration.size}
+            t = time.perf_counter()
+            ov_xml = quantize_openvino(fp32_onnx, work / f"ov-int8-{size}" / "model.xml", calibration.tensors)[0]
+            row["openvino_int8_seconds"] = time.perf_counter() - t
+            t = time.perf_counter()
+            ort_int8 = quantize_onnxruntime(fp32_onnx, work / f"ort-int8-{size}.onnx",
+                                            ArrayCalibrationReader(calibration.tensors))
+            row["onnxruntime_int8_seconds"] = time.perf_counter() - t
+            checks = {
+                "openvino_int8": check_against_fp32(fp32_embeddings, embed("openvino", ov_xml, "int8", eval_tensors),
+                                                    table=table, labels=labels),
+                "onnxruntime_int8": check_against_fp32(fp32_embeddings, embed("onnxruntime", ort_int8, "int8",
+                                                                              eval_tensors), table=table, labels=labels),
+            }
+            if args.tensorrt:
+                from converters.quantize.tensorrt_modelopt import quantize_tensorrt_qdq
+
+                t = time.perf_counter()
+                trt_onnx = quantize_tensorrt_qdq(fp32_onnx, work / f"trt-{size}.onnx", calibration.tensors)
+                row["tensorrt_qdq_seconds"] = time.perf_counter() - t
+                checks["tensorrt_qdq_in_ort"] = check_against_fp32(
+                    fp32_embeddings, embed("onnxruntime", trt_onnx, "int8", eval_tensors), table=table, labels=labels)
+            row.update({name: check.to_dict() for name, check in checks.items()})
+            results["sizes"][size] = row
+            last = {"ov": ov_xml, "ort": ort_int8}
+            print(json.dumps({size: row}, default=float), flush=True)
+
+    # Latency: batch 1, 2 threads, interleaved in rotating order.
+    one = eval_tensors[:1]
+    variants = {
+        "onnxruntime fp32": ("onnxruntime", fp32_onnx, "fp32"),
+        "openvino fp32": ("openvino", ov_fp32, "fp32"),
+        "openvino int8": ("openvino", last["ov"], "int8"),
+        "onnxruntime int8": ("onnxruntime", last["ort"], "int8"),
+    }
+    runners = {name: create_runner(b, p, precision=prec, threads=2) for name, (b, p, prec) in variants.items()}
+    timings = {name: [] for name in runners}
+    names = list(runners)
+    for name in names:  # warm-up
+        for _ in range(5):
+            runners[name].infer(one)
+    for i in range(args.repeats):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            t = time.perf_counter()
+            runners[name].infer(one)
+            timings[name].append((time.perf_counter() - t) * 1000)
+    for runner in runners.values():
+        runner.close()
+    medians = {name: statistics.median(v) for name, v in timings.items()}
+    results["latency_ms"] = {name: {"median": medians[name], "p90": float(np.percentile(timings[name], 90)),
+                                    "speedup_vs_ort_fp32": medians["onnxruntime fp32"] / medians[name]}
+                             for name in names}
+    print(json.dumps(results["latency_ms"], indent=1), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()

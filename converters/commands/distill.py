@@ -1,0 +1,104 @@
+"""``edge-retina distill``: teacher -> small student, trained on unlabelled fundus photos."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from converters.commands.options import TEACHER_OPTION, default_datasets, teacher_options as parse_teacher_options
+from converters.prompts import DEFAULT_PROMPT_FILE
+from converters.teachers import list_families
+
+_DEFAULTS_NOTE = "default: the recipe's (converters.distill.train.DistillConfig)"
+
+
+def _image_files(folders: tuple[Path, ...]) -> list[Path]:
+    from edge_retina.preprocess import IMAGE_EXTENSIONS
+
+    files = []
+    for folder in folders:
+        if folder.is_file():
+            files.append(folder)
+        else:
+            files.extend(sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
+    return files
+
+
+def _train_split(datasets: Path) -> list[Path]:
+    from converters.reference.data import load_records
+
+    # Only the train split: val and test images stay unseen for the parity report.
+    return [r.path(datasets) for r in load_records(datasets) if r.split == "train"]
+
+
+@click.command()
+@click.option("--family", type=click.Choice(list_families()), default="reference", show_default=True)
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=True), default=None,
+              help="Teacher checkpoint (default: the family's embedded weights, where it has them).")
+@TEACHER_OPTION
+@click.option("--prompts", "prompt_file", type=click.Path(path_type=Path, dir_okay=False),
+              default=DEFAULT_PROMPT_FILE, show_default=True, help="Prompt file of the bundle the student will serve.")
+@click.option("--images", "image_dirs", multiple=True, type=click.Path(path_type=Path, exists=True),
+              help="Folder (searched recursively) or file of unlabelled fundus photos; repeatable. "
+                   "Default: the train split of the shared datasets.")
+@click.option("--datasets", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Shared datasets folder whose train split is used without --images "
+                   "(default: $EDGE_RETINA_DATASETS or ../shared/datasets).")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=Path("runs/distill"), show_default=True,
+              help="Checkpoints, history and the pixel/embedding caches.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Student weights to write (.safetensors, fp16, with a .json sidecar) "
+                   "[default: converters/distill/weights/student-v1.safetensors].")
+@click.option("--arch", default=None, help=f"timm architecture of the student ({_DEFAULTS_NOTE}).")
+@click.option("--size", type=click.IntRange(32, 1024), default=None, help=f"Student input side, px ({_DEFAULTS_NOTE}).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help=f"Epochs ({_DEFAULTS_NOTE}).")
+@click.option("--batch-size", type=click.IntRange(2), default=None, help=f"Batch size ({_DEFAULTS_NOTE}).")
+@click.option("--seed", type=int, default=None, help=f"Seed of every random draw ({_DEFAULTS_NOTE}).")
+@click.option("--resume", is_flag=True, help="Continue from WORK_DIR/last.pt (same teacher, images and recipe).")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="Torch threads. 1 by default: on a shared 2-core machine two threads ran 3.5x slower "
+                   "(busy-waiting OpenMP threads fight the other jobs).")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Processes preparing images.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ...], prompt_file: Path,
+            image_dirs: tuple[Path, ...], datasets: Path | None, work_dir: Path, out: Path | None, arch: str | None,
+            size: int | None, epochs: int | None, batch_size: int | None, seed: int | None, resume: bool,
+            threads: int, workers: int, quiet: bool) -> None:
+    """Distil a teacher's image encoder into a small student from unlabelled fundus photos.
+
+    The student lives in the teacher's embedding space, so a bundle built from it carries the
+    teacher's prompt table. Writes fp16 safetensors weights and a sidecar JSON (recipe, data hash,
+    loss history).
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from converters.distill import DistillConfig, distill as run_distillation, save_student
+    from converters.distill.student import STUDENT_WEIGHTS
+    from converters.teachers import load_teacher
+
+    if image_dirs:
+        images = _image_files(image_dirs)
+    else:
+        datasets = datasets or default_datasets()
+        if datasets is None:
+            raise click.UsageError("no --images given and no shared datasets found: pass --images or --datasets")
+        images = _train_split(datasets)
+    if not images:
+        raise click.UsageError("no images found")
+    overrides = {k: v for k, v in {"arch": arch, "size": size, "epochs": epochs, "batch_size": batch_size,
+                                    "seed": seed}.items() if v is not None}
+    config = replace(DistillConfig(), **overrides)
+    torch.set_num_threads(threads)
+    teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))
+    click.echo(f"distilling {teacher.family}/{teacher.name} into {config.arch}@{config.size} "
+               f"on {len(images)} images, {config.epochs} epochs", err=True)
+    result = run_distillation(teacher, images, work_dir, config, prompt_file=prompt_file, resume=resume,
+                              workers=workers, progress=not quiet)
+    for reason in result.skipped:
+        click.echo(f"skipped {reason}", err=True)
+    weights = save_student(result.student, result.input_spec, out or STUDENT_WEIGHTS, result.metadata())
+    last = result.history[-1]
+    click.echo(f"student written to {weights} ({result.n_images} images, final loss {last['loss']:.4f}, "
+               f"{result.seconds / 60:.1f} min)")

@@ -1,0 +1,177 @@
+"""Distillation mechanics with a tiny teacher and a tiny student: determinism, resume, caches,
+weights round trip, the CLI. Distillation quality (and the default student's ONNX export) is
+measured by converters.distill.report on the real student."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from converters.distill import DistillConfig, distill, load_student, save_student
+from converters.distill.augment import FundusAugment
+from converters.distill.loss import DistillLoss
+from converters.teachers import Teacher
+from edge_retina.preprocess.spec import InputSpec
+
+EMBED_DIM = 24
+TINY = DistillConfig(arch="mobilenetv3_small_050", size=64, epochs=2, batch_size=3, seed=7)
+
+
+class TinyTeacherEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.projection = nn.Linear(8, EMBED_DIM)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return nn.functional.normalize(self.projection(self.features(x)), dim=-1)
+
+
+def hash_text_embeddings(texts: list[str]) -> np.ndarray:
+    """A stand-in text tower: a random unit vector seeded by each text."""
+    rows = [np.random.default_rng(int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")).normal(size=EMBED_DIM)
+            for t in texts]
+    return np.stack([r / np.linalg.norm(r) for r in rows]).astype(np.float32)
+
+
+@pytest.fixture
+def tiny_teacher() -> Teacher:
+    spec = InputSpec(size=(48, 48), interpolation="area", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    return Teacher(family="test-tiny", name="tiny", image_encoder=TinyTeacherEncoder().eval(),
+                   embed_texts=hash_text_embeddings, input_spec=spec, ensembling="mean_renormalised",
+                   logit_scale=30.0, checkpoint_sha256="0" * 64)
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory, retina_rgb) -> Path:
+    """Six different small fundus photos (shifted, tinted crops of a real one)."""
+    folder = tmp_path_factory.mktemp("photos")
+    small = cv2.resize(retina_rgb, (320, 320), interpolation=cv2.INTER_AREA)
+    for i in range(6):
+        shifted = np.roll(small, 12 * i, axis=1)
+        tinted = np.clip(shifted.astype(np.int16) + (i * 9 - 20), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"photo{i}.jpg"), cv2.cvtColor(tinted, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One thread, as the distill command uses by default: on a busy 2-core machine it is far faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def photos(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.jpg"))
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_distillation_is_deterministic_and_resume_matches_an_uninterrupted_run(tiny_teacher, photo_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = distill(tiny_teacher, photos(photo_dir), tmp_path / "a", TINY, cache_dir=cache, progress=False)
+    assert [h["epoch"] for h in first.history] == [1, 2]
+    # An interrupted run, resumed in a fresh model: the same weights bit for bit, which also shows
+    # that two runs with one seed agree.
+    distill(tiny_teacher, photos(photo_dir), tmp_path / "c", TINY, cache_dir=cache, max_epochs_this_run=1,
+            progress=False)
+    resumed = distill(tiny_teacher, photos(photo_dir), tmp_path / "c", TINY, cache_dir=cache, resume=True,
+                      progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert same_weights(first.student, resumed.student)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in first.history]
+
+
+def test_resume_refuses_another_recipe(tiny_teacher, photo_dir, tmp_path):
+    distill(tiny_teacher, photos(photo_dir), tmp_path, TINY, max_epochs_this_run=1, progress=False)
+    with pytest.raises(ValueError, match="another recipe"):
+        distill(tiny_teacher, photos(photo_dir), tmp_path, DistillConfig(**{**TINY.__dict__, "seed": 8}),
+                resume=True, progress=False)
+
+
+def test_unreadable_images_are_skipped_and_a_second_run_hits_the_content_caches(tiny_teacher, photo_dir, tmp_path,
+                                                                               monkeypatch):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg at all")
+    first = distill(tiny_teacher, photos(photo_dir) + [broken], tmp_path / "a", TINY, cache_dir=tmp_path / "cache",
+                    max_epochs_this_run=1, progress=False)
+    assert first.n_images == len(photos(photo_dir))
+    assert len(first.skipped) == 1 and "broken.jpg" in first.skipped[0]
+    teacher_calls = tiny_teacher.image_encoder.calls
+    assert teacher_calls > 0
+
+    def must_not_prepare(*args, **kwargs):
+        raise AssertionError("an image was prepared again despite the cache")
+
+    monkeypatch.setattr("converters.distill.train.prepare_images", must_not_prepare)
+    # A renamed copy has the same content: a cache hit, and not a second training image.
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    shutil.copy(photos(photo_dir)[0], renamed / "other-name.jpg")
+    result = distill(tiny_teacher, photos(photo_dir) + photos(renamed), tmp_path / "b", TINY,
+                     cache_dir=tmp_path / "cache", max_epochs_this_run=1, progress=False)
+    assert tiny_teacher.image_encoder.calls == teacher_calls
+    assert result.n_images == len(photos(photo_dir))
+
+
+def test_student_weights_round_trip(tiny_teacher, photo_dir, tmp_path):
+    result = distill(tiny_teacher, photos(photo_dir), tmp_path / "run", TINY, max_epochs_this_run=1, progress=False)
+    path = save_student(result.student, result.input_spec, tmp_path / "student.safetensors", result.metadata())
+    assert path.stat().st_size < 2_000_000  # fp16
+    loaded, spec, sidecar = load_student(path)
+    assert spec == result.input_spec and spec.size == (64, 64)
+    assert sidecar["teacher"]["checkpoint_sha256"] == tiny_teacher.checkpoint_sha256
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want, got = result.student(x), loaded(x)
+    assert got.shape == (2, EMBED_DIM)
+    assert torch.nn.functional.cosine_similarity(want, got).min() > 0.999  # fp16 storage
+
+
+def test_loss_is_zero_only_when_the_student_matches_the_teacher():
+    classes = hash_text_embeddings(["normal", "glaucoma", "cataract"])
+    loss = DistillLoss(classes, logit_scale=30.0)
+    teacher = torch.nn.functional.normalize(torch.randn(4, EMBED_DIM), dim=-1)
+    same, parts = loss(teacher.clone(), teacher)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    other, parts = loss(torch.nn.functional.normalize(torch.randn(4, EMBED_DIM), dim=-1), teacher)
+    assert parts["cos_loss"] > 0.1 and parts["kl"] > 0.0 and other.item() == pytest.approx(parts["loss"])
+
+
+def test_augmentation_is_seeded_and_keeps_the_image_format(retina_rgb):
+    image = cv2.resize(retina_rgb, (96, 96), interpolation=cv2.INTER_AREA)
+    augment = FundusAugment()
+    a = augment(image, np.random.default_rng([1, 0, 3]))
+    b = augment(image, np.random.default_rng([1, 0, 3]))
+    c = augment(image, np.random.default_rng([1, 0, 4]))
+    assert a.shape == image.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and not np.array_equal(a, image)
+
+
+def test_distill_command(tiny_teacher, photo_dir, tmp_path, monkeypatch):
+    from converters.commands.distill import distill as distill_command
+
+    monkeypatch.setattr("converters.teachers.load_teacher", lambda family, checkpoint, **options: tiny_teacher)
+    out = tmp_path / "student.safetensors"
+    result = CliRunner().invoke(distill_command, [
+        "--images", str(photo_dir), "--work-dir", str(tmp_path / "run"), "--out", str(out),
+        "--arch", TINY.arch, "--size", "64", "--epochs", "1", "--batch-size", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "student written to" in result.output
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["arch"] == TINY.arch and sidecar["n_images"] == 6 and len(sidecar["history"]) == 1
