@@ -7,7 +7,7 @@ labels are given, the AUROC change per condition. Limits (``GuardLimits``): mean
 |ΔAUROC| <= 0.005 by default.
 
 Fallback (``guarded_build``): INT8 with the most sensitive layers left in floating point, more of
-them each round (1, 2, 4, 8 by default); then FP16; then FP32. Sensitivity (``layer_sensitivity``) is
+them each round (1, 2, 4, 8 by default); then FP16; then FP32 (an FP16 request: FP32). Sensitivity (``layer_sensitivity``) is
 the per-layer quantization error of the INT8 model: the signal-to-quantization-noise ratio (dB) of
 every Q/DQ'd activation, measured with ONNX Runtime's ``qdq_loss_debug`` tools and charged to the
 Conv/MatMul/Gemm nodes it feeds. Every attempt and the outcome go into the engine's manifest entry
@@ -182,15 +182,17 @@ def guarded_build(
     table: PromptTable | None = None,
     labels: dict[str, np.ndarray] | None = None,
     limits: GuardLimits = GuardLimits(),
+    requested: str = "int8",
     exclusion_steps: Sequence[int] = DEFAULT_EXCLUSION_STEPS,
     fallback_precisions: Sequence[str] = DEFAULT_FALLBACK_PRECISIONS,
     progress: Callable[[str], None] | None = None,
 ) -> GuardedResult[Artefact]:
-    """Build INT8, check it, fall back until the limits hold; returns what may ship.
+    """Build ``requested`` ("int8" or "fp16"), check it, fall back until the limits hold; returns what may ship.
 
     ``build(precision, excluded_nodes)`` makes an artefact; ``embed(artefact)`` gives its embeddings
     of the held-out images ``fp32_embeddings`` came from; ``sensitivity(int8_artefact)`` ranks node
-    names, most sensitive first.
+    names, most sensitive first (layer exclusion is an INT8 step only). ``fallback_precisions`` at or
+    above ``requested`` in the list are tried in order.
     """
     attempts: list[dict[str, Any]] = []
 
@@ -204,17 +206,20 @@ def guarded_build(
                      f"mean cosine {check.mean_cosine:.4f}, {verdict}")
         return GuardedResult(artefact, precision, list(excluded), check, attempts)
 
-    result = attempt("int8", [])
+    result = attempt(requested, [])
     if result.check.passed:
         return result
-    ranked = list(sensitivity(result.artefact))
-    for count in exclusion_steps:
-        if count > len(ranked):
-            break
-        result = attempt("int8", ranked[:count])
-        if result.check.passed:
-            return result
+    if requested == "int8":
+        ranked = list(sensitivity(result.artefact))
+        for count in exclusion_steps:
+            if count > len(ranked):
+                break
+            result = attempt("int8", ranked[:count])
+            if result.check.passed:
+                return result
     for precision in fallback_precisions:
+        if precision == requested:
+            continue
         result = attempt(precision, [])
         if result.check.passed:
             return result

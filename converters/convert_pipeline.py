@@ -57,12 +57,11 @@ from edge_retina.preprocess import Preprocessor
 from edge_retina.prompts import PromptTable
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-#: What may be requested: FP32 (the reference, unguarded) or INT8 (guarded; FP16 and FP32 are its fallbacks).
-REQUESTED_PRECISIONS = ("fp32", "int8")
-#: Fallback precisions after layer exclusion, per backend. ONNX Runtime's CPU provider has no FP16
-#: kernels for most ops on x86, and an FP16 TensorRT graph cannot be checked on a host without a
-#: GPU, so those fall straight back to FP32.
-FALLBACK_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp16", "fp32"), "tensorrt": ("fp32",)}
+#: FP32 is the reference and ships unguarded; FP16 and INT8 go through the accuracy guard.
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Where the guard falls back to, in order, after INT8 layer exclusion (FP16 is checked here too:
+#: ONNX Runtime's CPU provider runs an FP16 graph, casting around ops it has no FP16 kernel for).
+FALLBACK_PRECISIONS = ("fp16", "fp32")
 #: Calibration images the per-layer sensitivity analysis runs (it keeps every activation in memory).
 SENSITIVITY_IMAGES = 16
 PARITY_REPORT = "reports/parity.json"
@@ -93,12 +92,8 @@ class EngineTarget:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; choose from {BACKENDS}")
-        if self.precision not in REQUESTED_PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} cannot be requested; choose from {REQUESTED_PRECISIONS} "
-                             "(FP16 comes only as an accuracy-guard fallback)")
-        if self.backend == "tensorrt" and self.precision == "fp32":
-            raise ValueError("a tensorrt engine is built on the device; request tensorrt:int8 for its Q/DQ ONNX "
-                             "(the onnxruntime FP32 ONNX serves TensorRT in FP32 too)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
 
     def describe(self) -> str:
         return f"{self.backend}:{self.precision}"
@@ -209,20 +204,37 @@ def _mean_auroc_metric(table: PromptTable, labels: dict[str, np.ndarray]) -> Cal
     return metric
 
 
+def _float16_onnx(fp32_onnx: Path, out: Path) -> Path:
+    """FP16 weights and compute with FP32 input/output (ONNX Runtime's converter; LayerNorm stays one op)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(fp32_onnx)), keep_io_types=True), str(out))
+    return out
+
+
 def build_target(backend: str, precision: str, options: Mapping[str, Any], context: TargetContext,
                  work: Path) -> BuiltEngine:
-    """One engine for ``backend`` at ``precision`` ("fp32", or "int8" through the accuracy guard),
-    its files written under ``work``. ``options``: ``high_precision`` ("fp32"/"fp16") for TensorRT."""
-    if precision == "fp32":
-        built = fp32_engine(context.role, backend, context.fp32_onnx, work, context.toolchain)
-        if backend == "onnxruntime":  # the cache folder must own its files
-            shutil.copyfile(context.fp32_onnx, work / "encoder.onnx")
-            built = BuiltEngine(built.entry, {name: work / "encoder.onnx" for name in built.files})
-        return built
-    if context.calibration is None:
-        raise ValueError("INT8 needs a calibration set")
-    calibration = context.calibration
+    """One engine for ``backend`` at ``precision``, its files written under ``work``.
+
+    FP32 is the reference and ships as is; FP16 and INT8 go through the accuracy guard. ``options``
+    (device profiles' converter options): ``high_precision`` ("fp32"/"fp16") for TensorRT INT8,
+    ``reduce_range`` (7-bit weights) for ONNX Runtime INT8.
+    """
     fp32_onnx = context.fp32_onnx
+    if precision == "fp32":
+        if backend == "openvino":
+            return fp32_engine(context.role, backend, fp32_onnx, work, context.toolchain)
+        # ONNX Runtime and TensorRT (built on the device) take the FP32 ONNX; the cache folder owns its copy.
+        stem = engine_stem(context.role, backend, "fp32")
+        copy = Path(shutil.copyfile(fp32_onnx, work / "model.onnx"))
+        return BuiltEngine(EngineEntry(backend=backend, precision="fp32", role=context.role, files=[f"{stem}.onnx"],
+                                       toolchain=context.toolchain), {f"{stem}.onnx": copy})
+    calibration = context.calibration
+    if precision == "int8" and calibration is None:
+        raise ValueError("INT8 needs a calibration set")
+    if context.eval_tensors is None:
+        raise ValueError(f"the accuracy guard needs held-out images to check {precision} against FP32")
     attempt_dirs: list[Path] = []
     run_backend = "onnxruntime" if backend == "tensorrt" else backend  # a Q/DQ ONNX is checked in ORT here
 
@@ -234,35 +246,38 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
 
     def build(prec: str, excluded: Sequence[str]) -> tuple[str, list[Path]]:
         directory = fresh_dir()
-        if prec == "fp32" and backend != "openvino":
-            return prec, [Path(shutil.copyfile(fp32_onnx, directory / "model.onnx"))]
+        if backend == "openvino":
+            if prec == "int8":
+                from converters.quantize.openvino_nncf import AccuracyControl, quantize_openvino
+
+                control = None
+                if context.labels:
+                    control = AccuracyControl(context.eval_tensors, _mean_auroc_metric(context.table, context.labels),
+                                              max_drop=context.limits.max_auroc_drop)
+                return prec, quantize_openvino(fp32_onnx, directory / "model.xml", calibration.tensors,
+                                               ignored_nodes=excluded, accuracy_control=control)
+            if prec == "fp16":
+                import openvino as ov
+
+                xml = directory / "model.xml"
+                ov.save_model(ov.convert_model(str(fp32_onnx)), str(xml), compress_to_fp16=True)
+                return prec, [xml, xml.with_suffix(".bin")]
+            return prec, onnx_to_openvino_ir(fp32_onnx, directory / "model.xml")
+        out = directory / "model.onnx"
+        if prec == "fp32":
+            return prec, [Path(shutil.copyfile(fp32_onnx, out))]
+        if prec == "fp16":
+            return prec, [_float16_onnx(fp32_onnx, out)]
         if backend == "onnxruntime":
             from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
 
-            return prec, [quantize_onnxruntime(fp32_onnx, directory / "model.onnx",
-                                               ArrayCalibrationReader(calibration.tensors), nodes_to_exclude=excluded)]
-        if backend == "tensorrt":
-            from converters.quantize.tensorrt_modelopt import quantize_tensorrt_qdq
+            return prec, [quantize_onnxruntime(fp32_onnx, out, ArrayCalibrationReader(calibration.tensors),
+                                               nodes_to_exclude=excluded,
+                                               reduce_range=bool(options.get("reduce_range", False)))]
+        from converters.quantize.tensorrt_modelopt import quantize_tensorrt_qdq
 
-            return prec, [quantize_tensorrt_qdq(fp32_onnx, directory / "model.onnx", calibration.tensors,
-                                                nodes_to_exclude=excluded,
-                                                high_precision=options.get("high_precision", "fp32"))]
-        if prec == "int8":
-            from converters.quantize.openvino_nncf import AccuracyControl, quantize_openvino
-
-            control = None
-            if context.labels:
-                control = AccuracyControl(context.eval_tensors, _mean_auroc_metric(context.table, context.labels),
-                                          max_drop=context.limits.max_auroc_drop)
-            return prec, quantize_openvino(fp32_onnx, directory / "model.xml", calibration.tensors,
-                                           ignored_nodes=excluded, accuracy_control=control)
-        if prec == "fp16":
-            import openvino as ov
-
-            xml = directory / "model.xml"
-            ov.save_model(ov.convert_model(str(fp32_onnx)), str(xml), compress_to_fp16=True)
-            return prec, [xml, xml.with_suffix(".bin")]
-        return prec, onnx_to_openvino_ir(fp32_onnx, directory / "model.xml")
+        return prec, [quantize_tensorrt_qdq(fp32_onnx, out, calibration.tensors, nodes_to_exclude=excluded,
+                                            high_precision=options.get("high_precision", "fp32"))]
 
     def embed(artefact: tuple[str, list[Path]]) -> np.ndarray:
         prec, files = artefact
@@ -277,8 +292,8 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
         return [name for name, _ in layer_sensitivity(fp32_onnx, qdq, calibration.tensors[:SENSITIVITY_IMAGES])]
 
     result = guarded_build(build, embed, context.fp32_embeddings, sensitivity, table=context.table,
-                           labels=context.labels, limits=context.limits,
-                           fallback_precisions=FALLBACK_PRECISIONS[backend], progress=context.progress)
+                           labels=context.labels, limits=context.limits, requested=precision,
+                           fallback_precisions=FALLBACK_PRECISIONS, progress=context.progress)
     shipped_precision, shipped_files = result.artefact
     for directory in attempt_dirs:  # keep only what ships
         if directory != shipped_files[0].parent:
@@ -329,6 +344,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
     cache = StepCache(settings.cache_dir)
     spec = recipe.input_spec
     wants_int8 = any(t.precision == "int8" for t in settings.targets)
+    guarded = any(t.precision != "fp32" for t in settings.targets)
     steps = ["export", "prompts", "calibration", "reference", "engines", "thresholds", "parity", "bundle"]
     numbered = {name: f"[{i}/{len(steps)}] {name}" for i, name in enumerate(steps, 1)}
 
@@ -363,7 +379,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
     calibration: CalibrationSet | None = None
     with step("calibration"):
         sources = [Path(s) for s in settings.calibration]
-        if not wants_int8:
+        if not wants_int8 and not (guarded and sources and settings.validation is None):
             report("calibration", False, "skipped: no INT8 target")
         elif not sources:
             raise ConvertError("calibration", "INT8 targets need calibration images (--calibration IMAGES_OR_CSV)")
@@ -392,7 +408,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
             labels = None
         else:
             eval_paths, labels = [], None
-        if wants_int8 and not eval_paths:
+        if guarded and not eval_paths:
             raise ConvertError("reference", "the accuracy guard needs held-out images: give a labelled validation "
                                             "set, or more calibration candidates than the calibration size")
 
@@ -424,8 +440,9 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
         for target in settings.targets:
             progress(f"    {target.describe()}")
             parts = [target.describe(), dict(target.options), onnx_sha, recipe.role, settings.limits.to_dict()]
-            if target.precision == "int8":
-                parts += [calibration.manifest_sha256, hashlib.sha256(eval_tensors.tobytes()).hexdigest(),
+            if target.precision != "fp32":
+                parts += [calibration.manifest_sha256 if calibration else None,
+                          hashlib.sha256(eval_tensors.tobytes()).hexdigest(),
                           None if labels is None else {c: y.tolist() for c, y in labels.items()}]
 
             def make_engine(d: Path, target: EngineTarget = target) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,13 +32,14 @@ def small_jpeg(retina_rgb: np.ndarray, side: int = 128, quality: int = 90) -> by
 
 
 @contextlib.contextmanager
-def running_server(screener, store_path: Path, *, transport: str = "unix", socket_dir: Path | None = None,
-                   **config) -> Iterator[tuple[BridgeServer, str]]:
+def running_server(screener, store_path: Path, *, transport: str = "unix", **config) -> Iterator[tuple[BridgeServer, str]]:
     """A BridgeServer in this process; yields it and its address ("unix:PATH" or "tcp:HOST:PORT")."""
     store = ResultStore(store_path)
     server = BridgeServer(screener, store, BridgeConfig(**config))
     if transport == "unix":
-        listener = unix_listener(Path(socket_dir or store_path.parent) / "bridge.sock")
+        # A short directory of its own: pytest's tmp_path can exceed the 107 bytes of a socket path.
+        socket_dir = Path(tempfile.mkdtemp(prefix="erb-"))
+        listener = unix_listener(socket_dir / "bridge.sock")
     else:
         listener = tcp_listener("127.0.0.1", 0)
     thread = threading.Thread(target=server.serve, args=([listener],), daemon=True)
@@ -47,6 +50,8 @@ def running_server(screener, store_path: Path, *, transport: str = "unix", socke
         server.close()
         thread.join(timeout=10)
         store.close()
+        if transport == "unix":
+            shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def connect(address: str, **kwargs):

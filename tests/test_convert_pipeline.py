@@ -114,10 +114,17 @@ def test_guard_limits_that_int8_cannot_meet_ship_fp32_and_say_so(image_sets, tmp
 
 
 def test_targets_are_validated():
-    with pytest.raises(ValueError, match="FP16 comes only"):
-        EngineTarget("openvino", "fp16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        EngineTarget("openvino", "int4")
     with pytest.raises(ValueError, match="unknown backend"):
         EngineTarget("coreml", "int8")
+
+
+def test_fp16_target_is_guarded_too(image_sets, tmp_path):
+    settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "fp16")])
+    engine = load_bundle(convert(_recipe(), tmp_path / "bundle", settings)).manifest.engines[0]
+    assert engine.precision == "fp16" and engine.fallback is None
+    assert engine.notes["accuracy_guard"]["passed"] and engine.notes["accuracy_guard"]["mean_cosine"] > 0.999
 
 
 def test_cli_refuses_an_unknown_int8_backend(tmp_path):

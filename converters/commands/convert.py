@@ -30,6 +30,8 @@ def _backend_list(text: str) -> list[str]:
 @click.option("--int8", "int8_backends", default="", metavar="BACKENDS",
               help="INT8 engines to build, e.g. 'openvino,onnxruntime,tensorrt' (tensorrt: a Q/DQ ONNX the "
                    "device builds its engine from). Each is checked by the accuracy guard.")
+@click.option("--fp16", "fp16_backends", default="", metavar="BACKENDS",
+              help="FP16 engines to build (checked by the accuracy guard like INT8).")
 @click.option("--calibration", "calibration_sources", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Calibration images: files, folders, a CSV (file column + metadata), or a folder made by "
                    "'edge-retina calibrate'. Repeatable.")
@@ -49,6 +51,7 @@ def _backend_list(text: str) -> list[str]:
               help="Also pack the bundle into this single archive file.")
 @TEACHER_OPTION
 def convert(family: str, checkpoint: Path | None, prompt_file: Path, out: Path, backends: str, int8_backends: str,
+            fp16_backends: str,
             calibration_sources: tuple[Path, ...], calibration_size: int, validation_csv: Path | None,
             target_sensitivity: float, max_auroc_drop: float, min_cosine: float, seed: int, threads: int | None,
             cache_dir: Path | None, archive: Path | None, teacher_options: tuple[str, ...]) -> None:
@@ -62,11 +65,12 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, out: Path, 
 
     try:
         targets = ([EngineTarget(b, "fp32") for b in _backend_list(backends)]
+                   + [EngineTarget(b, "fp16") for b in _backend_list(fp16_backends)]
                    + [EngineTarget(b, "int8") for b in _backend_list(int8_backends)])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if not targets:
-        raise click.BadParameter("no engines requested: give --backends and/or --int8")
+        raise click.BadParameter("no engines requested: give --backends, --fp16 and/or --int8")
     settings = ConvertSettings(
         targets=targets, calibration=calibration_sources, calibration_size=calibration_size, seed=seed,
         validation=read_labels_csv(validation_csv) if validation_csv else None,

@@ -48,7 +48,7 @@ TEACHER_BATCH = 32
 class DistillConfig:
     arch: str = DEFAULT_ARCH
     size: int = DEFAULT_SIZE
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 48
     lr: float = 4e-3
     weight_decay: float = 0.02

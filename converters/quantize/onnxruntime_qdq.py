@@ -51,10 +51,12 @@ def quantize_onnxruntime(
     calibration_method: str = "minmax",
     activation_type: str = "uint8",
     quantize_outputs: bool | None = None,
+    reduce_range: bool = False,
 ) -> Path:
     """Write the QDQ model to ``out_path``; ``nodes_to_exclude`` (ONNX node names) stay in FP32.
 
     ``quantize_outputs``: also Q/DQ the outputs of Conv/MatMul/Gemm (None: for non-transformers).
+    ``reduce_range``: 7-bit weights, for x86 CPUs without VNNI whose 16-bit intermediates can saturate.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,7 @@ def quantize_onnxruntime(
             per_channel=per_channel,
             activation_type=ACTIVATION_TYPES[activation_type],
             weight_type=QuantType.QInt8,
+            reduce_range=reduce_range,
             calibrate_method=CALIBRATION_METHODS[calibration_method],
             extra_options=extra_options,
         )
