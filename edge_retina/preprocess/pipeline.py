@@ -24,6 +24,11 @@ from edge_retina.preprocess.spec import InputSpec
 #: found is smaller than that, the image is decoded again at the resolution it needs.
 ASSUMED_FOV_FRACTION = 0.8
 
+#: Revision of the pixels ``prepare`` produces for a given spec. Caches of prepared images (training,
+#: calibration, distillation) key on it together with the spec's hash: bump it whenever a change here,
+#: in decode, fov or resize alters the output, so no cache silently serves stale pixels.
+PREPROCESSING_VERSION = 1
+
 
 @dataclass(frozen=True)
 class PreparedImage:
