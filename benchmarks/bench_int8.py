@@ -19,6 +19,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_int8.py --weights converters/reference/weights/reference-v1.safetensors \
         --json bench_int8.json
+    .venv/bin/python benchmarks/bench_int8.py --report bench_int8.json   # the markdown tables again
 """
 from __future__ import annotations
 
@@ -79,6 +80,26 @@ def embed(backend: str, path: Path, precision: str, tensors: np.ndarray, threads
         return np.concatenate([runner.infer(tensors[s:s + 16]) for s in range(0, len(tensors), 16)])
 
 
+def markdown(results: dict) -> str:
+    """The BENCHMARKS.md tables of a results JSON."""
+    lines = ["| calibration images | engine | quantize s | mean cosine | min cosine | top-class agreement | "
+             "ΔAUROC per condition | within limits |", "|---|---|---|---|---|---|---|---|"]
+    for size, row in results["sizes"].items():
+        for engine, seconds in (("openvino_int8", "openvino_int8_seconds"),
+                                ("onnxruntime_int8", "onnxruntime_int8_seconds"),
+                                ("tensorrt_qdq_in_ort", "tensorrt_qdq_seconds")):
+            if engine not in row:
+                continue
+            c = row[engine]
+            deltas = ", ".join(f"{k} {v:+.4f}" for k, v in c["delta_auroc"].items())
+            lines.append(f"| {size} | {engine} | {row[seconds]:.1f} | {c['mean_cosine']:.5f} | {c['min_cosine']:.4f} | "
+                         f"{c['decision_agreement']:.3f} | {deltas} | {'yes' if c['passed'] else 'no'} |")
+    lines += ["", "| engine (batch 1, 2 threads) | median ms | p90 ms | speed-up vs ORT FP32 |", "|---|---|---|---|"]
+    for name, t in results["latency_ms"].items():
+        lines.append(f"| {name} | {t['median']:.1f} | {t['p90']:.1f} | {t['speedup_vs_ort_fp32']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=Path, default=REPO / "converters/reference/weights/reference-v1.safetensors")
@@ -89,7 +110,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--tensorrt", action="store_true", help="also the ModelOpt Q/DQ ONNX (checked in ORT)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--report", type=Path, default=None, help="only print the tables of a saved --json file")
     args = parser.parse_args()
+    if args.report:
+        print(markdown(json.loads(args.report.read_text())))
+        return
 
     from calibration import build_calibration_set
     from calibration.reader import ArrayCalibrationReader
@@ -193,6 +218,7 @@ def main() -> None:
     print(json.dumps(results["latency_ms"], indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(markdown(json.loads(json.dumps(results, default=float))))
 
 
 if __name__ == "__main__":

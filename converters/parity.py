@@ -37,7 +37,8 @@ def bundle_teacher(manifest: Manifest, checkpoint: str | Path | None = None) -> 
         raise EdgeRetinaError(f"cannot load the bundle's teacher ({manifest.model.family}): {exc}") from exc
     if teacher.checkpoint_sha256 != manifest.model.teacher_checkpoint_sha256:
         raise EdgeRetinaError(
-            f"the teacher checkpoint ({checkpoint or 'the embedded default'}, sha256 {teacher.checkpoint_sha256[:12]}…) "
+            f"the teacher checkpoint ({checkpoint or 'the embedded default'}, "
+            f"sha256 {teacher.checkpoint_sha256[:12]}…) "
             f"is not the one the bundle was built from (sha256 {manifest.model.teacher_checkpoint_sha256[:12]}…); "
             "pass the bundle's own checkpoint with --checkpoint"
         )

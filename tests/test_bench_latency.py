@@ -59,7 +59,7 @@ def images(retina_jpeg):
     return [retina_jpeg, retina_jpeg]
 
 
-def test_run_latency_on_the_tiny_bundle(tiny_bundle, images):
+def test_run_latency_on_the_tiny_bundle(tiny_bundle, images, tmp_path):
     engines = latency.select_engines(tiny_bundle)
     report = latency.run_latency(tiny_bundle, engines, images, iterations=2, threads=1, streams=2, cold_runs=1)
     data = json.loads(json.dumps(report.to_dict()))
@@ -81,6 +81,10 @@ def test_run_latency_on_the_tiny_bundle(tiny_bundle, images):
     assert len(rows) == 2 and len(rows[0]) == len(headers) and rows[0][-1] == "1.00x / 1.00x"
     headers, rows = latency.system_table_rows(data)
     assert len(rows) == 2 and all(cell != "-" for cell in rows[0])
+    from converters.report_html import write_report
+
+    page = write_report(tmp_path / "latency.html", latency=data).read_text()
+    assert page.count("<img") == 2 and "onnxruntime/fp32/teacher" in page and "peak RSS" in page
 
 
 def test_research_baseline_is_compared_with_the_engine(tiny_bundle, images):

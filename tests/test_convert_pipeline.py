@@ -18,7 +18,9 @@ from edge_retina.preprocess import InputSpec
 from quantize_fixtures import CLASSES, eye4class_rows, write_csv
 from tiny_bundle import _hash_text_embeddings, _tiny_encoder
 
-TARGETS = [EngineTarget("onnxruntime", "fp32"), EngineTarget("onnxruntime", "int8"), EngineTarget("openvino", "int8")]
+# TensorRT first: ModelOpt must not disturb the ONNX Runtime quantization that follows it.
+TARGETS = [EngineTarget("tensorrt", "int8"), EngineTarget("onnxruntime", "fp32"), EngineTarget("onnxruntime", "int8"),
+           EngineTarget("openvino", "int8")]
 
 
 def _recipe() -> BundleRecipe:
@@ -54,8 +56,8 @@ def test_convert_builds_guarded_int8_with_thresholds_and_parity_then_resumes_fro
                          progress=first_log.append)
     manifest = load_bundle(bundle_dir).manifest
     engines = {(e.backend, e.precision if not e.fallback else e.fallback["requested"]): e for e in manifest.engines}
-    assert set(engines) == {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8")}
-    for key in (("onnxruntime", "int8"), ("openvino", "int8")):
+    assert set(engines) == {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8"), ("tensorrt", "int8")}
+    for key in (("onnxruntime", "int8"), ("openvino", "int8"), ("tensorrt", "int8")):
         engine = engines[key]
         guard = engine.notes["accuracy_guard"]
         assert guard["passed"] and guard["images"] == 12 and set(guard["delta_auroc"]) == {"cataract", "glaucoma"}
@@ -73,7 +75,7 @@ def test_convert_builds_guarded_int8_with_thresholds_and_parity_then_resumes_fro
                     progress=second_log.append)
     for step in ("export", "calibration", "reference"):
         assert any(f"] {step}: cached" in line for line in second_log), second_log
-    assert sum("int8: cached" in line for line in second_log) == 2
+    assert sum("int8: cached" in line for line in second_log) == 3
     again_manifest = load_bundle(again).manifest
     assert again_manifest.files == manifest.files  # the same engines, prompts and report, byte for byte
 

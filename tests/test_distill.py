@@ -145,12 +145,12 @@ def test_student_weights_round_trip(tiny_teacher, photo_dir, tmp_path):
 
 def test_loss_is_zero_only_when_the_student_matches_the_teacher():
     classes = hash_text_embeddings(["normal", "glaucoma", "cataract"])
-    loss = DistillLoss(classes, logit_scale=30.0)
     teacher = torch.nn.functional.normalize(torch.randn(4, EMBED_DIM), dim=-1)
+    loss = DistillLoss(classes, logit_scale=30.0, teacher_mean=teacher.mean(0).numpy())
     same, parts = loss(teacher.clone(), teacher)
     assert same.item() == pytest.approx(0.0, abs=1e-6)
     other, parts = loss(torch.nn.functional.normalize(torch.randn(4, EMBED_DIM), dim=-1), teacher)
-    assert parts["cos_loss"] > 0.1 and parts["kl"] > 0.0 and other.item() == pytest.approx(parts["loss"])
+    assert parts["cos_loss"] > 0.1 and parts["centred"] > 0.1 and parts["kl"] > 0.0 and other.item() == pytest.approx(parts["loss"])
 
 
 def test_augmentation_is_seeded_and_keeps_the_image_format(retina_rgb):
@@ -175,3 +175,48 @@ def test_distill_command(tiny_teacher, photo_dir, tmp_path, monkeypatch):
     assert "student written to" in result.output
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["arch"] == TINY.arch and sidecar["n_images"] == 6 and len(sidecar["history"]) == 1
+
+
+def test_parity_of_a_student_identical_to_its_teacher(tiny_teacher, photo_dir):
+    from converters.distill.report import format_markdown, retention, student_parity
+    from converters.prompt_tables import embed_conditions
+    from converters.prompts import load_prompt_file
+    from edge_retina.bench.labels import LabelledImages
+
+    table = embed_conditions(tiny_teacher.embed_texts, load_prompt_file(), tiny_teacher.ensembling,
+                             tiny_teacher.logit_scale)
+    labelled = LabelledImages(photos(photo_dir), {"glaucoma": np.array([1, 0, 1, 0, 1, np.nan])})
+    parity = student_parity(tiny_teacher, tiny_teacher.image_encoder, tiny_teacher.input_spec, table,
+                            {"photos": labelled}, replicates=50)
+    (row,) = parity.rows
+    assert (row.dataset, row.condition, row.n_pos, row.n_neg) == ("photos", "glaucoma", 3, 2)
+    assert row.auroc_student == row.auroc_teacher and row.decision_agreement == 1.0
+    assert row.retention == (None if row.auroc_teacher <= 0.5 else pytest.approx(1.0))
+    assert parity.cosine["photos"]["min"] == pytest.approx(1.0) and parity.n_images["photos"] == 6
+    assert "| photos | glaucoma | 3/2 |" in format_markdown(parity)
+    assert retention(0.8, 0.9) == pytest.approx(0.75) and retention(0.7, 0.5) is None
+
+
+def test_latency_is_measured_for_every_model(tmp_path):
+    from converters.distill.report import interleaved_latency
+    from onnx_models import make_tiny_encoder_onnx
+
+    paths = {"a": make_tiny_encoder_onnx(tmp_path / "a.onnx"), "b": make_tiny_encoder_onnx(tmp_path / "b.onnx", seed=1)}
+    latency = interleaved_latency(paths, {"a": (64, 64), "b": (64, 64)}, repeats=3, warmup=1)
+    assert set(latency) == {"a", "b"} and all(0 < v["median_ms"] <= v["p90_ms"] for v in latency.values())
+
+
+def test_student_recipe_carries_the_teachers_prompt_table(tiny_teacher, photo_dir, tmp_path):
+    from dataclasses import replace
+
+    from converters.distill.bundling import student_recipe
+
+    result = distill(tiny_teacher, photos(photo_dir), tmp_path / "run", TINY, max_epochs_this_run=1, progress=False)
+    weights = save_student(result.student, result.input_spec, tmp_path / "student.safetensors", result.metadata())
+    recipe = student_recipe(tiny_teacher, weights)
+    assert recipe.role == "student" and recipe.input_spec == result.input_spec
+    assert recipe.embed_texts is tiny_teacher.embed_texts and recipe.logit_scale == tiny_teacher.logit_scale
+    assert recipe.teacher_checkpoint_sha256 == tiny_teacher.checkpoint_sha256
+    assert recipe.student.arch == TINY.arch and recipe.student.name == "student"
+    with pytest.raises(ValueError, match="distilled from teacher checkpoint"):
+        student_recipe(replace(tiny_teacher, checkpoint_sha256="1" * 64), weights)

@@ -2,6 +2,7 @@
 the engine build itself needs a GPU with TensorRT and is skipped elsewhere."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
-pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt (convert extra) not installed")
+if importlib.util.find_spec("modelopt") is None:
+    pytest.skip("nvidia-modelopt (convert extra) not installed", allow_module_level=True)
 
 from converters.quantize.policy import QUANTIZED_OP_TYPES, dequantized_input_consumers  # noqa: E402
 from converters.quantize.tensorrt_modelopt import (  # noqa: E402
@@ -69,3 +71,15 @@ def test_engine_build_on_the_device(qdq_onnx, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed here: engines are built on the device")
     engine = build_engine_on_device(qdq_onnx, cache_dir=tmp_path)
     assert engine.is_file() and engine.stat().st_size > 0
+
+
+def test_modelopt_stays_out_of_this_process_so_ort_quantization_still_works(qdq_onnx, tiny_bundle,
+                                                                            calibration_tensors, tmp_path):
+    """ModelOpt patches ONNX Runtime's quantizer when imported; it runs in a child process instead."""
+    from calibration import ArrayCalibrationReader
+    from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
+
+    assert "modelopt.onnx.quantization" not in sys.modules
+    out = quantize_onnxruntime(tiny_onnx(tiny_bundle), tmp_path / "ort.onnx",
+                               ArrayCalibrationReader(calibration_tensors[:4]))
+    assert out.is_file()

@@ -18,6 +18,7 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,16 +109,18 @@ def student_parity(teacher: Teacher, student: StudentEncoder, student_spec: Inpu
 def interleaved_latency(models: dict[str, Path], input_sizes: dict[str, tuple[int, int]], *, backend: str = "onnxruntime",
                         threads: int | None = 1, repeats: int = 50, warmup: int = 5) -> dict[str, dict[str, float]]:
     """Batch-1 FP32 latency (ms) of each ONNX model on ``backend``, run in alternation."""
-    runners = {name: create_runner(backend, path, precision="fp32", threads=threads) for name, path in models.items()}
     rng = np.random.default_rng(0)
     inputs = {name: rng.standard_normal((1, 3, *input_sizes[name])).astype(np.float32) for name in models}
     times: dict[str, list[float]] = {name: [] for name in models}
-    for i in range(warmup + repeats):
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            runner.infer(inputs[name])
-            if i >= warmup:
-                times[name].append((time.perf_counter() - start) * 1e3)
+    with ExitStack() as stack:
+        runners = {name: stack.enter_context(create_runner(backend, path, precision="fp32", threads=threads))
+                   for name, path in models.items()}
+        for i in range(warmup + repeats):
+            for name, runner in runners.items():
+                start = time.perf_counter()
+                runner.infer(inputs[name])
+                if i >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1e3)
     return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90))} for name, t in times.items()}
 
 

@@ -169,7 +169,7 @@ def distill(
 
     table = embed_conditions(teacher.embed_texts, load_prompt_file(prompt_file), teacher.ensembling,
                              teacher.logit_scale)
-    criterion = DistillLoss(table.class_embeddings, table.logit_scale, config.loss)
+    criterion = DistillLoss(table.class_embeddings, table.logit_scale, targets.mean(axis=0), config.loss)
     student = build_student(config.arch, table.embedding_dim, config.size, config.seed)
     student.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
     optimiser = _optimiser(student, config)

@@ -14,7 +14,9 @@ Q/DQ pairs then run in FP16 at the builder's choice, as ``trtexec_command`` spel
 """
 from __future__ import annotations
 
-import logging
+import multiprocessing
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +30,24 @@ from converters.quantize.policy import QUANTIZED_OP_TYPES
 HIGH_PRECISION_TYPES = ("fp32", "fp16")
 
 
+def _quantize_in_this_process(fp32_onnx: str, out_path: str, tensors_file: str, nodes_to_exclude: list[str],
+                              high_precision: str, calibration_method: str) -> None:
+    from modelopt.onnx.quantization import quantize
+
+    quantize(
+        fp32_onnx,
+        quantize_mode="int8",
+        calibration_data={INPUT_NAME: np.load(tensors_file)},
+        calibration_method=calibration_method,
+        calibration_eps=["cpu"],
+        op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+        nodes_to_exclude=nodes_to_exclude or None,
+        high_precision_dtype=high_precision,
+        output_path=out_path,
+        log_level="WARNING",
+    )
+
+
 def quantize_tensorrt_qdq(
     fp32_onnx: Path,
     out_path: Path,
@@ -37,28 +57,22 @@ def quantize_tensorrt_qdq(
     high_precision: str = "fp32",
     calibration_method: str = "entropy",
 ) -> Path:
-    """Write the Q/DQ ONNX to ``out_path``; ``nodes_to_exclude`` (ONNX node names) stay unquantized."""
+    """Write the Q/DQ ONNX to ``out_path``; ``nodes_to_exclude`` (ONNX node names) stay unquantized.
+
+    ModelOpt runs in a separate (spawned) process: importing it patches ONNX Runtime's quantization
+    modules process-wide (``modelopt.onnx.quantization.ort_patching``), after which ONNX Runtime's own
+    ``quantize_static`` fails ("Quantization parameters are not specified for param image").
+    """
     if high_precision not in HIGH_PRECISION_TYPES:
         raise ValueError(f"high_precision must be one of {HIGH_PRECISION_TYPES}, got {high_precision!r}")
-    # modelopt.onnx imports its optional dependencies at import time: keep it out of module import.
-    from modelopt.onnx.quantization import quantize
-
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    quantize(
-        str(fp32_onnx),
-        quantize_mode="int8",
-        calibration_data={INPUT_NAME: np.ascontiguousarray(calibration_tensors, dtype=np.float32)},
-        calibration_method=calibration_method,
-        calibration_eps=["cpu"],
-        op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-        nodes_to_exclude=list(nodes_to_exclude) or None,
-        high_precision_dtype=high_precision,
-        output_path=str(out_path),
-        log_level="WARNING",
-    )
-    # ModelOpt sets the root logger's level on the way; hand the user's logging back.
-    logging.getLogger().setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="edge-retina-modelopt-") as tmp:
+        tensors_file = Path(tmp) / "calibration.npy"
+        np.save(tensors_file, np.ascontiguousarray(calibration_tensors, dtype=np.float32))
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(_quantize_in_this_process, str(fp32_onnx), str(out_path), str(tensors_file),
+                        list(nodes_to_exclude), high_precision, calibration_method).result()
     return out_path
 
 

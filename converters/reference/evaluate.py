@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import bootstrap
 from sklearn.metrics import roc_auc_score
 
 from converters.prompts import DEFAULT_PROMPT_FILE, Condition, load_prompt_file, normal_class
@@ -138,15 +139,28 @@ def zero_shot_auroc(
         pos = np.array([task.is_positive(r) for r in records])
         neg = np.array([task.is_negative(r) for r in records])
         keep = pos | neg
-        auroc = None
+        auroc = ci95 = None
         if pos.any() and neg.any():
             auroc = float(roc_auc_score(pos[keep], probs[task.condition][keep]))
-        rows.append({"condition": task.condition, "data": task.data, "n_pos": int(pos.sum()), "n_neg": int(neg.sum()), "auroc": auroc})
+            ci95 = auroc_ci95(pos[keep], probs[task.condition][keep])
+        rows.append({"condition": task.condition, "data": task.data, "n_pos": int(pos.sum()), "n_neg": int(neg.sum()),
+                     "auroc": auroc, "auroc_ci95": ci95})
     evaluated = {t.condition for t in TASKS}
     for c in conditions:
         if not c.normal and c.name not in evaluated:
-            rows.append({"condition": c.name, "data": "no labelled data", "n_pos": 0, "n_neg": 0, "auroc": None})
+            rows.append({"condition": c.name, "data": "no labelled data", "n_pos": 0, "n_neg": 0, "auroc": None,
+                         "auroc_ci95": None})
     return rows
+
+
+def auroc_ci95(labels: np.ndarray, scores: np.ndarray, resamples: int = 1000) -> list[float]:
+    """Percentile bootstrap 95 % interval of the AUROC (seeded: the same inputs give the same interval).
+
+    Test sets are small (HEI-MED has 21 positives), so a point AUROC alone overstates what we know.
+    """
+    result = bootstrap((labels, scores), roc_auc_score, paired=True, vectorized=False, n_resamples=resamples,
+                       method="percentile", rng=np.random.default_rng(0))
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
 def mean_auroc(rows: list[dict]) -> float:
@@ -183,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zero-shot AUROC on the {args.split} split ({args.weights}):")
         for r in rows:
             auroc = "  n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
-            print(f"  {r['condition']:<22} {auroc}  n_pos={r['n_pos']:<4} n_neg={r['n_neg']:<4} {r['data']}")
+            ci = "" if r["auroc_ci95"] is None else "[{:.2f}, {:.2f}]".format(*r["auroc_ci95"])
+            print(f"  {r['condition']:<22} {auroc} {ci:<12}  n_pos={r['n_pos']:<4} n_neg={r['n_neg']:<4} {r['data']}")
         print(f"  mean {result['mean_auroc']:.3f}")
     return 0
 

@@ -29,6 +29,6 @@ def load(checkpoint: str | Path | None = None) -> Teacher:
         embed_texts=embed_texts,
         input_spec=REFERENCE_INPUT_SPEC,
         ensembling="mean_renormalised",
-        logit_scale=float(model.logit_scale.exp()),
+        logit_scale=float(model.logit_scale.detach().exp()),
         checkpoint_sha256=checkpoint_sha256(weights),
     )

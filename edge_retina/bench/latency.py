@@ -324,6 +324,7 @@ def system_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]
             return "-" if value is None else f"{value:.{digits}f}"
 
         rows.append([name, fmt(throughput.get("batch1"), 1), fmt(throughput.get(f"streams_{streams}"), 1),
-                     fmt(cold.get("median_load_to_first_result_ms")), fmt(cold.get("median_process_to_first_result_ms")),
+                     fmt(cold.get("median_load_to_first_result_ms")),
+                     fmt(cold.get("median_process_to_first_result_ms")),
                      fmt(cold.get("median_peak_rss_mb"))])
     return headers, rows

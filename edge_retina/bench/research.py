@@ -1,8 +1,9 @@
 """The research-code way of running a model, as the baseline the deployed pipeline is compared with.
 
 PIL decodes the whole photograph, resizes it to the teacher's native input size (no field-of-view
-crop), normalises it in numpy, and the PyTorch FP32 teacher embeds it; the prompt lookup is the same
-scaled-cosine softmax, in torch. The normalisation is the runtime's own (same arithmetic either way). torch and Pillow are imported only here, when asked for.
+crop), normalises it (the runtime's own arithmetic, in numpy), and the PyTorch FP32 teacher embeds
+it; the prompt lookup is the same scaled-cosine softmax, in torch. torch and Pillow are imported
+only here, when asked for.
 """
 from __future__ import annotations
 

