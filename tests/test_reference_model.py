@@ -176,6 +176,7 @@ def test_zero_shot_scoring_ranks_matching_embeddings_first(model):
     result = zero_shot_auroc(torch.stack(rows), records, model.text_model, model.logit_scale.detach(), conditions)
     scored = {r["condition"]: r for r in result if r["auroc"] is not None}
     assert scored["cataract"]["auroc"] == 1.0 and scored["cataract"]["n_pos"] == 3
+    assert scored["cataract"]["auroc_ci95"] == [1.0, 1.0]  # every stratified resample is perfectly ranked
     assert scored["macular_oedema"]["auroc"] == 1.0 and scored["macular_oedema"]["n_neg"] == 3
     assert any(r["condition"] == "amd" and r["data"] == "no labelled data" for r in result)
 

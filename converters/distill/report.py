@@ -149,8 +149,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def format_markdown(parity: StudentParity, profile: dict | None = None) -> str:
-    lines = ["| dataset (test split) | condition | pos/neg | teacher AUROC | student AUROC | retention | "
+def format_markdown(parity: StudentParity, profile: dict | None = None, split: str = "test") -> str:
+    lines = [f"| dataset ({split} split) | condition | pos/neg | teacher AUROC | student AUROC | retention | "
              "ΔAUROC 95 % CI | agreement @thr |",
              "|---|---|---:|---:|---:|---:|---|---:|"]
     for r in parity.rows:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parity = student_parity(teacher, student, spec, table, labelled)
     profile = None if args.no_latency else compute_profile(teacher, student, spec, threads=args.threads,
                                                            repeats=args.repeats)
-    markdown = format_markdown(parity, profile)
+    markdown = format_markdown(parity, profile, args.split)
     sys.stdout.write(markdown)
     if args.markdown:
         args.markdown.write_text(markdown)
