@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from converters.reference.model import (
     EMBED_DIM,
@@ -19,9 +19,11 @@ from converters.reference.model import (
     build_reference_model,
     trainable_state_dict,
 )
+from converters.teachers.checkpoints import layout_error, load_exact, read_state_dict
 
 REFERENCE_WEIGHTS = Path(__file__).with_name("weights") / "reference-v1.safetensors"
 FORMAT_VERSION = 1
+FROZEN_PREFIX = "text_model.model."  # MiniLM: from its pip package, never in our files
 
 
 def sidecar_path(weights_path: str | Path) -> Path:
@@ -58,18 +60,17 @@ def save_reference(model: ReferenceDualEncoder, weights_path: str | Path, metada
 def load_reference(weights_path: str | Path = REFERENCE_WEIGHTS) -> ReferenceDualEncoder:
     """Build the reference model and load shipped weights into it (float32, eval mode).
 
-    Raises ``ValueError`` if the file's keys do not match the model exactly (apart from MiniLM's).
+    The file holds everything but the frozen MiniLM (which comes from its pip package); any other
+    missing, unexpected or mis-shaped key raises ``CheckpointLayoutError`` listing them all.
     """
     weights_path = Path(weights_path)
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"reference weights not found: {weights_path}")
-    state = {k: v.float() for k, v in load_file(str(weights_path)).items()}
-    embed_dim = state["vision_model.projection_head_vision.projection.weight"].shape[0] if state else EMBED_DIM
-    model = build_reference_model(embed_dim)
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("text_model.model.")]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{weights_path} does not match the reference model: missing {missing}, unexpected {result.unexpected_keys}"
-        )
+    source = f"reference checkpoint {weights_path}"
+    state = {k: v.float() for k, v in read_state_dict(weights_path).items()}
+    projection = state.get("vision_model.projection_head_vision.projection.weight")
+    model = build_reference_model(projection.shape[0] if projection is not None else EMBED_DIM)
+    shipped_frozen = sorted(k for k in state if k.startswith(FROZEN_PREFIX))
+    if shipped_frozen:
+        raise layout_error(source, unexpected=shipped_frozen)
+    frozen = {k: v for k, v in model.state_dict().items() if k.startswith(FROZEN_PREFIX)}
+    load_exact(model, {**frozen, **state}, source)
     return model.eval()
