@@ -56,7 +56,7 @@ def _train_split(datasets: Path) -> list[Path]:
 @click.option("--seed", type=int, default=None, help=f"Seed of every random draw ({_DEFAULTS_NOTE}).")
 @click.option("--resume", is_flag=True, help="Continue from WORK_DIR/last.pt (same teacher, images and recipe).")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="Torch threads. 1 by default: on a shared 2-core machine two threads ran 3.5x slower "
+              help="Torch threads. 1 by default: on a shared 2-core machine two threads trained far slower "
                    "(busy-waiting OpenMP threads fight the other jobs).")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Processes preparing images.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -1,13 +1,13 @@
 """The student image encoder: a small timm backbone, randomly initialised, projected into the
 teacher's embedding space; and its shipped weights (safetensors fp16 + JSON sidecar).
 
-The default student is MobileNetV3-Small (``mobilenetv3_small_100``) at 192x192. Measured on this
-machine against the ResNet-18 reference teacher at 224 (FP32, ONNX Runtime, interleaved; numbers in
-BENCHMARKS.md, "Distillation"): it was the only candidate among MobileNetV3-Large-1.0@160 and
--0.75@192, EfficientNet-Lite0@160, LCNet-0.75/1.0@224 and MobileNetV4-conv-small@192/224 that ran
->= 8x faster than the teacher (the others: 3-6x). 192 rather than the teacher's 224 px because the
-30-minute distillation budget on 2 CPU cores buys ~1.5x more epochs at 192 (training throughput
-measured at 21 img/s at 224, 32 at 192), and a from-scratch student gains more from epochs than
+The default student is MobileNetV3-Small (``mobilenetv3_small_100``) at 192x192. Candidates measured
+here against the ResNet-18 reference teacher at 224 (FP32, ONNX Runtime, one thread, interleaved:
+``python -m converters.distill.compare_students``; numbers in BENCHMARKS.md, "Distillation"): it is
+the fastest (11.3x the teacher at 192, 8.9x at 224; LCNet-0.75@224 and MobileNetV4-conv-small@192 only
+just reach 8x, MobileNetV3-Large and EfficientNet-Lite0 stay at 5-6x). 192 rather than the teacher's
+224 px keeps a margin over the 8x goal on other CPUs and, with 0.74x the pixels per step, buys more
+epochs within the 30-minute distillation budget; a from-scratch student gains more from epochs than
 from the last 32 px.
 """
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """FP32 ONNX -> ONNX Runtime INT8 QDQ model (static, per-channel weights, after ``quant_pre_process``).
 
-Two choices here were measured on this machine (Xeon with AVX-512 VNNI, ResNet-18 reference
-encoder, batch 1, 2 threads; BENCHMARKS.md "INT8 engines"):
+Two choices here were measured on this machine (Xeon with AVX-512 VNNI, the ResNet-18 reference
+encoder, batch 1, 2 threads; ``benchmarks/bench_ort_qdq_variants.py``, BENCHMARKS.md "INT8 engines"):
 
-- Activations are unsigned (U8S8): ORT's x86 kernels are built around it; signed activations
-  (S8S8) ran slower than FP32.
+- Activations are unsigned (U8S8): ORT's x86 kernels are built around it (16 ms, against 35 ms with
+  signed activations and 39 ms in FP32).
 - ORT's CPU provider only runs a Conv in INT8 as ``QLinearConv``, which needs the Conv's *output*
   quantized too; with Q/DQ on the inputs alone the Conv dequantizes and runs in float, slower than
-  FP32. So for CNNs (``quantize_outputs=None`` and no transformer ops in the graph) Conv/MatMul/Gemm
-  outputs get a Q/DQ pair as well: the ops after them (ReLU, residual Add, pooling, L2 norm) still
-  compute in float. Transformers keep the ViT-safe policy strictly (inputs only; ORT fuses an input-
-  quantized MatMul into ``MatMulIntegerToFloat``), so LayerNorm, Softmax and GELU never see INT8.
+  FP32 (52 ms). So for CNNs (``quantize_outputs=None`` and no transformer ops in the graph)
+  Conv/MatMul/Gemm outputs get a Q/DQ pair as well: the ops after them (ReLU, residual Add, pooling,
+  L2 norm) still compute in float. Transformers keep the ViT-safe policy strictly (inputs only; ORT
+  fuses an input-quantized MatMul into ``MatMulIntegerToFloat``), so LayerNorm, Softmax and GELU
+  never see INT8.
 
 ``CalibMaxIntermediateOutputs`` is deliberately left unset: with it ORT 1.32 drops the collected
 calibration data (``ValueError: No data is collected``).

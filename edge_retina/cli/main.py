@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "demo": ("converters.commands.demo:demo", "convert"),
     "convert": ("converters.commands.convert:convert", "convert"),
     "prompts": ("converters.commands.prompts:prompts", "convert"),
+    "distill": ("converters.commands.distill:distill", "convert"),
 }
 
 # Modules whose absence means "the extra is not installed" rather than a bug.
