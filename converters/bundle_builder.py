@@ -26,6 +26,7 @@ from .export.onnx_fp32 import export_onnx
 from .export.openvino_ir import onnx_to_openvino_ir
 from .prompt_tables import PROMPTS_FILE, condition_entries, embed_conditions
 from .prompts import DEFAULT_PROMPT_FILE, Condition, load_prompt_file
+from .selftest_files import selftest_files
 from .teachers import Teacher
 
 FP32_BACKENDS = ("onnxruntime", "openvino")
@@ -111,6 +112,14 @@ def recipe_prompt_table(recipe: BundleRecipe) -> PromptTable:
     return embed_conditions(recipe.embed_texts, recipe.conditions, recipe.ensembling, recipe.logit_scale)
 
 
+def _torch_encoder(encoder: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    def encode(tensor: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return encoder.eval()(torch.from_numpy(tensor)).numpy()
+
+    return encode
+
+
 def assemble_bundle(
     recipe: BundleRecipe,
     engines: Sequence[BuiltEngine],
@@ -129,6 +138,9 @@ def assemble_bundle(
         for engine in engines:
             files.update(engine.files)
         files.update(extra_files or {})
+        # The golden image and the encoder's own embedding of it: what a device checks at install.
+        files.update(selftest_files({recipe.role: _torch_encoder(recipe.encoder)}, recipe.input_spec,
+                                    engine="torch-fp32"))
         table.save(Path(tmp) / PROMPTS_FILE)
         files[PROMPTS_FILE] = Path(tmp) / PROMPTS_FILE
         manifest = Manifest(

@@ -6,6 +6,7 @@ benchmark commands measure the same way.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from converters.bundle_builder import BundleRecipe, build_bundle
-from converters.labelled_sets import SHARED_DATASETS, shared_dataset_labels
+from converters.bundle_builder import BundleRecipe
+from converters.convert_pipeline import ConvertSettings, EngineTarget, convert
+from converters.labelled_sets import SHARED_DATASETS, merge_labelled, shared_dataset_labels, training_images
 from converters.parity import teacher_embedder
 from converters.teachers import Teacher, load_teacher
 from edge_retina.bench.latency import latency_table_rows, run_latency, select_engines, system_table_rows
@@ -37,8 +39,25 @@ class DemoConfig:
     parity_limit: int = 120  # held-out images per dataset in the parity table
 
 
-def default_bundle(teacher: Teacher, bundle_dir: Path, console: Console, rebuild: bool) -> Path:
-    """Reuse ``bundle_dir`` when it verifies and was built from this teacher; otherwise (re)build it."""
+def demo_settings(datasets: Path | None) -> ConvertSettings:
+    """INT8 (OpenVINO, ONNX Runtime) beside the FP32 engines when the labelled datasets are here:
+    calibrated on training-split images, guarded and thresholded on the validation splits (never the
+    test splits, which the parity table uses). Without data, FP32 engines only."""
+    fp32 = [EngineTarget("onnxruntime", "fp32"), EngineTarget("openvino", "fp32")]
+    if datasets is None:
+        return ConvertSettings(targets=fp32)
+    validation = merge_labelled([shared_dataset_labels(datasets, d, split="val") for d in SHARED_DATASETS])
+    return ConvertSettings(
+        targets=[EngineTarget("openvino", "int8"), EngineTarget("onnxruntime", "int8"), *fp32],
+        calibration=training_images(datasets, every=6),
+        calibration_size=128,
+        validation=validation,
+    )
+
+
+def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, console: Console, rebuild: bool) -> Path:
+    """Reuse ``bundle_dir`` when it verifies and was built from this teacher; otherwise (re)build it
+    with the one-shot converter (each of its steps is cached, so a rebuild resumes)."""
     if not rebuild and bundle_dir.exists():
         try:
             manifest = load_bundle(bundle_dir).manifest
@@ -47,10 +66,12 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, console: Console, rebuild
                 return bundle_dir
         except BundleError as exc:
             console.print(f"[yellow]rebuilding {bundle_dir}:[/] {exc}")
-    with console.status("building the default bundle (FP32 ONNX, ONNX Runtime + OpenVINO engines, prompt table)"):
-        build_bundle(BundleRecipe.from_teacher(teacher), bundle_dir, archive=bundle_dir.with_suffix(".erb.tar"),
-                     command="edge-retina demo")
-    console.print(f"default bundle: {bundle_dir} (built; archive {bundle_dir.with_suffix('.erb.tar').name})")
+    if bundle_dir.exists():
+        shutil.rmtree(bundle_dir)
+    archive = bundle_dir.with_suffix(".erb.tar")
+    convert(BundleRecipe.from_teacher(teacher), bundle_dir, demo_settings(datasets), archive=archive,
+            command="edge-retina demo", progress=lambda message: console.print(message, highlight=False))
+    console.print(f"default bundle: {bundle_dir} (built; archive {archive.name})")
     return bundle_dir
 
 
@@ -103,7 +124,7 @@ def run_demo(config: DemoConfig) -> dict:
     teacher = load_teacher("reference")
     console.print(f"teacher: reference model {teacher.name} (sha256 {teacher.checkpoint_sha256[:12]}…), "
                   f"input {teacher.input_spec.size[0]}x{teacher.input_spec.size[1]}")
-    bundle_dir = default_bundle(teacher, config.workdir / "default-bundle", console, config.rebuild)
+    bundle_dir = default_bundle(teacher, config.workdir / "default-bundle", config.datasets, console, config.rebuild)
 
     images = sample_images(config.workdir, config.datasets)
     with Screener.from_bundle(bundle_dir) as screener:

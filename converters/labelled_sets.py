@@ -42,3 +42,18 @@ def shared_dataset_labels(root: Path, dataset: str, split: str = "test", limit: 
             elif task.is_negative(r):
                 column[i] = 0.0
     return LabelledImages([r.path(root) for r in kept], labels)
+
+
+def merge_labelled(sets: list[LabelledImages]) -> LabelledImages:
+    """One labelled set from several: the union of their conditions, NaN where a set has no label."""
+    conditions = sorted({c for s in sets for c in s.labels})
+    paths = [p for s in sets for p in s.paths]
+    labels = {c: np.concatenate([s.labels.get(c, np.full(len(s.paths), np.nan)) for s in sets]) for c in conditions}
+    return LabelledImages(paths, labels)
+
+
+def training_images(root: Path, *, every: int = 1) -> list[Path]:
+    """The reference model's training-split images (never its validation or test images), every
+    ``every``-th in a stable order: candidates for calibration sets."""
+    records = [r for r in load_records(root) if r.split == "train"]
+    return [r.path(root) for r in records[::every]]

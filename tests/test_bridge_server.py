@@ -68,19 +68,17 @@ def test_every_message_round_trips(transport, screener, jpeg, retina_rgb, tmp_pa
 
 
 def test_selftest_uses_the_bundles_golden_image_when_it_has_one(screener, tmp_path):
-    from converters.selftest_files import selftest_files
     from edge_retina.bundle.writer import write_bundle
     from firmware_bridge.server import bundle_selftest
 
     bundle = screener.bundle
-    files = {rel: bundle.path_of(rel) for rel in bundle.manifest.files}
-    encoders = {e.role: (lambda t: screener.runner.infer(t)) for e in bundle.manifest.engines}
-    files.update(selftest_files(encoders, bundle.manifest.input, engine="onnxruntime-fp32"))
-    with Screener.from_bundle(write_bundle(tmp_path / "golden", bundle.manifest, files),
-                              backend="onnxruntime", threads=1) as golden:
-        outcome = bundle_selftest(golden)
+    assert "selftest/expected.json" in bundle.manifest.files  # the builder puts one in every bundle
+    outcome = bundle_selftest(screener)
     assert outcome["check"] == "golden-image" and outcome["passed"] is True and outcome["cosine"] > 0.9999
-    assert bundle_selftest(screener)["check"] == "synthetic-image"
+    files = {rel: bundle.path_of(rel) for rel in bundle.manifest.files if not rel.startswith("selftest/")}
+    with Screener.from_bundle(write_bundle(tmp_path / "no-golden", bundle.manifest, files),
+                              backend="onnxruntime", threads=1) as plain:
+        assert bundle_selftest(plain)["check"] == "synthetic-image"
 
 
 def test_invalid_requests_get_typed_errors(screener, jpeg, tmp_path):

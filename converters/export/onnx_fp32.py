@@ -7,6 +7,7 @@ the exporter PyTorch maintains, and it keeps LayerNorm as one op, which INT8/FP1
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,9 @@ def export_onnx(encoder: torch.nn.Module, input_size: tuple[int, int], path: Pat
     batch = torch.export.Dim("batch", min=1, max=256)
     # The dynamo exporter logs every decomposition at INFO; keep the user's terminal readable.
     logging.getLogger("torch.onnx").setLevel(logging.WARNING)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch 2.13's exporter trips its own pytree deprecation warning; nothing for our users to act on.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         program = torch.onnx.export(
             encoder,
             (example,),

@@ -25,10 +25,12 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "convert": ("converters.commands.convert:convert", "convert"),
     "prompts": ("converters.commands.prompts:prompts", "convert"),
     "distill": ("converters.commands.distill:distill", "convert"),
+    "calibrate": ("calibration.cli:calibrate", "convert"),
 }
 
 # Modules whose absence means "the extra is not installed" rather than a bug.
-_EXTRA_MODULES = {"torch", "onnx", "onnxscript", "nncf", "openvino", "safetensors", "timm", "sklearn", "skimage"}
+_EXTRA_MODULES = {"torch", "onnx", "onnxscript", "nncf", "openvino", "safetensors", "timm", "sklearn", "skimage",
+                  "modelopt", "transformers", "open_clip", "matplotlib", "tqdm"}
 
 
 class LazyGroup(click.Group):
