@@ -88,6 +88,16 @@ class EngineTarget:
     backend: str
     precision: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    device_profile: str | None = None  # recorded in the manifest (devices.build_plan sets it)
+    max_input_side: int | None = None  # the device's limit on the model input (a profile's max_input_side)
+
+    @classmethod
+    def for_devices(cls, profiles: Sequence[str], *, role: str) -> list["EngineTarget"]:
+        """Exactly the engines ``profiles`` need (``edge-retina devices list``), one per distinct artefact."""
+        import devices
+
+        return [cls(p.backend, p.precision, dict(p.options), p.device_profile, p.max_input_side)
+                for p in devices.build_plan(profiles, role=role)]
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -434,6 +444,11 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
 
     engines: list[BuiltEngine] = []
     with step("engines"):
+        too_large = [t for t in settings.targets if t.max_input_side is not None and max(spec.size) > t.max_input_side]
+        if too_large:
+            raise ConvertError("engines", f"the model input {spec.size[0]}x{spec.size[1]} is larger than "
+                                          + ", ".join(f"{t.device_profile or t.describe()} allows ({t.max_input_side})"
+                                                      for t in too_large))
         context = TargetContext(fp32_onnx, recipe.role, calibration, eval_tensors, fp32_embeddings, table, labels,
                                 settings.limits, toolchain_versions(), settings.threads,
                                 lambda message: progress(f"    {message}"))
@@ -450,6 +465,8 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
 
             engine_dir, hit = cache.run("engine", parts, make_engine)
             built = _load_record(engine_dir)
+            if target.device_profile is not None:
+                built = replace(built, entry=replace(built.entry, device_profile=target.device_profile))
             duplicate = next((e for e in engines if set(e.files) & set(built.files)), None)
             if duplicate is not None:
                 progress(f"    {target.describe()} shipped as {built.entry.precision}, which the bundle already "

@@ -136,3 +136,23 @@ def test_cli_refuses_an_unknown_int8_backend(tmp_path):
 
     result = CliRunner().invoke(convert_command, ["--out", str(tmp_path / "b"), "--int8", "coreml"])
     assert result.exit_code == 2 and "unknown backend 'coreml'" in result.output
+
+
+def test_convert_for_devices_emits_exactly_what_each_profile_needs(image_sets, tmp_path):
+    import devices
+
+    profiles = ["x86-64-avx512-vnni", "arm64-cpu", "jetson-orin-nano"]
+    targets = EngineTarget.for_devices(profiles, role="teacher")
+    bundle_dir = convert(_recipe(), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache", targets=targets))
+    engines = load_bundle(bundle_dir).manifest.engines
+    for name in profiles:
+        plan = devices.build_plan([name], role="teacher")
+        assert devices.missing_from_bundle(plan, engines) == [], name
+    assert len(engines) == len(targets)  # nothing a profile did not ask for
+    assert {e.device_profile for e in engines} == {t.device_profile for t in targets}
+
+
+def test_convert_refuses_an_input_larger_than_a_device_allows(image_sets, tmp_path):
+    target = EngineTarget("onnxruntime", "int8", device_profile="tiny-board", max_input_side=32)
+    with pytest.raises(ConvertError, match="tiny-board allows"):
+        convert(_recipe(), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache", targets=[target]))

@@ -14,7 +14,7 @@ from converters.prompts import DEFAULT_PROMPT_FILE
 from converters.teachers import list_families
 
 
-def _backend_list(text: str) -> list[str]:
+def _comma_list(text: str) -> list[str]:
     return [b.strip() for b in text.split(",") if b.strip()]
 
 
@@ -32,6 +32,9 @@ def _backend_list(text: str) -> list[str]:
                    "device builds its engine from). Each is checked by the accuracy guard.")
 @click.option("--fp16", "fp16_backends", default="", metavar="BACKENDS",
               help="FP16 engines to build (checked by the accuracy guard like INT8).")
+@click.option("--device", "device_profiles", default="", metavar="PROFILE[,PROFILE...]",
+              help="Emit exactly what these device profiles need (edge-retina devices list); replaces "
+                   "--backends/--fp16/--int8.")
 @click.option("--calibration", "calibration_sources", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Calibration images: files, folders, a CSV (file column + metadata), or a folder made by "
                    "'edge-retina calibrate'. Repeatable.")
@@ -51,7 +54,7 @@ def _backend_list(text: str) -> list[str]:
               help="Also pack the bundle into this single archive file.")
 @TEACHER_OPTION
 def convert(family: str, checkpoint: Path | None, prompt_file: Path, out: Path, backends: str, int8_backends: str,
-            fp16_backends: str,
+            device_profiles: str, fp16_backends: str,
             calibration_sources: tuple[Path, ...], calibration_size: int, validation_csv: Path | None,
             target_sensitivity: float, max_auroc_drop: float, min_cosine: float, seed: int, threads: int | None,
             cache_dir: Path | None, archive: Path | None, teacher_options: tuple[str, ...]) -> None:
@@ -62,12 +65,16 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, out: Path, 
     from converters.convert_pipeline import default_cache_dir
     from converters.teachers import load_teacher
     from edge_retina.bench.labels import read_labels_csv
+    from edge_retina.errors import EdgeRetinaError
 
     try:
-        targets = ([EngineTarget(b, "fp32") for b in _backend_list(backends)]
-                   + [EngineTarget(b, "fp16") for b in _backend_list(fp16_backends)]
-                   + [EngineTarget(b, "int8") for b in _backend_list(int8_backends)])
-    except ValueError as exc:
+        if device_profiles:
+            targets = EngineTarget.for_devices(_comma_list(device_profiles), role="teacher")
+        else:
+            targets = ([EngineTarget(b, "fp32") for b in _comma_list(backends)]
+                       + [EngineTarget(b, "fp16") for b in _comma_list(fp16_backends)]
+                       + [EngineTarget(b, "int8") for b in _comma_list(int8_backends)])
+    except (ValueError, EdgeRetinaError) as exc:
         raise click.BadParameter(str(exc)) from None
     if not targets:
         raise click.BadParameter("no engines requested: give --backends, --fp16 and/or --int8")
