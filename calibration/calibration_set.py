@@ -18,6 +18,7 @@ import numpy as np
 from calibration.selection import kcenter_greedy, stratified_sample, thumbnail_features
 from calibration.sources import Candidate
 from edge_retina.errors import ImageError
+from edge_retina.files import sha256_file
 from edge_retina.preprocess import InputSpec, Preprocessor
 
 MANIFEST_NAME = "manifest.json"
@@ -57,14 +58,6 @@ class CalibrationSet:
     def held_out(self) -> list[Path]:
         """Gradable candidates that were not selected: images a quantized model never saw."""
         return [Path(p) for p in self.manifest["held_out"]]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _embed_in_batches(embed: Embedder, tensors: list[np.ndarray]) -> np.ndarray:
@@ -154,12 +147,12 @@ def build_calibration_set(
         "requested_size": size,
         "size": len(selected),
         "model_sha256": model_sha256 if embed is not None else None,
-        "files": [{"path": str(c.path), "sha256": file_sha256(c.path), "metadata": dict(c.metadata)}
+        "files": [{"path": str(c.path), "sha256": sha256_file(c.path), "metadata": dict(c.metadata)}
                   for c in selected],
         "held_out": [str(k.path) for i, k in enumerate(kept) if i not in chosen_set],
         "rejected": rejected,
         "tensors": {"file": TENSORS_NAME, "key": TENSOR_KEY, "shape": list(tensors.shape),
-                    "sha256": file_sha256(tensors_path)},
+                    "sha256": sha256_file(tensors_path)},
     }
     blob = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     (out_dir / MANIFEST_NAME).write_bytes(blob)
@@ -178,7 +171,7 @@ def load_calibration_set(directory: Path, *, spec: InputSpec | None = None) -> C
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path} is not an {FORMAT} manifest")
     tensors_path = directory / manifest["tensors"]["file"]
-    if file_sha256(tensors_path) != manifest["tensors"]["sha256"]:
+    if sha256_file(tensors_path) != manifest["tensors"]["sha256"]:
         raise ValueError(f"{tensors_path} does not match its sha256 in {manifest_path}: rebuild the set")
     if spec is not None and manifest["input_spec_sha256"] != spec.sha256():
         raise ValueError(

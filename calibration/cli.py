@@ -42,8 +42,9 @@ def _model_and_spec(model: Path | None, spec_file: Path | None):
 def calibrate(sources: tuple[Path, ...], out: Path, size: int, seed: int, model: Path | None,
               spec_file: Path | None, stratify: tuple[str, ...]) -> None:
     """Pick a diverse, gradable calibration set from IMAGES_OR_CSV and cache its tensors."""
-    from calibration.calibration_set import build_calibration_set, file_sha256
+    from calibration.calibration_set import build_calibration_set
     from calibration.sources import list_candidates
+    from edge_retina.files import sha256_file
 
     onnx_path, spec = _model_and_spec(model, spec_file)
     embed, model_sha = None, None
@@ -51,7 +52,7 @@ def calibrate(sources: tuple[Path, ...], out: Path, size: int, seed: int, model:
         from edge_retina.backends import create_runner
 
         runner = create_runner("onnxruntime", onnx_path, precision="fp32")
-        embed, model_sha = runner.infer, file_sha256(onnx_path)
+        embed, model_sha = runner.infer, sha256_file(onnx_path)
     try:
         candidates = list_candidates(sources)
     except (FileNotFoundError, ValueError) as exc:

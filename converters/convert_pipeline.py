@@ -27,9 +27,10 @@ import torch
 
 from calibration.calibration_set import (
     MANIFEST_NAME as CALIBRATION_MANIFEST,
+)
+from calibration.calibration_set import (
     CalibrationSet,
     build_calibration_set,
-    file_sha256,
     held_out_sample,
     load_calibration_set,
 )
@@ -53,6 +54,7 @@ from edge_retina.bench.labels import LabelledImages
 from edge_retina.bench.parity import compare_embeddings, prepare_tensors
 from edge_retina.bundle import CalibrationInfo, EngineEntry
 from edge_retina.errors import EdgeRetinaError
+from edge_retina.files import sha256_file
 from edge_retina.preprocess import Preprocessor
 from edge_retina.prompts import PromptTable
 
@@ -258,7 +260,10 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
         directory = fresh_dir()
         if backend == "openvino":
             if prec == "int8":
-                from converters.quantize.openvino_nncf import AccuracyControl, quantize_openvino
+                from converters.quantize.openvino_nncf import (
+                    AccuracyControl,
+                    quantize_openvino,
+                )
 
                 control = None
                 if context.labels:
@@ -379,7 +384,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
                                                torch.__version__],
                                     lambda d: export_onnx(recipe.encoder, spec.size, d / "encoder.onnx"))
         fp32_onnx = export_dir / "encoder.onnx"
-        onnx_sha = file_sha256(fp32_onnx)
+        onnx_sha = sha256_file(fp32_onnx)
         report("export", hit, f"sha256 {onnx_sha[:12]}")
 
     with step("prompts"):

@@ -17,10 +17,20 @@ from rich.table import Table
 
 from converters.bundle_builder import BundleRecipe
 from converters.convert_pipeline import ConvertSettings, EngineTarget, convert
-from converters.labelled_sets import SHARED_DATASETS, merge_labelled, shared_dataset_labels, training_images
+from converters.labelled_sets import (
+    SHARED_DATASETS,
+    merge_labelled,
+    shared_dataset_labels,
+    training_images,
+)
 from converters.parity import teacher_embedder
 from converters.teachers import Teacher, load_teacher
-from edge_retina.bench.latency import latency_table_rows, run_latency, select_engines, system_table_rows
+from edge_retina.bench.latency import (
+    latency_table_rows,
+    run_latency,
+    select_engines,
+    system_table_rows,
+)
 from edge_retina.bench.parity import bundle_parity
 from edge_retina.bench.parity import parity_tables as parity_tables_rows
 from edge_retina.bundle import load_bundle

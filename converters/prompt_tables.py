@@ -10,7 +10,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from edge_retina.bundle import ConditionEntry, PromptsEntry, Provenance, load_bundle, write_bundle
+from edge_retina.bundle import (
+    ConditionEntry,
+    PromptsEntry,
+    Provenance,
+    load_bundle,
+    write_bundle,
+)
 from edge_retina.prompts import PromptTable
 
 from .prompts import Condition, normal_class

@@ -18,7 +18,12 @@ from PIL import Image
 
 from edge_retina.preprocess import Preprocessor
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.selftest import EXPECTED_FILE, GOLDEN_IMAGE, ReferenceEmbedding, SelftestExpectation
+from edge_retina.selftest import (
+    EXPECTED_FILE,
+    GOLDEN_IMAGE,
+    ReferenceEmbedding,
+    SelftestExpectation,
+)
 
 # Lowest cosine similarity to the recorded embedding that still counts as the same model, by the
 # precision of the engine under test. FP32 engines differ from the reference by float rounding only

@@ -66,7 +66,13 @@ def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, que
           frame_timeout, max_frame_mb, max_connections, backend, threads, allow_remote) -> None:
     """Serve camera requests until SIGTERM/SIGINT."""
     from .server import BridgeConfig, BridgeServer
-    from .transports import is_loopback, parse_tcp_address, serial_streams, tcp_listener, unix_listener
+    from .transports import (
+        is_loopback,
+        parse_tcp_address,
+        serial_streams,
+        tcp_listener,
+        unix_listener,
+    )
 
     chosen = [x for x in (socket_path, tcp_address, serial_device) if x]
     if len(chosen) != 1:

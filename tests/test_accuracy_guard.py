@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec
 
 from calibration import ArrayCalibrationReader
 from converters.accuracy_guard import (
@@ -18,7 +19,6 @@ from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
 from converters.thresholds import choose_thresholds, threshold_for_sensitivity
 from edge_retina.bench.metrics import sensitivity_specificity
 from edge_retina.prompts import PromptTable
-from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec
 
 RNG = np.random.default_rng(0)
 DIM = 8

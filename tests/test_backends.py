@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx_models import make_tiny_encoder_onnx
 
 from edge_retina.backends import BACKENDS, Runner, available_backends, create_runner
 from edge_retina.backends import tensorrt_engine_cache as engine_cache
 from edge_retina.errors import BackendError
-from onnx_models import make_tiny_encoder_onnx
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'edge-retina[openvino]'")
 
@@ -340,7 +340,7 @@ def test_ensure_engine_builds_once_then_reuses(tmp_path, models):
     first = engine_cache.ensure_engine(models["dynamic"], tmp_path, ORIN, build)
     again = engine_cache.ensure_engine(models["dynamic"], tmp_path, ORIN, build)
     assert first == again and builds == [models["dynamic"]]
-    assert first.name == engine_cache.file_sha256(models["dynamic"])[:16] + ".engine"
+    assert first.name == engine_cache.sha256_file(models["dynamic"])[:16] + ".engine"
 
     other_device = engine_cache.ensure_engine(models["dynamic"], tmp_path, RTX, build)
     assert other_device.parent != first.parent and len(builds) == 2

@@ -12,7 +12,13 @@ import pytest
 from PIL import Image
 
 from edge_retina.errors import ImageError
-from edge_retina.preprocess import MIN_SIDE, InputSpec, Preprocessor, decode_image, probe_image
+from edge_retina.preprocess import (
+    MIN_SIDE,
+    InputSpec,
+    Preprocessor,
+    decode_image,
+    probe_image,
+)
 
 
 @pytest.fixture(scope="module")

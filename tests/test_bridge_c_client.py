@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from bridge_support import REPO, running_server, small_jpeg
+
 from edge_retina.screener import Screener
 from firmware_bridge.client import BridgeClient
 

@@ -7,9 +7,9 @@ import threading
 import time
 
 import pytest
+from bridge_support import ServerProcess, connect, small_jpeg
 from click.testing import CliRunner
 
-from bridge_support import ServerProcess, connect, small_jpeg
 from edge_retina.screener import Screener
 from firmware_bridge.cli import bridge
 from firmware_bridge.client import BridgeError

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import psutil
 import pytest
-
 from bridge_support import connect, running_server, small_jpeg
+
 from edge_retina.screener import Screener
 from firmware_bridge.client import BridgeError
 from firmware_bridge.protocol import (

@@ -307,7 +307,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     def disk_full(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("edge_retina.bundle.writer._write_atomically", disk_full)
+    monkeypatch.setattr("edge_retina.bundle.writer.write_atomically", disk_full)
     with pytest.raises(OSError, match="No space"):
         write_bundle(out, manifest_draft(), PAYLOADS)
     assert out.is_dir() and not any(out.iterdir())

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from quantize_fixtures import eye4class_rows, write_csv
 
 from calibration import (
     ArrayCalibrationReader,
@@ -17,11 +18,11 @@ from calibration import (
     load_calibration_set,
     stratified_sample,
 )
-from calibration.calibration_set import MANIFEST_NAME, TENSORS_NAME, file_sha256
+from calibration.calibration_set import MANIFEST_NAME, TENSORS_NAME
 from calibration.cli import calibrate
+from edge_retina.files import sha256_file
 from edge_retina.preprocess import InputSpec, Preprocessor
 from edge_retina.quality import REASONS
-from quantize_fixtures import eye4class_rows, write_csv
 
 SPEC = InputSpec(size=(64, 64), mean=(0.5, 0.3, 0.2), std=(0.25, 0.2, 0.15))
 
@@ -79,8 +80,8 @@ def test_build_gates_selects_and_writes_a_complete_manifest(candidates_csv, tmp_
     assert not chosen & set(rejected) and not chosen & set(manifest["held_out"])
     assert len(chosen) + len(manifest["held_out"]) + len(rejected) == 17
     for entry in manifest["files"]:
-        assert entry["sha256"] == file_sha256(Path(entry["path"]))
-    assert manifest["tensors"]["sha256"] == file_sha256(tmp_path / "set" / TENSORS_NAME)
+        assert entry["sha256"] == sha256_file(Path(entry["path"]))
+    assert manifest["tensors"]["sha256"] == sha256_file(tmp_path / "set" / TENSORS_NAME)
     # The tensors are exactly what the runtime's preprocessing makes of the chosen files.
     first = Preprocessor(SPEC).prepare(Path(manifest["files"][0]["path"])).tensor[0]
     np.testing.assert_array_equal(result.tensors[0], first)

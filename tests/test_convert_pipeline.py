@@ -6,17 +6,22 @@ import json
 from pathlib import Path
 
 import pytest
+from quantize_fixtures import CLASSES, eye4class_rows, write_csv
+from tiny_bundle import _hash_text_embeddings, _tiny_encoder
 
 from converters import convert_pipeline
 from converters.accuracy_guard import GuardLimits
 from converters.bundle_builder import BundleRecipe
-from converters.convert_pipeline import ConvertError, ConvertSettings, EngineTarget, convert
+from converters.convert_pipeline import (
+    ConvertError,
+    ConvertSettings,
+    EngineTarget,
+    convert,
+)
 from converters.prompts import load_prompt_file
 from edge_retina.bench.labels import LabelledImages, read_labels_csv
 from edge_retina.bundle import load_bundle
 from edge_retina.preprocess import InputSpec
-from quantize_fixtures import CLASSES, eye4class_rows, write_csv
-from tiny_bundle import _hash_text_embeddings, _tiny_encoder
 
 # TensorRT first: ModelOpt must not disturb the ONNX Runtime quantization that follows it.
 TARGETS = [EngineTarget("tensorrt", "int8"), EngineTarget("onnxruntime", "fp32"), EngineTarget("onnxruntime", "int8"),

@@ -198,8 +198,9 @@ def test_parity_of_a_student_identical_to_its_teacher(tiny_teacher, photo_dir):
 
 
 def test_latency_is_measured_for_every_model(tmp_path):
-    from converters.distill.report import interleaved_latency
     from onnx_models import make_tiny_encoder_onnx
+
+    from converters.distill.report import interleaved_latency
 
     paths = {"a": make_tiny_encoder_onnx(tmp_path / "a.onnx"), "b": make_tiny_encoder_onnx(tmp_path / "b.onnx", seed=1)}
     latency = interleaved_latency(paths, {"a": (64, 64), "b": (64, 64)}, repeats=3, warmup=1)

@@ -18,14 +18,32 @@ from click.testing import CliRunner
 from converters.selftest_files import selftest_files
 from edge_retina.backends import create_runner
 from edge_retina.bundle import load_bundle, pack_bundle, write_bundle
-from edge_retina.bundle.signing import SignatureError, TrustedKeys, generate_key_pair, load_private_key, sign_bundle
+from edge_retina.bundle.signing import (
+    SignatureError,
+    TrustedKeys,
+    generate_key_pair,
+    load_private_key,
+    sign_bundle,
+)
 from edge_retina.cli.bundle import bundle as bundle_cli
 from edge_retina.errors import BundleError
 from edge_retina.install import (
-    GOOD, MAX_TRIAL_STARTS, REJECTED, InstallError, install_bundle, read_status, rollback, start,
+    GOOD,
+    MAX_TRIAL_STARTS,
+    REJECTED,
+    InstallError,
+    install_bundle,
+    read_status,
+    rollback,
+    start,
 )
 from edge_retina.screener import Screener
-from edge_retina.selftest import EXPECTED_FILE, SelftestExpectation, run_selftest, selftest_screener
+from edge_retina.selftest import (
+    EXPECTED_FILE,
+    SelftestExpectation,
+    run_selftest,
+    selftest_screener,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_STEPS = ["staging-created", "staging-written", "staging-verified", "fallback-detached", "old-slot-moved",

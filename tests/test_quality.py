@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from edge_retina.preprocess import InputSpec, Preprocessor, find_field_of_view
-from edge_retina.quality import REASONS, THRESHOLDS, Quality, assess_quality, quality_metrics
+from edge_retina.quality import (
+    REASONS,
+    THRESHOLDS,
+    Quality,
+    assess_quality,
+    quality_metrics,
+)
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -6,13 +6,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec
 
 from calibration import ArrayCalibrationReader
 from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
-from converters.quantize.policy import QUANTIZED_OP_TYPES, dequantized_input_consumers, quantized_node_names, \
-    quantizable_nodes
+from converters.quantize.policy import (
+    QUANTIZED_OP_TYPES,
+    dequantized_input_consumers,
+    quantizable_nodes,
+    quantized_node_names,
+)
 from edge_retina.backends import create_runner
-from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec
 
 #: Shape reads only a tensor's shape, never its values: it may take the dequantized image.
 SHAPE_ONLY = {"Shape"}

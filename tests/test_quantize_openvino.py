@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec
 
 from converters.quantize.openvino_nncf import AccuracyControl, quantize_openvino
 from converters.quantize.policy import quantizable_nodes
 from edge_retina.backends import create_runner
-from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec
 
 
 @pytest.fixture(scope="module")

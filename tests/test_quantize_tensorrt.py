@@ -15,6 +15,8 @@ import pytest
 if importlib.util.find_spec("modelopt") is None:
     pytest.skip("nvidia-modelopt (convert extra) not installed", allow_module_level=True)
 
+from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec  # noqa: E402
+
 from converters.quantize.policy import QUANTIZED_OP_TYPES, dequantized_input_consumers  # noqa: E402
 from converters.quantize.tensorrt_modelopt import (  # noqa: E402
     build_engine_on_device,
@@ -22,7 +24,6 @@ from converters.quantize.tensorrt_modelopt import (  # noqa: E402
     trtexec_command,
 )
 from edge_retina.backends import create_runner  # noqa: E402
-from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec  # noqa: E402
 
 SHAPE_ONLY = {"Shape"}
 

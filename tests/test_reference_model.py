@@ -9,11 +9,24 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from converters.prompts import DEFAULT_PROMPT_FILE, load_prompt_file, normal_class  # noqa: E402
-from converters.reference.captions import FindingClass, caption_table, caption_variants, draw_captions  # noqa: E402
+from converters.reference.captions import (  # noqa: E402
+    FindingClass,
+    caption_table,
+    caption_variants,
+    draw_captions,
+)
 from converters.reference.evaluate import TASKS, normalise_batch, zero_shot_auroc  # noqa: E402
-from converters.reference.model import EMBED_DIM, REFERENCE_INPUT_SPEC, build_reference_model  # noqa: E402
+from converters.reference.model import (  # noqa: E402
+    EMBED_DIM,
+    REFERENCE_INPUT_SPEC,
+    build_reference_model,
+)
 from converters.reference.train import soft_clip_loss  # noqa: E402
-from converters.reference.weights import REFERENCE_WEIGHTS, load_reference, save_reference  # noqa: E402
+from converters.reference.weights import (  # noqa: E402
+    REFERENCE_WEIGHTS,
+    load_reference,
+    save_reference,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,13 @@ import tarfile
 import pytest
 from click.testing import CliRunner
 
-from edge_retina.bundle import MANIFEST_NAME, load_bundle, pack_bundle, verify_bundle, write_bundle
+from edge_retina.bundle import (
+    MANIFEST_NAME,
+    load_bundle,
+    pack_bundle,
+    verify_bundle,
+    write_bundle,
+)
 from edge_retina.bundle.archive import read_small_members
 from edge_retina.bundle.paths import SIGNATURE_NAME
 from edge_retina.bundle.signing import (

@@ -19,7 +19,6 @@ from teacher_fixtures import (  # noqa: E402
     FLAIR_EMBED_DIM,
     published_flair,
     published_state,
-    randomise_,
     reference_text_embedding,
     unit,
     write_tiny_bert,

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from teacher_fixtures import randomise_
+from torch import nn
 
 from converters.teachers import load_teacher
 from converters.teachers.checkpoints import CheckpointLayoutError, checkpoint_sha256

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from converters.commands.options import TEACHER_OPTION, teacher_options as parse_teacher_options
+from converters.commands.options import TEACHER_OPTION
+from converters.commands.options import teacher_options as parse_teacher_options
 from converters.prompts import DEFAULT_PROMPT_FILE
 from converters.teachers import list_families
 
@@ -61,8 +62,13 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, out: Path, 
     """Teacher checkpoint -> bundle: FP32 and INT8 engines, thresholds, parity report, prompt table."""
     from converters.accuracy_guard import GuardLimits
     from converters.bundle_builder import BundleRecipe
-    from converters.convert_pipeline import ConvertError, ConvertSettings, EngineTarget, convert as run_convert
-    from converters.convert_pipeline import default_cache_dir
+    from converters.convert_pipeline import (
+        ConvertError,
+        ConvertSettings,
+        EngineTarget,
+        default_cache_dir,
+    )
+    from converters.convert_pipeline import convert as run_convert
     from converters.teachers import load_teacher
     from edge_retina.bench.labels import read_labels_csv
     from edge_retina.errors import EdgeRetinaError

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from converters.commands.options import TEACHER_OPTION, default_datasets, teacher_options as parse_teacher_options
+from converters.commands.options import TEACHER_OPTION, default_datasets
+from converters.commands.options import teacher_options as parse_teacher_options
 from converters.prompts import DEFAULT_PROMPT_FILE
 from converters.teachers import list_families
 
@@ -74,7 +75,8 @@ def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ..
 
     import torch
 
-    from converters.distill import DistillConfig, distill as run_distillation, save_student
+    from converters.distill import DistillConfig, save_student
+    from converters.distill import distill as run_distillation
     from converters.distill.student import STUDENT_WEIGHTS
     from converters.teachers import load_teacher
 

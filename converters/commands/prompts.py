@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from converters.commands.options import TEACHER_OPTION, teacher_options as parse_teacher_options
+from converters.commands.options import TEACHER_OPTION
+from converters.commands.options import teacher_options as parse_teacher_options
 from converters.teachers import list_families
 
 

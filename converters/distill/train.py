@@ -38,7 +38,13 @@ from edge_retina.preprocess.spec import InputSpec
 from .augment import AugmentConfig, FundusAugment
 from .cache import ContentCache, content_sha256, prepare_images
 from .loss import DistillLoss, LossConfig
-from .student import DEFAULT_ARCH, DEFAULT_SIZE, StudentEncoder, build_student, student_input_spec
+from .student import (
+    DEFAULT_ARCH,
+    DEFAULT_SIZE,
+    StudentEncoder,
+    build_student,
+    student_input_spec,
+)
 
 CHECKPOINT = "last.pt"
 TEACHER_BATCH = 32

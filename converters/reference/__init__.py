@@ -6,7 +6,11 @@ from converters.reference.model import (
     ReferenceDualEncoder,
     build_reference_model,
 )
-from converters.reference.weights import REFERENCE_WEIGHTS, load_reference, save_reference
+from converters.reference.weights import (
+    REFERENCE_WEIGHTS,
+    load_reference,
+    save_reference,
+)
 
 __all__ = [
     "EMBED_DIM",

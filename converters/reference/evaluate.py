@@ -21,7 +21,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from converters.prompts import DEFAULT_PROMPT_FILE, Condition, load_prompt_file, normal_class
+from converters.prompts import (
+    DEFAULT_PROMPT_FILE,
+    Condition,
+    load_prompt_file,
+    normal_class,
+)
 from converters.reference.captions import FindingClass as FC
 from converters.reference.data import Record, build_pixel_cache, load_records
 from converters.reference.model import REFERENCE_INPUT_SPEC, ImageEncoder, TextEncoder

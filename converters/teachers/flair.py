@@ -51,7 +51,13 @@ from converters.torch_compat import ensure_torchvision
 from edge_retina.preprocess.spec import InputSpec
 
 from . import Teacher, register_teacher
-from .checkpoints import CheckpointLayoutError, checkpoint_sha256, load_exact, read_state_dict, require_checkpoint
+from .checkpoints import (
+    CheckpointLayoutError,
+    checkpoint_sha256,
+    load_exact,
+    read_state_dict,
+    require_checkpoint,
+)
 
 EMBED_DIM = 512  # proj_dim default in FLAIRModel / KeepFITModel
 RESNET50_BLOCKS = (3, 4, 6, 3)  # torchvision resnet50's Bottleneck counts per stage

@@ -44,7 +44,12 @@ from converters.torch_compat import ensure_torchvision
 from edge_retina.preprocess.spec import InputSpec
 
 from . import Teacher, register_teacher
-from .checkpoints import checkpoint_sha256, load_exact, read_state_dict, require_checkpoint
+from .checkpoints import (
+    checkpoint_sha256,
+    load_exact,
+    read_state_dict,
+    require_checkpoint,
+)
 from .flair import (
     EMBED_DIM,
     FLAIR_CAPTION,

@@ -9,16 +9,16 @@ TensorRT version and source ONNX is never loaded: it is rebuilt. Everything here
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edge_retina.files import sha256_file, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +57,6 @@ def slugify(text: str) -> str:
     if not slug:
         raise ValueError(f"cannot make a file-name slug from {text!r}")
     return slug
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (Q/DQ encoders are tens of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def target_dir(cache_dir: Path, target: EngineTarget) -> Path:
@@ -135,29 +126,16 @@ def engine_mismatch(engine: Path, target: EngineTarget, onnx_sha256: str) -> str
     return target_mismatch(record, target)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    # A half-written engine must never sit at the final path: write a temp file, then rename.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def store_engine(engine: Path, engine_bytes: bytes, target: EngineTarget, onnx_sha256: str) -> None:
     """Save an engine and then its sidecar; the sidecar goes last so a crash leaves no valid pair."""
     sidecar_path(engine).unlink(missing_ok=True)
-    _write_atomically(engine, engine_bytes)
+    write_atomically(engine, engine_bytes)
     record = json.dumps(sidecar_record(target, onnx_sha256), indent=2, sort_keys=True) + "\n"
-    _write_atomically(sidecar_path(engine), record.encode())
+    write_atomically(sidecar_path(engine), record.encode())
 
 
 def store_timing_cache(path: Path, data: bytes) -> None:
-    _write_atomically(path, data)
+    write_atomically(path, data)
 
 
 def ensure_engine(
@@ -168,7 +146,7 @@ def ensure_engine(
     ``build`` gets the ONNX path and returns the serialized engine. Why an engine is (re)built is
     logged: a first build is routine, a rejected cached engine is worth a warning.
     """
-    onnx_sha256 = file_sha256(onnx_path)
+    onnx_sha256 = sha256_file(onnx_path)
     engine = engine_path(cache_dir, target, onnx_sha256)
     reason = engine_mismatch(engine, target, onnx_sha256)
     if reason is None:

@@ -5,7 +5,12 @@ the engines, the prompt table and any extra files, each pinned in the manifest b
 """
 from edge_retina.bundle.archive import ARCHIVE_SUFFIX
 from edge_retina.bundle.cache import default_cache_dir
-from edge_retina.bundle.loader import Bundle, VerificationReport, load_bundle, verify_bundle
+from edge_retina.bundle.loader import (
+    Bundle,
+    VerificationReport,
+    load_bundle,
+    verify_bundle,
+)
 from edge_retina.bundle.manifest import (
     BACKENDS,
     ENSEMBLING,

@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Collection, Iterator, Sequence
 
-from edge_retina.bundle.hashing import CHUNK_BYTES, copy_and_hash, sha256_stream
 from edge_retina.bundle.paths import MANIFEST_NAME, relpath_problem
 from edge_retina.errors import BundleError
+from edge_retina.files import CHUNK_BYTES, copy_and_hash, sha256_stream
 
 ARCHIVE_SUFFIX = ".erb.tar"
 # 1980-01-01T00:00:00Z: the reproducible-builds convention (the ZIP epoch); tar tools warn about 0.

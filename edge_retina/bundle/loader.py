@@ -8,10 +8,10 @@ from typing import Mapping
 
 from edge_retina.bundle.archive import hash_archive
 from edge_retina.bundle.cache import default_cache_dir, discard, extracted
-from edge_retina.bundle.hashing import sha256_file
 from edge_retina.bundle.manifest import EngineEntry, Manifest, ManifestError
 from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME, relpath_problem
 from edge_retina.errors import BundleError
+from edge_retina.files import sha256_file
 
 
 @dataclass(frozen=True)

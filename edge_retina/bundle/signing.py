@@ -23,7 +23,10 @@ from typing import Iterable, Iterator, Mapping
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from edge_retina.bundle.archive import extract_archive, read_small_members
 from edge_retina.bundle.loader import load_bundle
@@ -31,6 +34,7 @@ from edge_retina.bundle.manifest import Manifest, canonical_json
 from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME
 from edge_retina.bundle.writer import pack_bundle
 from edge_retina.errors import BundleError
+from edge_retina.files import write_atomically
 
 ALGORITHM = "ed25519"
 PUBLIC_KEY_SUFFIX = ".pub"
@@ -200,7 +204,7 @@ def sign_bundle(path: str | os.PathLike[str], private_key: Ed25519PrivateKey) ->
     if path.is_dir():
         load_bundle(path, verify=True)
         signature = sign_manifest((path / MANIFEST_NAME).read_bytes(), private_key, source=str(path / MANIFEST_NAME))
-        _write_atomically(path / SIGNATURE_NAME, signature.to_bytes())
+        write_atomically(path / SIGNATURE_NAME, signature.to_bytes())
         return signature
     if not path.is_file():
         raise BundleError(f"no bundle at {path}")
@@ -213,29 +217,6 @@ def sign_bundle(path: str | os.PathLike[str], private_key: Ed25519PrivateKey) ->
         pack_bundle(unpacked, path)
     return signature
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by a complete, durable file: write a temporary one, fsync, rename, fsync the
-    directory (a power cut leaves the old signature or the new one)."""
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp makes it 0600; a bundle's files are world-readable
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-# -- checking --------------------------------------------------------------------------------------
 
 def read_signed_parts(path: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
     """(manifest.json bytes, manifest.sig bytes or None) of a bundle directory or archive."""

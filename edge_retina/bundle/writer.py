@@ -4,16 +4,20 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-from edge_retina.bundle.archive import FILE_MODE, write_archive
-from edge_retina.bundle.hashing import copy_and_hash
+from edge_retina.bundle.archive import write_archive
 from edge_retina.bundle.loader import load_bundle
 from edge_retina.bundle.manifest import Manifest
-from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME, parent_conflicts, relpath_problem
+from edge_retina.bundle.paths import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    parent_conflicts,
+    relpath_problem,
+)
 from edge_retina.errors import BundleError
+from edge_retina.files import copy_and_hash, write_atomically
 
 FileSource = Union[os.PathLike, bytes, bytearray, memoryview]
 
@@ -42,7 +46,7 @@ def write_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         hashes = {rel: _write_file(out_dir / rel, files[rel]) for rel in sorted(files)}
-        _write_atomically(out_dir / MANIFEST_NAME, checked.with_files(hashes).canonical_bytes())
+        write_atomically(out_dir / MANIFEST_NAME, checked.with_files(hashes).canonical_bytes())
     except BaseException:
         _remove_written(out_dir, created)
         raise
@@ -92,26 +96,6 @@ def _write_file(destination: Path, content: FileSource) -> str:
         with open(content, "rb") as source:
             return copy_and_hash(source, destination)
     return copy_and_hash(io.BytesIO(content), destination)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp_name, FILE_MODE)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself durable; Windows cannot open a directory for this
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
 
 def _remove_written(out_dir: Path, created: bool) -> None:

@@ -112,7 +112,12 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
 def latency(bundle_path, backend, precision, images, max_images, iterations, threads, streams, cold_runs, baseline,
             checkpoint, as_json, out, html) -> None:
     """Per-stage latency, raw engine, throughput, cold start and peak RSS, engines interleaved."""
-    from edge_retina.bench.latency import latency_table_rows, run_latency, select_engines, system_table_rows
+    from edge_retina.bench.latency import (
+        latency_table_rows,
+        run_latency,
+        select_engines,
+        system_table_rows,
+    )
 
     console = Console(stderr=as_json)
     try:

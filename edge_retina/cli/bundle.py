@@ -11,9 +11,21 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_retina.bundle import load_bundle, verify_bundle
-from edge_retina.bundle.signing import TrustedKeys, check_signature, generate_key_pair, load_private_key, sign_bundle
+from edge_retina.bundle.signing import (
+    TrustedKeys,
+    check_signature,
+    generate_key_pair,
+    load_private_key,
+    sign_bundle,
+)
 from edge_retina.errors import BundleError, EdgeRetinaError
-from edge_retina.install import StartReport, install_bundle, read_status, rollback, start
+from edge_retina.install import (
+    StartReport,
+    install_bundle,
+    read_status,
+    rollback,
+    start,
+)
 
 BUNDLE_PATH = click.Path(path_type=Path)
 TRUSTED_DIR = click.option("--trusted-keys", "trusted_dir", type=BUNDLE_PATH, help="Directory of trusted *.pub keys.")

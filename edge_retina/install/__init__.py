@@ -9,7 +9,15 @@ from edge_retina.install.slots import (
     rollback,
     start,
 )
-from edge_retina.install.state import GOOD, REJECTED, TRIAL, InstallError, InstallState, SlotRecord, slot_path
+from edge_retina.install.state import (
+    GOOD,
+    REJECTED,
+    TRIAL,
+    InstallError,
+    InstallState,
+    SlotRecord,
+    slot_path,
+)
 
 __all__ = [
     "GOOD",

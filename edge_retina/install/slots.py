@@ -28,13 +28,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_retina.bundle import load_bundle
 from edge_retina.bundle.archive import extract_archive
-from edge_retina.bundle.hashing import copy_and_hash, sha256_file
 from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME
 from edge_retina.bundle.signing import check_signature
 from edge_retina.errors import BundleError
+from edge_retina.files import copy_and_hash, sha256_file
 from edge_retina.install.state import (
-    GOOD, REJECTED, SLOT_NAMES, SLOTS_DIR, TRIAL, InstallError, InstallState, SlotRecord,
-    fsync_directory, fsync_tree, locked, read_state, slot_path, utc_now, write_state,
+    GOOD,
+    REJECTED,
+    SLOT_NAMES,
+    SLOTS_DIR,
+    TRIAL,
+    InstallError,
+    InstallState,
+    SlotRecord,
+    fsync_directory,
+    fsync_tree,
+    locked,
+    read_state,
+    slot_path,
+    utc_now,
+    write_state,
 )
 from edge_retina.selftest import EXPECTED_FILE, SelftestResult, run_selftest
 

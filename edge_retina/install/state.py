@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edge_retina.errors import EdgeRetinaError
+from edge_retina.files import fsync_directory, write_atomically
 
 STATE_FILE = "state.json"
 SLOTS_DIR = "slots"
@@ -109,26 +109,7 @@ def read_state(root: Path) -> InstallState:
 def write_state(root: Path, state: InstallState) -> None:
     """Replace state.json atomically and durably (the commit point of every procedure)."""
     data = (json.dumps(state.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
-    fd, temp_name = tempfile.mkstemp(dir=root, prefix=f".{STATE_FILE}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp_name, root / STATE_FILE)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    fsync_directory(root)
-
-
-def fsync_directory(path: Path) -> None:
-    """Make the entries of ``path`` (creations, renames, removals) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(root / STATE_FILE, data)
 
 
 def fsync_tree(path: Path) -> None:

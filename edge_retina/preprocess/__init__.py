@@ -16,7 +16,11 @@ from edge_retina.preprocess.decode import (
     probe_image,
 )
 from edge_retina.preprocess.fov import FieldOfView, crop_to_fov, find_field_of_view
-from edge_retina.preprocess.pipeline import PREPROCESSING_VERSION, PreparedImage, Preprocessor
+from edge_retina.preprocess.pipeline import (
+    PREPROCESSING_VERSION,
+    PreparedImage,
+    Preprocessor,
+)
 from edge_retina.preprocess.spec import InputSpec
 
 __all__ = [

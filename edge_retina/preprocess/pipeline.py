@@ -14,8 +14,18 @@ import numpy as np
 # A module import (not a from-import): edge_retina.quality imports preprocess.fov, so whichever of
 # the two is imported first finds the other one half-initialised.
 import edge_retina.quality as quality_gate
-from edge_retina.preprocess.decode import MAX_PIXELS, MIN_SIDE, ImageSource, decode_image
-from edge_retina.preprocess.fov import FieldOfView, crop_to_fov, downscale, find_field_of_view
+from edge_retina.preprocess.decode import (
+    MAX_PIXELS,
+    MIN_SIDE,
+    ImageSource,
+    decode_image,
+)
+from edge_retina.preprocess.fov import (
+    FieldOfView,
+    crop_to_fov,
+    downscale,
+    find_field_of_view,
+)
 from edge_retina.preprocess.resize import normalise, resize_to_spec
 from edge_retina.preprocess.spec import InputSpec
 
