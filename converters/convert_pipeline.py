@@ -123,6 +123,10 @@ class ConvertSettings:
     held_out_images: int = 64  # unlabelled guard images drawn from the calibration candidates not selected
     cache_dir: Path = field(default_factory=default_cache_dir)
     threads: int | None = None
+    # With labels, OpenVINO INT8 runs NNCF's accuracy-aware search (it reverts layers to float until the
+    # AUROC drop is within the limit): the best INT8 model, at the cost of minutes per model. Off, the
+    # accuracy guard alone decides (and falls back by excluding the most sensitive layers).
+    openvino_accuracy_control: bool = True
 
 
 class StepCache:
@@ -194,6 +198,7 @@ class TargetContext:
     toolchain: dict[str, str]
     threads: int | None = None
     progress: Progress | None = None
+    openvino_accuracy_control: bool = True
 
 
 def _embed(backend: str, path: Path, precision: str, tensors: np.ndarray, threads: int | None) -> np.ndarray:
@@ -266,7 +271,7 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
                 )
 
                 control = None
-                if context.labels:
+                if context.labels and context.openvino_accuracy_control:
                     control = AccuracyControl(context.eval_tensors, _mean_auroc_metric(context.table, context.labels),
                                               max_drop=context.limits.max_auroc_drop)
                 return prec, quantize_openvino(fp32_onnx, directory / "model.xml", calibration.tensors,
@@ -456,7 +461,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
                                                       for t in too_large))
         context = TargetContext(fp32_onnx, recipe.role, calibration, eval_tensors, fp32_embeddings, table, labels,
                                 settings.limits, toolchain_versions(), settings.threads,
-                                lambda message: progress(f"    {message}"))
+                                lambda message: progress(f"    {message}"), settings.openvino_accuracy_control)
         for target in settings.targets:
             progress(f"    {target.describe()}")
             parts = [target.describe(), dict(target.options), onnx_sha, recipe.role, settings.limits.to_dict()]
@@ -464,6 +469,8 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
                 parts += [calibration.manifest_sha256 if calibration else None,
                           hashlib.sha256(eval_tensors.tobytes()).hexdigest(),
                           None if labels is None else {c: y.tolist() for c, y in labels.items()}]
+            if target.backend == "openvino" and target.precision == "int8":
+                parts.append({"accuracy_control": settings.openvino_accuracy_control})
 
             def make_engine(d: Path, target: EngineTarget = target) -> None:
                 _record(build_target(target.backend, target.precision, target.options, context, d), d)

@@ -5,6 +5,7 @@ The labels-CSV format itself (docs/LABELS.md) is read and written by the runtime
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,9 @@ def shared_dataset_labels(root: Path, dataset: str, split: str = "test", limit: 
     records = [r for r in load_records(root) if r.dataset == dataset and r.split == split]
     tasks = [t for t in TASKS if any(t.is_positive(r) or t.is_negative(r) for r in records)]
     kept = [r for r in records if any(t.is_positive(r) or t.is_negative(r) for t in tasks)]
-    kept.sort(key=lambda r: r.group)  # the split key is a hash: a stable, class-mixed order
+    # A stable order that mixes classes and collections (split keys are "patient:..." or "sha1:...",
+    # so sorting them directly would put one collection first and a limit would cut the others off).
+    kept.sort(key=lambda r: hashlib.sha256(r.group.encode()).hexdigest())
     if limit is not None:
         kept = kept[:limit]
     labels: dict[str, np.ndarray] = {}

@@ -63,7 +63,7 @@ def test_polygraphy_runs_the_qdq_onnx_with_onnxruntime(qdq_onnx):
 def test_trtexec_recipe_is_strongly_typed_on_tensorrt_10_and_int8_fp16_on_8_5(tmp_path):
     modern = trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "t.cache")
     assert "--stronglyTyped" in modern and not {"--int8", "--fp16"} & set(modern)
-    assert f"--maxShapes=image:8x3x224x224" in modern
+    assert "--maxShapes=image:8x3x224x224" in modern
     xavier = trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "t.cache", tensorrt_major=8)
     assert {"--int8", "--fp16"} <= set(xavier) and "--stronglyTyped" not in xavier
 

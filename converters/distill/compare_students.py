@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         latency = interleaved_latency(paths, {name: size for name, (_, size) in models.items()},
                                       threads=args.threads, repeats=args.repeats)
     teacher = "teacher resnet18@224"
-    print(f"| model | params | GFLOPs | teacher/model FLOPs | median ms | p90 ms | speed-up vs teacher |")
+    print("| model | params | GFLOPs | teacher/model FLOPs | median ms | p90 ms | speed-up vs teacher |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, row in rows.items():
         row.update(latency[name])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from converters.teachers import Teacher, load_teacher
 from edge_retina.backends import create_runner
 from edge_retina.bench import metrics
 from edge_retina.bench.labels import LabelledImages
+from edge_retina.bench.machine import machine_info
 from edge_retina.bench.parity import prepare_tensors
 from edge_retina.preprocess import Preprocessor
 from edge_retina.preprocess.spec import InputSpec
@@ -215,20 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             "student": str(args.student), "student_arch": sidecar["arch"], "teacher": teacher.name,
             "teacher_checkpoint_sha256": teacher.checkpoint_sha256, "split": args.split,
             "parity": parity.to_dict(), "profile": profile,
-            "machine": {"cpu": _cpu_model(), "python": platform.python_version()},
+            "machine": machine_info(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }, indent=2) + "\n")
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
