@@ -35,7 +35,7 @@ def system_table(report: dict) -> list[str]:
         tp = p.get("throughput_images_per_s") or {}
         runs = (p.get("cold_start") or {}).get("runs") or []
         med = (lambda key: f"{statistics.median(r[key] for r in runs):.0f}") if runs else (lambda key: "")
-        lines.append(f"| {name} | {tp.get('batch1', 0):.1f} | {tp.get('streams_2') or 0:.1f} | "
+        lines.append(f"| {name} | {tp.get('batch1', 0):.1f} | {'' if tp.get('streams_2') is None else format(tp['streams_2'], '.1f')} | "
                      f"{med('load_to_first_result_ms')} | {med('process_to_first_result_ms')} | {med('peak_rss_mb')} |")
     return lines
 
