@@ -19,7 +19,7 @@ from calibration.selection import kcenter_greedy, stratified_sample, thumbnail_f
 from calibration.sources import Candidate
 from edge_retina.errors import ImageError
 from edge_retina.files import sha256_file
-from edge_retina.preprocess import InputSpec, Preprocessor
+from edge_retina.preprocess import InputSpec, Preprocessor, pixels_key
 
 MANIFEST_NAME = "manifest.json"
 TENSORS_NAME = "tensors.npz"
@@ -142,6 +142,7 @@ def build_calibration_set(
         "format_version": FORMAT_VERSION,
         "input_spec": spec.to_dict(),
         "input_spec_sha256": spec.sha256(),
+        "pixels_key": pixels_key(spec),
         "method": method,
         "seed": seed,
         "requested_size": size,
@@ -173,10 +174,10 @@ def load_calibration_set(directory: Path, *, spec: InputSpec | None = None) -> C
     tensors_path = directory / manifest["tensors"]["file"]
     if sha256_file(tensors_path) != manifest["tensors"]["sha256"]:
         raise ValueError(f"{tensors_path} does not match its sha256 in {manifest_path}: rebuild the set")
-    if spec is not None and manifest["input_spec_sha256"] != spec.sha256():
+    if spec is not None and manifest.get("pixels_key") != pixels_key(spec):
         raise ValueError(
-            f"{directory} was prepared for another input spec ({manifest['input_spec_sha256'][:12]}, "
-            f"the model wants {spec.sha256()[:12]}): rebuild it for this model"
+            f"{directory} was prepared for another input spec or preprocessing version "
+            f"({manifest.get('pixels_key')}, the model wants {pixels_key(spec)}): rebuild it for this model"
         )
     with np.load(tensors_path, allow_pickle=False) as data:
         tensors = data[manifest["tensors"]["key"]]

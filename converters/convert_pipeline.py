@@ -55,7 +55,7 @@ from edge_retina.bench.parity import compare_embeddings, prepare_tensors
 from edge_retina.bundle import CalibrationInfo, EngineEntry
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.files import sha256_file
-from edge_retina.preprocess import Preprocessor
+from edge_retina.preprocess import Preprocessor, pixels_key
 from edge_retina.prompts import PromptTable
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
@@ -415,7 +415,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
                                           embed=runner.infer, model_sha256=onnx_sha)
 
             calibration_dir, hit = cache.run(
-                "calibration", [onnx_sha, spec.sha256(), settings.calibration_size, settings.seed,
+                "calibration", [onnx_sha, pixels_key(spec), settings.calibration_size, settings.seed,
                                 files_fingerprint(c.path for c in candidates)], make_calibration)
             calibration = load_calibration_set(calibration_dir, spec=spec)
             report("calibration", hit, f"{calibration.size} images, {calibration.method}")
@@ -440,7 +440,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
 
         eval_tensors = fp32_embeddings = None
         if eval_paths:
-            reference_dir, hit = cache.run("reference", [onnx_sha, spec.sha256(), files_fingerprint(eval_paths)],
+            reference_dir, hit = cache.run("reference", [onnx_sha, pixels_key(spec), files_fingerprint(eval_paths)],
                                            make_reference)
             with np.load(reference_dir / "reference.npz") as data:
                 eval_tensors, fp32_embeddings, kept = data["tensors"], data["embeddings"], data["kept"].tolist()

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from converters.prompt_tables import embed_conditions
 from converters.prompts import DEFAULT_PROMPT_FILE, load_prompt_file
 from converters.teachers import Teacher
-from edge_retina.preprocess import Preprocessor
+from edge_retina.preprocess import Preprocessor, pixels_key
 from edge_retina.preprocess.spec import InputSpec
 
 from .augment import AugmentConfig, FundusAugment
@@ -98,9 +98,9 @@ def cached_training_set(teacher: Teacher, student_spec: InputSpec, paths: Sequen
                         *, workers: int = 2, progress: bool = True) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """Content hashes (sorted, unique), student uint8 pixels (N, H, W, 3), teacher embeddings (N, D),
     and the images skipped as unreadable. Only images missing from the caches are prepared."""
-    pixel_cache = ContentCache(cache_dir / f"student-pixels-{student_spec.sha256()[:16]}.npz")
+    pixel_cache = ContentCache(cache_dir / f"student-pixels-{pixels_key(student_spec)}.npz")
     embedding_cache = ContentCache(
-        cache_dir / f"teacher-embeddings-{teacher.checkpoint_sha256[:16]}-{teacher.input_spec.sha256()[:16]}.npz")
+        cache_dir / f"teacher-embeddings-{teacher.checkpoint_sha256[:16]}-{pixels_key(teacher.input_spec)}.npz")
     path_of: dict[str, Path] = {}
     for path in tqdm(paths, desc="hashing", unit="img", disable=not progress):
         path_of.setdefault(content_sha256(path), Path(path))

@@ -154,9 +154,9 @@ def build_pixel_cache(
 ) -> np.ndarray:
     """(N, H, W, 3) uint8 images of ``records`` after the shared preprocessing, cached on disk."""
     cache_dir = Path(cache_dir)
-    from edge_retina.preprocess import PREPROCESSING_VERSION
+    from edge_retina.preprocess import pixels_key
 
-    key = hashlib.sha256(f"{spec.sha256()}{split_hash(records)}v{PREPROCESSING_VERSION}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{pixels_key(spec)}{split_hash(records)}".encode()).hexdigest()[:16]
     cache = cache_dir / f"pixels-{key}.npy"
     if cache.is_file():
         return np.load(cache, mmap_mode="r")

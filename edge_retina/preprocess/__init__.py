@@ -20,6 +20,7 @@ from edge_retina.preprocess.pipeline import (
     PREPROCESSING_VERSION,
     PreparedImage,
     Preprocessor,
+    pixels_key,
 )
 from edge_retina.preprocess.spec import InputSpec
 
@@ -37,5 +38,6 @@ __all__ = [
     "crop_to_fov",
     "decode_image",
     "find_field_of_view",
+    "pixels_key",
     "probe_image",
 ]

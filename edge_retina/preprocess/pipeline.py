@@ -40,6 +40,11 @@ ASSUMED_FOV_FRACTION = 0.8
 PREPROCESSING_VERSION = 1
 
 
+def pixels_key(spec: InputSpec) -> str:
+    """Identifies the pixels ``Preprocessor(spec).prepare`` produces: the key for caches of them."""
+    return f"{spec.sha256()[:16]}-p{PREPROCESSING_VERSION}"
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """One image ready for the model, plus what was learnt on the way."""
