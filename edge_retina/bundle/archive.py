@@ -22,12 +22,11 @@ from typing import Collection, Iterator, Sequence
 
 from edge_retina.bundle.paths import MANIFEST_NAME, relpath_problem
 from edge_retina.errors import BundleError
-from edge_retina.files import CHUNK_BYTES, copy_and_hash, sha256_stream
+from edge_retina.files import CHUNK_BYTES, FILE_MODE, copy_and_hash, sha256_stream
 
 ARCHIVE_SUFFIX = ".erb.tar"
 # 1980-01-01T00:00:00Z: the reproducible-builds convention (the ZIP epoch); tar tools warn about 0.
 ARCHIVE_MTIME = 315532800
-FILE_MODE = 0o644
 _GZIP_MAGIC = b"\x1f\x8b"
 _BLOCK = tarfile.BLOCKSIZE
 
