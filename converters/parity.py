@@ -15,6 +15,7 @@ import torch
 from converters.teachers import Teacher, load_teacher
 from edge_retina.bundle import Manifest
 from edge_retina.errors import EdgeRetinaError
+from edge_retina.preprocess.spec import InputSpec
 
 TEACHER_NAME = "teacher (PyTorch fp32)"
 
@@ -45,13 +46,14 @@ def bundle_teacher(manifest: Manifest, checkpoint: str | Path | None = None) -> 
     return teacher
 
 
-def teacher_embedder(teacher: Teacher) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """(name, embed function) for ``edge_retina.bench.parity.bundle_parity(reference=...)``."""
+def teacher_embedder(teacher: Teacher) -> tuple[str, Callable[[np.ndarray], np.ndarray], InputSpec]:
+    """(name, embed function, input spec) for ``edge_retina.bench.parity.bundle_parity(reference=...)``:
+    the teacher sees images prepared its own way, also beside a student with another input size."""
     encoder = teacher.image_encoder.eval()
-    return TEACHER_NAME, lambda tensors: torch_embeddings(encoder, tensors)
+    return TEACHER_NAME, lambda tensors: torch_embeddings(encoder, tensors), teacher.input_spec
 
 
 def teacher_reference(manifest: Manifest, checkpoint: str | Path | None = None
-                      ) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+                      ) -> tuple[str, Callable[[np.ndarray], np.ndarray], InputSpec]:
     """The teacher of the bundle described by ``manifest`` as a parity reference."""
     return teacher_embedder(bundle_teacher(manifest, checkpoint))

@@ -172,3 +172,23 @@ def test_fp32_parity_runs_on_a_device_and_host_options_name_the_extra(tiny_bundl
         proc = subprocess.run([sys.executable, "-c", DEVICE, *common, *extra_args], capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 2 and "pip install 'edge-retina[convert]'" in proc.stderr, proc.stderr
+
+
+def test_a_reference_with_its_own_input_spec_sees_images_prepared_its_way(tiny_bundle, retina_jpeg):
+    from edge_retina.bench.labels import LabelledImages
+    from edge_retina.bench.parity import bundle_parity
+    from edge_retina.preprocess import InputSpec
+
+    seen_shapes = []
+
+    def embed(tensors):
+        seen_shapes.append(tensors.shape)
+        rng = np.random.default_rng(0)
+        return rng.normal(size=(len(tensors), 32)).astype(np.float32)
+
+    labelled = LabelledImages([retina_jpeg, retina_jpeg], {"glaucoma": np.array([1.0, 0.0])})
+    bundle_parity(tiny_bundle, labelled, reference=("big teacher", embed, InputSpec(size=(128, 128))),
+                  replicates=10)
+    bundle_parity(tiny_bundle, labelled, reference=("same-size reference", embed), replicates=10)
+    assert seen_shapes[0] == (2, 3, 128, 128)  # its own spec, not the bundle's 96x96
+    assert seen_shapes[1] == (2, 3, 96, 96)

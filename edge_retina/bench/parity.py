@@ -24,7 +24,7 @@ from edge_retina.bench import metrics
 from edge_retina.bench.labels import LabelledImages
 from edge_retina.bundle import Bundle, EngineEntry, load_bundle
 from edge_retina.errors import EdgeRetinaError, ImageError
-from edge_retina.preprocess import Preprocessor
+from edge_retina.preprocess import InputSpec, Preprocessor
 from edge_retina.prompts import PromptTable
 from edge_retina.screener import engine_cache_dir
 
@@ -192,7 +192,8 @@ def bundle_parity(
     bundle_path: str | Path,
     labelled: LabelledImages,
     *,
-    reference: tuple[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+    reference: tuple[str, Callable[[np.ndarray], np.ndarray]]
+    | tuple[str, Callable[[np.ndarray], np.ndarray], InputSpec] | None = None,
     engines: Sequence[EngineEntry] | None = None,
     threads: int | None = None,
     replicates: int = 2000,
@@ -201,8 +202,9 @@ def bundle_parity(
 ) -> ParityReport:
     """Parity of ``engines`` (default: all of the bundle's) on ``labelled`` images.
 
-    ``reference`` is (name, embed function on prepared tensors), e.g. the PyTorch teacher; without
-    it the reference is the bundle's preferred FP32 engine.
+    ``reference`` is (name, embed function on prepared tensors[, input spec]), e.g. the PyTorch
+    teacher; without it the reference is the bundle's preferred FP32 engine. A reference with its own
+    input spec (a teacher beside its distilled student, say) sees the images prepared its own way.
     """
     bundle = load_bundle(Path(bundle_path))
     engines = list(engines if engines is not None else bundle.manifest.engines)
@@ -214,8 +216,14 @@ def bundle_parity(
         if all(e.describe() != reference_name for e in engines):
             engines.insert(0, fp32)
     else:
-        reference_name, embed = reference
-        embeddings[reference_name] = embed(tensors)
+        reference_name, embed, *own_spec = reference
+        if own_spec and own_spec[0] != bundle.manifest.input:
+            own_tensors, own_kept, _ = prepare_tensors(Preprocessor(own_spec[0]), [labelled.paths[i] for i in kept])
+            if len(own_kept) != len(kept):
+                raise ValueError(f"{reference_name}: some images the bundle could prepare failed with its input spec")
+            embeddings[reference_name] = embed(own_tensors)
+        else:
+            embeddings[reference_name] = embed(tensors)
     embeddings.update(engine_embeddings(bundle, tensors, engines, threads))
     thresholds = {c.name: c.threshold for c in bundle.manifest.prompts.conditions}
     return compare_embeddings(reference_name, embeddings, labelled.subset(kept).labels, bundle_prompt_table(bundle),
