@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 CHUNK_BYTES = 1 << 20
 #: Mode of files we write: world-readable (mkstemp's 0600 would hide a bundle's files from a service user).
@@ -58,14 +59,15 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Replace ``path`` by a complete, durable file holding ``data``."""
+@contextmanager
+def atomic_output(path: Path, *, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` (durably, in one rename) only if the block completes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temp_name, mode)
@@ -74,3 +76,9 @@ def write_atomically(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
         Path(temp_name).unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` by a complete, durable file holding ``data``."""
+    with atomic_output(path, mode=mode) as out:
+        out.write(data)

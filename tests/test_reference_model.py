@@ -173,10 +173,10 @@ def test_training_normalisation_matches_the_runtime():
 
 def test_zero_shot_scoring_ranks_matching_embeddings_first(model):
     from converters.reference.data import Record
-    from converters.reference.evaluate import class_embeddings
+    from converters.reference.evaluate import prompt_table
 
     conditions = load_prompt_file()
-    class_emb = class_embeddings(model.text_model, conditions)
+    class_emb = torch.from_numpy(prompt_table(model.text_model, model.logit_scale.detach(), conditions).class_embeddings)
     by_name = {c.name: k for k, c in enumerate(conditions)}
     records, rows = [], []
     for task in TASKS[3:5]:  # cataract (ODIR) and macular oedema (HEI-MED)

@@ -18,19 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from converters.prompt_tables import embed_conditions
 from converters.prompts import (
     DEFAULT_PROMPT_FILE,
     Condition,
     load_prompt_file,
-    normal_class,
 )
 from converters.reference.captions import FindingClass as FC
 from converters.reference.data import Record, build_pixel_cache, load_records
 from converters.reference.model import REFERENCE_INPUT_SPEC, ImageEncoder, TextEncoder
 from edge_retina.preprocess.spec import InputSpec
+from edge_retina.prompts import PromptTable
 
 DEFAULT_DATASETS = Path(os.environ.get("EDGE_RETINA_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets"))
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "runs" / "cache"
@@ -106,25 +106,13 @@ def embed_images(encoder: ImageEncoder, pixels: np.ndarray, spec: InputSpec, bat
     return torch.cat(out)
 
 
-@torch.no_grad()
-def class_embeddings(text_model: TextEncoder, conditions: list[Condition]) -> torch.Tensor:
-    """(K, D): per condition, the renormalised mean of its normalised prompt embeddings."""
-    rows = [F.normalize(text_model(list(c.prompts)).mean(0), dim=-1) for c in conditions]
-    return torch.stack(rows)
+def prompt_table(text_model: TextEncoder, logit_scale: torch.Tensor, conditions: list[Condition]) -> PromptTable:
+    """The zero-shot table the bundle ships, built here from the model being trained or evaluated: the
+    same scoring as on the device (``edge_retina.prompts``), so validation measures what screening does."""
+    def embed_texts(texts: list[str]) -> np.ndarray:
+        return text_model(texts).numpy()
 
-
-def condition_probabilities(
-    image_embeddings: torch.Tensor, class_emb: torch.Tensor, logit_scale: torch.Tensor, conditions: list[Condition]
-) -> dict[str, np.ndarray]:
-    """Per non-normal condition: softmax over [condition, normal] of the scaled cosines."""
-    logits = logit_scale.exp() * image_embeddings @ class_emb.T
-    normal_index = conditions.index(normal_class(conditions))
-    probs = {}
-    for k, c in enumerate(conditions):
-        if k != normal_index:
-            pair = torch.stack([logits[:, k], logits[:, normal_index]], dim=1)
-            probs[c.name] = pair.softmax(dim=1)[:, 0].numpy()
-    return probs
+    return embed_conditions(embed_texts, conditions, "mean_renormalised", float(logit_scale.exp()))
 
 
 def zero_shot_auroc(
@@ -135,7 +123,7 @@ def zero_shot_auroc(
     conditions: list[Condition],
 ) -> list[dict]:
     """One result row per task whose condition is in the prompt file; ``auroc`` is None without both classes."""
-    probs = condition_probabilities(image_embeddings, class_embeddings(text_model, conditions), logit_scale, conditions)
+    probs = prompt_table(text_model, logit_scale, conditions).score(image_embeddings.numpy()).condition_probabilities
     rows = []
     for task in TASKS:
         if task.condition not in probs:

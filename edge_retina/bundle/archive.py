@@ -13,16 +13,20 @@ paths, in-tree symlinks) instead of refusing them, and need Python >= 3.10.12.
 """
 from __future__ import annotations
 
-import os
 import tarfile
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Collection, Iterator, Sequence
 
 from edge_retina.bundle.paths import MANIFEST_NAME, relpath_problem
 from edge_retina.errors import BundleError
-from edge_retina.files import CHUNK_BYTES, FILE_MODE, copy_and_hash, sha256_stream
+from edge_retina.files import (
+    CHUNK_BYTES,
+    FILE_MODE,
+    atomic_output,
+    copy_and_hash,
+    sha256_stream,
+)
 
 ARCHIVE_SUFFIX = ".erb.tar"
 # 1980-01-01T00:00:00Z: the reproducible-builds convention (the ZIP epoch); tar tools warn about 0.
@@ -36,28 +40,18 @@ def write_archive(root: Path, names: Sequence[str], archive_path: Path) -> Path:
     archive_path = Path(archive_path)
     if not archive_path.name.endswith(ARCHIVE_SUFFIX) or archive_path.name == ARCHIVE_SUFFIX:
         raise BundleError(f"{archive_path}: a bundle archive must be named <something>{ARCHIVE_SUFFIX}")
-    archive_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=archive_path.parent, prefix=f".{archive_path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:", format=tarfile.PAX_FORMAT) as tar:
-                for name in names:
-                    source = root / name
-                    info = tarfile.TarInfo(name)
-                    info.size = source.stat().st_size
-                    info.mtime = ARCHIVE_MTIME
-                    info.mode = FILE_MODE
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    with open(source, "rb") as stream:
-                        tar.addfile(info, stream)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(temp_name, FILE_MODE)
-        os.replace(temp_name, archive_path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_output(archive_path) as raw:
+        with tarfile.open(fileobj=raw, mode="w:", format=tarfile.PAX_FORMAT) as tar:
+            for name in names:
+                source = root / name
+                info = tarfile.TarInfo(name)
+                info.size = source.stat().st_size
+                info.mtime = ARCHIVE_MTIME
+                info.mode = FILE_MODE
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with open(source, "rb") as stream:
+                    tar.addfile(info, stream)
     return archive_path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -19,13 +20,12 @@ from edge_retina.bundle.signing import (
     sign_bundle,
 )
 from edge_retina.errors import BundleError, EdgeRetinaError
-from edge_retina.install import (
-    StartReport,
-    install_bundle,
-    read_status,
-    rollback,
-    start,
-)
+
+if TYPE_CHECKING:
+    from edge_retina.install import StartReport
+
+# The install commands import edge_retina.install (which opens screeners for self-tests) when they run:
+# inspect/verify/sign stay quick to start.
 
 BUNDLE_PATH = click.Path(path_type=Path)
 TRUSTED_DIR = click.option("--trusted-keys", "trusted_dir", type=BUNDLE_PATH, help="Directory of trusted *.pub keys.")
@@ -174,6 +174,8 @@ def install(source: Path, root: Path, trusted_dir: Path, no_start: bool, backend
     """Install a signed bundle into the inactive slot, then start it (self-test, rollback on failure).
 
     Exit status 2 when the bundle is refused, 3 when it failed its self-test and was rolled back."""
+    from edge_retina.install import install_bundle, start
+
     try:
         trusted = TrustedKeys.from_directory(trusted_dir)
         report = install_bundle(root, source, trusted)
@@ -196,6 +198,8 @@ def start_command(root: Path, trusted_dir: Path | None, backend: str | None) -> 
 
     Prints the bundle directory to screen with on stdout (messages go to stderr), e.g.
     BUNDLE=$(edge-retina bundle start --root /var/lib/edge-retina)."""
+    from edge_retina.install import start
+
     try:
         trusted = TrustedKeys.from_directory(trusted_dir) if trusted_dir else None
         _report_start(start(root, trusted=trusted, backend=backend))
@@ -216,6 +220,8 @@ def _report_start(report: StartReport) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(root: Path, as_json: bool) -> None:
     """Show the install root's slots: which is active, which is the fallback, self-test outcomes."""
+    from edge_retina.install import read_status
+
     try:
         state = read_status(root)
     except EdgeRetinaError as exc:
@@ -237,6 +243,8 @@ def status(root: Path, as_json: bool) -> None:
 @INSTALL_ROOT
 def rollback_command(root: Path) -> None:
     """Switch back to the previous slot."""
+    from edge_retina.install import rollback
+
     try:
         state = rollback(root)
     except EdgeRetinaError as exc:
