@@ -12,6 +12,8 @@ The sidecar, whose ``image_sha256`` must match the file, is the "done" mark: aft
 point a restart either finds it (nothing repeated), finds the committed result and only writes the
 sidecar (nothing screened twice), or screens an image whose result was never committed (nothing
 lost). A file replaced by a new capture under the same name has a new sha256 and is screened again.
+A journalled capture that was deleted or replaced before its result was committed (a crash, then
+someone tidied the folder) is closed with a ``not_found`` error rather than left pending forever.
 
 The folder is polled rather than watched with inotify: polling works the same on every file system a
 camera writes to (SMB/NFS shares and FAT-formatted USB media send no inotify events) and needs no
@@ -23,14 +25,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from edge_retina.files import write_atomically
 from edge_retina.preprocess.decode import IMAGE_EXTENSIONS
-from edge_retina.screener import Screener
+from edge_retina.screener import Result, Screener
 
 from .server import bundle_id
 from .store import ResultStore, StoredRequest
@@ -63,6 +65,7 @@ class HotFolder:
 
     def scan_once(self) -> list[Path]:
         """Handle every settled capture not handled yet; returns the sidecars written."""
+        self.close_orphans()
         written = []
         now = time.time()
         for path in self.captures():
@@ -102,6 +105,25 @@ class HotFolder:
         log.info("%s -> %s", path, stored.result.get("status") if stored.result else None)
         return sidecar
 
+    def close_orphans(self) -> list[str]:
+        """Close pending journal entries whose capture is gone (or holds other bytes now) with an error
+        result, so the journal does not wait forever for an image nobody can screen. Returns their ids."""
+        closed = []
+        for row in self.store.pending(origin=ORIGIN):
+            path = self.folder / row.meta.get("path", "")
+            try:
+                same = hashlib.sha256(path.read_bytes()).hexdigest() == row.image_sha256
+            except OSError:
+                same = False
+            if same:
+                continue  # still there: the scan screens it
+            gone = Result(str(row.meta.get("path")), error="the capture was removed or replaced before it was screened",
+                          error_code="not_found").to_dict()
+            self.store.complete(row.request_id, {**gone, "bundle_id": self.bundle_id})
+            log.warning("%s: closed without a result (%s)", row.meta.get("path"), gone["error"])
+            closed.append(row.request_id)
+        return closed
+
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         while not stop.is_set():
             self.scan_once()
@@ -120,20 +142,6 @@ def _sidecar_sha(sidecar: Path) -> str | None:
 
 
 def write_sidecar(sidecar: Path, stored: StoredRequest, image: Path) -> None:
+    """Write the sidecar in one durable rename: a reader never sees half of one."""
     record: dict[str, Any] = {**stored.record(), "image": image.name}
-    directory = sidecar.parent
-    fd, temporary = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, sidecar)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(directory_fd)
+    write_atomically(sidecar, json.dumps(record, indent=2).encode())

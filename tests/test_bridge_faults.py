@@ -149,6 +149,27 @@ def test_hot_folder_screens_each_capture_once_across_restarts(screener, retina_r
     store.close()
 
 
+def test_a_journalled_capture_deleted_before_its_result_is_closed_with_an_error(screener, retina_rgb, tmp_path,
+                                                                               monkeypatch):
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    capture = folder / "IMG_0009.jpg"
+    capture.write_bytes(small_jpeg(retina_rgb))
+    store = ResultStore(tmp_path / "journal.sqlite3")
+    original = screener.screen
+    monkeypatch.setattr(screener, "screen", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # a crash after journalling, before the result
+        HotFolder(screener, store, folder, settle_seconds=0).scan_once()
+    capture.unlink()  # and the file is gone before the restart
+    monkeypatch.setattr(screener, "screen", original)
+    assert HotFolder(screener, store, folder, settle_seconds=0).scan_once() == []
+    assert store.counts() == {"pending": 0, "done": 1}
+    (row,) = list(store.done_since(0))
+    assert row.result["status"] == "error" and row.result["error_code"] == "not_found"
+    assert "removed or replaced" in row.result["error"] and row.meta["path"] == "IMG_0009.jpg"
+    store.close()
+
+
 def test_hotfolder_command_once(tiny_bundle, retina_rgb, tmp_path):
     (tmp_path / "a.jpg").write_bytes(small_jpeg(retina_rgb))
     args = ["hotfolder", str(tmp_path), "--bundle", str(tiny_bundle), "--once", "--settle", "0",
