@@ -48,6 +48,9 @@ class BundleRecipe:
     thresholds: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (threshold, source)
     role: str = "teacher"
     student: StudentInfo | None = None
+    # A student's teacher: the FP32 PyTorch reference of the bundle's parity report and of the
+    # distillation report in the manifest (``model.student.distillation``).
+    teacher: Teacher | None = None
 
     @classmethod
     def from_teacher(cls, teacher: Teacher, prompt_file: Path = DEFAULT_PROMPT_FILE) -> "BundleRecipe":

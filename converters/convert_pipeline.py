@@ -46,8 +46,11 @@ from converters.bundle_builder import (
     recipe_prompt_table,
     toolchain_versions,
 )
+from converters.distill.report import compute_profile, distillation_summary
 from converters.export.onnx_fp32 import OPSET, export_onnx
 from converters.export.openvino_ir import onnx_to_openvino_ir
+from converters.parity import TEACHER_NAME, torch_embeddings
+from converters.teachers import Teacher
 from converters.thresholds import DEFAULT_TARGET_SENSITIVITY, choose_thresholds
 from edge_retina.backends import create_runner
 from edge_retina.bench.labels import LabelledImages
@@ -219,6 +222,19 @@ def _mean_auroc_metric(table: PromptTable, labels: dict[str, np.ndarray]) -> Cal
         return float(np.mean(values))
 
     return metric
+
+
+def _teacher_embeddings(teacher: Teacher, paths: list[Path], cache: StepCache) -> np.ndarray:
+    """A student's teacher on the held-out images, prepared with the teacher's own input spec."""
+    def make(d: Path) -> None:
+        tensors, kept, _ = prepare_tensors(Preprocessor(teacher.input_spec), paths)
+        if len(kept) != len(paths):
+            raise ConvertError("parity", "some held-out images the student could use failed with the teacher's spec")
+        np.save(d / "embeddings.npy", torch_embeddings(teacher.image_encoder.eval(), tensors))
+
+    directory, _ = cache.run("teacher-embeddings", [teacher.checkpoint_sha256, pixels_key(teacher.input_spec),
+                                                    files_fingerprint(paths)], make)
+    return np.load(directory / "embeddings.npy")
 
 
 def _float16_onnx(fp32_onnx: Path, out: Path) -> Path:
@@ -500,17 +516,30 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
     extra_files: dict[str, bytes] = {}
     with step("parity"):
         if eval_tensors is not None:
-            embeddings = {FP32_REFERENCE: fp32_embeddings}
+            embeddings = {}
+            reference = FP32_REFERENCE
+            if recipe.teacher is not None:  # a student: teacher, student and engines side by side
+                reference = TEACHER_NAME
+                embeddings[TEACHER_NAME] = _teacher_embeddings(recipe.teacher, [eval_paths[i] for i in kept], cache)
+            embeddings[FP32_REFERENCE] = fp32_embeddings
             for engine in engines:
                 run_backend = "onnxruntime" if engine.entry.backend == "tensorrt" else engine.entry.backend
                 embeddings[engine.entry.describe()] = _embed(run_backend, engine.files[engine.entry.primary_file],
                                                              engine.entry.precision, eval_tensors, settings.threads)
             thresholds = {c: t for c, (t, _) in recipe.thresholds.items()}
-            parity = compare_embeddings(FP32_REFERENCE, embeddings, labels or {}, table, thresholds,
+            parity = compare_embeddings(reference, embeddings, labels or {}, table, thresholds,
                                         seed=settings.seed, skipped=skipped)
             extra_files[PARITY_REPORT] = (json.dumps(parity.to_dict(), indent=2, default=float) + "\n").encode()
             worst = {name: float(np.min(values)) for name, values in parity.cosine.items()}
             report("parity", False, "min cosine " + ", ".join(f"{n} {v:.4f}" for n, v in worst.items()))
+            if recipe.teacher is not None and recipe.student is not None:
+                profile = compute_profile(recipe.teacher, recipe.encoder, spec)
+                summary = distillation_summary(parity, TEACHER_NAME, FP32_REFERENCE, profile)
+                recipe = replace(recipe, student=replace(recipe.student, distillation=summary))
+                retained = [f"{c} {r['retention']:.2f}" for c, r in summary["conditions"].items()
+                            if r["retention"] is not None]
+                progress(f"    student: {profile['speedup']:.1f}x faster than its teacher; retention "
+                         + (", ".join(retained) or "n/a (no labels)"))
         else:
             report("parity", False, "skipped: no held-out images")
 

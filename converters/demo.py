@@ -1,5 +1,7 @@
-"""The main job on the embedded default: build the default bundle, screen sample images, and print
-latency tables (per engine, per stage) and parity tables (FP32 PyTorch teacher vs every engine).
+"""The main job on the embedded default: build the default bundle (the default student, distilled
+from the embedded reference teacher, INT8-quantized), screen sample images, and print latency tables
+(per engine, per stage) and parity tables (FP32 PyTorch teacher, FP32 PyTorch student and every
+engine side by side).
 
 The tables come from ``edge-retina bench``'s own API (``edge_retina.bench``), so the demo and the
 benchmark commands measure the same way.
@@ -17,13 +19,15 @@ from rich.table import Table
 
 from converters.bundle_builder import BundleRecipe
 from converters.convert_pipeline import ConvertSettings, EngineTarget, convert
+from converters.distill.bundling import student_recipe
+from converters.distill.student import STUDENT_WEIGHTS
 from converters.labelled_sets import (
     SHARED_DATASETS,
     merge_labelled,
     shared_dataset_labels,
     training_images,
 )
-from converters.parity import teacher_embedder
+from converters.parity import bundle_student, teacher_embedder
 from converters.teachers import Teacher, load_teacher
 from edge_retina.bench.latency import (
     latency_table_rows,
@@ -68,13 +72,22 @@ def demo_settings(datasets: Path | None) -> ConvertSettings:
     )
 
 
+def default_recipe(teacher: Teacher) -> BundleRecipe:
+    """The default bundle's model: the shipped default student, distilled from ``teacher`` (the
+    embedded reference model), served with the teacher's prompt table."""
+    return student_recipe(teacher, STUDENT_WEIGHTS)
+
+
 def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, console: Console, rebuild: bool) -> Path:
-    """Reuse ``bundle_dir`` when it verifies and was built from this teacher; otherwise (re)build it
-    with the one-shot converter (each of its steps is cached, so a rebuild resumes)."""
+    """Reuse ``bundle_dir`` when it verifies and was built from this teacher and the default student;
+    otherwise (re)build it with the one-shot converter (each of its steps is cached, so a rebuild resumes)."""
+    recipe = default_recipe(teacher)
     if not rebuild and bundle_dir.exists():
         try:
             manifest = load_bundle(bundle_dir).manifest
-            if manifest.model.teacher_checkpoint_sha256 == teacher.checkpoint_sha256:
+            student = manifest.model.student
+            if manifest.model.teacher_checkpoint_sha256 == teacher.checkpoint_sha256 and student is not None \
+                    and student.checkpoint_sha256 == recipe.student.checkpoint_sha256:
                 console.print(f"default bundle: {bundle_dir} (up to date; --rebuild to rebuild)")
                 return bundle_dir
         except BundleError as exc:
@@ -82,7 +95,6 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
     archive = bundle_dir.with_suffix(".erb.tar")
-    recipe = BundleRecipe.from_teacher(teacher)
     settings = demo_settings(datasets)
     if settings.validation is not None:
         # Refer only on what could be validated: a condition without labelled data (AMD here: the
@@ -128,14 +140,16 @@ def latency_tables(bundle_dir: Path, images: list[Path], rounds: int, console: C
 
 
 def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int, console: Console) -> list[Table]:
-    """Zero-shot AUROC of every engine against the PyTorch teacher (``edge-retina bench parity``), per
-    shared dataset's held-out split."""
+    """Zero-shot AUROC of the PyTorch student and every engine against the PyTorch teacher
+    (``edge-retina bench parity``), per shared dataset's held-out split."""
     tables = []
     for dataset in SHARED_DATASETS:
         labelled = shared_dataset_labels(datasets, dataset, split="test", limit=limit)
+        student = bundle_student(load_bundle(bundle_dir).manifest)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"parity on {dataset}", total=len(labelled.paths))
             report = bundle_parity(bundle_dir, labelled, reference=teacher_embedder(teacher),
+                                   host_models=[student] if student else [],
                                    progress=lambda n: progress.advance(task, n))
         for title, headers, rows in parity_tables_rows(report):
             tables.append(rich_table(f"{dataset} (held-out test split) - {title}", headers, rows))
@@ -146,7 +160,8 @@ def run_demo(config: DemoConfig) -> dict:
     console = Console()
     teacher = load_teacher("reference")
     console.print(f"teacher: reference model {teacher.name} (sha256 {teacher.checkpoint_sha256[:12]}…), "
-                  f"input {teacher.input_spec.size[0]}x{teacher.input_spec.size[1]}")
+                  f"input {teacher.input_spec.size[0]}x{teacher.input_spec.size[1]}; default student: "
+                  f"{STUDENT_WEIGHTS.name} (distilled from it)")
     bundle_dir = default_bundle(teacher, config.workdir / "default-bundle", config.datasets, console, config.rebuild)
 
     images = sample_images(config.workdir, config.datasets)

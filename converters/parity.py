@@ -7,17 +7,18 @@ teacher's embeddings of the very same prepared tensors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from converters.teachers import Teacher, load_teacher
+from converters.teachers.checkpoints import checkpoint_sha256
+from edge_retina.bench.parity import HostModel
 from edge_retina.bundle import Manifest
 from edge_retina.errors import EdgeRetinaError
-from edge_retina.preprocess.spec import InputSpec
 
 TEACHER_NAME = "teacher (PyTorch fp32)"
+STUDENT_NAME = "student (PyTorch fp32)"
 
 
 def torch_embeddings(encoder: torch.nn.Module, tensors: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -46,14 +47,31 @@ def bundle_teacher(manifest: Manifest, checkpoint: str | Path | None = None) -> 
     return teacher
 
 
-def teacher_embedder(teacher: Teacher) -> tuple[str, Callable[[np.ndarray], np.ndarray], InputSpec]:
-    """(name, embed function, input spec) for ``edge_retina.bench.parity.bundle_parity(reference=...)``:
-    the teacher sees images prepared its own way, also beside a student with another input size."""
+def teacher_embedder(teacher: Teacher) -> HostModel:
+    """The teacher as a host model for ``edge_retina.bench.parity.bundle_parity``: it sees images
+    prepared its own way, also beside a student with another input size."""
     encoder = teacher.image_encoder.eval()
     return TEACHER_NAME, lambda tensors: torch_embeddings(encoder, tensors), teacher.input_spec
 
 
-def teacher_reference(manifest: Manifest, checkpoint: str | Path | None = None
-                      ) -> tuple[str, Callable[[np.ndarray], np.ndarray], InputSpec]:
+def teacher_reference(manifest: Manifest, checkpoint: str | Path | None = None) -> HostModel:
     """The teacher of the bundle described by ``manifest`` as a parity reference."""
     return teacher_embedder(bundle_teacher(manifest, checkpoint))
+
+
+def bundle_student(manifest: Manifest, checkpoint: str | Path | None = None) -> HostModel | None:
+    """The PyTorch student a student bundle was built from, to stand beside its engines; None for a
+    teacher bundle. ``checkpoint`` defaults to the shipped default student; refused if its sha256 is
+    not the one the manifest records."""
+    from converters.distill.student import STUDENT_WEIGHTS, load_student
+
+    info = manifest.model.student
+    if info is None:
+        return None
+    path = Path(checkpoint) if checkpoint is not None else STUDENT_WEIGHTS
+    if not path.is_file() or checkpoint_sha256(path) != info.checkpoint_sha256:
+        raise EdgeRetinaError(
+            f"the bundle's student ({info.name}, sha256 {info.checkpoint_sha256[:12]}…) is not "
+            f"{path if path.is_file() else 'available'}: pass its weights with --student-checkpoint")
+    student, spec, _ = load_student(path)
+    return STUDENT_NAME, lambda tensors: torch_embeddings(student, tensors), spec

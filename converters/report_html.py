@@ -77,16 +77,17 @@ def _cosine_figure(report: ParityReport) -> str:
     return _png(fig)
 
 
-def _parity_section(report: ParityReport, max_drop: float | None) -> str:
+def _parity_section(report: ParityReport, max_drop: float | None, gate_baseline: str | None) -> str:
     parts = ["<h2>Accuracy parity</h2>",
              f"<p>Reference: <b>{html.escape(report.reference)}</b>; {report.n_images} images. "
              "ΔAUROC = engine - reference, with a paired stratified bootstrap 95 % CI and DeLong's test; "
              "sensitivity and specificity at the bundle's referral thresholds.</p>"]
     if max_drop is not None:
-        failures = report.failures(max_drop)
+        failures = report.failures(max_drop, gate_baseline)
         verdict = ('<span class="fail">FAIL</span>: ' + html.escape("; ".join(failures))) if failures else \
             '<span class="pass">PASS</span>'
-        parts.append(f"<p>Release gate (no ΔAUROC below -{max_drop}): {verdict}</p>")
+        baseline = html.escape(gate_baseline or report.reference)
+        parts.append(f"<p>Release gate (no engine's AUROC more than {max_drop} below {baseline}'s): {verdict}</p>")
     parts.append('<div class="figures">' + "".join(_roc_figure(report, i) for i in range(len(report.conditions)))
                  + "</div>")
     parts += [_table(*t) for t in parity_tables(report)]
@@ -133,12 +134,13 @@ def _latency_section(latency: dict[str, Any]) -> str:
 
 
 def write_report(path: Path, *, parity: ParityReport | None = None, latency: dict[str, Any] | None = None,
-                 max_drop: float | None = None, title: str = "edge-retina bench report") -> Path:
+                 max_drop: float | None = None, gate_baseline: str | None = None,
+                 title: str = "edge-retina bench report") -> Path:
     """Write the HTML report; ``latency`` is ``LatencyReport.to_dict()`` (or the JSON it was saved as)."""
     if parity is None and latency is None:
         raise ValueError("nothing to report: give a parity report, a latency report or both")
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections = ([_parity_section(parity, max_drop)] if parity is not None else []) + \
+    sections = ([_parity_section(parity, max_drop, gate_baseline)] if parity is not None else []) + \
         ([_latency_section(latency)] if latency is not None else [])
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>Created {created}. "

@@ -52,8 +52,13 @@ def test_compare_embeddings_finds_a_drop_and_not_a_copy():
     assert glaucoma.models["teacher"].bootstrap is None
     np.testing.assert_allclose(report.cosine["same"], 1.0)
     assert report.cosine["degraded"].min() < 0.99
-    assert report.failures(0.005) == [f"glaucoma: degraded ΔAUROC {degraded.bootstrap.delta:+.4f} (max drop 0.005)"]
+    assert report.failures(0.005) == [
+        f"glaucoma: degraded ΔAUROC {degraded.bootstrap.delta:+.4f} against teacher (max drop 0.005)"]
     assert report.failures(1.0) == []
+    # Against another baseline (a student's engines against the student), the reference is not gated.
+    assert report.failures(0.005, baseline="degraded") == []
+    assert degraded.retention == pytest.approx((degraded.auroc - 0.5) / (glaucoma.models["teacher"].auroc - 0.5))
+    assert same.retention == pytest.approx(1.0) and glaucoma.models["teacher"].retention is None
     data = json.loads(json.dumps(report.to_dict()))
     assert data["conditions"][0]["models"]["degraded"]["delta_ci95"][1] < 0
     assert data["cosine_to_reference"]["same"]["min"] == pytest.approx(1.0)

@@ -161,3 +161,55 @@ def test_convert_refuses_an_input_larger_than_a_device_allows(image_sets, tmp_pa
     target = EngineTarget("onnxruntime", "int8", device_profile="tiny-board", max_input_side=32)
     with pytest.raises(ConvertError, match="tiny-board allows"):
         convert(_recipe(), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache", targets=[target]))
+
+
+def test_a_student_bundle_reports_teacher_student_and_engines_side_by_side(image_sets, tmp_path):
+    """A distilled student's bundle: the parity report is held to the PyTorch teacher (which sees the
+    images at its own input size), and the manifest carries the distillation report."""
+    from dataclasses import replace
+
+    import torch
+
+    from converters.teachers import Teacher
+    from edge_retina.bundle.manifest import StudentInfo
+
+    student = _recipe()
+    with torch.no_grad():  # the teacher: the same tiny network, slightly perturbed, at another size
+        teacher_encoder = _tiny_encoder()
+        for p in teacher_encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    teacher = Teacher(family="test-tiny", name="tiny-teacher", image_encoder=teacher_encoder,
+                      embed_texts=student.embed_texts, input_spec=replace(student.input_spec, size=(80, 80)),
+                      ensembling=student.ensembling, logit_scale=student.logit_scale, checkpoint_sha256="0" * 64)
+    recipe = replace(student, role="student", teacher=teacher,
+                     student=StudentInfo(name="tiny-student", arch="tiny", checkpoint_sha256="1" * 64))
+    targets = [EngineTarget("onnxruntime", "fp32"), EngineTarget("onnxruntime", "int8")]
+    bundle_dir = convert(recipe, tmp_path / "bundle", _settings(image_sets, tmp_path / "cache", targets=targets))
+
+    parity = json.loads((bundle_dir / "reports" / "parity.json").read_text())
+    assert parity["reference"] == "teacher (PyTorch fp32)"
+    assert parity["models"][:2] == ["teacher (PyTorch fp32)", "fp32 onnx"] and len(parity["models"]) == 4
+    teacher_auroc = {c["condition"]: c["models"]["teacher (PyTorch fp32)"]["auroc"] for c in parity["conditions"]}
+    student_auroc = {c["condition"]: c["models"]["fp32 onnx"]["auroc"] for c in parity["conditions"]}
+
+    manifest = load_bundle(bundle_dir).manifest
+    assert {e.role for e in manifest.engines} == {"student"}
+    report = manifest.model.student.distillation
+    assert set(report["conditions"]) == {"cataract", "glaucoma"} and report["held_out_images"] == 12
+    cataract = report["conditions"]["cataract"]
+    assert (cataract["auroc_teacher"], cataract["auroc_student"]) == (teacher_auroc["cataract"], student_auroc["cataract"])
+    if teacher_auroc["cataract"] > 0.5:
+        assert cataract["retention"] == pytest.approx((student_auroc["cataract"] - 0.5) / (teacher_auroc["cataract"] - 0.5))
+    assert 0 <= cataract["decision_agreement"] <= 1 and cataract["threshold"] is not None
+    assert 0.5 < report["cosine_to_teacher"]["min"] < 1.0
+    profile = report["profile"]
+    assert profile["teacher"]["input_size"] == [80, 80] and profile["student"]["input_size"] == [64, 64]
+    assert profile["teacher"]["median_ms"] > 0 and profile["speedup"] > 0
+    # The report card is shown by `bundle inspect` (runtime side).
+    from click.testing import CliRunner
+
+    from edge_retina.cli.main import cli
+
+    shown = CliRunner().invoke(cli, ["bundle", "inspect", str(bundle_dir)], catch_exceptions=False, terminal_width=200)
+    assert shown.exit_code == 0 and "student vs teacher on 12 held-out images" in shown.output
+    assert "cataract" in shown.output and "retention" in shown.output

@@ -15,3 +15,16 @@ def test_calibration_and_thresholds_never_see_test_images(shared_datasets):
     assert {split_of[p] for p in settings.calibration} == {"train"}
     assert {split_of[p] for p in settings.validation.paths} == {"val"}
     assert {"diabetic_retinopathy", "glaucoma", "cataract", "macular_oedema"} <= set(settings.validation.labels)
+
+
+def test_the_default_bundle_serves_the_shipped_student_of_the_shipped_teacher():
+    """The committed student must have been distilled from the committed reference weights, or the
+    default bundle would score its embeddings against another model's prompt table."""
+    from converters.demo import default_recipe
+    from converters.teachers import load_teacher
+
+    teacher = load_teacher("reference")
+    recipe = default_recipe(teacher)
+    assert recipe.role == "student" and recipe.teacher is teacher
+    assert recipe.teacher_checkpoint_sha256 == teacher.checkpoint_sha256
+    assert recipe.input_spec.size == (192, 192) and recipe.student.arch == "mobilenetv3_small_100"

@@ -15,7 +15,13 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from converters.distill import DistillConfig, distill, load_student, save_student
+from converters.distill import (
+    DistillConfig,
+    build_student,
+    distill,
+    load_student,
+    save_student,
+)
 from converters.distill.augment import FundusAugment
 from converters.distill.loss import DistillLoss
 from converters.teachers import Teacher
@@ -163,6 +169,43 @@ def test_augmentation_is_seeded_and_keeps_the_image_format(retina_rgb):
     assert np.array_equal(a, b) and not np.array_equal(a, c) and not np.array_equal(a, image)
 
 
+def test_one_draw_alters_any_size_of_a_photo_alike(retina_rgb):
+    """The teacher's and the student's copies of a photo differ in size only; a view must alter both
+    the same way, or the student would learn the teacher's embedding of another image."""
+    small = cv2.resize(retina_rgb, (96, 96), interpolation=cv2.INTER_AREA)
+    large = cv2.resize(retina_rgb, (192, 192), interpolation=cv2.INTER_AREA)
+    augment = FundusAugment()
+    draw = augment.draw(np.random.default_rng(5))
+    other = augment.draw(np.random.default_rng(6))
+
+    def shrunk(image):
+        return cv2.resize(image, (96, 96), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+    same_view = np.abs(shrunk(augment.apply(large, draw)) - augment.apply(small, draw)).mean()
+    other_view = np.abs(shrunk(augment.apply(large, draw)) - augment.apply(small, other)).mean()
+    assert same_view < 4.0 and other_view > 3 * same_view
+
+
+def test_the_teacher_embeds_every_view_once_and_view_0_is_the_clean_photo(tiny_teacher, photo_dir, tmp_path):
+    from converters.distill.train import cached_training_set, make_view
+    from edge_retina.preprocess import Preprocessor
+
+    config = DistillConfig(**{**TINY.__dict__, "views": 3})
+    spec = InputSpec(size=(64, 64), interpolation="area", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    keys, pixels, targets, _ = cached_training_set(tiny_teacher, spec, photos(photo_dir), tmp_path, config,
+                                                   progress=False)
+    assert pixels.shape == (6, 64, 64, 3) and targets.shape == (6, 3, EMBED_DIM)
+    prepared = Preprocessor(tiny_teacher.input_spec).prepare(photos(photo_dir)[0].read_bytes()).image
+    key = hashlib.sha256(photos(photo_dir)[0].read_bytes()).hexdigest()
+    row = keys.index(key)
+    with torch.no_grad():
+        for view in range(3):
+            image = make_view(FundusAugment(config.augment), prepared, config.seed, key, view)
+            want = tiny_teacher.image_encoder(torch.from_numpy(Preprocessor(tiny_teacher.input_spec).normalise(image[None])))
+            np.testing.assert_allclose(targets[row, view], want[0].numpy(), atol=1e-5)
+    assert not np.allclose(targets[:, 0], targets[:, 1])
+
+
 def test_distill_command(tiny_teacher, photo_dir, tmp_path, monkeypatch):
     from converters.commands.distill import distill as distill_command
 
@@ -178,10 +221,11 @@ def test_distill_command(tiny_teacher, photo_dir, tmp_path, monkeypatch):
 
 
 def test_parity_of_a_student_identical_to_its_teacher(tiny_teacher, photo_dir):
-    from converters.distill.report import format_markdown, retention, student_parity
+    from converters.distill.report import format_markdown, student_parity
     from converters.prompt_tables import embed_conditions
     from converters.prompts import load_prompt_file
     from edge_retina.bench.labels import LabelledImages
+    from edge_retina.bench.metrics import retention
 
     table = embed_conditions(tiny_teacher.embed_texts, load_prompt_file(), tiny_teacher.ensembling,
                              tiny_teacher.logit_scale)
@@ -221,3 +265,25 @@ def test_student_recipe_carries_the_teachers_prompt_table(tiny_teacher, photo_di
     assert recipe.student.arch == TINY.arch and recipe.student.name == "student"
     with pytest.raises(ValueError, match="distilled from teacher checkpoint"):
         student_recipe(replace(tiny_teacher, checkpoint_sha256="1" * 64), weights)
+
+
+def test_parity_finds_a_student_bundles_pytorch_student_and_refuses_other_weights(tiny_teacher, photo_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from converters.distill.bundling import student_recipe
+    from converters.parity import STUDENT_NAME, bundle_student
+    from edge_retina.errors import EdgeRetinaError
+
+    result = distill(tiny_teacher, photos(photo_dir), tmp_path / "run", TINY, max_epochs_this_run=1, progress=False)
+    weights = save_student(result.student, result.input_spec, tmp_path / "student.safetensors", result.metadata())
+    manifest = SimpleNamespace(model=SimpleNamespace(student=student_recipe(tiny_teacher, weights).student))
+    name, embed, spec = bundle_student(manifest, weights)
+    assert name == STUDENT_NAME and spec == result.input_spec
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(embed(x), result.student(torch.from_numpy(x)).numpy(), atol=2e-2)
+    assert bundle_student(SimpleNamespace(model=SimpleNamespace(student=None))) is None  # a teacher bundle
+    other = tmp_path / "other.safetensors"
+    save_student(build_student(TINY.arch, EMBED_DIM, 64, seed=1), result.input_spec, other, result.metadata())
+    with pytest.raises(EdgeRetinaError, match="--student-checkpoint"):
+        bundle_student(manifest, other)

@@ -1,4 +1,4 @@
-"""``edge-retina convert``: teacher checkpoint -> bundle, in one command.
+"""``edge-retina convert``: teacher checkpoint (or a student distilled from it) -> bundle, in one command.
 
 FP32 ONNX -> calibration -> INT8 per requested backend (accuracy-guarded) -> thresholds -> parity
 report -> bundle, each step cached by content hash so a re-run resumes (``converters.convert_pipeline``).
@@ -25,6 +25,11 @@ def _comma_list(text: str) -> list[str]:
               help="Teacher checkpoint (default: the family's embedded weights, where it has them).")
 @click.option("--prompts", "prompt_file", type=click.Path(path_type=Path, dir_okay=False),
               default=DEFAULT_PROMPT_FILE, show_default=True, help="Prompt file (conditions and their prompts).")
+@click.option("--student", "student_weights", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              default=None,
+              help="Bundle this distilled student (.safetensors from 'edge-retina distill', distilled from the "
+                   "teacher above) instead of the teacher: its engines, the teacher's prompt table, and a "
+                   "parity report with teacher, student and engines side by side.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle directory to write.")
 @click.option("--backends", default="onnxruntime,openvino", show_default=True,
               help="FP32 engines to include (onnxruntime, openvino; '' for none).")
@@ -54,12 +59,13 @@ def _comma_list(text: str) -> list[str]:
 @click.option("--archive", type=click.Path(path_type=Path), default=None,
               help="Also pack the bundle into this single archive file.")
 @TEACHER_OPTION
-def convert(family: str, checkpoint: Path | None, prompt_file: Path, out: Path, backends: str, int8_backends: str,
+def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_weights: Path | None, out: Path, backends: str, int8_backends: str,
             device_profiles: str, fp16_backends: str,
             calibration_sources: tuple[Path, ...], calibration_size: int, validation_csv: Path | None,
             target_sensitivity: float, max_auroc_drop: float, min_cosine: float, seed: int, threads: int | None,
             cache_dir: Path | None, archive: Path | None, teacher_options: tuple[str, ...]) -> None:
-    """Teacher checkpoint -> bundle: FP32 and INT8 engines, thresholds, parity report, prompt table."""
+    """Teacher checkpoint (or its distilled student) -> bundle: FP32 and INT8 engines, thresholds, parity
+    report, prompt table."""
     from converters.accuracy_guard import GuardLimits
     from converters.bundle_builder import BundleRecipe
     from converters.convert_pipeline import (
@@ -75,7 +81,8 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, out: Path, 
 
     try:
         if device_profiles:
-            targets = EngineTarget.for_devices(_comma_list(device_profiles), role="teacher")
+            targets = EngineTarget.for_devices(_comma_list(device_profiles),
+                                               role="student" if student_weights else "teacher")
         else:
             targets = ([EngineTarget(b, "fp32") for b in _comma_list(backends)]
                        + [EngineTarget(b, "fp16") for b in _comma_list(fp16_backends)]
@@ -91,8 +98,17 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, out: Path, 
         cache_dir=cache_dir or default_cache_dir(), threads=threads,
     )
     teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))
+    if student_weights is None:
+        recipe = BundleRecipe.from_teacher(teacher, prompt_file)
+    else:
+        from converters.distill.bundling import student_recipe
+
+        try:
+            recipe = student_recipe(teacher, student_weights, prompt_file)
+        except ValueError as exc:  # distilled from another teacher checkpoint
+            raise click.BadParameter(str(exc), param_hint="--student") from None
     try:
-        bundle = run_convert(BundleRecipe.from_teacher(teacher, prompt_file), out, settings, archive=archive,
+        bundle = run_convert(recipe, out, settings, archive=archive,
                              progress=lambda message: click.echo(message, err=True))
     except ConvertError as exc:
         raise click.ClickException(str(exc)) from None

@@ -54,6 +54,8 @@ def _train_split(datasets: Path) -> list[Path]:
 @click.option("--size", type=click.IntRange(32, 1024), default=None, help=f"Student input side, px ({_DEFAULTS_NOTE}).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help=f"Epochs ({_DEFAULTS_NOTE}).")
 @click.option("--batch-size", type=click.IntRange(2), default=None, help=f"Batch size ({_DEFAULTS_NOTE}).")
+@click.option("--views", type=click.IntRange(1), default=None,
+              help=f"Views per photo, the clean one included, each embedded once by the teacher ({_DEFAULTS_NOTE}).")
 @click.option("--seed", type=int, default=None, help=f"Seed of every random draw ({_DEFAULTS_NOTE}).")
 @click.option("--resume", is_flag=True, help="Continue from WORK_DIR/last.pt (same teacher, images and recipe).")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
@@ -63,7 +65,7 @@ def _train_split(datasets: Path) -> list[Path]:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ...], prompt_file: Path,
             image_dirs: tuple[Path, ...], datasets: Path | None, work_dir: Path, out: Path | None, arch: str | None,
-            size: int | None, epochs: int | None, batch_size: int | None, seed: int | None, resume: bool,
+            size: int | None, epochs: int | None, batch_size: int | None, views: int | None, seed: int | None, resume: bool,
             threads: int, workers: int, quiet: bool) -> None:
     """Distil a teacher's image encoder into a small student from unlabelled fundus photos.
 
@@ -90,12 +92,12 @@ def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ..
     if not images:
         raise click.UsageError("no images found")
     overrides = {k: v for k, v in {"arch": arch, "size": size, "epochs": epochs, "batch_size": batch_size,
-                                    "seed": seed}.items() if v is not None}
+                                    "views": views, "seed": seed}.items() if v is not None}
     config = replace(DistillConfig(), **overrides)
     torch.set_num_threads(threads)
     teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))
     click.echo(f"distilling {teacher.family}/{teacher.name} into {config.arch}@{config.size} "
-               f"on {len(images)} images, {config.epochs} epochs", err=True)
+               f"on {len(images)} images ({config.views} views each), {config.epochs} epochs", err=True)
     result = run_distillation(teacher, images, work_dir, config, prompt_file=prompt_file, resume=resume,
                               workers=workers, progress=not quiet)
     for reason in result.skipped:

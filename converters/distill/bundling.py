@@ -1,6 +1,7 @@
 """A bundle recipe for a distilled student: the student's engine and input spec, the TEACHER's prompt
 table (the student was trained into the teacher's embedding space, so the teacher's text tower and
-logit scale score its embeddings)."""
+logit scale score its embeddings), and the teacher itself, which ``convert`` holds the student and
+its engines to in the bundle's parity and distillation reports."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -30,4 +31,4 @@ def student_recipe(teacher: Teacher, student_weights: str | Path, prompt_file: P
     info = StudentInfo(name=student_weights.stem, arch=sidecar["arch"],  # a timm name; the size is in the spec
                        checkpoint_sha256=checkpoint_sha256(student_weights))
     return replace(BundleRecipe.from_teacher(teacher, prompt_file), encoder=student, input_spec=spec,
-                   role="student", student=info)
+                   role="student", student=info, teacher=teacher)

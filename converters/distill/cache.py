@@ -1,11 +1,12 @@
 """Caches keyed by image content (sha256 of the file's bytes), so epochs never redo the expensive part.
 
 - the student's prepared pixels (uint8, after the shared preprocessing with the student's spec);
-- the teacher's embeddings (after the shared preprocessing with the teacher's spec).
+- the teacher's embeddings of each view of a photo (key ``<sha256>:<view>``; after the shared
+  preprocessing with the teacher's spec).
 
 Each cache is one ``.npz`` file (``keys`` + ``values``) whose name carries what its values depend
-on (the input spec's hash; for embeddings also the teacher checkpoint's), so a renamed, moved or
-duplicated photo is a hit and a new teacher or spec never reuses stale values.
+on (the input spec's hash; for embeddings also the teacher checkpoint's and the views' recipe), so a
+renamed, moved or duplicated photo is a hit and a new teacher, spec or recipe never reuses stale values.
 """
 from __future__ import annotations
 

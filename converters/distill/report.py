@@ -35,7 +35,7 @@ from edge_retina.backends import create_runner
 from edge_retina.bench import metrics
 from edge_retina.bench.labels import LabelledImages
 from edge_retina.bench.machine import machine_info
-from edge_retina.bench.parity import prepare_tensors
+from edge_retina.bench.parity import ParityReport, prepare_tensors
 from edge_retina.preprocess import Preprocessor
 from edge_retina.preprocess.spec import InputSpec
 from edge_retina.prompts import PromptTable
@@ -68,10 +68,6 @@ class StudentParity:
         return asdict(self)
 
 
-def retention(auroc_student: float, auroc_teacher: float) -> float | None:
-    return None if auroc_teacher <= 0.5 else (auroc_student - 0.5) / (auroc_teacher - 0.5)
-
-
 def student_parity(teacher: Teacher, student: StudentEncoder, student_spec: InputSpec, table: PromptTable,
                    labelled: dict[str, LabelledImages], thresholds: dict[str, float] | None = None,
                    replicates: int = 2000) -> StudentParity:
@@ -101,7 +97,7 @@ def student_parity(teacher: Teacher, student: StudentEncoder, student_spec: Inpu
             delta = metrics.paired_bootstrap_delta(y, t_score, s_score, replicates=replicates, seed=0)
             threshold = thresholds.get(condition, DEFAULT_THRESHOLD)
             rows.append(RetentionRow(dataset, condition, int((y == 1).sum()), int((y == 0).sum()), t_auroc, s_auroc,
-                                     retention(s_auroc, t_auroc), (delta.ci_low, delta.ci_high),
+                                     metrics.retention(s_auroc, t_auroc), (delta.ci_low, delta.ci_high),
                                      metrics.decision_agreement(t_score, s_score, threshold), threshold))
     return StudentParity(rows, cosines, counts, skipped)
 
@@ -145,6 +141,28 @@ def compute_profile(teacher: Teacher, student: StudentEncoder, student_spec: Inp
     return profile
 
 
+def distillation_summary(parity: ParityReport, teacher: str, student: str, profile: dict | None) -> dict:
+    """What a student bundle's manifest records (``model.student.distillation``): per condition the
+    teacher's and the student's AUROC, retention, ΔAUROC CI and decision agreement at the bundle's
+    threshold, from a parity report with the teacher as reference; the embedding cosine to the
+    teacher; and ``compute_profile``'s parameters, FLOPs and interleaved latency."""
+    conditions = {}
+    for c in parity.conditions:
+        t, s = c.models[teacher], c.models[student]
+        conditions[c.condition] = {
+            "n_pos": c.n_pos, "n_neg": c.n_neg, "threshold": c.threshold,
+            "auroc_teacher": t.auroc, "auroc_student": s.auroc, "retention": s.retention,
+            "delta_ci95": [s.bootstrap.ci_low, s.bootstrap.ci_high], "decision_agreement": s.agreement,
+        }
+    return {
+        "held_out_images": parity.n_images,
+        "conditions": conditions,
+        "cosine_to_teacher": metrics.distribution(parity.cosine[student]),
+        "profile": profile,
+        "machine": machine_info(),
+    }
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -185,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", type=Path, default=None)
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per dataset")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="decision agreement at this bundle's referral thresholds (default: 0.5 everywhere)")
     parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads")
     parser.add_argument("--repeats", type=int, default=50, help="latency repeats per model")
     parser.add_argument("--no-latency", action="store_true")
@@ -203,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                      f"not {teacher.checkpoint_sha256[:12]}...: they live in different embedding spaces")
     table = embed_conditions(teacher.embed_texts, load_prompt_file(args.prompts), teacher.ensembling, teacher.logit_scale)
     labelled = {d: shared_dataset_labels(datasets, d, args.split, args.limit) for d in SHARED_DATASETS}
-    parity = student_parity(teacher, student, spec, table, labelled)
+    thresholds = None
+    if args.bundle is not None:
+        from edge_retina.bundle import load_bundle
+
+        thresholds = {c.name: c.threshold for c in load_bundle(args.bundle).manifest.prompts.conditions
+                      if c.threshold is not None}
+    parity = student_parity(teacher, student, spec, table, labelled, thresholds)
     profile = None if args.no_latency else compute_profile(teacher, student, spec, threads=args.threads,
                                                            repeats=args.repeats)
     markdown = format_markdown(parity, profile, args.split)

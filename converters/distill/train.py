@@ -5,12 +5,17 @@
                  result.metadata())
 
 1. Every image is hashed (sha256 of its bytes) and prepared ONCE through the shared Preprocessor,
-   with the teacher's spec (-> teacher embedding, cached) and the student's spec (-> uint8 pixels,
-   cached): each model sees the photo the way it will on the device, and epochs never re-run the
-   teacher. Images are ordered by their hash, so a run does not depend on how a folder was listed.
-2. The student sees a freshly augmented copy of its pixels each epoch (camera variation: see
-   ``augment``) and learns to match the teacher's embedding of the clean photo and the teacher's
-   zero-shot distribution over the prompt table (``loss``): the same decision whatever the camera.
+   with the teacher's spec and the student's spec (-> uint8 pixels, cached): each model sees the
+   photo the way it will on the device. Images are ordered by their hash, so a run does not depend
+   on how a folder was listed.
+2. Each photo has ``views`` views: the clean photo and ``views - 1`` camera-like variations of it
+   (``augment``; each drawn from a generator seeded by the run seed, the photo's hash and the view
+   number). The teacher embeds every view of its own copy ONCE (cached by content hash and view),
+   and the student, shown the same view of its copy, learns the teacher's embedding and zero-shot
+   distribution for exactly that image (``loss``). Matching the teacher on the views it actually
+   saw, rather than its clean-photo embedding on an altered photo, is the "consistent teaching" that
+   makes small students converge on the teacher's function (Beyer et al., 2022); the cached views
+   keep epochs from re-running the teacher. Epoch ``e`` shows photo ``i`` its view ``(e + i) % views``.
 3. A checkpoint (``last.pt``) is written after every epoch; ``resume=True`` continues from it and
    ends with exactly the weights of an uninterrupted run (all randomness is derived from the seed,
    the epoch and the sample, never from global state that a restart would lose).
@@ -54,7 +59,8 @@ TEACHER_BATCH = 32
 class DistillConfig:
     arch: str = DEFAULT_ARCH
     size: int = DEFAULT_SIZE
-    epochs: int = 8
+    epochs: int = 20
+    views: int = 4  # per photo: the clean photo + 3 augmented views, each embedded once by the teacher
     batch_size: int = 48
     lr: float = 4e-3
     weight_decay: float = 0.02
@@ -94,17 +100,32 @@ class DistillResult:
         }
 
 
+def view_rng(seed: int, key: str, view: int) -> np.random.Generator:
+    """The generator of one view of one photo (``key``: its content sha256)."""
+    return np.random.default_rng([seed, view, *(int(key[i:i + 8], 16) for i in range(0, 32, 8))])
+
+
+def make_view(augment: FundusAugment, image: np.ndarray, seed: int, key: str, view: int) -> np.ndarray:
+    """View 0 is the clean photo; the others are camera-like variations, the same for any image size."""
+    return image if view == 0 else augment.apply(image, augment.draw(view_rng(seed, key, view)))
+
+
 def cached_training_set(teacher: Teacher, student_spec: InputSpec, paths: Sequence[Path], cache_dir: Path,
-                        *, workers: int = 2, progress: bool = True) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
-    """Content hashes (sorted, unique), student uint8 pixels (N, H, W, 3), teacher embeddings (N, D),
-    and the images skipped as unreadable. Only images missing from the caches are prepared."""
+                        config: DistillConfig, *, workers: int = 2,
+                        progress: bool = True) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Content hashes (sorted, unique), student uint8 pixels (N, H, W, 3), teacher embeddings of every
+    view (N, views, D), and the images skipped as unreadable. Only what the caches miss is computed."""
     pixel_cache = ContentCache(cache_dir / f"student-pixels-{pixels_key(student_spec)}.npz")
-    embedding_cache = ContentCache(
-        cache_dir / f"teacher-embeddings-{teacher.checkpoint_sha256[:16]}-{pixels_key(teacher.input_spec)}.npz")
+    # The views' embeddings depend on the teacher, its pixels, and how the views are drawn.
+    views_key = hashlib.sha256(json.dumps([config.augment.to_dict(), config.seed], sort_keys=True).encode()).hexdigest()
+    embedding_cache = ContentCache(cache_dir / f"teacher-views-{teacher.checkpoint_sha256[:16]}-"
+                                   f"{pixels_key(teacher.input_spec)}-{views_key[:16]}.npz")
+    views = range(config.views)
     path_of: dict[str, Path] = {}
     for path in tqdm(paths, desc="hashing", unit="img", disable=not progress):
         path_of.setdefault(content_sha256(path), Path(path))
-    missing = [k for k in sorted(path_of) if k not in pixel_cache or k not in embedding_cache]
+    missing = [k for k in sorted(path_of)
+               if k not in pixel_cache or any(f"{k}:{v}" not in embedding_cache for v in views)]
     skipped: list[str] = []
     unreadable: set[str] = set()
     if missing:
@@ -115,18 +136,27 @@ def cached_training_set(teacher: Teacher, student_spec: InputSpec, paths: Sequen
         keys = [missing[i] for i in kept]
         unreadable = set(missing) - set(keys)
         teacher_preprocessor = Preprocessor(teacher.input_spec)
+        augment = FundusAugment(config.augment)
         encoder = teacher.image_encoder.eval()
-        embeddings = []
-        with torch.no_grad():
-            for start in tqdm(range(0, len(keys), TEACHER_BATCH), desc="teacher embeddings", unit="batch",
-                              disable=not progress):
-                batch = np.stack([images[i][0] for i in range(start, min(start + TEACHER_BATCH, len(keys)))])
-                embeddings.append(encoder(torch.from_numpy(teacher_preprocessor.normalise(batch))).numpy())
+        batches = range(0, len(keys), TEACHER_BATCH)
+        with torch.no_grad(), tqdm(total=len(batches) * len(views), desc=f"teacher embeddings ({len(views)} views)",
+                                   unit="batch", disable=not progress) as bar:
+            for view in views:
+                embeddings = []
+                for start in batches:
+                    chunk = range(start, min(start + TEACHER_BATCH, len(keys)))
+                    batch = np.stack([make_view(augment, images[i][0], config.seed, keys[i], view) for i in chunk])
+                    embeddings.append(encoder(torch.from_numpy(teacher_preprocessor.normalise(batch))).numpy())
+                    bar.update()
+                if keys:
+                    embedding_cache.add([f"{k}:{view}" for k in keys], np.concatenate(embeddings).astype(np.float32))
         if keys:
-            embedding_cache.add(keys, np.concatenate(embeddings).astype(np.float32))
             pixel_cache.add(keys, np.stack([images[i][1] for i in range(len(keys))]))
     keys = [k for k in sorted(path_of) if k not in unreadable]
-    return keys, pixel_cache.get(keys), embedding_cache.get(keys), skipped
+    if not keys:
+        return [], np.empty((0,)), np.empty((0,)), skipped
+    targets = np.stack([embedding_cache.get([f"{k}:{v}" for k in keys]) for v in views], axis=1)
+    return keys, pixel_cache.get(keys), targets, skipped
 
 
 def learning_rate(step: int, total: int, config: DistillConfig) -> float:
@@ -167,7 +197,7 @@ def distill(
     work_dir.mkdir(parents=True, exist_ok=True)
     student_spec = student_input_spec(teacher.input_spec, config.size)
     keys, pixels, targets, skipped = cached_training_set(
-        teacher, student_spec, images, Path(cache_dir) if cache_dir else work_dir / "cache",
+        teacher, student_spec, images, Path(cache_dir) if cache_dir else work_dir / "cache", config,
         workers=workers, progress=progress)
     if not keys:
         raise ValueError("no usable images to distil from" + (f" ({len(skipped)} unreadable)" if skipped else ""))
@@ -175,7 +205,7 @@ def distill(
 
     table = embed_conditions(teacher.embed_texts, load_prompt_file(prompt_file), teacher.ensembling,
                              teacher.logit_scale)
-    criterion = DistillLoss(table.class_embeddings, table.logit_scale, targets.mean(axis=0), config.loss)
+    criterion = DistillLoss(table.class_embeddings, table.logit_scale, targets.mean(axis=(0, 1)), config.loss)
     student = build_student(config.arch, table.embedding_dim, config.size, config.seed)
     student.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
     optimiser = _optimiser(student, config)
@@ -210,11 +240,12 @@ def distill(
                    disable=not progress)
         for b in bar:
             index = order[b * batch_size:(b + 1) * batch_size]
-            batch = np.stack([augment(pixels[i], np.random.default_rng([config.seed, epoch, int(i)])) for i in index])
+            view = (epoch + index) % config.views
+            batch = np.stack([make_view(augment, pixels[i], config.seed, keys[i], v) for i, v in zip(index, view)])
             x = torch.from_numpy(preprocessor.normalise(batch)).contiguous(memory_format=torch.channels_last)
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(epoch * steps_per_epoch + b, total_steps, config)
-            loss, parts = criterion(student(x), targets_t[index])
+            loss, parts = criterion(student(x), targets_t[index, view])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -43,7 +43,7 @@ from converters.reference.evaluate import (
     zero_shot_auroc,
 )
 from converters.reference.model import REFERENCE_INPUT_SPEC, build_reference_model
-from converters.reference.weights import save_reference
+from converters.reference.weights import REFERENCE_WEIGHTS, save_reference
 from converters.torch_compat import ensure_torchvision
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: keeps the temperature from collapsing
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--name", default=REFERENCE_WEIGHTS.stem,
+                        help="weights file name (and model name) written to --out; default: the shipped one's")
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (throughput checks)")
     parser.add_argument("--resume", action="store_true")
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     model.load_state_dict(best_state["model"], strict=False)
     model.vision_model.to(memory_format=torch.contiguous_format)
     wall = time.time() - started
-    out = save_reference(model, args.out / "reference-v1.safetensors", {
+    out = save_reference(model, args.out / f"{args.name}.safetensors", {
         **hashes,
         "recipe": recipe,
         "selected_epoch": best_state["epoch"] + 1,

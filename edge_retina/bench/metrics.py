@@ -162,6 +162,14 @@ def decision_agreement(reference_scores: np.ndarray, test_scores: np.ndarray, th
     return float(np.mean((np.asarray(reference_scores) >= threshold) == (np.asarray(test_scores) >= threshold)))
 
 
+def retention(auroc: float, reference_auroc: float) -> float | None:
+    """How much of the reference's skill above chance a model keeps: (AUROC - 0.5) / (AUROC_ref - 0.5).
+
+    None when the reference is at or below chance (the ratio means nothing there).
+    """
+    return None if reference_auroc <= 0.5 else (auroc - 0.5) / (reference_auroc - 0.5)
+
+
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two (N, D) embedding arrays."""
     a = np.asarray(a, dtype=np.float64)

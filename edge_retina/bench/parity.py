@@ -3,11 +3,12 @@
 Every image is preprocessed once with the runtime's own Preprocessor; the same tensor then goes to
 the reference and to every engine, so differences come from the models alone. The reference is
 either the bundle's own FP32 engine (this module alone: runs on a device) or the PyTorch teacher
-(its embeddings come from ``converters.parity`` on the host).
+(its embeddings come from ``converters.parity`` on the host); other host models (a distilled
+student in PyTorch) can stand beside the engines, so teacher, student and engines share one table.
 
 Per condition and model: zero-shot AUROC, ΔAUROC against the reference with a paired bootstrap 95 %
-CI and DeLong's test, sensitivity and specificity at the bundle's thresholds, and the agreement of
-refer / no-refer decisions with the reference. Per model: the distribution of the embedding cosine
+CI and DeLong's test, retention of the reference's skill above chance, sensitivity and specificity
+at the bundle's thresholds, and the agreement of refer / no-refer decisions with the reference. Per model: the distribution of the embedding cosine
 to the reference.
 """
 from __future__ import annotations
@@ -29,6 +30,10 @@ from edge_retina.prompts import PromptTable
 from edge_retina.screener import engine_cache_dir
 
 ProgressCallback = Callable[[int], None]  # called with the number of images just prepared
+EmbedFunction = Callable[[np.ndarray], np.ndarray]  # prepared tensors (N, 3, H, W) -> embeddings (N, D)
+#: A model outside the bundle (the PyTorch teacher, a student): its name, its embed function and,
+#: when it differs from the bundle's, its own input spec (the images are then prepared its way).
+HostModel = tuple[str, EmbedFunction] | tuple[str, EmbedFunction, InputSpec]
 
 
 @dataclass
@@ -41,6 +46,7 @@ class ModelParity:
     bootstrap: metrics.BootstrapDelta | None = None
     delong: metrics.DeLongResult | None = None
     agreement: float | None = None  # refer / no-refer decisions equal to the reference's, all images
+    retention: float | None = None  # (AUROC - 0.5) / (reference AUROC - 0.5); None at or below chance
 
 
 @dataclass
@@ -62,13 +68,22 @@ class ParityReport:
     cosine: dict[str, np.ndarray]  # model -> per-image cosine of its embedding to the reference's
     skipped: list[str]  # images that could not be used, with why
 
-    def failures(self, max_drop: float) -> list[str]:
-        """Every (condition, model) whose AUROC is more than ``max_drop`` below the reference's."""
-        return [
-            f"{c.condition}: {name} ΔAUROC {m.bootstrap.delta:+.4f} (max drop {max_drop})"
-            for c in self.conditions for name, m in c.models.items()
-            if m.bootstrap is not None and m.bootstrap.delta < -max_drop
-        ]
+    def failures(self, max_drop: float, baseline: str | None = None) -> list[str]:
+        """Every (condition, model) whose AUROC is more than ``max_drop`` below the ``baseline``'s.
+
+        ``baseline`` defaults to the reference. In a student bundle compared with its teacher, the
+        baseline is the PyTorch student: its engines are held to the network they were compiled
+        from, while the student's own distance to the teacher is reported (retention), not gated.
+        """
+        baseline = baseline or self.reference
+        out = []
+        for c in self.conditions:
+            base = c.models[baseline].auroc
+            for name, m in c.models.items():
+                if name not in (self.reference, baseline) and m.auroc - base < -max_drop:
+                    out.append(f"{c.condition}: {name} ΔAUROC {m.auroc - base:+.4f} against {baseline} "
+                               f"(max drop {max_drop})")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         def model_dict(m: ModelParity) -> dict[str, Any]:
@@ -80,6 +95,8 @@ class ParityReport:
                 d.update(delong_z=m.delong.z, delong_p=m.delong.p_value, delong_se=m.delong.standard_error)
             if m.agreement is not None:
                 d["decision_agreement"] = m.agreement
+            if m.retention is not None:
+                d["retention"] = m.retention
             return d
 
         return {
@@ -133,6 +150,7 @@ def compare_embeddings(
                           else (None, None))
             entry = ModelParity(metrics.auroc(y, s), sens, spec)
             if name != reference:
+                entry.retention = metrics.retention(entry.auroc, per_model[reference].auroc)
                 entry.bootstrap = metrics.paired_bootstrap_delta(y, ref_all[labelled], s, replicates=replicates,
                                                                  seed=seed)
                 entry.delong = metrics.delong_test(y, ref_all[labelled], s)
@@ -192,23 +210,24 @@ def bundle_parity(
     bundle_path: str | Path,
     labelled: LabelledImages,
     *,
-    reference: tuple[str, Callable[[np.ndarray], np.ndarray]]
-    | tuple[str, Callable[[np.ndarray], np.ndarray], InputSpec] | None = None,
+    reference: HostModel | None = None,
+    host_models: Sequence[HostModel] = (),
     engines: Sequence[EngineEntry] | None = None,
     threads: int | None = None,
     replicates: int = 2000,
     seed: int = 0,
     progress: ProgressCallback | None = None,
 ) -> ParityReport:
-    """Parity of ``engines`` (default: all of the bundle's) on ``labelled`` images.
+    """Parity of ``host_models`` and ``engines`` (default: all of the bundle's) on ``labelled`` images.
 
-    ``reference`` is (name, embed function on prepared tensors[, input spec]), e.g. the PyTorch
-    teacher; without it the reference is the bundle's preferred FP32 engine. A reference with its own
-    input spec (a teacher beside its distilled student, say) sees the images prepared its own way.
+    ``reference`` is a host model, e.g. the PyTorch teacher; without it the reference is the
+    bundle's preferred FP32 engine. ``host_models`` (e.g. the PyTorch student) come next in the
+    tables, then the engines.
     """
     bundle = load_bundle(Path(bundle_path))
     engines = list(engines if engines is not None else bundle.manifest.engines)
     tensors, kept, skipped = prepare_tensors(Preprocessor(bundle.manifest.input), labelled.paths, progress)
+    kept_paths = [labelled.paths[i] for i in kept]
     embeddings = {}
     if reference is None:
         fp32 = bundle.select_engine(precision="fp32")
@@ -216,18 +235,25 @@ def bundle_parity(
         if all(e.describe() != reference_name for e in engines):
             engines.insert(0, fp32)
     else:
-        reference_name, embed, *own_spec = reference
-        if own_spec and own_spec[0] != bundle.manifest.input:
-            own_tensors, own_kept, _ = prepare_tensors(Preprocessor(own_spec[0]), [labelled.paths[i] for i in kept])
-            if len(own_kept) != len(kept):
-                raise ValueError(f"{reference_name}: some images the bundle could prepare failed with its input spec")
-            embeddings[reference_name] = embed(own_tensors)
-        else:
-            embeddings[reference_name] = embed(tensors)
+        reference_name = reference[0]
+    for model in ([reference] if reference is not None else []) + list(host_models):
+        embeddings[model[0]] = _host_model_embeddings(model, bundle.manifest.input, tensors, kept_paths)
     embeddings.update(engine_embeddings(bundle, tensors, engines, threads))
     thresholds = {c.name: c.threshold for c in bundle.manifest.prompts.conditions}
     return compare_embeddings(reference_name, embeddings, labelled.subset(kept).labels, bundle_prompt_table(bundle),
                               thresholds, replicates=replicates, seed=seed, skipped=skipped)
+
+
+def _host_model_embeddings(model: HostModel, bundle_spec: InputSpec, tensors: np.ndarray,
+                           paths: Sequence[Path]) -> np.ndarray:
+    """A host model's embeddings of the images the bundle could prepare, prepared its own way if it has its own spec."""
+    name, embed, *own_spec = model
+    if not own_spec or own_spec[0] == bundle_spec:
+        return embed(tensors)
+    own_tensors, own_kept, _ = prepare_tensors(Preprocessor(own_spec[0]), paths)
+    if len(own_kept) != len(paths):
+        raise ValueError(f"{name}: some images the bundle could prepare failed with its input spec")
+    return embed(own_tensors)
 
 
 def format_delta(m: ModelParity) -> str:
@@ -243,16 +269,21 @@ def _percent(x: float | None) -> str:
     return "-" if x is None or math.isnan(x) else f"{x * 100:.1f} %"
 
 
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def parity_tables(report: ParityReport) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, headers, rows) per condition, then the cosine table: shared by the CLI, the HTML
     report and the demo."""
     tables = []
     for c in report.conditions:
         threshold = "no threshold" if c.threshold is None else f"threshold {c.threshold:.3f}"
-        rows = [[name, f"{m.auroc:.4f}", format_delta(m) or "(reference)", _percent(m.sensitivity),
+        rows = [[name, f"{m.auroc:.4f}", format_delta(m) or "(reference)",
+                 "" if name == report.reference else _ratio(m.retention), _percent(m.sensitivity),
                  _percent(m.specificity), _percent(m.agreement)] for name, m in c.models.items()]
         tables.append((f"{c.condition}: {c.n_pos} positives / {c.n_neg} negatives, {threshold}",
-                       ["model", "AUROC", "ΔAUROC [95 % CI] DeLong p", "sensitivity", "specificity",
+                       ["model", "AUROC", "ΔAUROC [95 % CI] DeLong p", "retention", "sensitivity", "specificity",
                         "decisions as reference"], rows))
     cosine_rows = [[name, *(f"{v:.6f}" for v in metrics.distribution(values).values())]
                    for name, values in report.cosine.items()]

@@ -61,6 +61,10 @@ class StudentInfo:
     name: str
     arch: str
     checkpoint_sha256: str
+    # How well the student keeps its teacher's skill on held-out labelled images (per condition:
+    # AUROCs, retention, agreement; embedding cosine; parameters, FLOPs, latency), as measured when
+    # the bundle was built. Free-form JSON, written by the host's distillation report.
+    distillation: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,7 @@ class Manifest:
                     "name": m.student.name,
                     "arch": m.student.arch,
                     "checkpoint_sha256": m.student.checkpoint_sha256,
+                    "distillation": dict(m.student.distillation),
                 },
                 "embedding_dim": m.embedding_dim,
             },
@@ -520,7 +525,8 @@ def _parse_model(check: _Checker, value: Any) -> ModelInfo | None:
     student = None
     raw_student = d.get("student")
     if raw_student is not None:
-        s = check.fields(raw_student, "model.student", ("name", "arch", "checkpoint_sha256"))
+        s = check.fields(raw_student, "model.student", ("name", "arch", "checkpoint_sha256"),
+                         optional=("distillation",))
         if s is not None:
             student = StudentInfo(
                 name=check.text(s.get("name", _MISSING), "model.student.name"),
@@ -528,6 +534,8 @@ def _parse_model(check: _Checker, value: Any) -> ModelInfo | None:
                 checkpoint_sha256=check.sha256(
                     s.get("checkpoint_sha256", _MISSING), "model.student.checkpoint_sha256"
                 ),
+                distillation=check.json_object(s.get("distillation", {}), "model.student.distillation",
+                                               nullable=False),
             )
     return ModelInfo(
         family=check.text(d.get("family", _MISSING), "model.family"),

@@ -78,8 +78,30 @@ def inspect(path: Path, as_json: bool) -> None:
         conditions.add_row(c["name"] + (" (normal)" if normal else ""), str(len(c["prompts"])),
                            "-" if normal else f"{c['threshold']:.3f}", "" if normal else c.get("threshold_source", ""))
     console.print(conditions)
+    distillation = (model.get("student") or {}).get("distillation") or {}
+    if isinstance(distillation.get("conditions"), dict):  # free-form JSON: shown only in the shape convert writes
+        console.print(_distillation_table(distillation))
     prov = m["provenance"]
     console.print(f"built by {prov.get('tool')} {prov.get('tool_version')} on {prov.get('created')}: {prov.get('command')}")
+
+
+def _distillation_table(report: dict) -> Table:
+    """The student's report card from the manifest: how much of the teacher's skill it keeps."""
+    def number(value, digits=3):
+        return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+    profile = report.get("profile") if isinstance(report.get("profile"), dict) else {}
+    speed = f", {number(profile.get('speedup'), 1)}x faster (FP32, medians)" if profile.get("speedup") else ""
+    table = Table(title=f"student vs teacher on {report.get('held_out_images')} held-out images{speed}")
+    for col in ("condition", "pos/neg", "teacher AUROC", "student AUROC", "retention", "decisions as teacher"):
+        table.add_column(col)
+    for name, c in report["conditions"].items():
+        c = c if isinstance(c, dict) else {}
+        agreement = c.get("decision_agreement")
+        table.add_row(name, f"{c.get('n_pos')}/{c.get('n_neg')}", number(c.get("auroc_teacher")),
+                      number(c.get("auroc_student")), number(c.get("retention"), 2),
+                      f"{number(agreement * 100, 1)} %" if isinstance(agreement, (int, float)) else "-")
+    return table
 
 
 @bundle.command()
