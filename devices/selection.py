@@ -102,8 +102,11 @@ def select_engine_for_profile(
         if chosen.backend == "tensorrt" and profile.tensorrt is not None:
             options["workspace_bytes"] = profile.tensorrt.workspace_mib << 20
             if profile.tensorrt.dla_core is not None:
-                reasons.append(f"the profile asks for DLA core {profile.tensorrt.dla_core}; the TensorRT runner "
-                               f"builds for the GPU until it supports DLA")
+                options["dla_core"] = profile.tensorrt.dla_core
+                options["gpu_fallback"] = profile.tensorrt.gpu_fallback
+                fallback = "with" if profile.tensorrt.gpu_fallback else "without"
+                reasons.append(f"the engine is built for DLA core {profile.tensorrt.dla_core}, {fallback} GPU fallback, "
+                               "as the profile asks")
     return EngineSelection(chosen, options, tuple(reasons))
 
 

@@ -311,7 +311,8 @@ def test_stored_engine_matches_only_its_target_and_onnx(tmp_path):
     engine_cache.store_engine(engine, b"serialized engine", ORIN, SHA)
     assert engine.read_bytes() == b"serialized engine"
     assert json.loads(engine_cache.sidecar_path(engine).read_text()) == {
-        "gpu_name": "Orin (nvgpu)", "compute_capability": [8, 7], "tensorrt_version": "10.3.0", "onnx_sha256": SHA,
+        "gpu_name": "Orin (nvgpu)", "compute_capability": [8, 7], "tensorrt_version": "10.3.0", "dla_core": None,
+        "onnx_sha256": SHA,
     }
     assert sorted(p.name for p in engine.parent.iterdir()) == [engine.name, engine.with_suffix(".json").name]
 
@@ -323,6 +324,14 @@ def test_stored_engine_matches_only_its_target_and_onnx(tmp_path):
     ]:
         assert why in engine_cache.engine_mismatch(engine, other, SHA)
     assert "different ONNX" in engine_cache.engine_mismatch(engine, ORIN, "cd" * 32)
+    # A DLA engine is another engine: its own folder, and never taken for the GPU's (or the reverse).
+    orin_dla = engine_cache.EngineTarget("Orin (nvgpu)", (8, 7), "10.3.0", dla_core=0)
+    assert engine_cache.engine_path(tmp_path, orin_dla, SHA).parent.name == "orin-nvgpu_trt10.3.0_dla0"
+    assert engine_cache.target_mismatch(engine_cache.sidecar_record(ORIN, SHA), orin_dla) == \
+        "engine was built for the GPU, this runner is asked for DLA core 0"
+    assert "built for DLA core 0" in engine_cache.target_mismatch(engine_cache.sidecar_record(orin_dla, SHA), ORIN)
+    legacy = {k: v for k, v in engine_cache.sidecar_record(ORIN, SHA).items() if k != "dla_core"}
+    assert engine_cache.target_mismatch(legacy, ORIN) is None  # sidecars from before DLA support
 
     engine_cache.sidecar_path(engine).write_text("{not json")
     assert "unreadable" in engine_cache.engine_mismatch(engine, ORIN, SHA)

@@ -257,8 +257,9 @@ def test_selection_applies_the_profile_settings():
     jetson = devices.select_engine_for_profile(
         [engine("tensorrt", "int8"), engine("onnxruntime", "fp32")], devices.get_profile("jetson-agx-orin"),
         ["onnxruntime", "tensorrt"])
-    assert jetson.runner_options == {"device": "GPU", "workspace_bytes": 4096 << 20}
-    assert any("DLA core 0" in r for r in jetson.reasons)
+    assert jetson.runner_options == {"device": "GPU", "workspace_bytes": 4096 << 20, "dla_core": 0,
+                                     "gpu_fallback": True}
+    assert any("DLA core 0, with GPU fallback" in r for r in jetson.reasons)
     igpu = devices.select_engine_for_profile(
         [engine("openvino", "fp16"), engine("openvino", "int8")], devices.get_profile("intel-igpu"), ["openvino"])
     assert (igpu.engine.precision, igpu.runner_options) == ("fp16", {"device": "GPU"})

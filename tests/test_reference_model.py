@@ -206,7 +206,7 @@ def test_weights_round_trip_through_fp16_safetensors(model, tmp_path):
 
 def test_shipped_weights_load_with_matching_keys():
     if not REFERENCE_WEIGHTS.is_file():
-        pytest.skip("reference-v1.safetensors not trained yet")
+        pytest.skip(f"{REFERENCE_WEIGHTS.name} not trained yet")
     assert REFERENCE_WEIGHTS.stat().st_size <= 50 * 2**20
     model = load_reference(REFERENCE_WEIGHTS)  # raises on any missing or unexpected key
     sidecar = json.loads(REFERENCE_WEIGHTS.with_suffix(".json").read_text())

@@ -31,11 +31,14 @@ TIMING_CACHE_NAME = "timing.cache"
 
 @dataclass(frozen=True)
 class EngineTarget:
-    """What an engine is specific to: the GPU model and the TensorRT version."""
+    """What an engine is specific to: the GPU model, the TensorRT version, and the accelerator it
+    was built for (``dla_core`` None: the GPU; else that DLA core, with layers the DLA cannot run on
+    the GPU): a DLA engine and a GPU engine of one ONNX are different engines."""
 
     gpu_name: str
     compute_capability: tuple[int, int]
     tensorrt_version: str
+    dla_core: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compute_capability", tuple(int(v) for v in self.compute_capability))
@@ -60,8 +63,9 @@ def slugify(text: str) -> str:
 
 
 def target_dir(cache_dir: Path, target: EngineTarget) -> Path:
-    """The cache folder for one GPU model and TensorRT version."""
-    return Path(cache_dir) / f"{slugify(target.gpu_name)}_trt{slugify(target.tensorrt_version)}"
+    """The cache folder for one GPU model, TensorRT version and accelerator."""
+    dla = "" if target.dla_core is None else f"_dla{target.dla_core}"
+    return Path(cache_dir) / f"{slugify(target.gpu_name)}_trt{slugify(target.tensorrt_version)}{dla}"
 
 
 def engine_path(cache_dir: Path, target: EngineTarget, onnx_sha256: str) -> Path:
@@ -82,6 +86,7 @@ def sidecar_record(target: EngineTarget, onnx_sha256: str) -> dict[str, Any]:
         "gpu_name": target.gpu_name,
         "compute_capability": list(target.compute_capability),
         "tensorrt_version": target.tensorrt_version,
+        "dla_core": target.dla_core,
         "onnx_sha256": onnx_sha256,
     }
 
@@ -96,6 +101,13 @@ def target_mismatch(record: dict[str, Any], target: EngineTarget) -> str | None:
     for what, recorded, local in built_for:
         if recorded != local:
             return f"engine was built for {what} {recorded!r}, this device has {local!r}"
+    # Sidecars written before DLA support have no "dla_core": those engines were built for the GPU.
+    built_on, wanted = record.get("dla_core"), target.dla_core
+    if built_on != wanted:
+        def where(core: int | None) -> str:
+            return "the GPU" if core is None else f"DLA core {core}"
+
+        return f"engine was built for {where(built_on)}, this runner is asked for {where(wanted)}"
     return None
 
 

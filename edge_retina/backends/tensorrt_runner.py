@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,9 @@ class TensorRTRunner(Runner):
     ``model_path`` is an engine file or the bundle's Q/DQ ONNX (engines are then cached under
     ``cache_dir``, by default ``~/.cache/edge-retina/tensorrt``). ``max_batch`` bounds the
     optimisation profile of a dynamic-batch ONNX; ``workspace_bytes`` caps builder scratch memory
-    (Jetsons share it with the CPU). ``precision`` is only recorded: a strongly typed network takes
+    (Jetsons share it with the CPU). ``dla_core`` builds and runs the engine on that Deep Learning
+    Accelerator core (Jetson AGX Orin, Orin NX, Xavier) instead of the GPU, with the layers the DLA
+    cannot run left on the GPU when ``gpu_fallback`` (else the build fails on them). ``precision`` is only recorded: a strongly typed network takes
     its types from the ONNX. ``threads`` has no meaning on a GPU and is only recorded too.
     """
 
@@ -84,15 +87,20 @@ class TensorRTRunner(Runner):
         cache_dir: Path | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+        dla_core: int | None = None,
+        gpu_fallback: bool = True,
     ) -> None:
         super().__init__(model_path, precision=precision, threads=threads, device=device, cache_dir=cache_dir)
         if max_batch < 1:
             raise BackendError(f"tensorrt: max_batch must be at least 1, got {max_batch}")
         self._max_batch_to_build = max_batch
         self._workspace_bytes = workspace_bytes
+        if dla_core is not None and dla_core < 0:
+            raise BackendError(f"tensorrt: dla_core must be a core number (0, 1, ...) or None, got {dla_core}")
+        self._gpu_fallback = gpu_fallback
         self._device_index = _device_index(device)
         _cuda(cudart.cudaSetDevice(self._device_index), f"selecting GPU {self._device_index}")
-        self._target = local_target(self._device_index)
+        self._target = replace(local_target(self._device_index), dla_core=dla_core)
 
         suffix = self.model_path.suffix.lower()
         if suffix == ".onnx":
@@ -110,6 +118,8 @@ class TensorRTRunner(Runner):
             )
 
         self._runtime = trt.Runtime(_TRT_LOGGER)
+        if dla_core is not None:
+            self._runtime.DLA_core = dla_core  # a DLA engine runs on the core the runtime names
         self._engine = self._runtime.deserialize_cuda_engine(self._engine_path.read_bytes())
         if self._engine is None:
             raise BackendError(
@@ -175,6 +185,15 @@ class TensorRTRunner(Runner):
 
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self._workspace_bytes)
+        dla_core = self._target.dla_core
+        if dla_core is not None:
+            if dla_core >= builder.num_DLA_cores:
+                raise BackendError(f"tensorrt: DLA core {dla_core} asked for, this device has "
+                                   f"{builder.num_DLA_cores} DLA core(s)")
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = dla_core
+            if self._gpu_fallback:
+                config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
         known_timings = timing_cache_file.read_bytes() if timing_cache_file.is_file() else b""
         timing_cache = config.create_timing_cache(known_timings)
         if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
