@@ -71,6 +71,7 @@ FALLBACK_PRECISIONS = ("fp16", "fp32")
 SENSITIVITY_IMAGES = 16
 PARITY_REPORT = "reports/parity.json"
 FP32_REFERENCE = "fp32 onnx"
+STUDENT_FP32 = "student fp32 onnx"  # in a student bundle's report, beside the teacher
 #: Bump when a step's output format changes, so old cache entries are not reused.
 CACHE_VERSION = 1
 
@@ -517,11 +518,11 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
     with step("parity"):
         if eval_tensors is not None:
             embeddings = {}
-            reference = FP32_REFERENCE
+            reference = fp32_name = FP32_REFERENCE
             if recipe.teacher is not None:  # a student: teacher, student and engines side by side
-                reference = TEACHER_NAME
+                reference, fp32_name = TEACHER_NAME, STUDENT_FP32
                 embeddings[TEACHER_NAME] = _teacher_embeddings(recipe.teacher, [eval_paths[i] for i in kept], cache)
-            embeddings[FP32_REFERENCE] = fp32_embeddings
+            embeddings[fp32_name] = fp32_embeddings
             for engine in engines:
                 run_backend = "onnxruntime" if engine.entry.backend == "tensorrt" else engine.entry.backend
                 embeddings[engine.entry.describe()] = _embed(run_backend, engine.files[engine.entry.primary_file],
@@ -534,7 +535,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
             report("parity", False, "min cosine " + ", ".join(f"{n} {v:.4f}" for n, v in worst.items()))
             if recipe.teacher is not None and recipe.student is not None:
                 profile = compute_profile(recipe.teacher, recipe.encoder, spec)
-                summary = distillation_summary(parity, TEACHER_NAME, FP32_REFERENCE, profile)
+                summary = distillation_summary(parity, TEACHER_NAME, STUDENT_FP32, profile)
                 recipe = replace(recipe, student=replace(recipe.student, distillation=summary))
                 retained = [f"{c} {r['retention']:.2f}" for c, r in summary["conditions"].items()
                             if r["retention"] is not None]

@@ -188,9 +188,9 @@ def test_a_student_bundle_reports_teacher_student_and_engines_side_by_side(image
 
     parity = json.loads((bundle_dir / "reports" / "parity.json").read_text())
     assert parity["reference"] == "teacher (PyTorch fp32)"
-    assert parity["models"][:2] == ["teacher (PyTorch fp32)", "fp32 onnx"] and len(parity["models"]) == 4
+    assert parity["models"][:2] == ["teacher (PyTorch fp32)", "student fp32 onnx"] and len(parity["models"]) == 4
     teacher_auroc = {c["condition"]: c["models"]["teacher (PyTorch fp32)"]["auroc"] for c in parity["conditions"]}
-    student_auroc = {c["condition"]: c["models"]["fp32 onnx"]["auroc"] for c in parity["conditions"]}
+    student_auroc = {c["condition"]: c["models"]["student fp32 onnx"]["auroc"] for c in parity["conditions"]}
 
     manifest = load_bundle(bundle_dir).manifest
     assert {e.role for e in manifest.engines} == {"student"}
