@@ -41,8 +41,8 @@ def system_table(report: dict) -> list[str]:
 
 
 def parity_table(folder: Path) -> list[str]:
-    lines = ["| dataset | condition | n+ / n- | threshold | model | AUROC | ΔAUROC [95 % CI] | DeLong p | sensitivity "
-             "| specificity | decisions as teacher |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| dataset | condition | n+ / n- | threshold | model | AUROC | ΔAUROC [95 % CI] | DeLong p | retention "
+             "| sensitivity | specificity | decisions as teacher |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for path in sorted(folder.glob("parity-*.json")):
         report = json.loads(path.read_text())
         for row in report["conditions"]:
@@ -51,9 +51,10 @@ def parity_table(folder: Path) -> list[str]:
                 delta_text = "reference" if delta is None else f"{delta:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
                 p_value = "" if model.get("delong_p") is None else f"{model['delong_p']:.3g}"
                 agreement = "" if model.get("decision_agreement") is None else f"{model['decision_agreement']:.1%}"
+                retention = "" if model.get("retention") is None else f"{model['retention']:.2f}"
                 lines.append(
                     f"| {path.stem.removeprefix('parity-')} | {row['condition']} | {row['n_pos']} / {row['n_neg']} "
-                    f"| {row['threshold']:.3f} | {name} | {model['auroc']:.4f} | {delta_text} | {p_value} "
+                    f"| {row['threshold']:.3f} | {name} | {model['auroc']:.4f} | {delta_text} | {p_value} | {retention} "
                     f"| {model.get('sensitivity', float('nan')):.1%} | {model.get('specificity', float('nan')):.1%} "
                     f"| {agreement} |")
     return lines
