@@ -17,7 +17,7 @@ Steps (nothing is written into the repo; work files go to a temporary folder):
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_int8.py --weights converters/reference/weights/reference-v1.safetensors \
+    .venv/bin/python benchmarks/bench_int8.py --weights converters/reference/weights/reference-v2.safetensors \
         --json bench_int8.json
     .venv/bin/python benchmarks/bench_int8.py --report bench_int8.json   # the markdown tables again
 """
@@ -102,7 +102,8 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", type=Path, default=REPO / "converters/reference/weights/reference-v1.safetensors")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="reference-model weights (.safetensors or a training .pt; default: the shipped ones)")
     parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 300])
     parser.add_argument("--candidates", type=int, default=900)
@@ -112,6 +113,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--report", type=Path, default=None, help="only print the tables of a saved --json file")
     args = parser.parse_args()
+    if args.weights is None:
+        from converters.reference import REFERENCE_WEIGHTS
+
+        args.weights = REFERENCE_WEIGHTS
     if args.report:
         print(markdown(json.loads(args.report.read_text())))
         return

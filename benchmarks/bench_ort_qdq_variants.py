@@ -6,7 +6,7 @@ the same 32-image calibration set (k-centre on FP32 embeddings over 300 train-sp
 times batch-1 inference with 2 threads, ``--repeats`` rounds interleaved in rotating order with the
 FP32 ONNX, and reports median ms and mean cosine to FP32 on the calibration images. Usage::
 
-    .venv/bin/python benchmarks/bench_ort_qdq_variants.py --weights converters/reference/weights/reference-v1.safetensors
+    .venv/bin/python benchmarks/bench_ort_qdq_variants.py --weights converters/reference/weights/reference-v2.safetensors
 """
 from __future__ import annotations
 
@@ -29,10 +29,15 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", type=Path, default=REPO / "converters/reference/weights/reference-v1.safetensors")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="reference-model weights (.safetensors or a training .pt; default: the shipped ones)")
     parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
+    if args.weights is None:
+        from converters.reference import REFERENCE_WEIGHTS
+
+        args.weights = REFERENCE_WEIGHTS
 
     from calibration import ArrayCalibrationReader, build_calibration_set
     from calibration.sources import Candidate

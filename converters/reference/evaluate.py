@@ -4,7 +4,7 @@ Scoring rule (the one the device runtime uses): a condition's class embedding is
 L2-normalised prompt embeddings, renormalised; logits = exp(logit_scale) * cosine; a condition's
 probability is the softmax over [condition, normal].
 
-    python -m converters.reference.evaluate --weights converters/reference/weights/reference-v1.safetensors --json
+    python -m converters.reference.evaluate --weights converters/reference/weights/reference-v2.safetensors --json
 """
 from __future__ import annotations
 
