@@ -71,8 +71,9 @@ class TensorRTRunner(Runner):
     optimisation profile of a dynamic-batch ONNX; ``workspace_bytes`` caps builder scratch memory
     (Jetsons share it with the CPU). ``dla_core`` builds and runs the engine on that Deep Learning
     Accelerator core (Jetson AGX Orin, Orin NX, Xavier) instead of the GPU, with the layers the DLA
-    cannot run left on the GPU when ``gpu_fallback`` (else the build fails on them). ``precision`` is only recorded: a strongly typed network takes
-    its types from the ONNX. ``threads`` has no meaning on a GPU and is only recorded too.
+    cannot run left on the GPU when ``gpu_fallback`` (else the build fails on them). ``precision``
+    is only recorded: a strongly typed network takes its types from the ONNX. ``threads`` has no
+    meaning on a GPU and is only recorded too.
     """
 
     name = "tensorrt"

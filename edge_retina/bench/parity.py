@@ -8,8 +8,8 @@ student in PyTorch) can stand beside the engines, so teacher, student and engine
 
 Per condition and model: zero-shot AUROC, ΔAUROC against the reference with a paired bootstrap 95 %
 CI and DeLong's test, retention of the reference's skill above chance, sensitivity and specificity
-at the bundle's thresholds, and the agreement of refer / no-refer decisions with the reference. Per model: the distribution of the embedding cosine
-to the reference.
+at the bundle's thresholds, and the agreement of refer / no-refer decisions with the reference.
+Per model: the distribution of the embedding cosine to the reference.
 """
 from __future__ import annotations
 

@@ -189,8 +189,8 @@ def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int 
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Write an HTML report (host only).")
 @click.option("--latency-json", type=click.Path(path_type=Path, exists=True), default=None,
               help="A 'bench latency --out' report to include in the HTML report.")
-def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, backend, precision, max_drop, replicates, seed, threads,
-           as_json, out, html, latency_json) -> None:
+def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, backend, precision, max_drop,
+           replicates, seed, threads, as_json, out, html, latency_json) -> None:
     """AUROC per condition and engine against a reference, with CIs; a release gate.
 
     Exit status: 0 when every engine is within --max-drop of the reference, 1 when one is not,
