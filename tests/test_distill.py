@@ -204,6 +204,12 @@ def test_the_teacher_embeds_every_view_once_and_view_0_is_the_clean_photo(tiny_t
             want = tiny_teacher.image_encoder(torch.from_numpy(Preprocessor(tiny_teacher.input_spec).normalise(image[None])))
             np.testing.assert_allclose(targets[row, view], want[0].numpy(), atol=1e-5)
     assert not np.allclose(targets[:, 0], targets[:, 1])
+    # A run with one more view embeds only that view (one batch of six photos), not all four again.
+    calls = tiny_teacher.image_encoder.calls
+    more = DistillConfig(**{**config.__dict__, "views": 4})
+    _, _, targets4, _ = cached_training_set(tiny_teacher, spec, photos(photo_dir), tmp_path, more, progress=False)
+    assert tiny_teacher.image_encoder.calls == calls + 1 and targets4.shape == (6, 4, EMBED_DIM)
+    np.testing.assert_array_equal(targets4[:, :3], targets)
 
 
 def test_distill_command(tiny_teacher, photo_dir, tmp_path, monkeypatch):

@@ -138,18 +138,20 @@ def cached_training_set(teacher: Teacher, student_spec: InputSpec, paths: Sequen
         teacher_preprocessor = Preprocessor(teacher.input_spec)
         augment = FundusAugment(config.augment)
         encoder = teacher.image_encoder.eval()
-        batches = range(0, len(keys), TEACHER_BATCH)
-        with torch.no_grad(), tqdm(total=len(batches) * len(views), desc=f"teacher embeddings ({len(views)} views)",
-                                   unit="batch", disable=not progress) as bar:
-            for view in views:
+        # Per view, only the photos that view is missing for (a run with more views adds just those).
+        todo = {v: [i for i, k in enumerate(keys) if f"{k}:{v}" not in embedding_cache] for v in views}
+        with torch.no_grad(), tqdm(total=sum(math.ceil(len(t) / TEACHER_BATCH) for t in todo.values()),
+                                   desc=f"teacher embeddings ({len(views)} views)", unit="batch",
+                                   disable=not progress) as bar:
+            for view, rows in todo.items():
                 embeddings = []
-                for start in batches:
-                    chunk = range(start, min(start + TEACHER_BATCH, len(keys)))
+                for start in range(0, len(rows), TEACHER_BATCH):
+                    chunk = rows[start:start + TEACHER_BATCH]
                     batch = np.stack([make_view(augment, images[i][0], config.seed, keys[i], view) for i in chunk])
                     embeddings.append(encoder(torch.from_numpy(teacher_preprocessor.normalise(batch))).numpy())
                     bar.update()
-                if keys:
-                    embedding_cache.add([f"{k}:{view}" for k in keys], np.concatenate(embeddings).astype(np.float32))
+                if rows:
+                    embedding_cache.add([f"{keys[i]}:{view}" for i in rows], np.concatenate(embeddings).astype(np.float32))
         if keys:
             pixel_cache.add(keys, np.stack([images[i][1] for i in range(len(keys))]))
     keys = [k for k in sorted(path_of) if k not in unreadable]
