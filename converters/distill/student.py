@@ -28,7 +28,7 @@ DEFAULT_ARCH = "mobilenetv3_small_100"
 DEFAULT_SIZE = 192
 FORMAT_VERSION = 1
 #: Where the distilled default student (from the reference teacher) is shipped.
-STUDENT_WEIGHTS = Path(__file__).with_name("weights") / "student-v1.safetensors"
+STUDENT_WEIGHTS = Path(__file__).with_name("weights") / "student-v2.safetensors"
 WEIGHTS_FORMAT = "edge-retina-student"
 
 

@@ -59,8 +59,8 @@ TEACHER_BATCH = 32
 class DistillConfig:
     arch: str = DEFAULT_ARCH
     size: int = DEFAULT_SIZE
-    epochs: int = 20
-    views: int = 4  # per photo: the clean photo + 3 augmented views, each embedded once by the teacher
+    epochs: int = 24
+    views: int = 6  # per photo: the clean photo + 5 augmented views, each embedded once by the teacher
     batch_size: int = 48
     lr: float = 4e-3
     weight_decay: float = 0.02
