@@ -17,8 +17,8 @@ from converters.commands.options import default_datasets
 @click.option("--parity-limit", type=int, default=120, show_default=True,
               help="Held-out images per dataset in the parity table.")
 def demo(workdir: Path, datasets: Path | None, rebuild: bool, parity_limit: int) -> None:
-    """Build the default bundle from the embedded reference model, screen sample images, and print
-    latency and parity tables."""
+    """Build the default bundle (the embedded student, distilled from the embedded reference model),
+    screen sample images, and print latency and parity tables."""
     from converters.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(workdir=workdir, datasets=datasets or default_datasets(), rebuild=rebuild,

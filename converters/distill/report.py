@@ -174,7 +174,7 @@ def format_markdown(parity: StudentParity, profile: dict | None = None, split: s
     for r in parity.rows:
         lines.append(f"| {r.dataset} | {r.condition} | {r.n_pos}/{r.n_neg} | {r.auroc_teacher:.3f} | "
                      f"{r.auroc_student:.3f} | {_fmt(r.retention, 2)} | [{r.delta_ci95[0]:+.3f}, {r.delta_ci95[1]:+.3f}] | "
-                     f"{r.decision_agreement:.3f} @{r.threshold:g} |")
+                     f"{r.decision_agreement:.3f} @{r.threshold:.3g} |")
     lines += ["", "| dataset | images | cosine to teacher: mean | median | 5th percentile | min |",
               "|---|---:|---:|---:|---:|---:|"]
     for dataset, c in parity.cosine.items():
