@@ -1,5 +1,5 @@
 # The two commands a new user runs after a fresh clone (both create what they need):
-#   make demo   build the default bundle from the embedded reference model and screen sample images
+#   make demo   build the default bundle (the embedded student of the embedded reference model) and screen sample images
 #   make test   run the test suite
 PYTHON ?= python3
 VENV   := .venv
