@@ -143,9 +143,9 @@ def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int
     """Zero-shot AUROC of the PyTorch student and every engine against the PyTorch teacher
     (``edge-retina bench parity``), per shared dataset's held-out split."""
     tables = []
+    student = bundle_student(load_bundle(bundle_dir).manifest)  # None for a teacher bundle
     for dataset in SHARED_DATASETS:
         labelled = shared_dataset_labels(datasets, dataset, split="test", limit=limit)
-        student = bundle_student(load_bundle(bundle_dir).manifest)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"parity on {dataset}", total=len(labelled.paths))
             report = bundle_parity(bundle_dir, labelled, reference=teacher_embedder(teacher),

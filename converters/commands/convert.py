@@ -59,8 +59,8 @@ def _comma_list(text: str) -> list[str]:
 @click.option("--archive", type=click.Path(path_type=Path), default=None,
               help="Also pack the bundle into this single archive file.")
 @TEACHER_OPTION
-def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_weights: Path | None, out: Path, backends: str, int8_backends: str,
-            device_profiles: str, fp16_backends: str,
+def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_weights: Path | None, out: Path,
+            backends: str, int8_backends: str, device_profiles: str, fp16_backends: str,
             calibration_sources: tuple[Path, ...], calibration_size: int, validation_csv: Path | None,
             target_sensitivity: float, max_auroc_drop: float, min_cosine: float, seed: int, threads: int | None,
             cache_dir: Path | None, archive: Path | None, teacher_options: tuple[str, ...]) -> None:

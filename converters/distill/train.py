@@ -151,7 +151,8 @@ def cached_training_set(teacher: Teacher, student_spec: InputSpec, paths: Sequen
                     embeddings.append(encoder(torch.from_numpy(teacher_preprocessor.normalise(batch))).numpy())
                     bar.update()
                 if rows:
-                    embedding_cache.add([f"{keys[i]}:{view}" for i in rows], np.concatenate(embeddings).astype(np.float32))
+                    embedding_cache.add([f"{keys[i]}:{view}" for i in rows],
+                                        np.concatenate(embeddings).astype(np.float32))
         if keys:
             pixel_cache.add(keys, np.stack([images[i][1] for i in range(len(keys))]))
     keys = [k for k in sorted(path_of) if k not in unreadable]
