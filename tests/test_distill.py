@@ -293,3 +293,10 @@ def test_parity_finds_a_student_bundles_pytorch_student_and_refuses_other_weight
     save_student(build_student(TINY.arch, EMBED_DIM, 64, seed=1), result.input_spec, other, result.metadata())
     with pytest.raises(EdgeRetinaError, match="--student-checkpoint"):
         bundle_student(manifest, other)
+
+
+def test_the_student_comparison_benchmark_imports():
+    """`benchmarks/distillation.sh` runs it; exporting and timing eight models is too slow for the suite."""
+    import importlib
+
+    assert callable(importlib.import_module("converters.distill.compare_students").main)

@@ -2,7 +2,7 @@
 reference teacher's image tower (ResNet-18 at 224), all exported through the same ONNX path and timed
 interleaved on ONNX Runtime. Weights do not change the cost, so every model is randomly initialised.
 
-    python -m converters.distill.compare_students --json runs/distill/students.json
+    python -m converters.distill.compare_students --json runs/bench-distill/students.json
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import torch
 
 from converters.export.onnx_fp32 import export_onnx
 from converters.reference.model import EMBED_DIM, REFERENCE_INPUT_SPEC, ImageEncoder
+from edge_retina.bench.machine import machine_info
 
-from .report import _cpu_model, interleaved_latency
+from .report import interleaved_latency
 from .student import build_student, count_flops, count_parameters
 
 # (timm architecture, input side): small CNNs of the MobileNet / EfficientNet-Lite class.
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['median_ms']:.2f} | {row['p90_ms']:.2f} | {row['speedup']:.1f}x |")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "threads": args.threads, "repeats": args.repeats,
-                                         "cpu": _cpu_model(),
+                                         "machine": machine_info(),
                                          "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
                                         indent=2) + "\n")
     return 0
