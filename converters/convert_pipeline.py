@@ -58,7 +58,7 @@ from edge_retina.bench.parity import compare_embeddings, prepare_tensors
 from edge_retina.bundle import CalibrationInfo, EngineEntry
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.files import sha256_file
-from edge_retina.preprocess import Preprocessor, pixels_key
+from edge_retina.preprocess import InputSpec, Preprocessor, pixels_key
 from edge_retina.prompts import PromptTable
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
@@ -224,6 +224,14 @@ def _mean_auroc_metric(table: PromptTable, labels: dict[str, np.ndarray]) -> Cal
         return float(np.mean(values))
 
     return metric
+
+
+def _cached_export(encoder: torch.nn.Module, spec: InputSpec, cache: StepCache) -> tuple[Path, bool]:
+    """The encoder's FP32 ONNX from the step cache (one export per weights, spec, opset and torch),
+    and whether it was a hit: a student bundle's convert finds its teacher's export there too."""
+    directory, hit = cache.run("export", [encoder_fingerprint(encoder), spec.sha256(), OPSET, torch.__version__],
+                               lambda d: export_onnx(encoder, spec.size, d / "encoder.onnx"))
+    return directory / "encoder.onnx", hit
 
 
 def _teacher_embeddings(teacher: Teacher, paths: list[Path], cache: StepCache) -> np.ndarray:
@@ -403,10 +411,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
         progress(f"{numbered[name]}: {'cached' if hit else 'done'}{f' ({detail})' if detail else ''}")
 
     with step("export"):
-        export_dir, hit = cache.run("export", [encoder_fingerprint(recipe.encoder), spec.sha256(), OPSET,
-                                               torch.__version__],
-                                    lambda d: export_onnx(recipe.encoder, spec.size, d / "encoder.onnx"))
-        fp32_onnx = export_dir / "encoder.onnx"
+        fp32_onnx, hit = _cached_export(recipe.encoder, spec, cache)
         onnx_sha = sha256_file(fp32_onnx)
         report("export", hit, f"sha256 {onnx_sha[:12]}")
 
@@ -535,7 +540,9 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
             worst = {name: float(np.min(values)) for name, values in parity.cosine.items()}
             report("parity", False, "min cosine " + ", ".join(f"{n} {v:.4f}" for n, v in worst.items()))
             if recipe.teacher is not None and recipe.student is not None:
-                profile = compute_profile(recipe.teacher, recipe.encoder, spec)
+                profile = compute_profile(recipe.teacher, recipe.encoder, spec, onnx_paths={
+                    "student": fp32_onnx,
+                    "teacher": _cached_export(recipe.teacher.image_encoder, recipe.teacher.input_spec, cache)[0]})
                 summary = distillation_summary(parity, TEACHER_NAME, STUDENT_FP32, profile)
                 recipe = replace(recipe, student=replace(recipe.student, distillation=summary))
                 retained = [f"{c} {r['retention']:.2f}" for c, r in summary["conditions"].items()

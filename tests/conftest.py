@@ -47,3 +47,11 @@ def tiny_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle_archive(tiny_bundle) -> Path:
     return tiny_bundle.parent / "bundle.erb.tar"
+
+
+@pytest.fixture(scope="session")
+def calibration_tensors(shared_datasets, tiny_bundle) -> np.ndarray:
+    """Calibration and held-out tensors the INT8 quantizer tests share (computed once)."""
+    from quantize_fixtures import calibration_images
+
+    return calibration_images(shared_datasets, tiny_bundle)

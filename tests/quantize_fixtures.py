@@ -13,6 +13,15 @@ import numpy as np
 CLASSES = ("normal", "cataract", "glaucoma", "diabetic_retinopathy")
 
 
+#: Shape reads only a tensor's shape, never its values: it may take the dequantized image.
+SHAPE_ONLY = {"Shape"}
+
+
+def calibration_images(shared_datasets: Path, tiny_bundle: Path) -> np.ndarray:
+    """Four photos per eye4class label, prepared for the tiny bundle's encoder: the quantizers' input."""
+    return prepared_tensors([Path(r["file"]) for r in eye4class_rows(shared_datasets, 4)], tiny_spec(tiny_bundle))
+
+
 def eye4class_rows(shared_datasets: Path, per_class: int) -> list[dict[str, str]]:
     """The first ``per_class`` images of each eye4class label (in labels.csv order), interleaved."""
     root = shared_datasets / "eye4class"

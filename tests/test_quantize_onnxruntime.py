@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec
+from quantize_fixtures import SHAPE_ONLY, tiny_onnx
 
 from calibration import ArrayCalibrationReader
 from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
@@ -17,14 +17,6 @@ from converters.quantize.policy import (
     quantized_node_names,
 )
 from edge_retina.backends import create_runner
-
-#: Shape reads only a tensor's shape, never its values: it may take the dequantized image.
-SHAPE_ONLY = {"Shape"}
-
-
-@pytest.fixture(scope="module")
-def calibration_tensors(shared_datasets, tiny_bundle) -> np.ndarray:
-    return prepared_tensors([Path(r["file"]) for r in eye4class_rows(shared_datasets, 4)], tiny_spec(tiny_bundle))
 
 
 @pytest.fixture(scope="module")

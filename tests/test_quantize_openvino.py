@@ -5,17 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
-from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec
+from quantize_fixtures import tiny_onnx
 
 from converters.quantize.openvino_nncf import AccuracyControl, quantize_openvino
 from converters.quantize.policy import quantizable_nodes
 from edge_retina.backends import create_runner
-
-
-@pytest.fixture(scope="module")
-def calibration_tensors(shared_datasets, tiny_bundle) -> np.ndarray:
-    return prepared_tensors([Path(r["file"]) for r in eye4class_rows(shared_datasets, 4)], tiny_spec(tiny_bundle))
 
 
 def _fake_quantize_count(xml: Path) -> int:

@@ -15,7 +15,7 @@ import pytest
 if importlib.util.find_spec("modelopt") is None:
     pytest.skip("nvidia-modelopt (convert extra) not installed", allow_module_level=True)
 
-from quantize_fixtures import eye4class_rows, prepared_tensors, tiny_onnx, tiny_spec  # noqa: E402
+from quantize_fixtures import SHAPE_ONLY, tiny_onnx  # noqa: E402
 
 from converters.quantize.policy import QUANTIZED_OP_TYPES, dequantized_input_consumers  # noqa: E402
 from converters.quantize.tensorrt_modelopt import (  # noqa: E402
@@ -24,13 +24,6 @@ from converters.quantize.tensorrt_modelopt import (  # noqa: E402
     trtexec_command,
 )
 from edge_retina.backends import create_runner  # noqa: E402
-
-SHAPE_ONLY = {"Shape"}
-
-
-@pytest.fixture(scope="module")
-def calibration_tensors(shared_datasets, tiny_bundle) -> np.ndarray:
-    return prepared_tensors([Path(r["file"]) for r in eye4class_rows(shared_datasets, 4)], tiny_spec(tiny_bundle))
 
 
 @pytest.fixture(scope="module")

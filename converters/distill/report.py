@@ -121,12 +121,17 @@ def interleaved_latency(models: dict[str, Path], input_sizes: dict[str, tuple[in
 
 
 def compute_profile(teacher: Teacher, student: StudentEncoder, student_spec: InputSpec, *, threads: int | None = 1,
-                    repeats: int = 50) -> dict:
-    """Parameters, FLOPs and interleaved FP32 ONNX Runtime latency of teacher and student."""
+                    repeats: int = 50, onnx_paths: dict[str, Path] | None = None) -> dict:
+    """Parameters, FLOPs and interleaved FP32 ONNX Runtime latency of teacher and student.
+
+    ``onnx_paths`` ("teacher" / "student" -> FP32 ONNX) reuses exports the caller already has; the
+    others are exported here, through the same path as every encoder.
+    """
+    models = {"teacher": (teacher.image_encoder, teacher.input_spec.size), "student": (student, student_spec.size)}
     with tempfile.TemporaryDirectory(prefix="edge-retina-distill-") as tmp:
-        paths = {"teacher": export_onnx(teacher.image_encoder, teacher.input_spec.size, Path(tmp) / "teacher.onnx"),
-                 "student": export_onnx(student, student_spec.size, Path(tmp) / "student.onnx")}
-        latency = interleaved_latency(paths, {"teacher": teacher.input_spec.size, "student": student_spec.size},
+        paths = {name: (onnx_paths or {}).get(name) or export_onnx(model, size, Path(tmp) / f"{name}.onnx")
+                 for name, (model, size) in models.items()}
+        latency = interleaved_latency(paths, {name: size for name, (_, size) in models.items()},
                                       threads=threads, repeats=repeats)
     profile = {
         "teacher": {"params": count_parameters(teacher.image_encoder),
