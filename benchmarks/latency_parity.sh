@@ -32,7 +32,7 @@ $BENCH latency --bundle "$BUNDLE" --images "$DATASETS/heimed/full" --baseline re
 
 # Parity against the PyTorch FP32 teacher on each shared dataset's held-out test split.
 status=0
-for dataset in heimed rimone eye4class; do
+for dataset in heimed rimone eye4class odir palm; do
   $BENCH labels --dataset "$dataset" --split test --datasets "$DATASETS" --out "$OUT/labels/$dataset-test.csv"
   $BENCH parity --bundle "$BUNDLE" --labels "$OUT/labels/$dataset-test.csv" --reference teacher "${TEACHER[@]}" \
     --threads "$THREADS" --out "$OUT/parity-$dataset.json" --html "$OUT/parity-$dataset.html" \

@@ -28,6 +28,8 @@ from converters.labelled_sets import (
     training_images,
 )
 from converters.parity import bundle_student, teacher_embedder
+from converters.reference.data import load_records
+from converters.reference.evaluate import TASKS
 from converters.teachers import Teacher, load_teacher
 from edge_retina.bench.latency import (
     latency_table_rows,
@@ -111,7 +113,9 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
 
 
 def sample_images(workdir: Path, datasets: Path | None) -> list[Path]:
-    """The CC0 fundus photo from scikit-image, plus full-size camera JPEGs and a few crops when present."""
+    """The CC0 fundus photo from scikit-image, plus, when the shared datasets are here, full-size
+    camera JPEGs and one held-out test photo per labelled task: a positive for each condition and a
+    negative (normal) one, so the screening table shows referred and non-referred photos alike."""
     from skimage import data as skimage_data
 
     samples = workdir / "samples"
@@ -121,11 +125,19 @@ def sample_images(workdir: Path, datasets: Path | None) -> list[Path]:
         cv2.imwrite(str(retina), cv2.cvtColor(skimage_data.retina(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     images = [retina]
     if datasets is not None:
-        images += sorted((datasets / "heimed" / "full").glob("*.jpg"))[:4]
-        images += sorted((datasets / "rimone" / "images").glob("*.jpg"))[:2]
-        for label in ("cataract", "glaucoma", "normal", "diabetic_retinopathy"):
-            images += sorted((datasets / "eye4class" / "images" / label).glob("*.jpg"))[:1]
+        images += camera_originals(datasets)
+        test = [r for r in load_records(datasets) if r.split == "test"]
+        for task in TASKS:
+            for wanted in (task.is_positive, task.is_negative):
+                found = next((r.path(datasets) for r in test if r.dataset == task.dataset and wanted(r)), None)
+                if found is not None and found not in images:
+                    images.append(found)
     return images
+
+
+def camera_originals(datasets: Path) -> list[Path]:
+    """Full-size camera JPEGs (HEI-MED's originals): what the latency tables time."""
+    return sorted((datasets / "heimed" / "full").glob("*.jpg"))[:4]
 
 
 def latency_tables(bundle_dir: Path, images: list[Path], rounds: int, console: Console) -> list[Table]:
@@ -169,7 +181,8 @@ def run_demo(config: DemoConfig) -> dict:
         results = [screener.screen(p) for p in images]
         summary = summarise(results)
         print_results(console, results, screener.conditions, summary)
-    for table in latency_tables(bundle_dir, images, config.latency_rounds, console):
+    timed = [images[0], *camera_originals(config.datasets)] if config.datasets is not None else images
+    for table in latency_tables(bundle_dir, timed, config.latency_rounds, console):
         console.print(table)
     if config.datasets is None:
         console.print("[yellow]parity table skipped: no labelled datasets found (pass --datasets)[/]")

@@ -14,7 +14,7 @@ from converters.reference.data import SPLITS, load_records
 from converters.reference.evaluate import TASKS
 from edge_retina.bench.labels import LabelledImages
 
-SHARED_DATASETS = ("heimed", "rimone", "eye4class")
+SHARED_DATASETS = ("heimed", "rimone", "eye4class", "odir", "palm")
 
 
 def shared_dataset_labels(root: Path, dataset: str, split: str = "test", limit: int | None = None) -> LabelledImages:
@@ -29,8 +29,8 @@ def shared_dataset_labels(root: Path, dataset: str, split: str = "test", limit: 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     records = [r for r in load_records(root) if r.dataset == dataset and r.split == split]
-    tasks = [t for t in TASKS if any(t.is_positive(r) or t.is_negative(r) for r in records)]
-    kept = [r for r in records if any(t.is_positive(r) or t.is_negative(r) for t in tasks)]
+    tasks = [t for t in TASKS if t.dataset == dataset]
+    kept = [r for r in records if any(t.applies_to(r) for t in tasks)]
     # A stable order that mixes classes and collections (split keys are "patient:..." or "sha1:...",
     # so sorting them directly would put one collection first and a limit would cut the others off).
     kept.sort(key=lambda r: hashlib.sha256(r.group.encode()).hexdigest())

@@ -14,7 +14,8 @@ def test_calibration_and_thresholds_never_see_test_images(shared_datasets):
     split_of = {r.path(shared_datasets): r.split for r in load_records(shared_datasets)}
     assert {split_of[p] for p in settings.calibration} == {"train"}
     assert {split_of[p] for p in settings.validation.paths} == {"val"}
-    assert {"diabetic_retinopathy", "glaucoma", "cataract", "macular_oedema"} <= set(settings.validation.labels)
+    assert {"diabetic_retinopathy", "glaucoma", "cataract", "macular_oedema", "amd", "pathological_myopia",
+            "hypertensive_retinopathy"} <= set(settings.validation.labels)
 
 
 def test_the_default_bundle_serves_the_shipped_student_of_the_shipped_teacher():
@@ -27,4 +28,4 @@ def test_the_default_bundle_serves_the_shipped_student_of_the_shipped_teacher():
     recipe = default_recipe(teacher)
     assert recipe.role == "student" and recipe.teacher is teacher
     assert recipe.teacher_checkpoint_sha256 == teacher.checkpoint_sha256
-    assert recipe.input_spec.size == (192, 192) and recipe.student.arch == "mobilenetv3_small_100"
+    assert recipe.input_spec.size == (192, 192) and recipe.student.arch == "efficientnet_lite0"

@@ -28,7 +28,10 @@ from converters.teachers import Teacher
 from edge_retina.preprocess.spec import InputSpec
 
 EMBED_DIM = 24
-TINY = DistillConfig(arch="mobilenetv3_small_050", size=64, epochs=2, batch_size=3, seed=7)
+TINY = DistillConfig(arch="mobilenetv3_small_050", size=64, frozen_blocks=0, epochs=2, batch_size=3, seed=7)
+# The default kind of student: ImageNet EfficientNet-Lite0 whose frozen trunk's features are cached.
+TINY_FROZEN = DistillConfig(arch="efficientnet_lite0", size=64, frozen_blocks=5, views=2, epochs=2, batch_size=3,
+                            seed=7)
 
 
 class TinyTeacherEncoder(nn.Module):
@@ -135,6 +138,30 @@ def test_unreadable_images_are_skipped_and_a_second_run_hits_the_content_caches(
     assert result.n_images == len(photos(photo_dir))
 
 
+def test_a_frozen_trunk_student_trains_only_its_head_and_resumes_exactly(tiny_teacher, photo_dir, tmp_path):
+    from converters.backbones import create_lite, trunk_parameters
+
+    cache = tmp_path / "cache"
+    first = distill(tiny_teacher, photos(photo_dir), tmp_path / "a", TINY_FROZEN, cache_dir=cache, progress=False)
+    imagenet = create_lite("efficientnet_lite0")
+    frozen = trunk_parameters(first.student.backbone, 5)
+    assert all(torch.equal(p, q) for p, q in zip(frozen, trunk_parameters(imagenet, 5)))
+    assert not torch.equal(first.student.backbone.conv_head.weight, imagenet.conv_head.weight)  # the head learnt
+    assert len(list(cache.glob("student-trunk-*.npy"))) == 1  # every view's trunk features, computed once
+    distill(tiny_teacher, photos(photo_dir), tmp_path / "b", TINY_FROZEN, cache_dir=cache, max_epochs_this_run=1,
+            progress=False)
+    resumed = distill(tiny_teacher, photos(photo_dir), tmp_path / "b", TINY_FROZEN, cache_dir=cache, resume=True,
+                      progress=False)
+    assert same_weights(first.student, resumed.student)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():  # the exported module (whole image in) computes what training computed
+        from converters.backbones import lite_trunk
+
+        whole = first.student(x)
+        split = first.student.embed_trunk_features(lite_trunk(first.student.backbone, x, 5))
+    torch.testing.assert_close(whole, split)
+
+
 def test_student_weights_round_trip(tiny_teacher, photo_dir, tmp_path):
     result = distill(tiny_teacher, photos(photo_dir), tmp_path / "run", TINY, max_epochs_this_run=1, progress=False)
     path = save_student(result.student, result.input_spec, tmp_path / "student.safetensors", result.metadata())
@@ -187,7 +214,8 @@ def test_one_draw_alters_any_size_of_a_photo_alike(retina_rgb):
 
 
 def test_the_teacher_embeds_every_view_once_and_view_0_is_the_clean_photo(tiny_teacher, photo_dir, tmp_path):
-    from converters.distill.train import cached_training_set, make_view
+    from converters.distill.augment import make_view
+    from converters.distill.train import cached_training_set
     from edge_retina.preprocess import Preprocessor
 
     config = DistillConfig(**{**TINY.__dict__, "views": 3})

@@ -49,9 +49,12 @@ def _train_split(datasets: Path) -> list[Path]:
               help="Checkpoints, history and the pixel/embedding caches.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Student weights to write (.safetensors, fp16, with a .json sidecar) "
-                   "[default: converters/distill/weights/student-v1.safetensors].")
+                   "[default: the shipped default student's path].")
 @click.option("--arch", default=None, help=f"timm architecture of the student ({_DEFAULTS_NOTE}).")
 @click.option("--size", type=click.IntRange(32, 1024), default=None, help=f"Student input side, px ({_DEFAULTS_NOTE}).")
+@click.option("--frozen-blocks", type=click.IntRange(0, 6), default=None,
+              help="ImageNet stages kept frozen (EfficientNet-Lite students; "
+                   f"{_DEFAULTS_NOTE}; 0 for any other architecture, trained in full).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help=f"Epochs ({_DEFAULTS_NOTE}).")
 @click.option("--batch-size", type=click.IntRange(2), default=None, help=f"Batch size ({_DEFAULTS_NOTE}).")
 @click.option("--views", type=click.IntRange(1), default=None,
@@ -65,7 +68,7 @@ def _train_split(datasets: Path) -> list[Path]:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ...], prompt_file: Path,
             image_dirs: tuple[Path, ...], datasets: Path | None, work_dir: Path, out: Path | None, arch: str | None,
-            size: int | None, epochs: int | None, batch_size: int | None, views: int | None, seed: int | None, resume: bool,
+            size: int | None, frozen_blocks: int | None, epochs: int | None, batch_size: int | None, views: int | None, seed: int | None, resume: bool,
             threads: int, workers: int, quiet: bool) -> None:
     """Distil a teacher's image encoder into a small student from unlabelled fundus photos.
 
@@ -77,6 +80,7 @@ def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ..
 
     import torch
 
+    from converters.backbones import LITE_ARCHS
     from converters.distill import DistillConfig, save_student
     from converters.distill import distill as run_distillation
     from converters.distill.student import STUDENT_WEIGHTS
@@ -91,8 +95,12 @@ def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ..
         images = _train_split(datasets)
     if not images:
         raise click.UsageError("no images found")
-    overrides = {k: v for k, v in {"arch": arch, "size": size, "epochs": epochs, "batch_size": batch_size,
-                                    "views": views, "seed": seed}.items() if v is not None}
+    if arch is not None and arch not in LITE_ARCHS:
+        if frozen_blocks:
+            raise click.UsageError(f"--frozen-blocks needs an EfficientNet-Lite student ({', '.join(LITE_ARCHS)})")
+        frozen_blocks = 0
+    overrides = {k: v for k, v in {"arch": arch, "size": size, "frozen_blocks": frozen_blocks, "epochs": epochs,
+                                    "batch_size": batch_size, "views": views, "seed": seed}.items() if v is not None}
     config = replace(DistillConfig(), **overrides)
     torch.set_num_threads(threads)
     teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))

@@ -114,3 +114,13 @@ class FundusAugment:
         x = x * ramp[:, :, None].astype(np.float32) * np.asarray(draw.gain, np.float32)
         x = np.clip(x, 0.0, 1.0) ** np.float32(draw.gamma)
         return (x * 255.0 + 0.5).astype(np.uint8)
+
+
+def view_rng(seed: int, key: str, view: int) -> np.random.Generator:
+    """The generator of one view of one photo (``key``: its content sha256)."""
+    return np.random.default_rng([seed, view, *(int(key[i:i + 8], 16) for i in range(0, 32, 8))])
+
+
+def make_view(augment: FundusAugment, image: np.ndarray, seed: int, key: str, view: int) -> np.ndarray:
+    """View 0 is the clean photo; the others are camera-like variations, the same for any image size."""
+    return image if view == 0 else augment.apply(image, augment.draw(view_rng(seed, key, view)))

@@ -1,14 +1,15 @@
-"""The student image encoder: a small timm backbone, randomly initialised, projected into the
-teacher's embedding space; and its shipped weights (safetensors fp16 + JSON sidecar).
+"""The student image encoder: a small timm backbone projected into the teacher's embedding space;
+and its shipped weights (safetensors fp16 + JSON sidecar).
 
-The default student is MobileNetV3-Small (``mobilenetv3_small_100``) at 192x192. Candidates measured
-here against the ResNet-18 reference teacher at 224 (FP32, ONNX Runtime, one thread, interleaved:
-``python -m converters.distill.compare_students``; numbers in BENCHMARKS.md, "Distillation"): it is
-the fastest (11.3x the teacher at 192, 8.9x at 224; LCNet-0.75@224 and MobileNetV4-conv-small@192 only
-just reach 8x, MobileNetV3-Large and EfficientNet-Lite0 stay at 5-6x). 192 rather than the teacher's
-224 px keeps a margin over the 8x goal on other CPUs and, with 0.74x the pixels per step, buys more
-epochs within the 30-minute distillation budget; a from-scratch student gains more from epochs than
-from the last 32 px.
+The default student is EfficientNet-Lite0 at 192x192, initialised with ImageNet weights
+(``converters.backbones``) with its stem and stages 0-4 frozen (``DEFAULT_FROZEN_BLOCKS``): only
+stages 5-6, the head convolution and the projection learn the teacher, on trunk features computed
+once per view (by OpenVINO; ``converters.backbones.trunk_cache``). Lite rather than the previous
+MobileNetV3-Small because it quantizes to INT8 (ReLU6, no hard-swish or squeeze-excite: both INT8
+engines of the MobileNetV3 student failed the accuracy guard), and ImageNet-initialised because a
+from-scratch tower trained on a few thousand photos did not transfer to other cameras. 192 px keeps
+the student at about a sixth of the reference teacher's compute (EfficientNet-Lite2 at 384 px).
+Other timm architectures train in full from random initialisation (``frozen_blocks=0``).
 """
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from converters.backbones import LITE_ARCHS, create_lite, lite_head, lite_trunk, trunk_parameters
 from converters.torch_compat import ensure_torchvision
 from edge_retina.preprocess.spec import InputSpec
 
-DEFAULT_ARCH = "mobilenetv3_small_100"
+DEFAULT_ARCH = "efficientnet_lite0"
 DEFAULT_SIZE = 192
+DEFAULT_FROZEN_BLOCKS = 5
 FORMAT_VERSION = 1
 #: Where the distilled default student (from the reference teacher) is shipped.
-STUDENT_WEIGHTS = Path(__file__).with_name("weights") / "student-v2.safetensors"
+STUDENT_WEIGHTS = Path(__file__).with_name("weights") / "student-v3.safetensors"
 WEIGHTS_FORMAT = "edge-retina-student"
 
 
@@ -46,15 +49,22 @@ class StudentEncoder(nn.Module):
 
     ``backbone`` is a timm model built with ``num_classes=0`` (pooled features, no classifier);
     ``projection`` maps its features to the teacher's embedding size. Export-ready as one module.
+    With ``frozen_blocks`` (EfficientNet-Lite only), the stem and the first ``frozen_blocks`` stages
+    keep their ImageNet weights and ``embed_trunk_features`` runs the rest on their features.
     """
 
-    def __init__(self, arch: str, embed_dim: int, input_size: int):
+    def __init__(self, arch: str, embed_dim: int, input_size: int, frozen_blocks: int = 0,
+                 pretrained: bool = False):
         super().__init__()
         ensure_torchvision()
         import timm
 
+        if (frozen_blocks or pretrained) and arch not in LITE_ARCHS:
+            raise ValueError(f"ImageNet initialisation and frozen stages need one of {sorted(LITE_ARCHS)}, not {arch}")
         self.arch = arch
-        self.backbone = timm.create_model(arch, pretrained=False, num_classes=0)
+        self.frozen_blocks = frozen_blocks
+        self.backbone = (create_lite(arch, pretrained=pretrained) if arch in LITE_ARCHS
+                         else timm.create_model(arch, pretrained=False, num_classes=0))
         # timm's `num_features` is not always the pooled width (MobileNetV3 adds a conv head after
         # it), so measure the width once on a dummy image.
         self.backbone.eval()
@@ -62,15 +72,25 @@ class StudentEncoder(nn.Module):
             width = self.backbone(torch.zeros(1, 3, input_size, input_size)).shape[1]
         self.projection = nn.Linear(width, embed_dim)
 
+    def embed_trunk_features(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(lite_head(self.backbone, features, self.frozen_blocks)), dim=-1)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        frozen = {id(p) for p in trunk_parameters(self.backbone, self.frozen_blocks)} if self.frozen_blocks else set()
+        return [p for p in self.parameters() if id(p) not in frozen]
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.frozen_blocks:
+            return self.embed_trunk_features(lite_trunk(self.backbone, image, self.frozen_blocks))
         return F.normalize(self.projection(self.backbone(image)), dim=-1)
 
 
-def build_student(arch: str, embed_dim: int, input_size: int, seed: int) -> StudentEncoder:
-    """A randomly initialised student; ``seed`` makes the initial weights reproducible."""
+def build_student(arch: str, embed_dim: int, input_size: int, seed: int, frozen_blocks: int = 0) -> StudentEncoder:
+    """A new student: ImageNet-initialised where the architecture has pip-packaged weights (the
+    projection, and any other architecture, random); ``seed`` makes the random part reproducible."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return StudentEncoder(arch, embed_dim, input_size)
+        return StudentEncoder(arch, embed_dim, input_size, frozen_blocks, pretrained=arch in LITE_ARCHS)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -102,6 +122,7 @@ def save_student(student: StudentEncoder, spec: InputSpec, weights_path: str | P
     sidecar = {
         "format_version": FORMAT_VERSION,
         "arch": student.arch,
+        "frozen_blocks": student.frozen_blocks,
         "embed_dim": student.projection.out_features,
         "input_spec": spec.to_dict(),
         "input_spec_sha256": spec.sha256(),
@@ -117,7 +138,7 @@ def load_student(weights_path: str | Path) -> tuple[StudentEncoder, InputSpec, d
     weights_path = Path(weights_path)
     sidecar = json.loads(sidecar_path(weights_path).read_text())
     spec = InputSpec.from_dict(sidecar["input_spec"])
-    student = StudentEncoder(sidecar["arch"], sidecar["embed_dim"], spec.height)
+    student = StudentEncoder(sidecar["arch"], sidecar["embed_dim"], spec.height, sidecar.get("frozen_blocks", 0))
     state = {k: v.float() for k, v in load_file(str(weights_path)).items()}
     # Integer buffers (BatchNorm's num_batches_tracked) are not shipped; everything else must match.
     result = student.load_state_dict(state, strict=False)

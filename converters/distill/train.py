@@ -34,17 +34,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from converters.backbones.trunk_cache import TrunkRunner, cached_trunk_features
 from converters.prompt_tables import embed_conditions
 from converters.prompts import DEFAULT_PROMPT_FILE, load_prompt_file
 from converters.teachers import Teacher
 from edge_retina.preprocess import Preprocessor, pixels_key
 from edge_retina.preprocess.spec import InputSpec
 
-from .augment import AugmentConfig, FundusAugment
+from .augment import AugmentConfig, FundusAugment, make_view
 from .cache import ContentCache, content_sha256, prepare_images
 from .loss import DistillLoss, LossConfig
 from .student import (
     DEFAULT_ARCH,
+    DEFAULT_FROZEN_BLOCKS,
     DEFAULT_SIZE,
     StudentEncoder,
     build_student,
@@ -59,10 +61,11 @@ TEACHER_BATCH = 32
 class DistillConfig:
     arch: str = DEFAULT_ARCH
     size: int = DEFAULT_SIZE
-    epochs: int = 24
-    views: int = 6  # per photo: the clean photo + 5 augmented views, each embedded once by the teacher
-    batch_size: int = 48
-    lr: float = 4e-3
+    frozen_blocks: int = DEFAULT_FROZEN_BLOCKS  # ImageNet stages kept frozen (EfficientNet-Lite students)
+    epochs: int = 12
+    views: int = 2  # per photo: the clean photo + 1 augmented view, each embedded once by the teacher
+    batch_size: int = 64
+    lr: float = 2e-3
     weight_decay: float = 0.02
     warmup_fraction: float = 0.05
     seed: int = 20261123
@@ -100,16 +103,6 @@ class DistillResult:
         }
 
 
-def view_rng(seed: int, key: str, view: int) -> np.random.Generator:
-    """The generator of one view of one photo (``key``: its content sha256)."""
-    return np.random.default_rng([seed, view, *(int(key[i:i + 8], 16) for i in range(0, 32, 8))])
-
-
-def make_view(augment: FundusAugment, image: np.ndarray, seed: int, key: str, view: int) -> np.ndarray:
-    """View 0 is the clean photo; the others are camera-like variations, the same for any image size."""
-    return image if view == 0 else augment.apply(image, augment.draw(view_rng(seed, key, view)))
-
-
 def cached_training_set(teacher: Teacher, student_spec: InputSpec, paths: Sequence[Path], cache_dir: Path,
                         config: DistillConfig, *, workers: int = 2,
                         progress: bool = True) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
@@ -135,9 +128,8 @@ def cached_training_set(teacher: Teacher, student_spec: InputSpec, paths: Sequen
                                                    [teacher.input_spec, student_spec], workers, bar.update)
         keys = [missing[i] for i in kept]
         unreadable = set(missing) - set(keys)
-        teacher_preprocessor = Preprocessor(teacher.input_spec)
+        embed = _teacher_embedding(teacher)
         augment = FundusAugment(config.augment)
-        encoder = teacher.image_encoder.eval()
         # Per view, only the photos that view is missing for (a run with more views adds just those).
         todo = {v: [i for i, k in enumerate(keys) if f"{k}:{v}" not in embedding_cache] for v in views}
         with torch.no_grad(), tqdm(total=sum(math.ceil(len(t) / TEACHER_BATCH) for t in todo.values()),
@@ -148,7 +140,7 @@ def cached_training_set(teacher: Teacher, student_spec: InputSpec, paths: Sequen
                 for start in range(0, len(rows), TEACHER_BATCH):
                     chunk = rows[start:start + TEACHER_BATCH]
                     batch = np.stack([make_view(augment, images[i][0], config.seed, keys[i], view) for i in chunk])
-                    embeddings.append(encoder(torch.from_numpy(teacher_preprocessor.normalise(batch))).numpy())
+                    embeddings.append(embed(batch))
                     bar.update()
                 if rows:
                     embedding_cache.add([f"{keys[i]}:{view}" for i in rows],
@@ -162,6 +154,36 @@ def cached_training_set(teacher: Teacher, student_spec: InputSpec, paths: Sequen
     return keys, pixel_cache.get(keys), targets, skipped
 
 
+def _teacher_embedding(teacher: Teacher):
+    """uint8 NHWC images prepared with the teacher's spec -> the teacher's embeddings (numpy).
+
+    A teacher whose image encoder has a frozen trunk (``embed_trunk_features``; the reference model)
+    runs that trunk on OpenVINO in FP32 and only its head in PyTorch: the same numbers, several
+    times faster on a CPU. Other teachers run in PyTorch."""
+    encoder = teacher.image_encoder.eval()
+    if hasattr(encoder, "embed_trunk_features"):
+        runner = TrunkRunner(encoder.model, encoder.frozen_blocks, teacher.input_spec)
+        return lambda batch: encoder.embed_trunk_features(torch.from_numpy(runner(batch).astype(np.float32))).numpy()
+    preprocessor = Preprocessor(teacher.input_spec)
+    return lambda batch: encoder(torch.from_numpy(preprocessor.normalise(batch))).numpy()
+
+
+def _student_trunk_features(student: StudentEncoder, spec: InputSpec, keys: list[str], pixels: np.ndarray,
+                            cache_dir: Path, config: DistillConfig, progress: bool) -> np.ndarray:
+    """(photos x views, ...) frozen-trunk features of every view the student is shown, computed once."""
+    name = hashlib.sha256(json.dumps([config.arch, config.frozen_blocks, pixels_key(spec), config.views,
+                                      config.augment.to_dict(), config.seed, keys]).encode()).hexdigest()
+    augment = FundusAugment(config.augment)
+    runner = TrunkRunner(student.backbone, config.frozen_blocks, spec)
+    count = len(keys) * config.views
+    with tqdm(total=count, desc="student trunk features", unit="view", disable=not progress) as bar:
+        return cached_trunk_features(
+            cache_dir / f"student-trunk-{name[:16]}.npy", runner, count,
+            lambda i: make_view(augment, pixels[i // config.views], config.seed, keys[i // config.views],
+                                i % config.views),
+            {"arch": config.arch, "frozen_blocks": config.frozen_blocks, "views": config.views}, bar.update)
+
+
 def learning_rate(step: int, total: int, config: DistillConfig) -> float:
     """Linear warm-up, then cosine decay to zero."""
     warmup = max(1, int(config.warmup_fraction * total))
@@ -171,8 +193,9 @@ def learning_rate(step: int, total: int, config: DistillConfig) -> float:
 
 
 def _optimiser(student: StudentEncoder, config: DistillConfig) -> torch.optim.Optimizer:
-    decay = [p for p in student.parameters() if p.ndim > 1]
-    no_decay = [p for p in student.parameters() if p.ndim <= 1]  # biases and norm scales
+    trainable = student.trainable_parameters()
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]  # biases and norm scales
     return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
                              lr=config.lr, weight_decay=config.weight_decay)
 
@@ -209,7 +232,11 @@ def distill(
     table = embed_conditions(teacher.embed_texts, load_prompt_file(prompt_file), teacher.ensembling,
                              teacher.logit_scale)
     criterion = DistillLoss(table.class_embeddings, table.logit_scale, targets.mean(axis=(0, 1)), config.loss)
-    student = build_student(config.arch, table.embedding_dim, config.size, config.seed)
+    student = build_student(config.arch, table.embedding_dim, config.size, config.seed, config.frozen_blocks)
+    trunk_features = None
+    if config.frozen_blocks:
+        trunk_features = _student_trunk_features(student, student_spec, keys, pixels,
+                                                 Path(cache_dir) if cache_dir else work_dir / "cache", config, progress)
     student.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
     optimiser = _optimiser(student, config)
     augment = FundusAugment(config.augment)
@@ -244,11 +271,18 @@ def distill(
         for b in bar:
             index = order[b * batch_size:(b + 1) * batch_size]
             view = (epoch + index) % config.views
-            batch = np.stack([make_view(augment, pixels[i], config.seed, keys[i], v) for i, v in zip(index, view)])
-            x = torch.from_numpy(preprocessor.normalise(batch)).contiguous(memory_format=torch.channels_last)
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(epoch * steps_per_epoch + b, total_steps, config)
-            loss, parts = criterion(student(x), targets_t[index, view])
+            if trunk_features is not None:
+                rows = index * config.views + view
+                features = torch.from_numpy(trunk_features[np.sort(rows)].astype(np.float32))
+                # sorted for sequential reads of the memory map; then back in draw order
+                embeddings = student.embed_trunk_features(features[torch.from_numpy(np.argsort(np.argsort(rows)))])
+            else:
+                batch = np.stack([make_view(augment, pixels[i], config.seed, keys[i], v) for i, v in zip(index, view)])
+                x = torch.from_numpy(preprocessor.normalise(batch)).contiguous(memory_format=torch.channels_last)
+                embeddings = student(x)
+            loss, parts = criterion(embeddings, targets_t[index, view])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -1,6 +1,7 @@
-"""Report-style training captions, written from dataset labels.
+"""Training text: the graders' own diagnostic keywords where a dataset has them (ODIR-5K), and
+report-style captions written from the labels of the datasets that have only labels.
 
-This is the *training* text family. The zero-shot prompts (converters/prompts/*.json) are a separate
+Both are the *training* text family. The zero-shot prompts (converters/prompts/*.json) are a separate
 family, written independently: a caption never equals a prompt (tests check it), otherwise zero-shot
 accuracy would only measure string lookup.
 
@@ -29,7 +30,14 @@ class FindingClass(str, Enum):
     DR_MODERATE = "dr_moderate"  # EyePACS grade 2
     DR_SEVERE = "dr_severe"  # EyePACS grade 3
     DR_PROLIFERATIVE = "dr_proliferative"  # EyePACS grade 4
+    DR_UNGRADED = "dr_ungraded"  # ODIR "diabetic retinopathy" without a grade
     EXUDATES = "exudates"  # HEI-MED exudates / bright lesions
+    GLAUCOMA_SUSPECT = "glaucoma_suspect"  # full fundus (ODIR "suspected glaucoma")
+    AMD = "amd"  # ODIR dry / wet age-related macular degeneration
+    DRUSEN = "drusen"  # ODIR drusen without an AMD diagnosis
+    PATHOLOGICAL_MYOPIA = "pathological_myopia"  # ODIR, PALM
+    HIGH_MYOPIA = "high_myopia"  # PALM: high but not pathological myopia
+    HYPERTENSIVE_RETINOPATHY = "hypertensive_retinopathy"  # ODIR
 
 
 _FULL_FUNDUS_OPENINGS = (
@@ -129,6 +137,19 @@ _FINDINGS: dict[FindingClass, tuple[str, ...]] = {
         "fibrovascular proliferation from diabetic retinopathy",
         "advanced diabetic eye disease with neovascular fronds",
     ),
+    FindingClass.PATHOLOGICAL_MYOPIA: (
+        "a tessellated fundus with peripapillary atrophy from pathological myopia",
+        "myopic maculopathy with patchy chorioretinal atrophy",
+        "a tilted disc, staphyloma and atrophic patches of high myopia",
+        "lacquer cracks and diffuse atrophy in a myopic eye",
+        "degenerative myopia with a large temporal crescent",
+    ),
+    FindingClass.HIGH_MYOPIA: (
+        "a tessellated myopic fundus without atrophic lesions",
+        "high myopia with a tilted disc but no maculopathy",
+        "a myopic crescent only, no pathological changes",
+        "a thin, tessellated retina of a highly myopic eye without degeneration",
+    ),
     FindingClass.EXUDATES: (
         "hard exudates at the posterior pole",
         "yellow exudates clustered around the fovea",
@@ -149,18 +170,61 @@ def caption_variants(finding: FindingClass) -> list[str]:
 
 
 def caption_table() -> tuple[list[str], dict[FindingClass, np.ndarray]]:
-    """All captions of all classes, and for each class the indices of its captions in that list."""
+    """All generated captions of all classes that have them, and for each such class the indices of
+    its captions in that list (classes seen only through keywords have none)."""
     captions: list[str] = []
     index: dict[FindingClass, np.ndarray] = {}
-    for finding in FindingClass:
+    for finding in _FINDINGS:
         variants = caption_variants(finding)
         index[finding] = np.arange(len(captions), len(captions) + len(variants))
         captions.extend(variants)
     return captions, index
 
 
-def draw_captions(
-    findings: list[FindingClass], index: dict[FindingClass, np.ndarray], rng: np.random.Generator
-) -> np.ndarray:
-    """One caption index per sample, drawn uniformly from its class's variants."""
-    return np.array([rng.choice(index[f]) for f in findings], dtype=np.int64)
+# ODIR-5K's diagnostic keywords (as the graders wrote them) -> finding classes. Keywords not listed
+# here (epiretinal membrane, laser spots, vein occlusion, ...) stay findings in their own words;
+# image-quality notes are not findings of the eye.
+_KEYWORD_FINDINGS = {
+    "normal fundus": FindingClass.NORMAL,
+    "mild nonproliferative retinopathy": FindingClass.DR_MILD,
+    "moderate non proliferative retinopathy": FindingClass.DR_MODERATE,
+    "severe nonproliferative retinopathy": FindingClass.DR_SEVERE,
+    "proliferative diabetic retinopathy": FindingClass.DR_PROLIFERATIVE,
+    "severe proliferative diabetic retinopathy": FindingClass.DR_PROLIFERATIVE,
+    "diabetic retinopathy": FindingClass.DR_UNGRADED,
+    "suspected diabetic retinopathy": FindingClass.DR_UNGRADED,
+    "suspicious diabetic retinopathy": FindingClass.DR_UNGRADED,
+    "suspected moderate non proliferative retinopathy": FindingClass.DR_UNGRADED,
+    "glaucoma": FindingClass.GLAUCOMA,
+    "suspected glaucoma": FindingClass.GLAUCOMA_SUSPECT,
+    "cataract": FindingClass.CATARACT,
+    "dry age-related macular degeneration": FindingClass.AMD,
+    "wet age-related macular degeneration": FindingClass.AMD,
+    "age-related macular degeneration": FindingClass.AMD,
+    "drusen": FindingClass.DRUSEN,
+    "pathological myopia": FindingClass.PATHOLOGICAL_MYOPIA,
+    "myopia retinopathy": FindingClass.PATHOLOGICAL_MYOPIA,
+    "myopic maculopathy": FindingClass.PATHOLOGICAL_MYOPIA,
+    "hypertensive retinopathy": FindingClass.HYPERTENSIVE_RETINOPATHY,
+    "macular epiretinal membrane": "epiretinal membrane",
+    "epiretinal membrane over the macula": "epiretinal membrane",
+}
+IMAGE_QUALITY_NOTES = frozenset({"lens dust", "low image quality", "image offset", "no fundus image",
+                                 "optic disk photographically invisible"})
+
+
+def split_keywords(keywords: str) -> list[str]:
+    """A grader's keyword cell as phrases (ODIR-5K separates them with ',' or the full-width '，')."""
+    return [k.strip() for k in keywords.replace("\uff0c", ",").split(",") if k.strip()]
+
+
+def keyword_findings(keywords: str) -> tuple[str, ...]:
+    """The findings a keyword cell names (sorted; image-quality notes left out)."""
+    found = {_KEYWORD_FINDINGS.get(k, k) for k in split_keywords(keywords) if k not in IMAGE_QUALITY_NOTES}
+    return tuple(sorted(str(f.value if isinstance(f, FindingClass) else f) for f in found))
+
+
+def keyword_texts(keywords: str) -> list[str]:
+    """The training texts of one keyword cell: the phrases as written, alone and in report openings."""
+    phrase = ", ".join(split_keywords(keywords))
+    return [phrase, *(opening.format(f=phrase) for opening in _FULL_FUNDUS_OPENINGS)]

@@ -3,10 +3,14 @@
 Splits (train / val / test; test is never used for training or model selection):
 
 - RIM-ONE DL: its published train/test split; val is carved out of train by hash.
-- HEI-MED and eye4class: by a hash of a grouping key, so that everything sharing the key lands on
-  the same side: for eye4class the patient (``<id>_left``/``<id>_right`` are one patient; ODIR and
-  EyePACS ids are separate namespaces), else the file's sha1 (the two byte-identical eye4class
-  images share both). HEI-MED keys by the sha1 of the JPEG bytes.
+- HEI-MED, eye4class, ODIR and PALM: by a hash of a grouping key, so that everything sharing the key
+  lands on the same side: for ODIR-5K images the patient, in both folders that hold them
+  (``eye4class/`` and ``odir/``: ``<id>_left``/``<id>_right`` are one patient; EyePACS ids are a
+  separate namespace), else the file's sha1 (the two byte-identical eye4class images share both).
+  HEI-MED and PALM key by the sha1 of the JPEG bytes.
+
+Findings: from the graders' diagnostic keywords where ODIR-5K has them (``odir/labels.csv``,
+``odir/eye4class_keywords.csv``; an eye can have several), else from the dataset's labels.
 
 Images are prepared ONCE with the project's shared preprocessing (``edge_retina.preprocess``) and
 cached as uint8 arrays keyed by the input spec's hash and the record list's hash.
@@ -23,13 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.reference.captions import FindingClass
+from converters.reference.captions import FindingClass, keyword_findings
 from edge_retina.preprocess.spec import InputSpec
 
 SPLITS = ("train", "val", "test")
 # (val, test) fractions for hash-split datasets. HEI-MED is small (169 images, 54 with exudates):
 # a larger test share keeps its test AUROC from resting on a handful of positives.
-_HASH_FRACTIONS = {"heimed": (0.10, 0.30), "eye4class": (0.10, 0.20), "rimone": (0.15, 0.0)}
+# ODIR patients appear in eye4class/ and odir/: both use eye4class's fractions, so a patient's
+# images share a split whichever folder they are in.
+_HASH_FRACTIONS = {"heimed": (0.10, 0.30), "eye4class": (0.10, 0.20), "rimone": (0.15, 0.0),
+                   "odir": (0.10, 0.20), "palm": (0.15, 0.25)}
 _PATIENT_FILE = re.compile(r"^(\d+)_(left|right)\.jpe?g$", re.IGNORECASE)
 _DR_GRADE_CLASSES = {
     0: FindingClass.NORMAL,
@@ -44,12 +51,19 @@ _DR_GRADE_CLASSES = {
 class Record:
     """One labelled image: where it is, what it shows, which split it belongs to."""
 
-    dataset: str  # heimed | rimone | eye4class
-    source: str  # original collection: heimed | rimone | odir | eyepacs
+    dataset: str  # heimed | rimone | eye4class | odir | palm
+    source: str  # original collection: heimed | rimone | odir | eyepacs | palm
     file: str  # relative to the dataset folder
-    finding: FindingClass
+    findings: tuple[str, ...]  # sorted FindingClass values (and ODIR keywords without a class)
     split: str
     group: str  # split key: records sharing it always share a split
+    keywords: str = ""  # the grader's diagnostic keywords, where the dataset has them
+
+    def has(self, *findings: FindingClass) -> bool:
+        return any(f.value in self.findings for f in findings)
+
+    def only(self, finding: FindingClass) -> bool:
+        return self.findings == (finding.value,)
 
     def path(self, root: Path) -> Path:
         return Path(root) / self.dataset / self.file
@@ -85,7 +99,7 @@ def _heimed(root: Path) -> list[Record]:
         else:  # no exudate but not healthy: microaneurysms (the README's definition of healthy)
             finding = FindingClass.DR_MILD
         group = "sha1:" + _file_sha1(root / "heimed" / row["file"])
-        records.append(Record("heimed", "heimed", row["file"], finding, _hash_split(group, val, test), group))
+        records.append(Record("heimed", "heimed", row["file"], (finding.value,), _hash_split(group, val, test), group))
     return records
 
 
@@ -103,12 +117,18 @@ def _rimone(root: Path) -> list[Record]:
             split = _hash_split(group, val, 0.0)
         elif split != "test":
             raise ValueError(f"rimone/labels.csv: unknown split {split!r} for {row['file']}")
-        records.append(Record("rimone", "rimone", row["file"], finding, split, group))
+        records.append(Record("rimone", "rimone", row["file"], (finding.value,), split, group))
     return records
+
+
+def _odir_keywords(path: Path) -> dict[str, str]:
+    """file -> the grader's keywords, from an ODIR keywords CSV (empty when the file is absent)."""
+    return {row["file"]: row["keywords"] for row in _read_csv(path)} if path.is_file() else {}
 
 
 def _eye4class(root: Path) -> list[Record]:
     val, test = _HASH_FRACTIONS["eye4class"]
+    keywords_of = _odir_keywords(root / "odir" / "eye4class_keywords.csv")
     records = []
     split_of_sha1: dict[str, str] = {}
     for row in _read_csv(root / "eye4class" / "labels.csv"):
@@ -120,25 +140,58 @@ def _eye4class(root: Path) -> list[Record]:
             finding = _DR_GRADE_CLASSES[int(row["eyepacs_dr_grade"])]
         else:
             finding = FindingClass(label)
+        keywords = keywords_of.get(row["file"], "")
+        findings = keyword_findings(keywords) if keywords else (finding.value,)
         patient = _PATIENT_FILE.match(Path(row["file"]).name)
         group = f"{source}:{patient.group(1)}" if patient else "sha1:" + row["sha1"]
         split = _hash_split(group, val, test)
         # Grouping by patient already keeps byte-identical copies together; fail loudly if it ever does not.
         if split_of_sha1.setdefault(row["sha1"], split) != split:
             raise ValueError(f"byte-identical copies of eye4class/{row['file']} fell into different splits")
-        records.append(Record("eye4class", source, row["file"], finding, split, group))
+        records.append(Record("eye4class", source, row["file"], findings, split, group, keywords))
+    return records
+
+
+def _odir(root: Path) -> list[Record]:
+    val, test = _HASH_FRACTIONS["odir"]
+    records = []
+    for file, keywords in _odir_keywords(root / "odir" / "labels.csv").items():
+        findings = keyword_findings(keywords)
+        if not findings:  # only image-quality notes: nothing to learn or test about the eye
+            continue
+        patient = _PATIENT_FILE.match(Path(file).name)
+        group = f"odir:{patient.group(1)}" if patient else "sha1:" + _file_sha1(root / "odir" / file)
+        records.append(Record("odir", "odir", file, findings, _hash_split(group, val, test), group, keywords))
+    return records
+
+
+def _palm(root: Path) -> list[Record]:
+    val, test = _HASH_FRACTIONS["palm"]
+    records = []
+    for row in _read_csv(root / "palm" / "labels.csv"):
+        if row["pathological_myopia"] == "1":
+            finding = FindingClass.PATHOLOGICAL_MYOPIA
+        elif row["high_myopia"] == "1":
+            finding = FindingClass.HIGH_MYOPIA
+        else:
+            finding = FindingClass.NORMAL
+        group = "sha1:" + _file_sha1(root / "palm" / row["file"])
+        records.append(Record("palm", "palm", row["file"], (finding.value,), _hash_split(group, val, test), group))
     return records
 
 
 def load_records(root: str | Path) -> list[Record]:
-    """All usable labelled images of the shared datasets, in a fixed order, with their split."""
+    """All usable labelled images of the shared datasets, in a fixed order, with their split.
+
+    The ODIR and PALM folders are optional (older copies of the shared datasets lack them)."""
     root = Path(root)
-    return _heimed(root) + _rimone(root) + _eye4class(root)
+    optional = [reader(root) for name, reader in (("odir", _odir), ("palm", _palm)) if (root / name).is_dir()]
+    return _heimed(root) + _rimone(root) + _eye4class(root) + [r for found in optional for r in found]
 
 
 def split_hash(records: list[Record]) -> str:
     """Identifies the exact split: sha256 over (dataset, file, finding, split) of every record."""
-    blob = json.dumps([[r.dataset, r.file, r.finding.value, r.split] for r in records], separators=(",", ":"))
+    blob = json.dumps([[r.dataset, r.file, list(r.findings), r.split] for r in records], separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -162,13 +215,16 @@ def build_pixel_cache(
         return np.load(cache, mmap_mode="r")
     cache_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(str(r.path(root)), spec.to_dict()) for r in records]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        images = list(pool.map(_prepare, jobs, chunksize=32))
-    pixels = np.stack(images)
     tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, pixels)
+    # Written image by image into a memory map: the whole set can be larger than what RAM should hold twice.
+    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), spec.height, spec.width, 3))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for i, image in enumerate(pool.map(_prepare, jobs, chunksize=32)):
+            pixels[i] = image
+    pixels.flush()
+    del pixels
     tmp.replace(cache)
     (cache_dir / f"pixels-{key}.json").write_text(
-        json.dumps({"spec": spec.to_dict(), "records": [asdict(r) | {"finding": r.finding.value} for r in records]})
+        json.dumps({"spec": spec.to_dict(), "records": [asdict(r) for r in records]})
     )
-    return pixels
+    return np.load(cache, mmap_mode="r")

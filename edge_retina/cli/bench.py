@@ -240,7 +240,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
 
 
 @bench.command()
-@click.option("--dataset", required=True, type=click.Choice(["heimed", "rimone", "eye4class"]))
+@click.option("--dataset", required=True, type=click.Choice(["heimed", "rimone", "eye4class", "odir", "palm"]))
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
 @click.option("--datasets", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="The shared datasets folder (default: $EDGE_RETINA_DATASETS or ../shared/datasets).")
