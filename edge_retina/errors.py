@@ -10,6 +10,23 @@ class EdgeRetinaError(Exception):
     """Base class of every error edge-retina raises on purpose."""
 
 
+#: Every ``error_code`` a screening result can carry, and what it means: the one list the decoder,
+#: the input expansion and README's "Bad input" section (a test compares them) use.
+RESULT_ERROR_CODES = {
+    "not_found": "the path does not exist",
+    "unreadable": "no permission to read the file, or to search a folder on its path",
+    "not_a_file": "a directory or special file (FIFO, device) where an image was expected",
+    "empty_file": "zero bytes",
+    "not_an_image": "no known image signature (or not a path, bytes or an array)",
+    "unsupported": "an image format or pixel layout that is not accepted",
+    "corrupt": "the decoder failed or warned (damaged or truncated data): never scored",
+    "too_large": "above the pixel or file-size limit, checked before decoding",
+    "too_small": "a side under the minimum",
+    "no_images": "a folder that holds no image files",
+    "no_match": "a glob pattern that matched no files",
+}
+
+
 class ImageError(EdgeRetinaError):
     """An input image could not be turned into a model tensor.
 
@@ -17,17 +34,7 @@ class ImageError(EdgeRetinaError):
     people.
     """
 
-    #: Stable reason codes, documented in README ("Bad input").
-    CODES = (
-        "not_found",        # the path does not exist
-        "not_a_file",       # a directory or special file where an image was expected
-        "empty_file",       # zero bytes
-        "not_an_image",     # no known image signature
-        "unsupported",      # an image format or pixel layout we do not accept
-        "corrupt",          # the decoder failed or the data is truncated
-        "too_large",        # above the documented pixel limit (decompression-bomb guard)
-        "too_small",        # below the documented minimum side
-    )
+    CODES = tuple(RESULT_ERROR_CODES)
 
     def __init__(self, code: str, message: str):
         if code not in self.CODES:

@@ -10,6 +10,7 @@ prompt embeddings, and an image's scores are cosine similarities scaled by the m
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,8 @@ class PromptTable:
             raise BundleError(f"prompt table: duplicate class names in {classes}")
         prompt_embeddings = np.asarray(prompt_embeddings, dtype=np.float32)
         prompt_class_index = np.asarray(prompt_class_index, dtype=np.int64)
+        if not np.isfinite(prompt_embeddings).all():
+            raise BundleError("prompt table: the prompt embeddings hold NaN or infinite values")
         if prompt_embeddings.ndim != 2 or prompt_class_index.shape != (prompt_embeddings.shape[0],):
             raise BundleError(
                 "prompt table: expected embeddings (prompts, dim) and one class index per prompt, got "
@@ -105,9 +108,12 @@ class PromptTable:
             with np.load(path, allow_pickle=False) as data:
                 embeddings = data["prompt_embeddings"]
                 index = data["prompt_class_index"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise BundleError(f"prompt table {path}: unreadable ({exc})") from exc
-        return cls(classes, normal_class, embeddings, index, ensembling, logit_scale)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise BundleError(f"prompt table {path}: unreadable ({type(exc).__name__}: {exc})") from exc
+        try:
+            return cls(classes, normal_class, embeddings, index, ensembling, logit_scale)
+        except (TypeError, ValueError) as exc:  # arrays of the wrong kind (strings, complex...)
+            raise BundleError(f"prompt table {path}: unusable arrays ({exc})") from exc
 
     # -- scoring ------------------------------------------------------------------------------------
     def score(self, image_embeddings: np.ndarray) -> ZeroShotScores:

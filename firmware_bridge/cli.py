@@ -59,11 +59,15 @@ def bridge() -> None:
 @click.option("--frame-timeout", default=5.0, show_default=True, help="Seconds a frame may stall mid-way.")
 @click.option("--max-frame-mb", default=DEFAULT_MAX_PAYLOAD / 2**20, show_default=True, help="Largest payload (MiB).")
 @click.option("--max-connections", default=16, show_default=True)
+@click.option("--max-inflight-mb", type=float, default=None,
+              help="Bytes of frames being received at once, all connections (MiB) [default: 4 x --max-frame-mb].")
+@click.option("--idle-timeout", default=120.0, show_default=True, help="Seconds a silent connection is kept.")
 @click.option("--backend", default=None, help="Engine backend of the bundle (default: its best).")
 @click.option("--threads", type=int, default=None, help="Inference threads.")
 @click.option("--allow-remote", is_flag=True, help="Allow a TCP address other than loopback.")
 def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, queue_capacity, request_timeout,
-          frame_timeout, max_frame_mb, max_connections, backend, threads, allow_remote) -> None:
+          frame_timeout, max_frame_mb, max_connections, max_inflight_mb, idle_timeout, backend, threads,
+          allow_remote) -> None:
     """Serve camera requests until SIGTERM/SIGINT."""
     from .server import BridgeConfig, BridgeServer
     from .transports import (
@@ -79,7 +83,9 @@ def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, que
         raise click.UsageError("give exactly one of --socket, --tcp, --serial")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = BridgeConfig(queue_capacity=queue_capacity, request_timeout=request_timeout, frame_timeout=frame_timeout,
-                          max_payload=int(max_frame_mb * 2**20), max_connections=max_connections)
+                          max_payload=int(max_frame_mb * 2**20), max_connections=max_connections,
+                          max_inflight_bytes=None if max_inflight_mb is None else int(max_inflight_mb * 2**20),
+                          idle_timeout=idle_timeout)
     screener = _open_screener(bundle_path, backend, threads)
     server = BridgeServer(screener, ResultStore(store), config)
     _stop_on_signals(server.stop)

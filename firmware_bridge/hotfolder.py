@@ -15,6 +15,12 @@ lost). A file replaced by a new capture under the same name has a new sha256 and
 A journalled capture that was deleted or replaced before its result was committed (a crash, then
 someone tidied the folder) is closed with a ``not_found`` error rather than left pending forever.
 
+What is not a capture is skipped with one warning, and never blocks the watcher: a FIFO or device
+under an image name (opened without blocking, then refused), a symlink loop. A writer that pauses
+for longer than the settle time gets its partial file screened (as ``corrupt``, with a sidecar);
+when the file is complete its new sha256 makes it a new capture, screened again, and its sidecar
+is replaced.
+
 The folder is polled rather than watched with inotify: polling works the same on every file system a
 camera writes to (SMB/NFS shares and FAT-formatted USB media send no inotify events) and needs no
 extra dependency; a capture every few seconds makes a one-second poll cheap.
@@ -25,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -52,6 +59,7 @@ class HotFolder:
         self.bundle_id = bundle_id(screener)
         # (size, mtime_ns) of files already handled in this run: spares re-hashing them every poll.
         self._handled: dict[Path, tuple[int, int]] = {}
+        self._skipped: dict[Path, str] = {}  # why a path is not a capture (warned about once)
 
     def captures(self) -> list[Path]:
         """Image files under the folder (hidden files and folders skipped), in name order."""
@@ -73,6 +81,9 @@ class HotFolder:
                 info = path.stat()
             except FileNotFoundError:  # removed between the listing and now
                 continue
+            except OSError as exc:  # a symlink loop, a name the file system refuses...
+                self._skip(path, f"cannot be read ({exc.strerror})")
+                continue
             signature = (info.st_size, info.st_mtime_ns)
             if self._handled.get(path) == signature or now - info.st_mtime < self.settle_seconds:
                 continue
@@ -86,9 +97,17 @@ class HotFolder:
             self._handled[path] = signature
         return written
 
+    def _skip(self, path: Path, why: str) -> None:
+        if self._skipped.get(path) != why:
+            log.warning("%s: %s; skipped", path, why)
+            self._skipped[path] = why
+
     def handle(self, path: Path) -> Path | None:
         """Screen one capture if its sidecar is missing or stale; returns the sidecar if written."""
-        data = path.read_bytes()
+        data = read_capture(path)
+        if data is None:
+            self._skip(path, "not a regular file (a FIFO or device)")
+            return None
         sha = hashlib.sha256(data).hexdigest()
         sidecar = sidecar_path(path)
         if _sidecar_sha(sidecar) == sha:
@@ -101,7 +120,7 @@ class HotFolder:
             result = self.screener.screen(data, name=path.name).to_dict()
             result["bundle_id"] = self.bundle_id
             stored = self.store.complete(request_id, result)
-        write_sidecar(sidecar, stored, path)
+        write_sidecar(sidecar, stored, path, self.folder)
         log.info("%s -> %s", path, stored.result.get("status") if stored.result else None)
         return sidecar
 
@@ -130,6 +149,16 @@ class HotFolder:
             stop.wait(interval)
 
 
+def read_capture(path: Path) -> bytes | None:
+    """The bytes of ``path``, or None when it is not a regular file. Opened without blocking and
+    checked on the open file: a FIFO under an image name would block a plain read for ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return stream.read()
+
+
 def sidecar_path(image: Path) -> Path:
     return image.with_name(image.name + SIDECAR_SUFFIX)
 
@@ -141,7 +170,12 @@ def _sidecar_sha(sidecar: Path) -> str | None:
         return None
 
 
-def write_sidecar(sidecar: Path, stored: StoredRequest, image: Path) -> None:
-    """Write the sidecar in one durable rename: a reader never sees half of one."""
-    record: dict[str, Any] = {**stored.record(), "image": image.name}
+def write_sidecar(sidecar: Path, stored: StoredRequest, image: Path, folder: Path) -> None:
+    """Write the sidecar in one durable rename: a reader never sees half of one.
+
+    ``meta.path`` is this capture's own path: two captures with the same bytes share one journal row
+    (keyed by content), whose path is the first one's."""
+    record: dict[str, Any] = stored.record()
+    record["meta"] = {**record["meta"], "path": str(image.relative_to(folder))}
+    record["image"] = image.name
     write_atomically(sidecar, json.dumps(record, indent=2).encode())

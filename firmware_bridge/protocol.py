@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +86,7 @@ class Message:
     body: bytes = b""
 
 
-def crc32(data: bytes) -> int:
+def crc32(data: bytes | memoryview) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
@@ -110,7 +111,7 @@ def error_message(code: ErrorCode, text: str, *, request_id: str | None = None, 
     return Message(MessageType.ERROR, meta)
 
 
-def decode_payload(msg_type: int, payload: bytes) -> Message:
+def decode_payload(msg_type: int, payload: bytes | memoryview) -> Message:
     """Split a checked payload into metadata and body; refuse unknown types and bad metadata."""
     try:
         kind = MessageType(msg_type)
@@ -122,12 +123,38 @@ def decode_payload(msg_type: int, payload: bytes) -> Message:
     if meta_len > MAX_METADATA or 4 + meta_len > len(payload):
         raise ProtocolError(ErrorCode.MALFORMED, f"metadata length {meta_len} does not fit the payload")
     try:
-        meta = json.loads(payload[4:4 + meta_len].decode("utf-8"))
+        meta = json.loads(bytes(payload[4:4 + meta_len]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"metadata is not UTF-8 JSON ({exc})") from None
+    except RecursionError:  # the json module recurses once per nesting level
+        raise ProtocolError(ErrorCode.MALFORMED, "metadata nests too deeply") from None
     if not isinstance(meta, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "metadata must be a JSON object")
     return Message(kind, meta, bytes(payload[4 + meta_len:]))
+
+
+class ByteBudget:
+    """Bytes of frames being received, shared by every connection of a server (thread-safe): a frame
+    is admitted from its header only if its payload fits, so memory is bounded by bytes in flight,
+    not by the number of connections times the largest frame."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, count: int) -> bool:
+        with self._lock:
+            if self.used + count > self.limit:
+                return False
+            self.used += count
+            self.peak = max(self.peak, self.used)
+            return True
+
+    def release(self, count: int) -> None:
+        with self._lock:
+            self.used -= count
 
 
 class FrameParser:
@@ -138,12 +165,17 @@ class FrameParser:
     already skipped what it could not use (up to the next magic, or the whole refused frame when its
     header was valid), so calling ``next`` again resynchronises on the stream: one bad frame never
     poisons the frames after it.
+
+    With a ``budget``, a frame's payload is reserved from it when its header arrives and given back
+    when the frame has been consumed; a frame that does not fit is skipped and answered ``busy``.
     """
 
-    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD, budget: ByteBudget | None = None):
         self.max_payload = max_payload
+        self.budget = budget
         self._buffer = bytearray()
         self._skip = 0  # payload bytes of a refused (oversized) frame still to discard
+        self._reserved = 0  # bytes of the budget held by the frame being received
 
     def feed(self, data: bytes) -> None:
         if self._skip:
@@ -161,6 +193,12 @@ class FrameParser:
         """Drop an incomplete frame (the sender stopped mid-frame)."""
         self._buffer.clear()
         self._skip = 0
+        self._give_back()
+
+    def _give_back(self) -> None:
+        if self._reserved:
+            self.budget.release(self._reserved)
+            self._reserved = 0
 
     def next(self) -> Message | None:
         buf = self._buffer
@@ -182,20 +220,33 @@ class FrameParser:
             raise ProtocolError(
                 ErrorCode.FRAME_TOO_LARGE, f"payload of {length} bytes is over the limit of {self.max_payload}"
             )
+        if self.budget is not None and not self._reserved and length:
+            if not self.budget.acquire(length):
+                del buf[:HEADER_SIZE]
+                self._skip_bytes(length + TRAILER_SIZE)
+                raise ProtocolError(ErrorCode.BUSY, "the server is receiving too many bytes at once")
+            self._reserved = length
         end = HEADER_SIZE + length + TRAILER_SIZE
         if len(buf) < end:
             return None
-        payload = bytes(buf[HEADER_SIZE: HEADER_SIZE + length])
-        (payload_crc,) = struct.unpack_from(">I", buf, HEADER_SIZE + length)
-        del buf[:end]
-        if version not in SUPPORTED_VERSIONS:
-            raise ProtocolError(
-                ErrorCode.UNSUPPORTED_VERSION,
-                f"protocol version {version} is not supported (supported: {list(SUPPORTED_VERSIONS)})",
-            )
-        if crc32(payload) != payload_crc:
-            raise ProtocolError(ErrorCode.BAD_CHECKSUM, "payload checksum mismatch")
-        return decode_payload(msg_type, payload)
+        try:
+            return self._complete_frame(version, msg_type, length)
+        finally:
+            del buf[:end]
+            self._give_back()
+
+    def _complete_frame(self, version: int, msg_type: int, length: int) -> Message:
+        # A view, not a copy: a large payload is copied once, into the message body.
+        with memoryview(self._buffer) as view, view[HEADER_SIZE: HEADER_SIZE + length] as payload:
+            (payload_crc,) = struct.unpack_from(">I", view, HEADER_SIZE + length)
+            if version not in SUPPORTED_VERSIONS:
+                raise ProtocolError(
+                    ErrorCode.UNSUPPORTED_VERSION,
+                    f"protocol version {version} is not supported (supported: {list(SUPPORTED_VERSIONS)})",
+                )
+            if crc32(payload) != payload_crc:
+                raise ProtocolError(ErrorCode.BAD_CHECKSUM, "payload checksum mismatch")
+            return decode_payload(msg_type, payload)
 
     def _resync(self, start: int) -> None:
         """Drop bytes up to the next possible frame start at or after ``start``."""

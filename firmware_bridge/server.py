@@ -3,8 +3,12 @@
 Threads: one per connection (reads frames, answers them in order), one screening worker (the
 engine already uses every core for one image, so a second worker would only add contention), and
 the listener. Memory is bounded: at most ``queue_capacity`` images wait in the queue (further
-SCREENs get BUSY), each connection holds at most one frame of ``max_payload`` bytes, and at most
-``max_connections`` connections are served (further ones get BUSY and are closed).
+SCREENs get BUSY), the frames being received on all connections together hold at most
+``max_inflight_bytes`` (a frame that does not fit gets BUSY from its header), and at most
+``max_connections`` connections are served (further ones get BUSY and are closed). A connection
+that sends no valid frame within ``handshake_timeout``, stays silent for ``idle_timeout`` or sends
+``max_consecutive_errors`` bad frames in a row is closed, so idle or hostile peers cannot hold the
+connection slots or turn junk into a flood of ERROR replies.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from edge_retina.selftest import EXPECTED_FILE, selftest_screener
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
     SUPPORTED_VERSIONS,
+    ByteBudget,
     ErrorCode,
     FrameParser,
     Message,
@@ -54,6 +59,52 @@ class BridgeConfig:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     max_connections: int = 16
     busy_retry_ms: int = 200
+    max_inflight_bytes: int | None = None  # frames being received, all connections; None: 4 x max_payload
+    handshake_timeout: float = 10.0  # seconds a new connection has to send its first valid frame
+    idle_timeout: float = 120.0  # seconds a connection may stay silent between requests
+    max_consecutive_errors: int = 8  # bad frames in a row before a socket is closed (serial: ERRORs stop)
+
+    @property
+    def inflight_limit(self) -> int:
+        return max(self.max_payload, self.max_inflight_bytes or 4 * self.max_payload)
+
+
+class _ConnectionGuard:
+    """The deadlines and the bad-frame count of one connection (sockets only have deadlines: a
+    serial line is one camera and has no connection to close)."""
+
+    def __init__(self, config: BridgeConfig, deadlines: bool):
+        self.config = config
+        self.deadlines = deadlines
+        self.opened = self.last_byte = time.monotonic()
+        self.greeted = False  # a valid frame has arrived
+        self.bad_in_a_row = 0
+
+    def heard(self) -> None:
+        self.last_byte = time.monotonic()
+
+    def valid_frame(self) -> None:
+        self.greeted, self.bad_in_a_row = True, 0
+        self.heard()
+
+    def bad_frame(self, exc: ProtocolError) -> tuple[bool, bool]:
+        """(answer it with an ERROR, close the connection after that)."""
+        if exc.code is ErrorCode.BUSY:  # the server's state, not the peer's fault
+            return True, False
+        self.bad_in_a_row += 1
+        limit = self.config.max_consecutive_errors
+        return self.bad_in_a_row <= limit, self.deadlines and self.bad_in_a_row >= limit
+
+    def expired(self) -> str | None:
+        """Why the connection is to be closed now, if it is."""
+        if not self.deadlines:
+            return None
+        now = time.monotonic()
+        if not self.greeted and now - self.opened > self.config.handshake_timeout:
+            return f"no valid frame within {self.config.handshake_timeout:g} s of connecting: closing"
+        if now - self.last_byte > self.config.idle_timeout:
+            return f"idle for {self.config.idle_timeout:g} s: closing"
+        return None
 
 
 def bundle_id(screener: Screener) -> str:
@@ -117,6 +168,7 @@ class BridgeServer:
         self._screen_lock = threading.Lock()  # the runner is used by one thread at a time
         self._stop = threading.Event()
         self._connections = 0
+        self.inflight = ByteBudget(self.config.inflight_limit)
         self._started = time.monotonic()
         self.processed = 0
         self._worker = threading.Thread(target=self._work_loop, name="bridge-worker", daemon=True)
@@ -145,7 +197,7 @@ class BridgeServer:
     def serve_stream(self, stream: Stream) -> None:
         """Serve one stream (a serial line) until it ends or :meth:`stop`."""
         try:
-            self._connection_loop(stream)
+            self._connection_loop(stream, deadlines=False)
         finally:
             stream.close()
 
@@ -186,33 +238,45 @@ class BridgeServer:
             with self._lock:
                 self._connections -= 1
 
-    def _connection_loop(self, stream: Stream) -> None:
-        parser = FrameParser(self.config.max_payload)
-        last_byte = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                message = parser.next()
-            except ProtocolError as exc:
-                log.warning("%s: %s (%s)", stream.name, exc.code.value, exc)
-                if not self._send(stream, error_message(exc.code, str(exc), request_id=exc.request_id)):
-                    return
-                continue
-            if message is not None:
-                if not self._send(stream, self.handle(message)):
-                    return
-                continue
-            data = stream.read()
-            if data is None:
-                if parser.pending and time.monotonic() - last_byte > self.config.frame_timeout:
-                    parser.discard()
-                    reply = error_message(ErrorCode.TRUNCATED, "the frame stopped before its end")
-                    if not self._send(stream, reply):
+    def _connection_loop(self, stream: Stream, *, deadlines: bool = True) -> None:
+        parser = FrameParser(self.config.max_payload, self.inflight)
+        guard = _ConnectionGuard(self.config, deadlines)
+        try:
+            while not self._stop.is_set():
+                try:
+                    message = parser.next()
+                except ProtocolError as exc:
+                    log.warning("%s: %s (%s)", stream.name, exc.code.value, exc)
+                    answer, close = guard.bad_frame(exc)
+                    if answer and not self._send(stream, self._error_reply(exc)):
                         return
-                continue
-            if not data:
-                return
-            parser.feed(data)
-            last_byte = time.monotonic()
+                    if close:
+                        return
+                    continue
+                if message is not None:
+                    guard.valid_frame()
+                    if not self._send(stream, self.handle(message)):
+                        return
+                    guard.heard()  # a long SCREEN is not idleness
+                    continue
+                if (why := guard.expired()) is not None:
+                    log.info("%s: %s", stream.name, why)
+                    self._send(stream, error_message(ErrorCode.TIMEOUT, why))
+                    return
+                data = stream.read()
+                if data is None:
+                    if parser.pending and time.monotonic() - guard.last_byte > self.config.frame_timeout:
+                        parser.discard()
+                        reply = error_message(ErrorCode.TRUNCATED, "the frame stopped before its end")
+                        if not self._send(stream, reply):
+                            return
+                    continue
+                if not data:
+                    return
+                parser.feed(data)
+                guard.heard()
+        finally:
+            parser.discard()  # gives back what a half-received frame holds of the byte budget
 
     @staticmethod
     def _send(stream: Stream, message: Message) -> bool:
@@ -237,12 +301,15 @@ class BridgeServer:
                 return self._screen(message)
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"{message.type.name} is sent by the server, not to it")
         except ProtocolError as exc:
-            return error_message(exc.code, str(exc), request_id=exc.request_id,
-                                 **({"retry_after_ms": self.config.busy_retry_ms} if exc.code is ErrorCode.BUSY else {}))
+            return self._error_reply(exc)
         except Exception as exc:  # a bug must cost one request, never the connection or the server
             log.exception("internal error handling %s", message.type.name)
             return error_message(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
                                  request_id=message.meta.get("request_id") if isinstance(message.meta, dict) else None)
+
+    def _error_reply(self, exc: ProtocolError) -> Message:
+        busy = {"retry_after_ms": self.config.busy_retry_ms} if exc.code is ErrorCode.BUSY else {}
+        return error_message(exc.code, str(exc), request_id=exc.request_id, **busy)
 
     def _hello(self, meta: dict[str, Any]) -> Message:
         offered = meta.get("versions", [1])
@@ -362,7 +429,8 @@ def validate_screen(meta: dict[str, Any], body: bytes) -> dict[str, Any]:
     if image_format == "raw":
         shape = meta.get("shape")
         if (not isinstance(shape, list) or len(shape) not in (2, 3)
-                or not all(isinstance(s, int) and s > 0 for s in shape) or (len(shape) == 3 and shape[2] not in (1, 3))):
+                or not all(type(s) is int and s > 0 for s in shape)  # JSON true is a Python int too
+                or (len(shape) == 3 and shape[2] not in (1, 3))):
             raise bad("raw images need shape [height, width] or [height, width, 1|3] (uint8, RGB)")
         if math.prod(shape) != len(body):
             raise bad(f"raw shape {shape} needs {math.prod(shape)} bytes, got {len(body)}")

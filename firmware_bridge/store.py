@@ -16,6 +16,7 @@ connection keeps the WAL checkpointing in one place.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -83,13 +84,20 @@ def parse_time(text: str) -> int:
     Integer microseconds, the resolution of the ISO times the store prints, so that
     ``--since <a printed completed_at>`` excludes exactly that row and everything before it."""
     try:
-        return round(float(text) * 1e6)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        if not math.isfinite(seconds):  # "inf", "nan", "1e400": no moment in time
+            raise ValueError(f"{text!r} is not a finite number of seconds")
+        return round(seconds * 1e6)
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return (moment - _EPOCH) // _MICROSECOND
+    try:
+        return (moment - _EPOCH) // _MICROSECOND
+    except OverflowError:  # an offset that pushes year 1 or 9999 out of range
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 class ResultStore:

@@ -115,6 +115,25 @@ def test_corrupt_pixel_data(preprocessor, tmp_path, photo):
     _expect(preprocessor, path, "corrupt", name=str(path))
 
 
+def _scan_start(jpeg: bytes) -> int:
+    return jpeg.index(b"\xff\xda") + 2 + int.from_bytes(jpeg[jpeg.index(b"\xff\xda") + 2:][:2], "big")
+
+
+@pytest.mark.parametrize("damage", ["randomised", "cut-with-end-marker"])
+def test_damaged_jpeg_entropy_data_is_never_scored(preprocessor, retina_jpeg, damage):
+    """libjpeg only warns ("Corrupt JPEG data", "premature end of data segment") and returns a smeared
+    or grey-filled image; such a photo must be reported, not screened."""
+    data = bytearray(retina_jpeg.read_bytes())
+    scan = _scan_start(bytes(data))
+    if damage == "randomised":
+        middle = (scan + len(data)) // 2
+        data[middle:middle + 20_000] = np.random.default_rng(0).integers(0, 255, 20_000, np.uint8).tobytes()
+    else:
+        data = data[: (scan + len(data)) // 2] + b"\xff\xd9"
+    error = _expect(preprocessor, bytes(data), "corrupt")
+    assert "Corrupt JPEG data" in str(error) or "premature end" in str(error)
+
+
 def test_corrupt_header(preprocessor, photo):
     data = bytearray(_encode(photo, ".jpg"))
     sof = data.find(b"\xff\xc0")
@@ -167,8 +186,8 @@ def test_unsupported_arrays(preprocessor, array):
 
 
 def test_wrong_source_type(preprocessor):
-    with pytest.raises(TypeError, match="path, bytes or a numpy array"):
-        preprocessor.prepare(12345)
+    error = _expect(preprocessor, 12345, "not_an_image", name="<int>")
+    assert "path, bytes or a numpy array" in str(error)
 
 
 def test_probe_reads_only_the_header(tmp_path):

@@ -7,7 +7,10 @@ docs/BUNDLE_FORMAT.md). Transfer channels compress anyway if they want to.
 Writing is deterministic (fixed order, mtime, owner and mode), so the same bundle always packs to
 the same bytes and an archive's sha256 identifies its content. Reading refuses, rather than
 sanitises, anything that is not a plain file or directory with a safe relative name: extraction
-creates each file itself and never follows or creates links. The standard library's extraction
+creates each file itself and never follows or creates links. A bundle is exactly its manifest, its
+signature and the files the manifest lists: members outside the signature (anyone handling the
+archive could add them) and sparse members (a few bytes declaring gigabytes) are refused before
+anything is written, so an extraction never writes more than the archive's own size. The standard library's extraction
 filters (``tarfile.data_filter``) are not used because they rewrite some of these cases (absolute
 paths, in-tree symlinks) instead of refusing them, and need Python >= 3.10.12.
 """
@@ -18,7 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Collection, Iterator, Sequence
 
-from edge_retina.bundle.paths import MANIFEST_NAME, relpath_problem
+from edge_retina.bundle.manifest import Manifest
+from edge_retina.bundle.paths import MANIFEST_NAME, MAX_MANIFEST_BYTES, SIGNATURE_NAME, relpath_problem
 from edge_retina.errors import BundleError
 from edge_retina.files import (
     CHUNK_BYTES,
@@ -57,8 +61,11 @@ def write_archive(root: Path, names: Sequence[str], archive_path: Path) -> Path:
 
 def extract_archive(archive: Path, destination: Path) -> None:
     """Extract ``archive`` into the existing empty directory ``destination`` (BundleError if unsafe)."""
+    listed = _listed_names(archive)
     with _open_archive(archive) as tar:
-        for name, member in _safe_members(tar, archive):
+        members = list(_safe_members(tar, archive))  # every header is checked before anything is written
+        refuse_unlisted(archive, [name for name, _ in members if name not in listed])
+        for name, member in members:
             target = destination / name
             target.parent.mkdir(parents=True, exist_ok=True)
             stream = tar.extractfile(member)
@@ -68,6 +75,24 @@ def extract_archive(archive: Path, destination: Path) -> None:
                 raise BundleError(f"{archive}: member {name!r} collides with a directory") from None
             except tarfile.ReadError as exc:
                 raise BundleError(f"{archive} is truncated or corrupt: member {name!r} ({exc})") from None
+
+
+def refuse_unlisted(archive: Path, unlisted: Sequence[str]) -> None:
+    """BundleError naming (the first few of) an archive's members that its manifest does not list."""
+    if unlisted:
+        shown = ", ".join(repr(n) for n in unlisted[:5]) + (f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else "")
+        raise BundleError(
+            f"{archive}: refusing members not listed in its {MANIFEST_NAME}: {shown} (a bundle holds only "
+            f"its manifest, its signature and the files the manifest lists)"
+        )
+
+
+def _listed_names(archive: Path) -> set[str]:
+    """The members a bundle archive may hold: its manifest, signature and the files the manifest lists."""
+    manifest = read_small_members(archive, {MANIFEST_NAME}, MAX_MANIFEST_BYTES).get(MANIFEST_NAME)
+    if manifest is None:
+        raise BundleError(f"{archive} is not a bundle: the archive has no {MANIFEST_NAME}")
+    return {MANIFEST_NAME, SIGNATURE_NAME, *Manifest.from_bytes(manifest, source=f"{archive}:{MANIFEST_NAME}").files}
 
 
 def hash_archive(archive: Path) -> tuple[bytes | None, dict[str, str]]:
@@ -135,6 +160,11 @@ def _safe_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tuple[str, ta
                 if name not in ("", ".") and (problem := relpath_problem(name)):
                     raise BundleError(f"{archive}: refusing directory member: {problem}")
                 continue
+            if member.issparse():
+                raise BundleError(
+                    f"{archive}: refusing sparse member {member.name!r} (it declares {member.size:,} bytes "
+                    "that the archive does not hold)"
+                )
             if not member.isreg():
                 raise BundleError(
                     f"{archive}: refusing member {member.name!r}: it is a {_kind(member)}; "

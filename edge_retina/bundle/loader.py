@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from edge_retina.bundle.archive import hash_archive
+from edge_retina.bundle.archive import hash_archive, refuse_unlisted
 from edge_retina.bundle.cache import default_cache_dir, discard, extracted
 from edge_retina.bundle.manifest import EngineEntry, Manifest, ManifestError
 from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME, relpath_problem
@@ -17,7 +17,8 @@ from edge_retina.files import sha256_file
 @dataclass(frozen=True)
 class VerificationReport:
     """``ok`` is False when any ``problems`` (which refuse loading); ``warnings`` do not refuse
-    (files the manifest does not list, a manifest not in canonical form). ``checked`` maps every
+    (files of a directory that the manifest does not list and that are never used or installed, a
+    manifest not in canonical form). An archive's unlisted members are problems: they are refused. ``checked`` maps every
     file whose sha256 matched to that sha256."""
 
     ok: bool
@@ -97,7 +98,8 @@ def verify_bundle(path: str | os.PathLike[str]) -> VerificationReport:
                 raise BundleError(f"{source} is not a bundle: the archive has no {MANIFEST_NAME}")
             manifest = Manifest.from_bytes(manifest_bytes, source=_describe(source, source))
             unreadable = {}
-            unlisted = sorted(set(actual) - set(manifest.files) - {SIGNATURE_NAME})
+            refuse_unlisted(source, sorted(set(actual) - set(manifest.files) - {SIGNATURE_NAME}))
+            unlisted = []
         else:
             raise BundleError(f"no bundle at {source}")
     except ManifestError as exc:

@@ -13,6 +13,9 @@ MANIFEST_NAME = "manifest.json"
 # The detached Ed25519 signature of manifest.json (edge_retina.bundle.signing); like the manifest it
 # sits at the bundle root and is not listed in the manifest (it cannot pin its own signature).
 SIGNATURE_NAME = "manifest.sig"
+# manifest.json and manifest.sig are small; a bound stops a hostile archive from filling memory.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_SIGNATURE_BYTES = 4096
 
 # POSIX "portable filename character set" (IEEE Std 1003.1, 3.282); a component may not start with
 # '-' (it would read as an option on a device shell) nor be '.' or '..'.

@@ -31,7 +31,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from edge_retina.bundle.archive import extract_archive, read_small_members
 from edge_retina.bundle.loader import load_bundle
 from edge_retina.bundle.manifest import Manifest, canonical_json
-from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME
+from edge_retina.bundle.paths import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+)
 from edge_retina.bundle.writer import pack_bundle
 from edge_retina.errors import BundleError
 from edge_retina.files import write_atomically
@@ -40,9 +45,6 @@ ALGORITHM = "ed25519"
 PUBLIC_KEY_SUFFIX = ".pub"
 KEY_ID_HEX_DIGITS = 16  # a lookup hint (the signature is checked with the key itself): 64 bits suffice
 SIGNATURE_BYTES = 64  # RFC 8032, 5.1.6
-# manifest.json and manifest.sig are small; a bound stops a hostile archive from filling memory.
-MAX_MANIFEST_BYTES = 16 << 20
-MAX_SIGNATURE_BYTES = 4096
 
 
 class SignatureError(BundleError):

@@ -1,12 +1,13 @@
 """Turn the PATHS a user typed (files, folders, globs) into work items, losing none of them.
 
 Every argument yields at least one item: an image to screen, or a problem (a path that does not exist,
-a glob that matched nothing, a folder with no images) that becomes an error row in the results, so the
-output always accounts for everything that was asked for.
+a glob that matched nothing, a folder with no images, a folder that cannot be listed) that becomes an
+error row in the results, so the output always accounts for everything that was asked for.
 """
 from __future__ import annotations
 
 import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,39 @@ _GLOB_CHARS = set("*?[")
 class WorkItem:
     path: str
     problem: str | None = None  # why this argument yields nothing to screen
-    problem_code: str | None = None
+    problem_code: str | None = None  # one of edge_retina.errors.RESULT_ERROR_CODES
 
 
-def _images_in(folder: Path, recursive: bool) -> list[Path]:
-    pattern = folder.rglob("*") if recursive else folder.glob("*")
-    return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def _unreadable(path: str, exc: OSError) -> WorkItem:
+    return WorkItem(path, f"{path}: cannot list or access it ({exc.strerror})", "unreadable")
+
+
+def _images_in(folder: Path, recursive: bool) -> list[WorkItem]:
+    """The image files under ``folder``, in path order, and a problem item for each sub-folder that
+    cannot be listed (so its images are not skipped silently). Symlinked folders are followed once:
+    a link back up the tree cannot loop."""
+    found: list[WorkItem] = []
+    visited: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(folder, onerror=lambda exc: found.append(_unreadable(exc.filename, exc)),
+                                     followlinks=True):
+        info = os.stat(root)
+        if (info.st_dev, info.st_ino) in visited or not recursive:
+            dirs.clear()
+        if (info.st_dev, info.st_ino) in visited:
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        for name in files:
+            path = Path(root) / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS and _is_file(path):
+                found.append(WorkItem(str(path)))
+    return sorted(found, key=lambda item: item.path)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # listed, but in a folder without search permission: the screener reports it
+        return True
 
 
 def expand_inputs(arguments: list[str], *, recursive: bool = True) -> list[WorkItem]:
@@ -41,18 +69,23 @@ def expand_inputs(arguments: list[str], *, recursive: bool = True) -> list[WorkI
 
     for argument in arguments:
         path = Path(argument)
-        if path.is_dir():
-            images = _images_in(path, recursive)
-            if not images:
+        try:
+            is_dir, exists = path.is_dir(), path.exists()
+        except OSError as exc:  # a folder on the path without search permission
+            add(_unreadable(argument, exc))
+            continue
+        if is_dir:
+            found = _images_in(path, recursive)
+            if not found:
                 exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-                add(WorkItem(argument, f"folder contains no images ({exts})", "no_images"))
-            for image in images:
-                add(WorkItem(str(image)))
-        elif path.exists():
+                found.insert(0, WorkItem(argument, f"folder contains no images ({exts})", "no_images"))
+            for item in found:
+                add(item)
+        elif exists:
             add(WorkItem(argument))  # an explicit file is always tried, whatever its suffix
         elif _GLOB_CHARS & set(argument):
             matches = sorted(glob.glob(argument, recursive=True))
-            files = [m for m in matches if Path(m).is_file()]
+            files = [m for m in matches if _is_file(Path(m))]
             if not files:
                 add(WorkItem(argument, "pattern matched no files", "no_match"))
             for match in files:

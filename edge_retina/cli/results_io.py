@@ -3,6 +3,9 @@
 Rows are written and flushed as each image finishes, into ``<out>.partial``; the file gets its final
 name when the batch ends. An interrupted batch therefore leaves every finished row on disk (in the
 ``.partial`` file) and never a half-written file under the final name.
+
+A file name that is not valid UTF-8 (a byte such as 0xE9 in a Latin-1 name) reaches Python as a
+lone surrogate; CSV writes it as its escape (``\udce9``), as JSON does, so the file stays UTF-8.
 """
 from __future__ import annotations
 
@@ -43,18 +46,24 @@ def csv_row(result: Result, conditions: tuple[str, ...]) -> dict[str, Any]:
     return {k: ("" if v is None else v) for k, v in row.items()}
 
 
+def result_format(path: Path) -> str:
+    """The format ``path``'s suffix names; ValueError naming the accepted suffixes otherwise."""
+    format = FORMATS.get(Path(path).suffix.lower())
+    if format is None:
+        raise ValueError(f"must end in one of {', '.join(sorted(FORMATS))}, got {Path(path).name!r}")
+    return format
+
+
 class ResultWriter:
     """Streams results to ``path`` (format from its suffix) and renames it into place on ``close``."""
 
     def __init__(self, path: Path, conditions: tuple[str, ...]):
         self.path = Path(path)
-        self.format = FORMATS.get(self.path.suffix.lower())
-        if self.format is None:
-            raise ValueError(f"--out must end in one of {sorted(FORMATS)}, got {self.path.name!r}")
+        self.format = result_format(self.path)
         self.conditions = conditions
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = open(self.partial, "w", newline="", encoding="utf-8")
+        self._file: IO[str] = open(self.partial, "w", newline="", encoding="utf-8", errors="backslashreplace")
         self._count = 0
         if self.format == "csv":
             self._csv = csv.DictWriter(self._file, fieldnames=csv_columns(conditions))

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from edge_retina.cli.inputs import expand_inputs
-from edge_retina.cli.results_io import STAGES, ResultWriter
+from edge_retina.cli.results_io import STAGES, ResultWriter, result_format
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.screener import Result, Screener
 
@@ -32,6 +32,12 @@ def summarise(results: list[Result]) -> dict:
         if values:
             latency[stage] = {"median_ms": round(statistics.median(values), 3), "n": len(values)}
     return {"images": len(results), **counts, "latency": latency}
+
+
+def _shown(text: str) -> str:
+    """``text`` printable on any terminal: a file name that is not UTF-8 (its bytes arrive as lone
+    surrogates) is shown with escapes, as the CSV and JSON results write it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def print_results(console: Console, results: list[Result], conditions: tuple[str, ...], summary: dict) -> None:
@@ -53,13 +59,13 @@ def print_results(console: Console, results: list[Result], conditions: tuple[str
         elif r.status == "error":
             detail += f" ({r.error_code})"
         total = r.timings_ms.get("total")
-        table.add_row(Path(r.source).name if r.screened else r.source, f"[{styles[r.status]}]{detail}[/]",
+        table.add_row(_shown(Path(r.source).name if r.screened else r.source), f"[{styles[r.status]}]{detail}[/]",
                       *cells, "" if total is None else f"{total:.1f}")
     console.print(table)
     console.print("* = over the bundle's referral threshold")
     for r in results:
         if r.error:
-            console.print(f"[magenta]error[/] {r.source}: {r.error}", soft_wrap=True)
+            console.print(f"[magenta]error[/] {_shown(r.source)}: {_shown(r.error)}", soft_wrap=True)
     lat = ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in summary["latency"].items())
     console.print(
         f"{summary['images']} images: {summary['no-referral']} no referral, {summary['refer']} refer, "
@@ -86,10 +92,16 @@ def screen(paths, bundle_path, backend, precision, device, threads, conditions, 
     """Screen fundus photographs (files, folders, globs) offline.
 
     A failed image becomes a row with its error and does not stop the batch. Exit status: 0 when at
-    least one image was screened, 1 when none could be, 2 when the bundle could not be loaded.
+    least one image was screened, 1 when none could be, 2 when the bundle could not be loaded or
+    the --out file cannot be written.
     """
     console = Console(stderr=as_json)
     err = Console(stderr=True)
+    if out is not None:
+        try:
+            result_format(out)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--out") from None
     try:
         screener = Screener.from_bundle(
             bundle_path, backend=backend, device=device, precision=precision, threads=threads,
@@ -100,7 +112,11 @@ def screen(paths, bundle_path, backend, precision, device, threads, conditions, 
         sys.exit(2)
 
     items = expand_inputs(list(paths), recursive=recursive)
-    writer = ResultWriter(out, screener.conditions) if out else None
+    try:
+        writer = ResultWriter(out, screener.conditions) if out else None
+    except OSError as exc:
+        err.print(f"[red]error:[/] cannot write results to {out}: {exc.strerror or exc}")
+        sys.exit(2)
     results: list[Result] = []
     progress = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, transient=True, disable=not err.is_terminal)

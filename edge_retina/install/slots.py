@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_retina.bundle import load_bundle
 from edge_retina.bundle.archive import extract_archive
 from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME
-from edge_retina.bundle.signing import check_signature
+from edge_retina.bundle.signing import check_signature, read_signed_parts
 from edge_retina.errors import BundleError
 from edge_retina.files import copy_and_hash, sha256_file
 from edge_retina.install.state import (
@@ -252,12 +252,15 @@ def _fill_staging(source: Path, staging: Path) -> None:
     directory as its manifest, signature and the files the manifest lists (nothing else)."""
     if source.is_dir():
         bundle = load_bundle(source, verify=False)  # refuses listed files that lead outside it
-        names = [MANIFEST_NAME, *([SIGNATURE_NAME] if (source / SIGNATURE_NAME).is_file() else []),
-                 *sorted(bundle.manifest.files)]
-        for name in names:
+        # Read like `bundle verify` reads them: a symlinked manifest or signature is refused.
+        manifest_bytes, signature_bytes = read_signed_parts(source)
+        (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
+        if signature_bytes is not None:
+            (staging / SIGNATURE_NAME).write_bytes(signature_bytes)
+        for name in sorted(bundle.manifest.files):
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(bundle.path_of(name) if name in bundle.manifest.files else source / name, "rb") as stream:
+            with open(bundle.path_of(name), "rb") as stream:
                 copy_and_hash(stream, target)
     elif source.is_file():
         extract_archive(source, staging)

@@ -13,17 +13,23 @@ Policy decisions (documented here because the CLI and the README point at them):
 - **EXIF orientation is honoured**, for every format, the way every image viewer shows the photo
   (fundus cameras do not write a rotation, so for them this changes nothing; a phone photo of a
   screen or of an adapter-based camera is shown the way the person who took it saw it). It is
-  applied by us from the probed tag, after decoding with ``IMREAD_IGNORE_ORIENTATION``, so reduced
+  applied by us from the probed tag, after decoding without it, so reduced
   and full decodes, and all formats, behave the same. ``ImageHeader.width/height`` are the
   displayed (oriented) size.
 - **Reduced JPEG decoding.** When the caller says how many pixels it needs along the shorter side,
-  JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (OpenCV's
-  ``IMREAD_REDUCED_*``): the largest reduction whose shorter side still meets the need.
+  JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling: the largest reduction whose
+  shorter side still meets the need.
 - **Conversions.** Greyscale becomes three equal channels; alpha is composited onto black (the
   background of a fundus photograph); 16-bit data is scaled to 8 bits by its real range: the bit
   depth its largest value needs (a 12-bit sensor in a 16-bit container maps 4095 to 255), which keeps
   the exposure (an underexposed photo stays dark for the quality gate) where a min/max stretch would
   hide it. Float and other sample types are ``unsupported``.
+- **Damaged JPEGs.** JPEGs are decoded by libjpeg-turbo through simplejpeg with its strict mode,
+  which turns libjpeg's warnings ("Corrupt JPEG data", "premature end of data segment") into errors:
+  OpenCV and Pillow only log them and return an image that is partly grey or smeared, which would
+  be scored as if it were fine. simplejpeg is a well-kept binding with self-contained wheels (no
+  system libturbojpeg, unlike PyTurboJPEG); its output is bit-identical to OpenCV's libjpeg-turbo
+  decode (same IDCT and upsampling) and as fast (BENCHMARKS.md "Reliability").
 - **Truncation.** OpenCV can return a partly grey image for a truncated file, so before decoding
   we check the end-of-data markers: JPEG EOI after the first scan, PNG IEND, and the size a BMP
   declares in its header (truncated WebP and TIFF files already fail the header probe).
@@ -40,6 +46,7 @@ from typing import Union
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from edge_retina.errors import ImageError
@@ -49,6 +56,10 @@ from edge_retina.errors import ImageError
 MAX_PIXELS = 100_000_000
 #: Smallest accepted side, in pixels: below this there is no usable retinal detail.
 MIN_SIDE = 64
+#: Largest accepted file, in bytes, checked before the file is read (a huge or sparse file would
+#: otherwise be read into memory whole): room for a MAX_PIXELS image stored uncompressed as 8-bit RGB
+#: (300 MB, a BMP or TIFF), far above any camera JPEG or PNG.
+MAX_FILE_BYTES = 320 * 1024 * 1024
 #: File suffixes the CLI treats as images when it expands a folder (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -59,7 +70,6 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 
 _EXIF_ORIENTATION_TAG = 0x0112
 _REDUCTIONS = (8, 4, 2)
-_REDUCED_FLAG = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole IEND chunk: length 0, type, CRC
 # File signatures of DECODABLE_FORMATS (from each format's specification), to tell a damaged file
 # from a non-image when Pillow cannot read its header.
@@ -103,7 +113,9 @@ def describe_source(source: ImageSource) -> str:
         return str(source)
     if isinstance(source, np.ndarray):
         return "<array>"
-    return "<bytes>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return f"<{type(source).__name__}>"
 
 
 def read_source(source: ImageSource) -> tuple[bytes | np.ndarray, str]:
@@ -116,7 +128,9 @@ def read_source(source: ImageSource) -> tuple[bytes | np.ndarray, str]:
     elif isinstance(source, (str, os.PathLike)):
         data = _read_file(Path(source), name)
     else:
-        raise TypeError(f"an image source is a path, bytes or a numpy array, not {type(source).__name__}")
+        raise ImageError(
+            "not_an_image", f"{name}: an image source is a path, bytes or a numpy array, not {type(source).__name__}"
+        )
     if not data:
         raise ImageError("empty_file", f"{name}: the file is empty (0 bytes)")
     return data, name
@@ -127,18 +141,29 @@ def _read_file(path: Path, name: str) -> bytes:
         st = path.stat()
     except FileNotFoundError:
         raise ImageError("not_found", f"{name}: no such file") from None
-    except OSError as exc:
+    except PermissionError as exc:
+        raise ImageError("unreadable", f"{name}: cannot access the file ({exc.strerror})") from None
+    except OSError as exc:  # a symlink loop, a name too long...
         raise ImageError("not_found", f"{name}: cannot access the file ({exc.strerror})") from None
+    except ValueError:  # os.stat refuses a path with a NUL byte: no file can have that name
+        raise ImageError("not_found", f"{name!r}: no such file (the path contains a NUL byte)") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageError("not_a_file", f"{name}: is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):
         # A FIFO or device would block or never end: refuse before opening it.
         raise ImageError("not_a_file", f"{name}: is not a regular file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ImageError(
+            "too_large", f"{name}: {st.st_size:,} bytes is above the file-size limit of {MAX_FILE_BYTES:,} (not read)"
+        )
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            data = fh.read(MAX_FILE_BYTES + 1)  # bounded: the file may have grown since the check
     except OSError as exc:
-        raise ImageError("not_found", f"{name}: cannot read the file ({exc.strerror})") from None
+        raise ImageError("unreadable", f"{name}: cannot read the file ({exc.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError("too_large", f"{name}: larger than the file-size limit of {MAX_FILE_BYTES:,} bytes")
+    return data
 
 
 def probe_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> ImageHeader:
@@ -270,7 +295,7 @@ def decode_image(
         _check_jpeg_complete(data, name)
         if min_short_side > 0:
             reduction = choose_reduction(header.width, header.height, min_short_side)
-        pixels = _imdecode(data, name, _jpeg_flags(reduction))
+        pixels = _decode_jpeg(data, name, reduction)
     else:
         _check_complete(data, header.format, name)
         pixels = _imdecode(data, name, cv2.IMREAD_UNCHANGED)
@@ -278,13 +303,17 @@ def decode_image(
     return DecodedImage(_orient(rgb, header.orientation), header, reduction, name)
 
 
-def _jpeg_flags(reduction: int) -> int:
-    # Decode straight to RGB; IMREAD_REDUCED_COLOR_n is IMREAD_COLOR (BGR) plus a scale bit, so
-    # swap its colour bit for IMREAD_COLOR_RGB.
-    base = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-    if reduction == 1:
-        return base
-    return (_REDUCED_FLAG[reduction] & ~cv2.IMREAD_COLOR) | base
+def _decode_jpeg(data: bytes, name: str, reduction: int) -> np.ndarray:
+    """RGB pixels at 1/``reduction`` scale, stored orientation; ``corrupt`` on any libjpeg warning."""
+    try:
+        height, width = simplejpeg.decode_jpeg_header(data)[:2]
+        # The minimum sizes make libjpeg pick exactly 1/reduction among its M/8 scales (it rounds up).
+        return simplejpeg.decode_jpeg(
+            data, "RGB", min_factor=reduction, min_height=-(-height // reduction), min_width=-(-width // reduction),
+            strict=True,
+        )
+    except ValueError as exc:  # simplejpeg's only error type: libjpeg's message says what is wrong
+        raise ImageError("corrupt", f"{name}: damaged JPEG data ({exc})") from None
 
 
 def _imdecode(data: bytes, name: str, flags: int) -> np.ndarray:

@@ -1,0 +1,83 @@
+"""Hostile files in the hot folder (issue 14): nothing blocks or stops the watcher, each sidecar
+speaks for its own capture, and a capture written in two goes ends with the complete file's result."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+from bridge_support import small_jpeg
+
+from edge_retina.screener import Screener
+from firmware_bridge.hotfolder import HotFolder, sidecar_path
+from firmware_bridge.store import ResultStore
+
+
+@pytest.fixture(scope="module")
+def screener(tiny_bundle):
+    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
+        yield s
+
+
+@pytest.fixture()
+def store(tmp_path):
+    store = ResultStore(tmp_path / "journal.sqlite3")
+    yield store
+    store.close()
+
+
+def scan_within(watcher: HotFolder, seconds: float = 20.0) -> list:
+    """scan_once in a thread: a hang fails the test instead of blocking the suite."""
+    written: list = []
+    thread = threading.Thread(target=lambda: written.extend(watcher.scan_once()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the hot folder scan hangs"
+    return written
+
+
+def test_fifo_and_symlink_loop_are_skipped_and_later_captures_screened(screener, store, retina_rgb, tmp_path,
+                                                                        caplog):
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(small_jpeg(retina_rgb))
+    os.mkfifo(folder / "b.jpg")
+    (folder / "x.jpg").symlink_to("x.jpg")  # ln -s x.jpg x.jpg
+    (folder / "c.jpg").write_bytes(small_jpeg(retina_rgb, side=150))
+    watcher = HotFolder(screener, store, folder, settle_seconds=0)
+    assert sorted(p.name for p in scan_within(watcher)) == ["a.jpg.result.json", "c.jpg.result.json"]
+    (folder / "d.jpg").write_bytes(small_jpeg(retina_rgb, side=170))
+    assert [p.name for p in scan_within(watcher)] == ["d.jpg.result.json"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("b.jpg: not a regular file" in w for w in warnings) == 1  # warned once, not every scan
+    assert sum("x.jpg: cannot be read" in w for w in warnings) == 1
+
+
+def test_each_sidecar_names_its_own_capture(screener, store, retina_rgb, tmp_path):
+    folder = tmp_path / "captures"
+    (folder / "day2").mkdir(parents=True)
+    same = small_jpeg(retina_rgb)
+    (folder / "IMG_1.jpg").write_bytes(same)
+    (folder / "day2" / "IMG_1_copy.jpg").write_bytes(same)  # same bytes: one journal row
+    scan_within(HotFolder(screener, store, folder, settle_seconds=0))
+    for capture in (folder / "IMG_1.jpg", folder / "day2" / "IMG_1_copy.jpg"):
+        sidecar = json.loads(sidecar_path(capture).read_text())
+        assert sidecar["meta"]["path"] == str(capture.relative_to(folder)) and sidecar["image"] == capture.name
+
+
+def test_a_capture_written_in_two_goes_ends_with_the_complete_files_result(screener, store, retina_rgb, tmp_path):
+    """A writer pausing longer than --settle: its partial file is screened as corrupt, then the
+    complete file replaces that result (docs/PROTOCOL.md, "Hot folder")."""
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    data = small_jpeg(retina_rgb)
+    capture = folder / "IMG_7.jpg"
+    capture.write_bytes(data[: len(data) // 2])
+    watcher = HotFolder(screener, store, folder, settle_seconds=0)
+    scan_within(watcher)
+    assert json.loads(sidecar_path(capture).read_text())["result"]["error_code"] == "corrupt"
+    with open(capture, "ab") as rest:
+        rest.write(data[len(data) // 2:])
+    assert scan_within(watcher) == [sidecar_path(capture)]
+    assert json.loads(sidecar_path(capture).read_text())["result"]["status"] in ("refer", "no-referral")

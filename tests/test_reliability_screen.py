@@ -1,0 +1,138 @@
+"""Hostile input to `screen` and the Screener API (issue 14): every case gets a row with a stable code
+and the batch goes on; nothing raises or leaves a traceback."""
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge_retina.cli.inputs import expand_inputs
+from edge_retina.cli.main import cli
+from edge_retina.errors import RESULT_ERROR_CODES, ImageError
+from edge_retina.preprocess.decode import MAX_FILE_BYTES, read_source
+from edge_retina.screener import Screener
+
+REPO = Path(__file__).resolve().parents[1]
+NOBODY = 65534
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def as_unprivileged(function, *args):
+    """``function(*args)`` as a user without special permissions: in a forked child that drops root
+    (its modules are already imported, so it needs no access to the interpreter's files)."""
+    if os.geteuid() != 0:
+        return function(*args)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            payload = pickle.dumps(("ok", function(*args)))
+        except BaseException as exc:  # noqa: BLE001 -- handed to the parent, which re-raises
+            payload = pickle.dumps(("raised", repr(exc)))
+        os.write(write, payload)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        status, value = pickle.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert status == "ok", value
+    return value
+
+
+@pytest.fixture()
+def shared_tmp():
+    """A folder another user can reach (pytest's tmp_path is private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="edge-retina-perm-"))
+    folder.chmod(0o755)
+    yield folder
+    for path in folder.rglob("*"):
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o755)
+    shutil.rmtree(folder)
+
+
+def _expand_codes(arguments):
+    return [(Path(i.path).name, i.problem_code) for i in expand_inputs(arguments)]
+
+
+def _decode_code(path):
+    try:
+        read_source(path)
+    except ImageError as exc:
+        return exc.code
+    return None
+
+
+def test_permissions_give_unreadable_rows_and_lose_nothing(shared_tmp, retina_jpeg):
+    locked = shared_tmp / "locked"  # no search permission: its files cannot even be stat'ed
+    locked.mkdir()
+    shutil.copy(retina_jpeg, locked / "a.jpg")
+    secret = shared_tmp / "open" / "secret.jpg"  # a file without read permission
+    secret.parent.mkdir()
+    shutil.copy(retina_jpeg, secret)
+    secret.chmod(0o600)
+    shutil.copy(retina_jpeg, shared_tmp / "open" / "fine.jpg")
+    locked.chmod(0o700)
+
+    items = as_unprivileged(_expand_codes, [str(locked / "a.jpg"), str(shared_tmp)])
+    assert items == [("a.jpg", "unreadable"), ("locked", "unreadable"), ("fine.jpg", None), ("secret.jpg", None)]
+    assert as_unprivileged(_decode_code, str(secret)) == "unreadable"
+    assert as_unprivileged(_decode_code, str(locked / "a.jpg")) == "unreadable"
+
+
+def test_csv_keeps_every_row_of_a_non_utf8_file_name(tiny_bundle, retina_jpeg, tmp_path):
+    odd = tmp_path / os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(retina_jpeg, odd)
+    out = tmp_path / "r.csv"
+    res = run("screen", retina_jpeg, odd, tmp_path / "missing.jpg", "--bundle", tiny_bundle, "--out", out)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [r["source"].endswith("caf\\udce9.jpg") for r in rows] == [False, True, False]
+    assert rows[1]["status"] in ("refer", "no-referral")
+
+
+@pytest.mark.parametrize("out", ["x.txt", "file/r.csv"])
+def test_bad_out_path_is_a_message_not_a_traceback(tiny_bundle, retina_jpeg, tmp_path, out):
+    (tmp_path / "file").write_text("a file where a folder is needed")
+    res = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--out", tmp_path / out)
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert "--out" in res.output or "cannot write results" in res.output
+
+
+@pytest.mark.parametrize("source", [None, 42, ["a.jpg"], "with\0nul.jpg"], ids=["none", "int", "list", "nul"])
+def test_screener_never_raises_for_a_bad_source(tiny_bundle, source):
+    with Screener.from_bundle(tiny_bundle) as screener:
+        result = screener.screen(source)
+    assert result.status == "error" and result.error_code in ("not_an_image", "not_found"), result
+
+
+def test_huge_file_is_refused_before_it_is_read(tmp_path):
+    sparse = tmp_path / "huge.jpg"
+    with open(sparse, "wb") as fh:
+        fh.write(b"\xff\xd8\xff\xe0")
+        fh.truncate(2 * 1024**3)  # 2 GiB, sparse: no disk, and reading it would need 2 GiB of memory
+    assert sparse.stat().st_size > MAX_FILE_BYTES
+    with pytest.raises(ImageError, match="file-size limit") as info:
+        read_source(sparse)
+    assert info.value.code == "too_large"
+
+
+def test_readme_lists_exactly_the_result_error_codes():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Bad input", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M))
+    assert listed == set(RESULT_ERROR_CODES)
