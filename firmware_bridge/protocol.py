@@ -1,4 +1,4 @@
-"""Wire protocol v1 between a fundus camera and the bridge: frames, messages, error codes.
+"""Wire protocol v1 (revision 1.1) between a fundus camera and the bridge: frames, messages, error codes.
 
 docs/PROTOCOL.md is the normative description; this module is its reference implementation.
 
@@ -32,6 +32,9 @@ from typing import Any
 MAGIC = b"ER"
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
+#: Revision within VERSION: additions a v1 peer can ignore, on unchanged frames. 1.1 adds raw frames
+#: described by pixel_format, width, height and stride (docs/PROTOCOL.md "Raw frames").
+MINOR_VERSION = 1
 HEADER = struct.Struct(">2sBBI")  # magic, version, type, payload length
 HEADER_SIZE = HEADER.size + 4  # + header CRC
 TRAILER_SIZE = 4
