@@ -99,7 +99,8 @@ def encode_payload(meta: dict[str, Any], body: bytes = b"") -> bytes:
 
 def encode_frame(msg_type: int, payload: bytes, *, version: int = VERSION) -> bytes:
     header = HEADER.pack(MAGIC, version, int(msg_type), len(payload))
-    return header + struct.pack(">I", crc32(header)) + payload + struct.pack(">I", crc32(payload))
+    # One join, one copy of the payload (a raw frame is megabytes; chained + would copy it twice).
+    return b"".join((header, struct.pack(">I", crc32(header)), payload, struct.pack(">I", crc32(payload))))
 
 
 def encode_message(message: Message) -> bytes:
@@ -188,7 +189,8 @@ class FrameParser:
         end = HEADER_SIZE + length + TRAILER_SIZE
         if len(buf) < end:
             return None
-        payload = bytes(buf[HEADER_SIZE: HEADER_SIZE + length])
+        with memoryview(buf) as view:  # one copy of the payload (slicing the bytearray would make two)
+            payload = bytes(view[HEADER_SIZE: HEADER_SIZE + length])
         (payload_crc,) = struct.unpack_from(">I", buf, HEADER_SIZE + length)
         del buf[:end]
         if version not in SUPPORTED_VERSIONS:
