@@ -17,8 +17,10 @@ Measured, every variant interleaved round by round (rotating order) because the 
   as in "Latency and parity") on the 8 distinct photos, in this process, in the same rounds;
 - **pipeline variants** (in this process): micro-batches (``max_batch``) and engine threads, to decide
   whether batching pays for this engine;
-- **bridge**: one camera over a Unix socket, each photo sent as its 12 MP JPEG and as a 3 MP RGB8 raw
-  frame (the same canvas resized to 2000x1500), alternately, fresh request ids; per-photo round trip;
+- **bridge**: one camera over a Unix socket, each photo sent as its 12 MP JPEG, as a 3 MP RGB8 raw
+  frame (the same canvas resized to 2000x1500) and as the RGGB mosaic of that frame, in rotating
+  order, fresh request ids; per-photo round trip (client send to RESULT) and the server's screening
+  time;
 - **memory**: peak RSS (VmHWM) of ``screen`` on ``--rss-photos`` photos.
 """
 from __future__ import annotations
@@ -171,12 +173,15 @@ def bench_pipeline_variants(args, bundle: Path, photos: list[Path], work: Path) 
 
 def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
     jpegs = [p.read_bytes() for p in photos]
-    frames = []
+    frames, mosaics = [], []
     for p in photos:
-        rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
-        frames.append(np.ascontiguousarray(cv2.resize(rgb, (2000, 1500), interpolation=cv2.INTER_AREA)).tobytes())
+        rgb = cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (2000, 1500), interpolation=cv2.INTER_AREA)
+        frames.append(np.ascontiguousarray(rgb).tobytes())
+        mosaic = rgb[:, :, 1].copy()  # what an RGGB sensor records: R and B on alternate sites of alternate rows
+        mosaic[0::2, 0::2], mosaic[1::2, 1::2] = rgb[0::2, 0::2, 0], rgb[1::2, 1::2, 2]
+        mosaics.append(mosaic.tobytes())
     server = ServerProcess(bundle, work / "bridge.sqlite3", transport=("--socket", str(work / "bridge.sock")))
-    samples: dict[str, list[float]] = {"jpeg 12 MP": [], "raw rgb8 3 MP": []}
+    samples: dict[str, list[float]] = {"jpeg 12 MP": [], "raw rgb8 3 MP": [], "raw bayer_rggb8 3 MP": []}
     server_ms: dict[str, list[float]] = {k: [] for k in samples}
     probabilities: list[float] = []
     try:
@@ -185,24 +190,28 @@ def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
             for r in range(args.bridge_rounds):
                 i = r % len(photos)
                 sends = {"jpeg 12 MP": lambda: client.screen(f"j{r}", jpegs[i]),
-                         "raw rgb8 3 MP": lambda: client.screen_raw(f"r{r}", frames[i], width=2000, height=1500)}
+                         "raw rgb8 3 MP": lambda: client.screen_raw(f"r{r}", frames[i], width=2000, height=1500),
+                         "raw bayer_rggb8 3 MP": lambda: client.screen_raw(f"b{r}", mosaics[i], width=2000, height=1500,
+                                                                           pixel_format="bayer_rggb8")}
                 replies = {}
                 for name in rotated(list(sends), r):
                     start = time.perf_counter()
                     replies[name] = sends[name]()
                     samples[name].append((time.perf_counter() - start) * 1e3)
                     server_ms[name].append(replies[name]["result"]["timings_ms"]["total"])
-                a, b = (replies[n]["result"]["probabilities"] for n in samples)
+                a, b = (replies[n]["result"]["probabilities"] for n in ("jpeg 12 MP", "raw rgb8 3 MP"))
                 probabilities.append(max(abs(a[c] - b[c]) for c in a))
     finally:
         server.stop()
     medians = {n: statistics.median(s) for n, s in samples.items()}
     return {"round_trip_ms": samples, "median_round_trip_ms": medians,
             "median_server_screening_ms": {n: statistics.median(s) for n, s in server_ms.items()},
-            "raw_speedup": medians["jpeg 12 MP"] / medians["raw rgb8 3 MP"],
-            "raw_speedup_paired": statistics.median(j / r for j, r in zip(samples["jpeg 12 MP"], samples["raw rgb8 3 MP"])),
+            "speedup_vs_jpeg": {n: medians["jpeg 12 MP"] / m for n, m in medians.items()},
+            "speedup_vs_jpeg_paired": {n: statistics.median(j / x for j, x in zip(samples["jpeg 12 MP"], s))
+                                       for n, s in samples.items()},
             "max_probability_difference_raw_vs_jpeg": max(probabilities), "frame_bytes": {
-                "jpeg 12 MP": statistics.median(len(j) for j in jpegs), "raw rgb8 3 MP": len(frames[0])},
+                "jpeg 12 MP": statistics.median(len(j) for j in jpegs), "raw rgb8 3 MP": len(frames[0]),
+                "raw bayer_rggb8 3 MP": len(mosaics[0])},
             "load_average": load()}
 
 
