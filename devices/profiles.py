@@ -86,6 +86,7 @@ class DeviceProfile:
     tensorrt: TensorRTOptions | None
     emit: tuple[EmitSpec, ...]
     source: Path
+    workers: int | None = None  # screening pipeline threads (None: one per usable core)
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as its data file says it (for ``devices show`` and JSON output)."""
@@ -125,6 +126,7 @@ def parse_profile(data: Any, source: Path) -> DeviceProfile:
         tensorrt=None if tensorrt is None else TensorRTOptions(**tensorrt),
         emit=tuple(EmitSpec(e["backend"], e["precision"], dict(e["options"])) for e in data["emit"]),
         source=source,
+        workers=data.get("workers"),
     )
 
 

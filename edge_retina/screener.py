@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -75,6 +75,15 @@ class Result:
             "error": self.error,
             "error_code": self.error_code,
         }
+
+
+@dataclass
+class Staged:
+    """An image between :meth:`Screener.preprocess` and :meth:`Screener.complete`."""
+
+    result: Result  # finished when ``tensor`` is None (unreadable or ungradable)
+    tensor: np.ndarray | None  # the model input, (1, 3, H, W)
+    start: float  # time.perf_counter() when its preprocessing started
 
 
 def engine_cache_dir(bundle: Bundle) -> Path:
@@ -206,12 +215,20 @@ class Screener:
 
     def screen(self, source: "str | Path | bytes | np.ndarray", *, name: str | None = None) -> Result:
         """Screen one image. Bad input becomes a Result with ``error`` set, never an exception."""
+        return self.complete([self.preprocess(source, name=name)])[0]
+
+    def preprocess(self, source: "str | Path | bytes | np.ndarray", *, name: str | None = None) -> "Staged":
+        """The part of :meth:`screen` before the engine: decode, preprocessing, quality gate.
+
+        Safe to call from several threads at once (it touches no engine): the screening pipeline
+        (``edge_retina.pipeline``) runs it on worker threads. Bad input gives a finished Result.
+        """
         label = name or (str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>")
         start = time.perf_counter()
         try:
             prepared = self.preprocessor.prepare(source)
         except ImageError as exc:
-            return Result(label, error=str(exc), error_code=exc.code)
+            return Staged(Result(label, error=str(exc), error_code=exc.code), None, start)
         result = Result(
             label,
             gradable=prepared.quality.gradable,
@@ -220,20 +237,32 @@ class Screener:
         )
         if not prepared.quality.gradable:
             result.timings_ms["total"] = (time.perf_counter() - start) * 1e3
-            return result
+            return Staged(result, None, start)
+        return Staged(result, prepared.tensor, start)
 
-        t0 = time.perf_counter()
-        embedding = self.runner.infer(prepared.tensor)[0]
-        t1 = time.perf_counter()
-        scores = self.prompt_table.score(embedding)
-        result.probabilities = {c: float(scores.condition_probabilities[c][0]) for c in self.conditions}
-        result.class_probabilities = {c: float(p) for c, p in zip(scores.classes, scores.class_probabilities[0])}
-        result.referral = {c: result.probabilities[c] >= self.thresholds[c] for c in self.conditions}
-        t2 = time.perf_counter()
-        result.timings_ms.update(inference=(t1 - t0) * 1e3, lookup=(t2 - t1) * 1e3, total=(t2 - start) * 1e3)
-        if self.keep_embeddings:
-            result.embedding = embedding
-        return result
+    def complete(self, staged: Sequence["Staged"]) -> list[Result]:
+        """Run the engine once, as one batch, on the staged images that need it; their results.
+
+        Per image, ``inference`` and ``lookup`` are its share of the batch's time and ``total`` runs
+        from the start of its preprocessing (so it includes any wait for the engine).
+        """
+        waiting = [s for s in staged if s.tensor is not None]
+        if waiting:
+            t0 = time.perf_counter()
+            embeddings = self.runner.infer(np.concatenate([s.tensor for s in waiting]))
+            t1 = time.perf_counter()
+            scores = self.prompt_table.score(embeddings)
+            t2 = time.perf_counter()
+            for i, s in enumerate(waiting):
+                result = s.result
+                result.probabilities = {c: float(scores.condition_probabilities[c][i]) for c in self.conditions}
+                result.class_probabilities = {c: float(p) for c, p in zip(scores.classes, scores.class_probabilities[i])}
+                result.referral = {c: result.probabilities[c] >= self.thresholds[c] for c in self.conditions}
+                result.timings_ms.update(inference=(t1 - t0) * 1e3 / len(waiting),
+                                         lookup=(t2 - t1) * 1e3 / len(waiting), total=(t2 - s.start) * 1e3)
+                if self.keep_embeddings:
+                    result.embedding = embeddings[i]
+        return [s.result for s in staged]
 
     def screen_many(self, sources: Iterable["str | Path"]) -> Iterator[Result]:
         for source in sources:

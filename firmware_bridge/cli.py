@@ -145,14 +145,16 @@ def results(store, since) -> None:
 @click.option("--once", is_flag=True, help="Scan once and exit.")
 @click.option("--backend", default=None)
 @click.option("--threads", type=int, default=None)
-def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threads) -> None:
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decode/preprocessing threads for a burst of captures [default: one per core].")
+def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threads, workers) -> None:
     """Screen each new capture written to FOLDER once; write IMAGE.result.json beside it."""
     from .hotfolder import HotFolder
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     screener = _open_screener(bundle_path, backend, threads)
     result_store = ResultStore(store or folder / ".edge-retina" / "journal.sqlite3")
-    watcher = HotFolder(screener, result_store, folder, settle_seconds=settle)
+    watcher = HotFolder(screener, result_store, folder, settle_seconds=settle, workers=workers)
     try:
         if once:
             written = watcher.scan_once()
@@ -163,5 +165,6 @@ def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threa
         click.echo(f"watching {folder} ({watcher.bundle_id})")
         watcher.run(stop, interval)
     finally:
+        watcher.close()
         result_store.close()
         screener.close()

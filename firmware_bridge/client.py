@@ -90,3 +90,11 @@ class BridgeClient:
                 raise BridgeError(reply.meta)
             return reply.meta
         raise BridgeError({"code": ErrorCode.BUSY.value, "message": f"still busy after {busy_retries} tries"})
+
+    def screen_raw(self, request_id: str, frame: bytes | memoryview, *, width: int, height: int,
+                   pixel_format: str = "rgb8", stride: int | None = None, **meta: Any) -> dict[str, Any]:
+        """SCREEN one raw frame (protocol 1.1): ``height`` rows of ``stride`` bytes (default: no
+        padding) of ``pixel_format`` pixels (``edge_retina.preprocess.raw.PIXEL_FORMATS``)."""
+        layout = {"pixel_format": pixel_format, "width": width, "height": height,
+                  **({} if stride is None else {"stride": stride})}
+        return self.screen(request_id, bytes(frame), image_format="raw", **layout, **meta)

@@ -35,9 +35,11 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 from edge_retina.files import write_atomically
+from edge_retina.pipeline import ScreeningPipeline
 from edge_retina.preprocess.decode import IMAGE_EXTENSIONS
 from edge_retina.screener import Result, Screener
 
@@ -50,13 +52,27 @@ SIDECAR_SUFFIX = ".result.json"
 ORIGIN = "hotfolder"
 
 
+@dataclass(frozen=True)
+class _Capture:
+    """A settled capture, journalled, read once: its bytes go to the screening pipeline."""
+
+    path: Path
+    signature: tuple[int, int]  # (size, mtime_ns) when it was read
+    data: bytes
+    request_id: str
+    stored: StoredRequest | None  # the journal's row, when it already holds the result
+
+
 class HotFolder:
-    def __init__(self, screener: Screener, store: ResultStore, folder: str | Path, *, settle_seconds: float = 2.0):
+    def __init__(self, screener: Screener, store: ResultStore, folder: str | Path, *, settle_seconds: float = 2.0,
+                 workers: int | None = None):
         self.screener = screener
         self.store = store
         self.folder = Path(folder)
         self.settle_seconds = settle_seconds
         self.bundle_id = bundle_id(screener)
+        # Decode and preprocessing of a burst of captures on every core (edge_retina.pipeline).
+        self.pipeline = ScreeningPipeline(screener, workers=workers)
         # (size, mtime_ns) of files already handled in this run: spares re-hashing them every poll.
         self._handled: dict[Path, tuple[int, int]] = {}
         self._skipped: dict[Path, str] = {}  # why a path is not a capture (warned about once)
@@ -74,7 +90,19 @@ class HotFolder:
     def scan_once(self) -> list[Path]:
         """Handle every settled capture not handled yet; returns the sidecars written."""
         self.close_orphans()
-        written = []
+        restored: list[Path] = []  # sidecars written from results the journal already held
+        screened: list[Path] = []
+        # The captures are read and journalled lazily, on the pipeline's feeder thread: at most its
+        # queue limit of them is in memory at once, however many arrived.
+        to_screen = self._journalled(restored)
+        for capture, result in self.pipeline.run(to_screen, source=lambda c: c.data, name=lambda c: c.path.name):
+            outcome = {**result.to_dict(), "bundle_id": self.bundle_id}
+            self._finish(capture, self.store.complete(capture.request_id, outcome), screened)
+        return restored + screened
+
+    def _journalled(self, restored: list[Path]) -> Iterator[_Capture]:
+        """Settled captures without an up-to-date sidecar, journalled as pending; those whose result
+        the journal already holds only get their sidecar (into ``restored``) and are not yielded."""
         now = time.time()
         for path in self.captures():
             try:
@@ -88,41 +116,48 @@ class HotFolder:
             if self._handled.get(path) == signature or now - info.st_mtime < self.settle_seconds:
                 continue
             try:
-                sidecar = self.handle(path)
+                capture = self._journal(path, signature)
             except OSError as exc:  # unreadable now (permissions, a share gone): tried again next scan
                 log.warning("%s: %s", path, exc)
                 continue
-            if sidecar is not None:
-                written.append(sidecar)
-            self._handled[path] = signature
-        return written
+            if capture is None:
+                self._handled[path] = signature
+            elif capture.stored is not None and capture.stored.state == "done":
+                self._finish(capture, capture.stored, restored)
+            else:
+                yield capture
 
     def _skip(self, path: Path, why: str) -> None:
         if self._skipped.get(path) != why:
             log.warning("%s: %s; skipped", path, why)
             self._skipped[path] = why
 
-    def handle(self, path: Path) -> Path | None:
-        """Screen one capture if its sidecar is missing or stale; returns the sidecar if written."""
+    def _journal(self, path: Path, signature: tuple[int, int]) -> _Capture | None:
+        """Read a capture and journal it unless its sidecar is up to date or it is not a regular
+        file (then None)."""
         data = read_capture(path)
         if data is None:
             self._skip(path, "not a regular file (a FIFO or device)")
             return None
         sha = hashlib.sha256(data).hexdigest()
-        sidecar = sidecar_path(path)
-        if _sidecar_sha(sidecar) == sha:
+        if _sidecar_sha(sidecar_path(path)) == sha:
             return None
         request_id = f"{ORIGIN}:{sha[:40]}"
         stored = self.store.get(request_id)
         if stored is None:
             self.store.accept(request_id, sha, {"path": str(path.relative_to(self.folder))}, None, origin=ORIGIN)
-        if stored is None or stored.state != "done":
-            result = self.screener.screen(data, name=path.name).to_dict()
-            result["bundle_id"] = self.bundle_id
-            stored = self.store.complete(request_id, result)
-        write_sidecar(sidecar, stored, path, self.folder)
-        log.info("%s -> %s", path, stored.result.get("status") if stored.result else None)
-        return sidecar
+        return _Capture(path, signature, data, request_id, stored)
+
+    def _finish(self, capture: _Capture, stored: StoredRequest, written: list[Path]) -> None:
+        sidecar = sidecar_path(capture.path)
+        try:
+            write_sidecar(sidecar, stored, capture.path, self.folder)
+        except OSError as exc:  # the folder went read-only or away: the journal keeps the result
+            log.warning("%s: %s", sidecar, exc)
+            return
+        log.info("%s -> %s", capture.path, stored.result.get("status") if stored.result else None)
+        self._handled[capture.path] = capture.signature
+        written.append(sidecar)
 
     def close_orphans(self) -> list[str]:
         """Close pending journal entries whose capture is gone (or holds other bytes now) with an error
@@ -147,6 +182,9 @@ class HotFolder:
         while not stop.is_set():
             self.scan_once()
             stop.wait(interval)
+
+    def close(self) -> None:
+        self.pipeline.close()
 
 
 def read_capture(path: Path) -> bytes | None:

@@ -1,4 +1,4 @@
-"""Wire protocol v1 between a fundus camera and the bridge: frames, messages, error codes.
+"""Wire protocol v1 (revision 1.1) between a fundus camera and the bridge: frames, messages, error codes.
 
 docs/PROTOCOL.md is the normative description; this module is its reference implementation.
 
@@ -33,6 +33,9 @@ from typing import Any
 MAGIC = b"ER"
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
+#: Revision within VERSION: additions a v1 peer can ignore, on unchanged frames. 1.1 adds raw frames
+#: described by pixel_format, width, height and stride (docs/PROTOCOL.md "Raw frames").
+MINOR_VERSION = 1
 HEADER = struct.Struct(">2sBBI")  # magic, version, type, payload length
 HEADER_SIZE = HEADER.size + 4  # + header CRC
 TRAILER_SIZE = 4
@@ -97,7 +100,8 @@ def encode_payload(meta: dict[str, Any], body: bytes = b"") -> bytes:
 
 def encode_frame(msg_type: int, payload: bytes, *, version: int = VERSION) -> bytes:
     header = HEADER.pack(MAGIC, version, int(msg_type), len(payload))
-    return header + struct.pack(">I", crc32(header)) + payload + struct.pack(">I", crc32(payload))
+    # One join, one copy of the payload (a raw frame is megabytes; chained + would copy it twice).
+    return b"".join((header, struct.pack(">I", crc32(header)), payload, struct.pack(">I", crc32(payload))))
 
 
 def encode_message(message: Message) -> bytes:

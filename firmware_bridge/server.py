@@ -25,11 +25,13 @@ from typing import Any, Callable
 import numpy as np
 
 from edge_retina import __version__
+from edge_retina.preprocess.raw import PIXEL_FORMATS, RawFrame, frame_size
 from edge_retina.screener import Screener
 from edge_retina.selftest import EXPECTED_FILE, selftest_screener
 
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
+    MINOR_VERSION,
     SUPPORTED_VERSIONS,
     ByteBudget,
     ErrorCode,
@@ -321,11 +323,13 @@ class BridgeServer:
                                 f"no common protocol version: offered {offered}, supported {list(SUPPORTED_VERSIONS)}")
         return Message(MessageType.HELLO, {
             "version": max(common),
+            "minor_version": MINOR_VERSION,
             "server": f"edge-retina {__version__}",
             "bundle_id": self.bundle_id,
             "conditions": list(self.screener.conditions),
             "max_payload": self.config.max_payload,
             "formats": list(IMAGE_FORMATS),
+            "pixel_formats": list(PIXEL_FORMATS),
         })
 
     def status(self) -> dict[str, Any]:
@@ -426,7 +430,9 @@ def validate_screen(meta: dict[str, Any], body: bytes) -> dict[str, Any]:
     if not body:
         raise bad("SCREEN carries no image")
     clean: dict[str, Any] = {"request_id": request_id, "format": image_format}
-    if image_format == "raw":
+    if image_format == "raw" and "pixel_format" in meta:
+        clean.update(raw_frame_fields(meta, len(body), bad))
+    elif image_format == "raw":
         shape = meta.get("shape")
         if (not isinstance(shape, list) or len(shape) not in (2, 3)
                 or not all(type(s) is int and s > 0 for s in shape)  # JSON true is a Python int too
@@ -456,12 +462,32 @@ def validate_screen(meta: dict[str, Any], body: bytes) -> dict[str, Any]:
     return clean
 
 
-def image_source(meta: dict[str, Any], image: bytes) -> bytes | np.ndarray:
+def raw_frame_fields(meta: dict[str, Any], body_size: int, bad: Callable[[str], ProtocolError]) -> dict[str, Any]:
+    """The checked layout of a protocol 1.1 raw frame: pixel_format, width, height, stride."""
+    fields = {k: meta.get(k) for k in ("pixel_format", "width", "height", "stride")}
+    if not all(isinstance(fields[k], int) and not isinstance(fields[k], bool) and fields[k] > 0
+               for k in ("width", "height")):
+        raise bad("raw frames need width and height (positive integers)")
+    stride = fields["stride"]
+    if stride is not None and (not isinstance(stride, int) or isinstance(stride, bool)):
+        raise bad("stride must be an integer (bytes per row)")
+    try:
+        fields["stride"], size = frame_size(fields["pixel_format"], fields["width"], fields["height"], stride)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if size != body_size:
+        raise bad(f"a {fields['width']}x{fields['height']} {fields['pixel_format']} frame with stride "
+                  f"{fields['stride']} is {size} bytes, got {body_size}")
+    return fields
+
+
+def image_source(meta: dict[str, Any], image: bytes) -> bytes | RawFrame:
     if meta["format"] != "raw":
         return image
-    shape = meta["shape"]
-    array = np.frombuffer(image, np.uint8).reshape(shape)
-    return array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
+    if "pixel_format" in meta:
+        return RawFrame(image, meta["pixel_format"], meta["width"], meta["height"], meta["stride"])
+    shape = meta["shape"]  # protocol 1.0: [height, width] or [height, width, 1|3], rows without padding
+    return RawFrame(image, "rgb8" if shape[2:] == [3] else "gray8", shape[1], shape[0])
 
 
 def result_message(stored: StoredRequest, *, duplicate: bool) -> Message:

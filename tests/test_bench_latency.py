@@ -61,11 +61,13 @@ def images(retina_jpeg):
 
 def test_run_latency_on_the_tiny_bundle(tiny_bundle, images, tmp_path):
     engines = latency.select_engines(tiny_bundle)
-    report = latency.run_latency(tiny_bundle, engines, images, iterations=2, threads=1, streams=2, cold_runs=1)
+    report = latency.run_latency(tiny_bundle, engines, images, iterations=2, threads=1, streams=2, workers=2,
+                                 cold_runs=1)
     data = json.loads(json.dumps(report.to_dict()))
     assert set(data["pipelines"]) == {"onnxruntime/fp32/teacher", "openvino/fp32/teacher"}
     assert data["baseline"] == "onnxruntime/fp32/teacher"
     assert data["machine"]["logical_cores"] >= 1 and "onnxruntime" in data["machine"]["libraries"]
+    assert data["workers"] == 2
     for name, p in data["pipelines"].items():
         assert set(p["stages_ms"]) == set(latency.STAGES)
         assert p["stages_ms"]["total"]["n"] == 4 and len(p["engine_samples_ms"]) == 4
@@ -73,6 +75,7 @@ def test_run_latency_on_the_tiny_bundle(tiny_bundle, images, tmp_path):
         assert stages["total"]["median"] >= stages["inference"]["median"] > 0
         assert p["cpu_ms"]["n"] == 4 and p["cpu_ms"]["median"] > 0
         assert p["throughput_images_per_s"]["batch1"] > 0 and p["throughput_images_per_s"]["streams_2"] > 0
+        assert p["throughput_images_per_s"]["pipeline"] > 0
         cold = p["cold_start"]["runs"][0]
         assert cold["process_to_first_result_ms"] > cold["load_to_first_result_ms"] > 0
         assert 30 < cold["peak_rss_mb"] < 4000

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bridge_support import REPO, running_server, small_jpeg
 
@@ -53,3 +54,25 @@ def test_c_example_screens_an_image(example, screener, retina_rgb, tmp_path, tra
         assert refused.returncode == 2 and "bad_request" in refused.stderr
         with (BridgeClient.tcp(where) if kind == "tcp" else BridgeClient.unix(where)) as client:
             assert client.status()["processed"] == 1
+
+
+def test_c_example_screens_a_raw_rgb_frame(example, screener, retina_rgb, tmp_path):
+    from edge_retina.preprocess.raw import RawFrame
+
+    frame = np.ascontiguousarray(retina_rgb[100:580, 100:740])  # 640x480 RGB8, rows without padding
+    path = tmp_path / "capture.rgb"
+    path.write_bytes(frame.tobytes())
+    with running_server(screener, tmp_path / "r.sqlite3") as (server, address):
+        where = address.partition(":")[2]
+        run = subprocess.run([example, "--unix", where, "--raw", "640x480", path, "cam-c:raw", "left"],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        result = json.loads(run.stdout.splitlines()[1])
+        assert result["meta"] == {"request_id": "cam-c:raw", "format": "raw", "eye": "left", "pixel_format": "rgb8",
+                                  "width": 640, "height": 480, "stride": 1920}
+        direct = screener.screen(RawFrame(frame.tobytes(), "rgb8", 640, 480), name="cam-c:raw").to_dict()
+        assert result["result"] == direct | {"timings_ms": result["result"]["timings_ms"], "bundle_id": server.bundle_id}
+
+        wrong_size = subprocess.run([example, "--unix", where, "--raw", "640x479", path, "cam-c:raw2"],
+                                    capture_output=True, text=True)
+        assert wrong_size.returncode == 64 and "640x479 RGB8 frame is 919680 bytes" in wrong_size.stderr

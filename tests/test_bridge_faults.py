@@ -106,8 +106,8 @@ def test_hot_folder_screens_each_capture_once_across_restarts(screener, retina_r
     (folder / "notes.txt").write_text("not an image")
     journal = tmp_path / "journal.sqlite3"
     calls = []
-    original = screener.screen
-    monkeypatch.setattr(screener, "screen", lambda *a, **k: calls.append(k.get("name")) or original(*a, **k))
+    original = screener.preprocess
+    monkeypatch.setattr(screener, "preprocess", lambda *a, **k: calls.append(k.get("name")) or original(*a, **k))
 
     store = ResultStore(journal)
     written = HotFolder(screener, store, folder, settle_seconds=0).scan_once()
@@ -130,13 +130,13 @@ def test_hot_folder_screens_each_capture_once_across_restarts(screener, retina_r
     third = folder / "IMG_0003.jpg"
     third.write_bytes(small_jpeg(retina_rgb, side=200))
     watcher = HotFolder(screener, store, folder, settle_seconds=0)
-    monkeypatch.setattr(screener, "screen", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(screener, "preprocess", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         watcher.scan_once()
     assert store.counts()["pending"] == 1 and not sidecar_path(third).exists()
-    monkeypatch.setattr(screener, "screen", lambda *a, **k: calls.append(k.get("name")) or original(*a, **k))
+    monkeypatch.setattr(screener, "preprocess", lambda *a, **k: calls.append(k.get("name")) or original(*a, **k))
     assert HotFolder(screener, store, folder, settle_seconds=0).scan_once() == [sidecar_path(third)]
-    assert calls == ["IMG_0001.JPG", "IMG_0002.jpg", "IMG_0003.jpg"]
+    assert sorted(calls) == ["IMG_0001.JPG", "IMG_0002.jpg", "IMG_0003.jpg"]  # screened on worker threads
 
     # A new capture under an old name is a new image: screened again.
     first.write_bytes(small_jpeg(retina_rgb, side=100))
@@ -156,12 +156,12 @@ def test_a_journalled_capture_deleted_before_its_result_is_closed_with_an_error(
     capture = folder / "IMG_0009.jpg"
     capture.write_bytes(small_jpeg(retina_rgb))
     store = ResultStore(tmp_path / "journal.sqlite3")
-    original = screener.screen
-    monkeypatch.setattr(screener, "screen", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    original = screener.preprocess
+    monkeypatch.setattr(screener, "preprocess", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):  # a crash after journalling, before the result
         HotFolder(screener, store, folder, settle_seconds=0).scan_once()
     capture.unlink()  # and the file is gone before the restart
-    monkeypatch.setattr(screener, "screen", original)
+    monkeypatch.setattr(screener, "preprocess", original)
     assert HotFolder(screener, store, folder, settle_seconds=0).scan_once() == []
     assert store.counts() == {"pending": 0, "done": 1}
     (row,) = list(store.done_since(0))

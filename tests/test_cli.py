@@ -1,6 +1,7 @@
 """The edge-retina command: screen, bundle inspect/verify, host commands without their extra."""
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,16 @@ def test_screen_folder_writes_a_row_for_everything(tiny_bundle, mixed_folder, tm
     assert by_name["missing.jpg"]["error_code"] == "not_found"
     assert not out.with_name("results.csv.partial").exists()
     assert "Screening results" in res.output and "errors" in res.output
+    assert re.search(r"5 images in [0-9.]+ s, [0-9.]+ images/s \(\d+ workers\); start-up [0-9.]+ s", res.output)
+
+
+def test_screen_with_workers_keeps_the_input_order(tiny_bundle, mixed_folder):
+    res = run("screen", mixed_folder, "--bundle", tiny_bundle, "--json", "--workers", "3")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [Path(r["source"]).name for r in doc["results"]] == ["a.jpg", "broken.jpg", "b.jpg", "zero.png"]
+    throughput = doc["summary"]["throughput"]
+    assert throughput["workers"] == 3 and throughput["images_per_s"] > 0 and throughput["startup_s"] > 0
 
 
 def test_screen_json_output_and_conditions(tiny_bundle, retina_jpeg, tmp_path):

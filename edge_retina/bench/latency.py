@@ -7,7 +7,8 @@ machine hits all of them alike; compare medians and ratios, not absolute numbers
 Measured per pipeline: per-stage wall times (decode; preprocess = field-of-view detection, crop,
 resize, quality gate, normalise; inference; prompt lookup; total), the raw engine on a prepared
 tensor (what benchmark_app / onnxruntime_perf_test would time), throughput at batch 1 and with S
-concurrent streams, and cold start and peak RSS in fresh processes.
+concurrent streams, through the screening pipeline (``edge_retina.pipeline``: what ``screen`` runs,
+decode on ``workers`` threads), and cold start and peak RSS in fresh processes.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 from edge_retina.bench.machine import machine_info
 from edge_retina.bundle import EngineEntry, load_bundle
 from edge_retina.errors import EdgeRetinaError
+from edge_retina.pipeline import ScreeningPipeline, usable_cores
 from edge_retina.screener import Screener
 
 STAGES = ("decode", "preprocess", "inference", "lookup", "total")
@@ -129,6 +131,7 @@ class LatencyReport:
     streams: int
     machine: dict[str, Any]
     left_out: list[str] = field(default_factory=list)  # images that could not be timed, with why
+    workers: int | None = None  # the screening pipeline's worker threads in the throughput test
 
     def speedup(self, name: str, cpu: bool = False) -> float:
         """How many times faster than the baseline ``name`` is end to end at the median (wall or CPU time)."""
@@ -145,6 +148,7 @@ class LatencyReport:
             "iterations": self.iterations,
             "threads": self.threads,
             "streams": self.streams,
+            "workers": self.workers,
             "machine": self.machine,
             "left_out": self.left_out,
             "pipelines": {name: {**p.to_dict(), "speedup_vs_baseline": self.speedup(name),
@@ -221,6 +225,16 @@ def measure_throughput(pipelines: Sequence[Pipeline], images: Sequence[Path], ro
     return len(pipelines) * rounds * len(images) / elapsed
 
 
+def measure_pipeline_throughput(screener: Screener, images: Sequence[Path], workers: int, rounds: int = 1) -> float:
+    """Images per second through the screening pipeline (decode on ``workers`` threads, results in
+    order): what ``edge-retina screen --workers`` achieves on a folder of ``images``."""
+    with ScreeningPipeline(screener, workers=workers) as pipeline:
+        for result in pipeline.screen([image for _ in range(rounds) for image in images]):
+            if result.error:
+                raise EdgeRetinaError(f"{result.source}: {result.error}")
+        return pipeline.throughput.images_per_s
+
+
 def measure_cold_start(bundle_path: Path, engine: EngineEntry, images: Sequence[Path],
                        threads: int | None = None, runs: int = 3) -> list[dict[str, float]]:
     """``runs`` fresh processes, each loading the bundle and screening ``images`` (see cold_start.py)."""
@@ -247,6 +261,7 @@ def run_latency(
     iterations: int = 10,
     threads: int | None = None,
     streams: int = 2,
+    workers: int | None = None,
     cold_runs: int = 3,
     extra_pipelines: Sequence[Pipeline] = (),
     baseline: str | None = None,
@@ -254,8 +269,9 @@ def run_latency(
     """The whole latency benchmark for ``engines`` of a bundle (plus e.g. the research baseline).
 
     ``baseline`` names the pipeline ratios are taken against (default: the first extra pipeline,
-    else the first engine).
+    else the first engine). ``workers``: the pipeline throughput test's (default: the usable cores).
     """
+    workers = workers or usable_cores()
     deployed = [DeployedPipeline(bundle_path, e, threads) for e in engines]
     pipelines: list[Pipeline] = [*deployed, *extra_pipelines]
     try:
@@ -267,6 +283,8 @@ def run_latency(
         results = measure_interleaved(pipelines, images, iterations)
         for p in pipelines:
             results[p.name].throughput["batch1"] = measure_throughput([p], images)
+        for p in deployed:
+            results[p.name].throughput["pipeline"] = measure_pipeline_throughput(p.screener, images, workers)
     finally:
         for p in deployed:
             p.close()
@@ -287,7 +305,7 @@ def run_latency(
     if chosen not in results:
         raise EdgeRetinaError(f"baseline {chosen!r} is not one of the pipelines {names}")
     return LatencyReport(results, chosen, [str(i) for i in images], iterations, threads, streams, machine_info(),
-                         left_out)
+                         left_out, workers)
 
 
 def latency_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -313,7 +331,8 @@ def latency_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str
 def system_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(headers, rows): throughput, cold start and peak RSS per pipeline, from ``LatencyReport.to_dict()``."""
     streams = report["streams"]
-    headers = ["pipeline", "batch-1 images/s", f"{streams} streams images/s", "bundle load to first result ms",
+    headers = ["pipeline", "batch-1 images/s", f"{streams} streams images/s",
+               f"pipeline, {report.get('workers')} workers, images/s", "bundle load to first result ms",
                "process start to first result ms", "peak RSS MB"]
     rows = []
     for name, p in report["pipelines"].items():
@@ -324,6 +343,7 @@ def system_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]
             return "-" if value is None else f"{value:.{digits}f}"
 
         rows.append([name, fmt(throughput.get("batch1"), 1), fmt(throughput.get(f"streams_{streams}"), 1),
+                     fmt(throughput.get("pipeline"), 1),
                      fmt(cold.get("median_load_to_first_result_ms")),
                      fmt(cold.get("median_process_to_first_result_ms")),
                      fmt(cold.get("median_peak_rss_mb"))])

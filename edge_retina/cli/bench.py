@@ -99,6 +99,8 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
               help="Inference threads per engine (default: the backend's).")
 @click.option("--streams", type=click.IntRange(min=1), default=2, show_default=True,
               help="Concurrent streams for the throughput test.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decode threads of the screening-pipeline throughput test (default: one per core).")
 @click.option("--cold-runs", type=click.IntRange(min=0), default=3, show_default=True,
               help="Fresh processes for cold start and peak RSS (0: skip).")
 @click.option("--baseline", default=None, help="'research' (PIL + PyTorch FP32 teacher, host only) or a pipeline "
@@ -109,8 +111,8 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
 @click.option("--json", "as_json", is_flag=True, help="Print the full report (with samples and machine) as JSON.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Write an HTML report (host only).")
-def latency(bundle_path, backend, precision, images, max_images, iterations, threads, streams, cold_runs, baseline,
-            checkpoint, as_json, out, html) -> None:
+def latency(bundle_path, backend, precision, images, max_images, iterations, threads, streams, workers, cold_runs,
+            baseline, checkpoint, as_json, out, html) -> None:
     """Per-stage latency, raw engine, throughput, cold start and peak RSS, engines interleaved."""
     from edge_retina.bench.latency import (
         latency_table_rows,
@@ -132,7 +134,7 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
             extra.append(_research_pipeline(bundle_path, checkpoint, threads))
         with console.status(f"benchmarking {len(engines) + len(extra)} pipelines on {len(image_paths)} images"):
             report = run_latency(bundle_path, engines, image_paths, iterations=iterations, threads=threads,
-                                 streams=streams, cold_runs=cold_runs, extra_pipelines=extra,
+                                 streams=streams, workers=workers, cold_runs=cold_runs, extra_pipelines=extra,
                                  baseline=None if baseline == "research" else baseline)
     except EdgeRetinaError as exc:
         _fail(str(exc))

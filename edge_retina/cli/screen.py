@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -20,6 +21,7 @@ from rich.table import Table
 from edge_retina.cli.inputs import expand_inputs
 from edge_retina.cli.results_io import STAGES, ResultWriter, result_format
 from edge_retina.errors import EdgeRetinaError
+from edge_retina.pipeline import ScreeningPipeline
 from edge_retina.screener import Result, Screener
 
 
@@ -83,12 +85,15 @@ def print_results(console: Console, results: list[Result], conditions: tuple[str
 @click.option("--device", default=None, metavar="PROFILE|auto",
               help="Device profile (see 'edge-retina devices list'); default: detect this machine.")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the backend's).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decode/preprocessing threads (default: the device profile's, else one per core).")
 @click.option("--conditions", default=None, help="Comma-separated conditions to report (default: all).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write results to .csv, .json or .jsonl (rows are flushed as they finish).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout instead of a table.")
 @click.option("--recursive/--no-recursive", default=True, help="Descend into sub-folders (default: yes).")
-def screen(paths, bundle_path, backend, precision, device, threads, conditions, out, as_json, recursive) -> None:
+def screen(paths, bundle_path, backend, precision, device, threads, workers, conditions, out, as_json,
+           recursive) -> None:
     """Screen fundus photographs (files, folders, globs) offline.
 
     A failed image becomes a row with its error and does not stop the batch. Exit status: 0 when at
@@ -102,6 +107,7 @@ def screen(paths, bundle_path, backend, precision, device, threads, conditions, 
             result_format(out)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--out") from None
+    started = time.perf_counter()
     try:
         screener = Screener.from_bundle(
             bundle_path, backend=backend, device=device, precision=precision, threads=threads,
@@ -121,13 +127,16 @@ def screen(paths, bundle_path, backend, precision, device, threads, conditions, 
     progress = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, transient=True, disable=not err.is_terminal)
     engine = screener.engine_info
-    with screener, progress:
+    pipeline = ScreeningPipeline(screener, workers=workers)
+    startup_s = time.perf_counter() - started  # bundle load and verification, engine, listing the inputs
+
+    def source(item):
+        return item.path if item.problem is None else Result(item.path, error=item.problem,
+                                                             error_code=item.problem_code)
+
+    with screener, progress, pipeline:
         task = progress.add_task("screen", total=len(items))
-        for item in items:
-            if item.problem is not None:
-                result = Result(item.path, error=item.problem, error_code=item.problem_code)
-            else:
-                result = screener.screen(item.path)
+        for _, result in pipeline.run(items, source=source, name=lambda item: item.path):
             results.append(result)
             if writer:
                 writer.write(result)
@@ -137,11 +146,18 @@ def screen(paths, bundle_path, backend, precision, device, threads, conditions, 
 
     summary = summarise(results)
     summary["engine"] = engine
+    throughput = pipeline.throughput
+    summary["throughput"] = {"workers": pipeline.workers, "startup_s": round(startup_s, 3)}
+    if throughput:
+        summary["throughput"].update(seconds=round(throughput.seconds, 3),
+                                     images_per_s=round(throughput.images_per_s, 2))
     if as_json:
         click.echo(json.dumps({"results": [r.to_dict() for r in results], "summary": summary}, indent=1))
     else:
         print_results(console, results, screener.conditions, summary)
         console.print(f"engine: {engine.get('backend')} {engine.get('precision')} ({bundle_path})")
+        if throughput:
+            console.print(f"{throughput.describe()} ({pipeline.workers} workers); start-up {startup_s:.2f} s")
         if out:
             console.print(f"results written to {out}")
     if summary["images"] == summary["error"]:

@@ -17,6 +17,7 @@ import edge_retina.quality as quality_gate
 from edge_retina.preprocess.decode import (
     MAX_PIXELS,
     MIN_SIDE,
+    DecodedImage,
     ImageSource,
     decode_image,
 )
@@ -26,6 +27,7 @@ from edge_retina.preprocess.fov import (
     downscale,
     find_field_of_view,
 )
+from edge_retina.preprocess.raw import RawFrame
 from edge_retina.preprocess.resize import normalise, resize_to_spec
 from edge_retina.preprocess.spec import InputSpec
 
@@ -43,6 +45,11 @@ PREPROCESSING_VERSION = 1
 def pixels_key(spec: InputSpec) -> str:
     """Identifies the pixels ``Preprocessor(spec).prepare`` produces: the key for caches of them."""
     return f"{spec.sha256()[:16]}-p{PREPROCESSING_VERSION}"
+
+
+def _decode(source: ImageSource | RawFrame, **limits: int) -> DecodedImage:
+    """A raw camera frame decodes itself (like a JPEG of it); everything else goes through decode_image."""
+    return source.decode(**limits) if isinstance(source, RawFrame) else decode_image(source, **limits)
 
 
 @dataclass(frozen=True)
@@ -67,10 +74,10 @@ class Preprocessor:
         # Every crop+resize mode needs at most max(H, W) source pixels across the FoV.
         self._needed_fov_side = max(spec.size)
 
-    def prepare(self, source: ImageSource) -> PreparedImage:
+    def prepare(self, source: ImageSource | RawFrame) -> PreparedImage:
         """Decode and prepare one image. Raises ``ImageError`` if it cannot be decoded."""
         start = time.perf_counter()
-        decoded = decode_image(
+        decoded = _decode(
             source,
             min_short_side=math.ceil(self._needed_fov_side / ASSUMED_FOV_FRACTION),
             max_pixels=self.max_pixels,
@@ -88,7 +95,7 @@ class Preprocessor:
             # The FoV is smaller than the reduced decode assumed: decode again with enough pixels.
             redecode_start = time.perf_counter()
             short = min(rgb.shape[:2])
-            decoded = decode_image(
+            decoded = _decode(
                 source,
                 min_short_side=math.ceil(self._needed_fov_side * short / fov_side),
                 max_pixels=self.max_pixels,

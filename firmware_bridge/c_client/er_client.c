@@ -1,4 +1,4 @@
-/* edge-retina firmware bridge: reference client, wire protocol v1. See er_client.h. */
+/* edge-retina firmware bridge: reference client, wire protocol v1 (revision 1.1). See er_client.h. */
 #define _POSIX_C_SOURCE 200809L
 #include "er_client.h"
 
@@ -213,29 +213,65 @@ static int append_field(char *buf, size_t cap, size_t *used, const char *key, co
     return ER_OK;
 }
 
+/* Open `meta` with the fields every SCREEN has (format given apart); the caller appends and closes it. */
+static int screen_meta(const er_screen_meta *m, const char *format, char *meta, size_t cap, size_t *used) {
+    *used = 1;
+    meta[0] = '{';
+    meta[1] = '\0';
+    if (!m->request_id || !format) return ER_ERR_ARGUMENT;
+    int rc = append_field(meta, cap, used, "request_id", m->request_id);
+    if (rc == ER_OK) rc = append_field(meta, cap, used, "format", format);
+    if (rc == ER_OK) rc = append_field(meta, cap, used, "eye", m->eye);
+    if (rc == ER_OK) rc = append_field(meta, cap, used, "patient", m->patient);
+    if (rc == ER_OK) rc = append_field(meta, cap, used, "captured_at", m->captured_at);
+    return rc;
+}
+
+/* Append `fmt` formatted with three unsigned numbers (NULL: nothing), then close the JSON object. */
+static int close_meta(char *meta, size_t cap, size_t *used, const char *fmt, unsigned long a, unsigned long b,
+                      unsigned long c) {
+    if (fmt) {
+        int n = snprintf(meta + *used, cap - *used, fmt, a, b, c);
+        if (n < 0 || (size_t)n >= cap - *used) return ER_ERR_ARGUMENT;
+        *used += (size_t)n;
+    }
+    if (*used + 2 > cap) return ER_ERR_ARGUMENT;
+    meta[(*used)++] = '}';
+    meta[*used] = '\0';
+    return ER_OK;
+}
+
 int er_screen(er_client *c, const er_screen_meta *m, const void *image, size_t image_len,
               char *reply, size_t reply_cap) {
     char meta[ER_META_MAX];
-    size_t used = 1;
-    meta[0] = '{';
-    meta[1] = '\0';
-    if (!m->request_id || !m->format || !image || image_len == 0) return ER_ERR_ARGUMENT;
-    int rc = append_field(meta, sizeof meta, &used, "request_id", m->request_id);
-    if (rc == ER_OK) rc = append_field(meta, sizeof meta, &used, "format", m->format);
-    if (rc == ER_OK) rc = append_field(meta, sizeof meta, &used, "eye", m->eye);
-    if (rc == ER_OK) rc = append_field(meta, sizeof meta, &used, "patient", m->patient);
-    if (rc == ER_OK) rc = append_field(meta, sizeof meta, &used, "captured_at", m->captured_at);
+    size_t used;
+    if (!image || image_len == 0) return ER_ERR_ARGUMENT;
+    int rc = screen_meta(m, m->format, meta, sizeof meta, &used);
     if (rc != ER_OK) return rc;
-    if (strcmp(m->format, "raw") == 0) {
-        int n = snprintf(meta + used, sizeof meta - used, ",\"shape\":[%lu,%lu,%lu]", (unsigned long)m->raw_height,
-                         (unsigned long)m->raw_width, (unsigned long)m->raw_channels);
-        if (n < 0 || (size_t)n >= sizeof meta - used) return ER_ERR_ARGUMENT;
-        used += (size_t)n;
-    }
-    if (used + 2 > sizeof meta) return ER_ERR_ARGUMENT;
-    meta[used++] = '}';
-    meta[used] = '\0';
+    rc = close_meta(meta, sizeof meta, &used, strcmp(m->format, "raw") == 0 ? ",\"shape\":[%lu,%lu,%lu]" : NULL,
+                    (unsigned long)m->raw_height, (unsigned long)m->raw_width, (unsigned long)m->raw_channels);
+    if (rc != ER_OK) return rc;
     return exchange(c, ER_MSG_SCREEN, meta, image, image_len, ER_MSG_RESULT, reply, reply_cap);
+}
+
+int er_screen_raw(er_client *c, const er_screen_meta *m, const er_raw_frame *frame, char *reply, size_t reply_cap) {
+    char meta[ER_META_MAX];
+    size_t used;
+    if (!frame->pixels || !frame->pixel_format || frame->width == 0 || frame->height == 0) return ER_ERR_ARGUMENT;
+    int three = strcmp(frame->pixel_format, "rgb8") == 0 || strcmp(frame->pixel_format, "bgr8") == 0;
+    uint64_t row = (uint64_t)frame->width * (three ? 3u : 1u);
+    uint64_t stride = frame->stride ? frame->stride : row;
+    if (stride < row) return ER_ERR_ARGUMENT;
+    uint64_t size = stride * frame->height;
+    if (size > 0xFFFFFFFFu - ER_META_MAX) return ER_ERR_ARGUMENT;
+    int rc = screen_meta(m, "raw", meta, sizeof meta, &used);
+    if (rc == ER_OK) rc = append_field(meta, sizeof meta, &used, "pixel_format", frame->pixel_format);
+    if (rc == ER_OK) {
+        rc = close_meta(meta, sizeof meta, &used, ",\"width\":%lu,\"height\":%lu,\"stride\":%lu",
+                        (unsigned long)frame->width, (unsigned long)frame->height, (unsigned long)stride);
+    }
+    if (rc != ER_OK) return rc;
+    return exchange(c, ER_MSG_SCREEN, meta, frame->pixels, (size_t)size, ER_MSG_RESULT, reply, reply_cap);
 }
 
 /* Position just after `"key":` (whitespace skipped), or NULL. */

@@ -1,5 +1,5 @@
 /*
- * edge-retina firmware bridge: reference client, wire protocol v1 (docs/PROTOCOL.md).
+ * edge-retina firmware bridge: reference client, wire protocol v1, revision 1.1 (docs/PROTOCOL.md).
  *
  * C99, POSIX sockets only, no allocation, no other dependency: meant to be copied into camera
  * firmware. One request at a time per connection: send a message, read its reply.
@@ -54,12 +54,23 @@ typedef struct {
  * capture and reuse them on a retry: the server never screens one twice. */
 typedef struct {
     const char *request_id;
-    const char *format;       /* "jpeg", "png" or "raw" */
+    const char *format;       /* "jpeg", "png" or "raw" (protocol 1.0 raw; see er_screen_raw for 1.1) */
     const char *eye;          /* "left", "right", "unknown" or NULL */
     const char *patient;      /* pseudonymous patient id or NULL */
     const char *captured_at;  /* ISO-8601 time or NULL */
     uint32_t raw_height, raw_width, raw_channels;  /* "raw" only: uint8 RGB (3) or grey (1) */
 } er_screen_meta;
+
+/* A raw camera frame (protocol 1.1): `height` rows of `stride` bytes (0: rows without padding), each
+ * starting with `width` pixels of `pixel_format`: "rgb8", "bgr8" (3 bytes a pixel), "gray8", or an 8-bit
+ * Bayer mosaic "bayer_rggb8", "bayer_bggr8", "bayer_grbg8", "bayer_gbrg8" (named by the top-left 2x2
+ * block, row by row). The server demosaics Bayer frames. The frame must fit the server's frame limit
+ * (HELLO "max_payload"). */
+typedef struct {
+    const void *pixels;
+    const char *pixel_format;
+    uint32_t width, height, stride;
+} er_raw_frame;
 
 /* CRC-32 (IEEE 802.3, zlib's crc32): er_crc32(0, "123456789", 9) == 0xCBF43926. */
 uint32_t er_crc32(uint32_t crc, const void *data, size_t len);
@@ -83,6 +94,10 @@ int er_status(er_client *c, char *reply, size_t reply_cap);
 int er_selftest(er_client *c, char *reply, size_t reply_cap);
 int er_screen(er_client *c, const er_screen_meta *meta, const void *image, size_t image_len,
               char *reply, size_t reply_cap);
+/* SCREEN a raw frame (needs a server whose HELLO says "minor_version" >= 1); meta->format and the
+ * raw_* fields are not used. Saves the JPEG encode on the camera and the decode on the server. */
+int er_screen_raw(er_client *c, const er_screen_meta *meta, const er_raw_frame *frame, char *reply,
+                  size_t reply_cap);
 
 /* Minimal lookups in a reply (no JSON parser): the first "key" anywhere in `json`. */
 int er_json_string(const char *json, const char *key, char *out, size_t out_cap);

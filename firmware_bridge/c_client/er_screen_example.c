@@ -1,8 +1,10 @@
 /*
  * Example camera-side program: screen one image through the edge-retina bridge.
  *
- *   er_screen_example (--tcp HOST:PORT | --unix PATH) IMAGE REQUEST_ID [left|right|unknown]
+ *   er_screen_example (--tcp HOST:PORT | --unix PATH) [--raw WIDTHxHEIGHT] IMAGE REQUEST_ID [left|right|unknown]
  *
+ * IMAGE is a JPEG or PNG file or, with --raw, a raw RGB8 frame (WIDTH*HEIGHT*3 bytes: rows of R,G,B
+ * bytes, no padding), sent as a protocol 1.1 raw frame.
  * Prints the server's HELLO and RESULT JSON (one line each) on stdout. Exit status: 0 screened,
  * 1 connection or protocol failure, 2 refused by the server (ERROR, printed on stderr), 64 usage.
  * BUSY is retried with the same request id, which the server screens at most once.
@@ -16,6 +18,7 @@
 #include <time.h>
 
 #define MAX_IMAGE (16u * 1024u * 1024u) /* the server's default frame limit */
+#define USAGE "usage: %s (--tcp HOST:PORT | --unix PATH) [--raw WIDTHxHEIGHT] IMAGE REQUEST_ID [EYE]\n"
 #define REPLY_CAP 16384
 
 static unsigned char image[MAX_IMAGE];
@@ -34,17 +37,37 @@ static void sleep_ms(long ms) {
 
 int main(int argc, char **argv) {
     if (argc < 5 || (strcmp(argv[1], "--tcp") != 0 && strcmp(argv[1], "--unix") != 0)) {
-        fprintf(stderr, "usage: %s (--tcp HOST:PORT | --unix PATH) IMAGE REQUEST_ID [EYE]\n", argv[0]);
+        fprintf(stderr, USAGE, argv[0]);
         return 64;
     }
-    FILE *f = fopen(argv[3], "rb");
-    if (!f) { perror(argv[3]); return 1; }
+    er_raw_frame frame = {0};
+    int arg = 3;
+    if (strcmp(argv[arg], "--raw") == 0) {
+        char x;
+        if (argc < 7 || sscanf(argv[arg + 1], "%u%c%u", &frame.width, &x, &frame.height) != 3 || x != 'x'
+            || frame.width == 0 || frame.height == 0) {
+            fprintf(stderr, USAGE, argv[0]);
+            return 64;
+        }
+        frame.pixel_format = "rgb8";
+        frame.pixels = image;
+        arg += 2;
+    }
+    const char *path = argv[arg], *request_id = argv[arg + 1], *eye = argc > arg + 2 ? argv[arg + 2] : "unknown";
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); return 1; }
     size_t len = fread(image, 1, sizeof image, f);
     int too_big = !feof(f);
     fclose(f);
-    const char *format = image_format(image, len);
+    const char *format = frame.pixels ? "raw" : image_format(image, len);
+    if (frame.pixels && (too_big || len != (size_t)frame.width * frame.height * 3u)) {
+        fprintf(stderr, "%s: a %ux%u RGB8 frame is %lu bytes, the file has %s%lu\n", path, frame.width,
+                frame.height, (unsigned long)frame.width * frame.height * 3ul, too_big ? "over " : "",
+                (unsigned long)len);
+        return 64;
+    }
     if (too_big || !format) {
-        fprintf(stderr, "%s: not a JPEG/PNG file under %u bytes\n", argv[3], MAX_IMAGE);
+        fprintf(stderr, "%s: not a JPEG/PNG file under %u bytes\n", path, MAX_IMAGE);
         return 64;
     }
 
@@ -68,11 +91,12 @@ int main(int argc, char **argv) {
     printf("%s\n", reply);
 
     er_screen_meta meta = {0};
-    meta.request_id = argv[4];
+    meta.request_id = request_id;
     meta.format = format;
-    meta.eye = argc > 5 ? argv[5] : "unknown";
+    meta.eye = eye;
     for (int attempt = 0; attempt < 100; attempt++) {
-        rc = er_screen(&client, &meta, image, len, reply, sizeof reply);
+        rc = frame.pixels ? er_screen_raw(&client, &meta, &frame, reply, sizeof reply)
+                          : er_screen(&client, &meta, image, len, reply, sizeof reply);
         if (rc != ER_ERR_BUSY) break;
         long wait_ms = 200;
         er_json_long(reply, "retry_after_ms", &wait_ms);
