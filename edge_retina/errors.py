@@ -27,6 +27,8 @@ class ImageError(EdgeRetinaError):
         "corrupt",          # the decoder failed or the data is truncated
         "too_large",        # above the documented pixel limit (decompression-bomb guard)
         "too_small",        # below the documented minimum side
+        "not_a_photograph", # a DICOM object that is not an ophthalmic photograph (modality, no pixels)
+        "missing_extra",    # reading this format needs an optional extra that is not installed
     )
 
     def __init__(self, code: str, message: str):
