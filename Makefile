@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[convert,openvino,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[convert,openvino,dev,archive,dicom]'
 	$(BIN)/python -c "import sys, torch; v = torch.__version__; sys.exit(None if v.startswith('2.13.0') else 'torch ' + v + ' got installed instead of 2.13.0')"
 	touch $(STAMP)
 

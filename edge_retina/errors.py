@@ -22,6 +22,8 @@ RESULT_ERROR_CODES = {
     "corrupt": "the decoder failed or warned (damaged or truncated data): never scored",
     "too_large": "above the pixel or file-size limit, checked before decoding",
     "too_small": "a side under the minimum",
+    "not_a_photograph": "a DICOM object that is not an ophthalmic photograph (modality, no pixel data)",
+    "missing_extra": "reading this format needs an optional extra that is not installed",
     "no_images": "a folder that holds no image files",
     "no_match": "a glob pattern that matched no files",
 }

@@ -42,6 +42,8 @@ class Result:
     timings_ms: dict[str, float] = field(default_factory=dict)  # decode, preprocess, inference, lookup, total
     error: str | None = None
     error_code: str | None = None
+    eye: str | None = None  # "right", "left" or "both", when the source says (DICOM laterality)
+    identifiers: dict[str, str] = field(default_factory=dict)  # patient/study/instance ids of a DICOM source
     embedding: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -74,6 +76,8 @@ class Result:
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "error": self.error,
             "error_code": self.error_code,
+            "eye": self.eye,
+            "identifiers": dict(self.identifiers),
         }
 
 
@@ -235,6 +239,8 @@ class Screener:
             ungradable_reason=prepared.quality.reason,
             timings_ms={k: v * 1e3 for k, v in prepared.timings.items()},
         )
+        if prepared.dicom is not None:
+            result.eye, result.identifiers = prepared.dicom.eye, dict(prepared.dicom.identifiers)
         if not prepared.quality.gradable:
             result.timings_ms["total"] = (time.perf_counter() - start) * 1e3
             return Staged(result, None, start)

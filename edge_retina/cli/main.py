@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "devices": ("edge_retina.cli.devices:devices_group", None),
     "bridge": ("firmware_bridge.cli:bridge", None),
     "bench": ("edge_retina.cli.bench:bench", None),
+    "archive": ("edge_retina.archive_screening.cli:archive", "archive"),
     "demo": ("converters.commands.demo:demo", "convert"),
     "convert": ("converters.commands.convert:convert", "convert"),
     "prompts": ("converters.commands.prompts:prompts", "convert"),
@@ -30,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
 
 # Modules whose absence means "the extra is not installed" rather than a bug.
 _EXTRA_MODULES = {"torch", "onnx", "onnxscript", "nncf", "openvino", "safetensors", "timm", "sklearn", "skimage",
-                  "modelopt", "transformers", "open_clip", "matplotlib", "tqdm"}
+                  "modelopt", "transformers", "open_clip", "matplotlib", "tqdm", "ray", "pyarrow"}
 
 
 class LazyGroup(click.Group):

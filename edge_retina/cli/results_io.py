@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+from edge_retina.preprocess.dicom import IDENTIFIERS
 from edge_retina.screener import Result
 
 STAGES = ("decode", "preprocess", "inference", "lookup", "total")
@@ -27,22 +28,32 @@ def csv_columns(conditions: tuple[str, ...]) -> list[str]:
         + [f"p_{c}" for c in conditions]
         + [f"refer_{c}" for c in conditions]
         + [f"{s}_ms" for s in STAGES]
-        + ["error_code", "error"]
+        + ["error_code", "error", "eye", *IDENTIFIERS]
     )
 
 
-def csv_row(result: Result, conditions: tuple[str, ...]) -> dict[str, Any]:
+def flat_row(result: Result, conditions: tuple[str, ...]) -> dict[str, Any]:
+    """One result as the ``csv_columns`` row, with typed values (None where there is none)."""
     d = result.to_dict()
     row: dict[str, Any] = {k: d[k] for k in ("source", "status", "gradable", "ungradable_reason", "refer")}
     for c in conditions:
-        p = d["probabilities"].get(c)
-        row[f"p_{c}"] = "" if p is None else f"{p:.6f}"
-        row[f"refer_{c}"] = d["referral"].get(c, "")
+        row[f"p_{c}"] = d["probabilities"].get(c)
+        row[f"refer_{c}"] = d["referral"].get(c)
     for s in STAGES:
-        t = d["timings_ms"].get(s)
-        row[f"{s}_ms"] = "" if t is None else f"{t:.3f}"
-    row["error_code"] = d["error_code"] or ""
-    row["error"] = d["error"] or ""
+        row[f"{s}_ms"] = d["timings_ms"].get(s)
+    row.update(error_code=d["error_code"], error=d["error"], eye=d["eye"])
+    row.update({k: d["identifiers"].get(k) for k in IDENTIFIERS})
+    return row
+
+
+def csv_row(result: Result, conditions: tuple[str, ...]) -> dict[str, Any]:
+    row = flat_row(result, conditions)
+    for c in conditions:
+        if row[f"p_{c}"] is not None:
+            row[f"p_{c}"] = f"{row[f'p_{c}']:.6f}"
+    for s in STAGES:
+        if row[f"{s}_ms"] is not None:
+            row[f"{s}_ms"] = f"{row[f'{s}_ms']:.3f}"
     return {k: ("" if v is None else v) for k, v in row.items()}
 
 

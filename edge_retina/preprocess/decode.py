@@ -50,6 +50,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from edge_retina.errors import ImageError
+from edge_retina.preprocess import dicom
 
 #: Largest accepted image, in pixels (width * height). 100 MP is above every fundus camera and
 #: phone sensor in use (the largest common sensors are ~50 MP), and decoding it needs ~300 MB.
@@ -61,7 +62,7 @@ MIN_SIDE = 64
 #: (300 MB, a BMP or TIFF), far above any camera JPEG or PNG.
 MAX_FILE_BYTES = 320 * 1024 * 1024
 #: File suffixes the CLI treats as images when it expands a folder (lower case).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp") + dicom.DICOM_EXTENSIONS
 
 #: Pillow format names we decode (through OpenCV). Anything else Pillow recognises is "unsupported".
 DECODABLE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
@@ -106,6 +107,7 @@ class DecodedImage:
     header: ImageHeader
     reduction: int  # 1 (full decode), 2, 4 or 8 (libjpeg DCT scaling)
     name: str  # how messages refer to the source (its path, or "<bytes>"/"<array>")
+    dicom: dicom.DicomAttributes | None = None  # eye and identifiers, for a DICOM source
 
 
 def describe_source(source: ImageSource) -> str:
@@ -172,6 +174,7 @@ def probe_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_side: 
     Raises ``ImageError`` for anything that is not a decodable image of acceptable size.
     """
     data, name = read_source(source)
+    data, _ = _unwrap_dicom(data, name, max_pixels, min_side)
     return _probe(data, name, max_pixels, min_side)
 
 
@@ -287,9 +290,10 @@ def decode_image(
     that many pixels (0: always decode at full size).
     """
     data, name = read_source(source)
+    data, attributes = _unwrap_dicom(data, name, max_pixels, min_side)
     header = _probe(data, name, max_pixels, min_side)
     if isinstance(data, np.ndarray):
-        return DecodedImage(_array_to_rgb(data, name, from_bgr=False), header, 1, name)
+        return DecodedImage(_array_to_rgb(data, name, from_bgr=False), header, 1, name, attributes)
     reduction = 1
     if header.format == "JPEG":
         _check_jpeg_complete(data, name)
@@ -300,7 +304,19 @@ def decode_image(
         _check_complete(data, header.format, name)
         pixels = _imdecode(data, name, cv2.IMREAD_UNCHANGED)
     rgb = _array_to_rgb(pixels, name, from_bgr=header.format != "JPEG")
-    return DecodedImage(_orient(rgb, header.orientation), header, reduction, name)
+    return DecodedImage(_orient(rgb, header.orientation), header, reduction, name, attributes)
+
+
+def _unwrap_dicom(
+    data: bytes | np.ndarray, name: str, max_pixels: int, min_side: int
+) -> tuple[bytes | np.ndarray, dicom.DicomAttributes | None]:
+    """The photograph inside a DICOM file (see preprocess/dicom.py), its size checked from the DICOM
+    header before any pixel is decoded; other sources pass through."""
+    if not dicom.is_dicom(data):
+        return data, None
+    photo = dicom.read_photo(data, name)
+    _check_size(ImageHeader("DICOM", photo.width, photo.height, photo.photometric), name, max_pixels, min_side)
+    return photo.pixels(), photo.attributes
 
 
 def _decode_jpeg(data: bytes, name: str, reduction: int) -> np.ndarray:

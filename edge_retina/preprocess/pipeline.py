@@ -21,6 +21,7 @@ from edge_retina.preprocess.decode import (
     ImageSource,
     decode_image,
 )
+from edge_retina.preprocess.dicom import DicomAttributes
 from edge_retina.preprocess.fov import (
     FieldOfView,
     crop_to_fov,
@@ -62,6 +63,7 @@ class PreparedImage:
     quality: quality_gate.Quality
     source_size: tuple[int, int]  # (width, height) of the original, as displayed
     timings: dict[str, float]  # seconds: {"decode": ..., "preprocess": ...}
+    dicom: DicomAttributes | None = None  # eye and identifiers, for a DICOM source
 
 
 class Preprocessor:
@@ -119,6 +121,7 @@ class Preprocessor:
             quality=quality,
             source_size=source_size,
             timings={"decode": decode_seconds, "preprocess": preprocess_seconds},
+            dicom=decoded.dicom,
         )
 
     def normalise(self, image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,111 @@
+"""Archive screening: sources, resumable Parquet results, the worker, and one run on a local Ray."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("ray")
+
+from edge_retina.archive_screening.results import read_results, write_part  # noqa: E402
+from edge_retina.archive_screening.run import pending_work  # noqa: E402
+from edge_retina.archive_screening.sources import expand_sources  # noqa: E402
+from edge_retina.archive_screening.worker import SKIPPED, ScreeningWorker  # noqa: E402
+from edge_retina.cli.main import cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, retina_rgb):
+    """Four distinct photos, a DICOM one and a file that is not an image."""
+    folder = tmp_path_factory.mktemp("archive") / "photos"
+    (folder / "clinic-b").mkdir(parents=True)
+    for i, side in enumerate((320, 400, 480)):
+        photo = cv2.resize(retina_rgb, (side, side), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"IMG_{i}.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "clinic-b" / "IMG_3.png"), cv2.cvtColor(retina_rgb[::4, ::4], cv2.COLOR_RGB2BGR))
+    pytest.importorskip("pydicom")
+    from dicom_support import jpeg_to_dicom
+
+    jpeg_to_dicom(folder / "IMG_0.jpg", folder / "clinic-b" / "IMG_4.dcm", laterality="L")
+    (folder / "clinic-b" / "notes.jpg").write_text("not a photo")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_bundle):
+    w = ScreeningWorker(tiny_bundle, backend="onnxruntime", threads=1)
+    yield w
+    w.close()
+
+
+def test_sources_folders_globs_lists_and_uris(photos, tmp_path):
+    (photos.parent / "paths.csv").write_text(f"path\nIMG_0.jpg\n{photos / 'IMG_1.jpg'}\n")
+    table = expand_sources([str(photos / "IMG_*.jpg"), str(photos.parent / "paths.csv"), f"file://{photos}/clinic-b",
+                            str(tmp_path / "missing")])
+    rows = table.to_pylist()
+    sources = [r["source"] for r in rows if r["problem"] is None]
+    assert len(sources) == len(set(sources)) == 3 + 1 + 3  # the list's two photos are the glob's: once
+    assert str(photos.parent / "IMG_0.jpg") in sources  # relative to the list (which names a missing file)
+    assert f"file://{photos}/clinic-b/IMG_4.dcm" in sources
+    assert [r["problem_code"] for r in rows if r["problem"]] == ["not_found"]
+
+
+def test_worker_screens_skips_done_and_reports_errors(worker, photos, tmp_path):
+    out = tmp_path / "results.parquet"
+    sources = expand_sources([str(photos), f"file://{photos}/IMG_1.jpg", str(photos / "gone.jpg")])
+    first = worker(pending_work(sources, out, worker.provenance["bundle_sha256"]))
+    assert first.schema == worker.schema and SKIPPED not in first.column("status").to_pylist()
+    by_name = {r["source"].rsplit("/", 1)[-1]: r for r in first.to_pylist()}
+    assert by_name["notes.jpg"]["error_code"] == "not_an_image" and by_name["notes.jpg"]["sha256"]
+    assert by_name["gone.jpg"]["error_code"] == "not_found" and by_name["gone.jpg"]["sha256"] is None
+    assert by_name["IMG_4.dcm"]["eye"] == "left" and by_name["IMG_4.dcm"]["patient_id"]
+    assert by_name["IMG_4.dcm"]["p_glaucoma"] == by_name["IMG_0.jpg"]["p_glaucoma"]  # the JPEG it wraps
+
+    # A run killed after writing part of its rows (and in the middle of writing another part):
+    write_part(out, first.slice(0, 3))
+    (out / ".part-123.parquet.partial").write_bytes(b"PAR1 half a part")
+    second = worker(pending_work(sources, out, worker.provenance["bundle_sha256"]))
+    statuses = second.column("status").to_pylist()
+    assert statuses.count(SKIPPED) == 3
+    write_part(out, second.filter(pa.compute.not_equal(second.column("status"), SKIPPED)))
+    rows = read_results(out).column("source").to_pylist()
+    assert sorted(rows) == sorted(first.column("source").to_pylist())  # every photo exactly once
+
+    # A replaced file (new content, same path) is screened again; a different bundle sees nothing done.
+    todo = pending_work(sources, out, "another-bundle")
+    assert not any(todo.column("done").to_pylist())
+
+
+def test_archive_screen_on_local_ray_then_rerun_then_summary(tiny_bundle, photos, tmp_path):
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False)
+    try:
+        out = tmp_path / "results.parquet"
+        args = ["archive", "screen", str(photos), str(photos / "missing.jpg"), "--bundle", str(tiny_bundle),
+                "--out", str(out), "--workers", "2", "--batch-size", "2", "--backend", "onnxruntime"]
+        run = CliRunner().invoke(cli, args)
+        assert run.exit_code == 0, run.output
+        table = read_results(out)
+        assert table.num_rows == 7 and len(set(table.column("source").to_pylist())) == 7
+        parts = sorted(p.name for p in out.iterdir())
+
+        rerun = CliRunner().invoke(cli, args)
+        assert rerun.exit_code == 0, rerun.output
+        assert "0 screened" in rerun.output and "7 already screened" in rerun.output
+        assert sorted(p.name for p in out.iterdir()) == parts  # nothing written
+
+        summary = CliRunner().invoke(cli, ["archive", "summary", str(out), "--json"])
+        assert summary.exit_code == 0, summary.output
+        (s,) = json.loads(summary.output)
+        assert s["photos"] == 7 and s["errors_by_code"] == {"not_an_image": 1, "not_found": 1}
+        assert s["gradable"] + s["ungradable"] == 5 and set(s["referral"]) == {
+            n[len("p_"):] for n in pq.read_schema(next(out.glob("part-*"))).names if n.startswith("p_")}
+        table_view = CliRunner().invoke(cli, ["archive", "summary", str(out)])
+        assert "not_found: 1" in table_view.output and max(map(len, table_view.output.splitlines())) <= 80
+    finally:
+        ray.shutdown()
