@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "devices": ("edge_retina.cli.devices:devices_group", None),
     "bridge": ("firmware_bridge.cli:bridge", None),
     "bench": ("edge_retina.cli.bench:bench", None),
+    "adapt": ("edge_retina.cli.adapt:adapt", None),
     "demo": ("converters.commands.demo:demo", "convert"),
     "convert": ("converters.commands.convert:convert", "convert"),
     "prompts": ("converters.commands.prompts:prompts", "convert"),
