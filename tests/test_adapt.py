@@ -42,14 +42,15 @@ def test_site_threshold_reaches_the_target_on_its_shots_and_brackets_itself():
 
 # -- heads ------------------------------------------------------------------------------------------
 
-def test_linear_probe_matches_scikit_learn_without_a_text_prior():
+@pytest.mark.parametrize("shots, dim", [(60, 8), (30, 50)])  # more shots than dimensions, and fewer
+def test_linear_probe_matches_scikit_learn_without_a_text_prior(shots, dim):
     """With u0 = 0 the probe is balanced L2 logistic regression: scikit-learn's, with C = 1 / (n rho)."""
     linear_model = pytest.importorskip("sklearn.linear_model")
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(60, 8))
-    y = (x[:, 0] + 0.5 * rng.normal(size=60) > 0.4).astype(int)
+    x = rng.normal(size=(shots, dim))
+    y = (x[:, 0] + 0.5 * rng.normal(size=shots) > 0.4).astype(int)
     rho = 0.05
-    u, b = fit_linear_probe(x, y, np.zeros(8), rho)
+    u, b = fit_linear_probe(x, y, np.zeros(dim), rho)
     reference = linear_model.LogisticRegression(C=1.0 / (len(y) * rho), class_weight="balanced", tol=1e-10,
                                                 max_iter=1000).fit(x, y)
     np.testing.assert_allclose(u, reference.coef_[0], atol=1e-5)
@@ -79,7 +80,7 @@ def test_auto_adapts_only_where_cross_validation_shows_a_gain():
     text_right = 10.0 * np.eye(6)[0]
     x, y = _shots(rng, 20, signal_axis=0)  # the text direction already separates the classes
     kept = choose_head(x, y, text_right, "auto")
-    assert kept.head == ZERO_SHOT and "does not beat zero-shot" in kept.reason
+    assert kept.head == ZERO_SHOT and kept.reason.startswith("zero-shot kept")
     np.testing.assert_allclose(kept.out_of_fold_logits, x @ text_right)
     x, y = _shots(rng, 20, signal_axis=3)  # the site's signal is elsewhere: a head must find it
     adapted = choose_head(x, y, text_right, "auto")
@@ -169,6 +170,18 @@ def test_adapted_bundle_verifies_screens_with_its_overlay_and_leaves_the_input_a
 def result_embedding(bundle, site_labels):
     with Screener.from_bundle(bundle, keep_embeddings=True) as screener:
         return screener.screen(site_labels.parent / "photo00.png").embedding
+
+
+def test_an_adaptation_needs_schema_version_2_and_names_real_conditions(adapted):
+    from edge_retina.bundle import Manifest, ManifestError
+
+    d = load_bundle(adapted.out).manifest.to_dict()
+    assert d["schema_version"] == 2 and d["adaptation"]["provenance"]["base_schema_version"] == 1
+    d["schema_version"] = 1
+    d["adaptation"]["conditions"]["glaukoma"] = d["adaptation"]["conditions"]["glaucoma"]
+    with pytest.raises(ManifestError) as caught:
+        Manifest.from_dict(d)
+    assert sorted(p.split(":")[0] for p in caught.value.problems) == ["adaptation", "adaptation.conditions.glaukoma"]
 
 
 def test_removing_restores_the_base_manifest_byte_for_byte(tiny_bundle, adapted, tmp_path):

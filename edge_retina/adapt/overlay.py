@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edge_retina.bundle import ARCHIVE_SUFFIX, Bundle, load_bundle, pack_bundle, write_bundle
-from edge_retina.bundle.manifest import AdaptationEntry, AdaptedCondition
+from edge_retina.bundle.manifest import ADAPTATION_SCHEMA_VERSION, AdaptationEntry, AdaptedCondition, Manifest
 from edge_retina.errors import BundleError
 from edge_retina.prompts import PromptTable
 
@@ -65,13 +65,25 @@ def write_overlay(base: Bundle, out: Path, adaptation: AdaptationEntry | None, h
         if head is None:
             raise ValueError("an adaptation needs its head file")
         files[adaptation.file] = head
-    draft = dataclasses.replace(manifest, adaptation=adaptation)
+    if adaptation is None:  # back to the base's own version (byte-for-byte the base manifest)
+        draft = dataclasses.replace(manifest, adaptation=None, schema_version=_base_schema_version(manifest))
+    else:
+        adaptation = dataclasses.replace(adaptation, provenance={
+            **adaptation.provenance, "base_schema_version": _base_schema_version(manifest)})
+        draft = dataclasses.replace(manifest, adaptation=adaptation, schema_version=ADAPTATION_SCHEMA_VERSION)
     if not out.name.endswith(ARCHIVE_SUFFIX):
         return write_bundle(out, draft, files)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".adapt-", dir=out.parent) as work:
         directory = write_bundle(Path(work) / "bundle", draft, files)
         return pack_bundle(directory, out)
+
+
+def _base_schema_version(manifest: Manifest) -> int:
+    if manifest.adaptation is None:
+        return manifest.schema_version
+    version = manifest.adaptation.provenance.get("base_schema_version")
+    return version if isinstance(version, int) else manifest.schema_version
 
 
 def remove_adaptation(bundle_path: str | Path, out: str | Path) -> Path:

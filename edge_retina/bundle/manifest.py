@@ -26,7 +26,10 @@ from edge_retina.preprocess.spec import InputSpec
 from edge_retina.prompts import ENSEMBLING_RULES as ENSEMBLING
 
 SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+# Version 2 is version 1 plus the optional ``adaptation`` section; only manifests that carry one
+# declare it, so a reader that predates site adaptation refuses exactly the bundles it would misread.
+ADAPTATION_SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (1, ADAPTATION_SCHEMA_VERSION)
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -547,6 +550,8 @@ def _parse(d: Any, *, source: str, pending_files: Collection[str] | None) -> Man
     )
     provenance = _parse_provenance(check, top.get("provenance", _MISSING))
     adaptation = _parse_adaptation(check, top.get("adaptation"), prompts)
+    if adaptation is not None and version != ADAPTATION_SCHEMA_VERSION:
+        check.add("adaptation", f"a site adaptation needs schema_version {ADAPTATION_SCHEMA_VERSION}, got {version!r}")
     if pending_files is None:
         files = _parse_files(check, top.get("files", _MISSING))
         listed = set(files)
