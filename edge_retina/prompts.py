@@ -7,9 +7,13 @@ prompt embeddings, and an image's scores are cosine similarities scaled by the m
 - ``class_probabilities``: softmax over the bundle's whole class set (normal included);
 - ``condition_probabilities``: for each condition, "condition vs normal", i.e. the softmax over the
   pair [condition, normal] = sigmoid(logit_condition - logit_normal). Referral thresholds apply to it.
+
+A site adaptation (``edge_retina.adapt``) may replace class embeddings and add a per-class bias to
+the logits (``with_head``); the scoring rule stays the same.
 """
 from __future__ import annotations
 
+import copy
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +93,22 @@ class PromptTable:
         self.class_embeddings = np.stack(
             [ensemble(self.prompt_embeddings[prompt_class_index == i], ensembling) for i in range(len(classes))]
         ).astype(np.float32)
+        self.class_bias = np.zeros(len(classes), dtype=np.float32)  # zero-shot: no bias
+
+    def with_head(self, class_embeddings: np.ndarray, class_bias: np.ndarray) -> "PromptTable":
+        """A copy that scores with these class embeddings (C, D) and logit biases (C,) instead."""
+        class_embeddings = np.asarray(class_embeddings, dtype=np.float32)
+        class_bias = np.asarray(class_bias, dtype=np.float32)
+        if class_embeddings.shape != self.class_embeddings.shape or class_bias.shape != self.class_bias.shape:
+            raise BundleError(
+                f"adapted head has shapes {class_embeddings.shape} and {class_bias.shape}, but the prompt table "
+                f"has {self.class_embeddings.shape} class embeddings: the head was made for another model"
+            )
+        if not (np.isfinite(class_embeddings).all() and np.isfinite(class_bias).all()):
+            raise BundleError("adapted head holds non-finite values")
+        adapted = copy.copy(self)
+        adapted.class_embeddings, adapted.class_bias = class_embeddings, class_bias
+        return adapted
 
     @property
     def embedding_dim(self) -> int:
@@ -124,7 +144,7 @@ class PromptTable:
                 f"engine output has dimension {emb.shape[1]} but the prompt table has {self.embedding_dim}: "
                 "engine and prompt table come from different models"
             )
-        logits = self.logit_scale * (l2_normalise(emb) @ self.class_embeddings.T)
+        logits = self.logit_scale * (l2_normalise(emb) @ self.class_embeddings.T) + self.class_bias
         shifted = logits - logits.max(axis=1, keepdims=True)
         class_probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
         normal = logits[:, self.classes.index(self.normal_class)]

@@ -20,6 +20,7 @@ import numpy as np
 
 import devices
 
+from .adapt.overlay import bundle_scoring
 from .backends import Runner, available_backends, create_runner
 from .bundle import Bundle, default_cache_dir, load_bundle
 from .errors import EdgeRetinaError, ImageError
@@ -134,7 +135,7 @@ class Screener:
         self.device_profile = device_profile
         self.prompt_table = prompt_table
         self.preprocessor = Preprocessor(bundle.manifest.input)
-        self.thresholds = {c.name: c.threshold for c in bundle.manifest.prompts.conditions}
+        self.thresholds = bundle.manifest.referral_thresholds  # a site adaptation's where it has one
         self.keep_embeddings = keep_embeddings
         self.conditions = self._choose_conditions(conditions)
 
@@ -187,14 +188,7 @@ class Screener:
             if not memory["within_budget"]:
                 logger.warning("after loading %s the process uses %.0f MiB, over the %s profile's budget of %d MiB",
                                engine.describe(), memory["rss_mib"], applied.name, applied.memory_budget_mib)
-        prompts = bundle.manifest.prompts
-        table = PromptTable.load(
-            bundle.path_of(prompts.file),
-            classes=[c.name for c in prompts.conditions],
-            normal_class=prompts.normal_class,
-            ensembling=prompts.ensembling,
-            logit_scale=bundle.manifest.logit_scale,
-        )
+        table, _ = bundle_scoring(bundle)  # with the bundle's site adaptation, if it has one
         return cls(bundle, runner, table, conditions=conditions, keep_embeddings=keep_embeddings,
                    device_profile=applied)
 

@@ -233,7 +233,7 @@ def test_manifest_validation_reports_every_problem_at_once():
     assert fields == ["engines[0].backend", "prompts.conditions[1].threshold", "provenance.tool"]
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", 1.0])
+@pytest.mark.parametrize("version", [3, 0, "1", 1.0])
 def test_unknown_schema_version_is_refused_clearly(version):
     d = full_manifest_dict()
     d["schema_version"] = version

@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from edge_retina.adapt.overlay import bundle_scoring
 from edge_retina.backends import Runner, create_runner
 from edge_retina.bench import metrics
 from edge_retina.bench.labels import LabelledImages
@@ -47,6 +48,7 @@ class ModelParity:
     delong: metrics.DeLongResult | None = None
     agreement: float | None = None  # refer / no-refer decisions equal to the reference's, all images
     retention: float | None = None  # (AUROC - 0.5) / (reference AUROC - 0.5); None at or below chance
+    threshold: float | None = None  # its referral threshold (a site-adapted model's differs from the reference's)
 
 
 @dataclass
@@ -87,7 +89,8 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         def model_dict(m: ModelParity) -> dict[str, Any]:
-            d: dict[str, Any] = {"auroc": m.auroc, "sensitivity": m.sensitivity, "specificity": m.specificity}
+            d: dict[str, Any] = {"auroc": m.auroc, "sensitivity": m.sensitivity, "specificity": m.specificity,
+                                 "threshold": m.threshold}
             if m.bootstrap is not None:
                 d.update(delta_auroc=m.bootstrap.delta, delta_ci95=[m.bootstrap.ci_low, m.bootstrap.ci_high],
                          bootstrap_replicates=m.bootstrap.replicates)
@@ -123,15 +126,19 @@ def compare_embeddings(
     replicates: int = 2000,
     seed: int = 0,
     skipped: Iterable[str] = (),
+    scoring: Mapping[str, tuple[PromptTable, Mapping[str, float | None]]] | None = None,
 ) -> ParityReport:
     """``embeddings`` maps model name -> (N, D), ``reference`` among them; labels are aligned with N.
 
-    Conditions the prompt table does not score, or without both classes, are left out.
+    ``scoring`` gives some models their own (prompt table, thresholds), e.g. a bundle's zero-shot
+    table beside its site-adapted one; the others use ``table`` and ``thresholds``. Conditions the
+    prompt table does not score, or without both classes, are left out.
     """
     if reference not in embeddings:
         raise ValueError(f"reference {reference!r} is not among the models {list(embeddings)}")
     models = [reference, *(name for name in embeddings if name != reference)]
-    scores = {name: table.score(embeddings[name]).condition_probabilities for name in models}
+    scoring = {name: (scoring or {}).get(name, (table, thresholds)) for name in models}
+    scores = {name: scoring[name][0].score(embeddings[name]).condition_probabilities for name in models}
     conditions = []
     for condition, y_all in labels.items():
         if condition not in table.conditions:
@@ -140,22 +147,23 @@ def compare_embeddings(
         y = y_all[labelled]
         if len(np.unique(y)) < 2:
             continue
-        threshold = thresholds.get(condition)
+        threshold = scoring[reference][1].get(condition)
         ref_all = scores[reference][condition]
         per_model, roc = {}, {}
         for name in models:
             s_all = scores[name][condition]
             s = s_all[labelled]
-            sens, spec = (metrics.sensitivity_specificity(y, s, threshold) if threshold is not None
+            own_threshold = scoring[name][1].get(condition)
+            sens, spec = (metrics.sensitivity_specificity(y, s, own_threshold) if own_threshold is not None
                           else (None, None))
-            entry = ModelParity(metrics.auroc(y, s), sens, spec)
+            entry = ModelParity(metrics.auroc(y, s), sens, spec, threshold=own_threshold)
             if name != reference:
                 entry.retention = metrics.retention(entry.auroc, per_model[reference].auroc)
                 entry.bootstrap = metrics.paired_bootstrap_delta(y, ref_all[labelled], s, replicates=replicates,
                                                                  seed=seed)
                 entry.delong = metrics.delong_test(y, ref_all[labelled], s)
-                if threshold is not None:
-                    entry.agreement = metrics.decision_agreement(ref_all, s_all, threshold)
+                if threshold is not None and own_threshold is not None:
+                    entry.agreement = float(np.mean((ref_all >= threshold) == (s_all >= own_threshold)))
             per_model[name] = entry
             roc[name] = metrics.roc_points(y, s)
         conditions.append(ConditionParity(condition, int((y == 1).sum()), int((y == 0).sum()), threshold,
@@ -189,10 +197,8 @@ def runner_embeddings(runner: Runner, tensors: np.ndarray, batch_size: int = 16)
 
 
 def bundle_prompt_table(bundle: Bundle) -> PromptTable:
-    prompts = bundle.manifest.prompts
-    return PromptTable.load(bundle.path_of(prompts.file), classes=[c.name for c in prompts.conditions],
-                            normal_class=prompts.normal_class, ensembling=prompts.ensembling,
-                            logit_scale=bundle.manifest.logit_scale)
+    """The prompt table the bundle screens with (its site adaptation's, when it has one)."""
+    return bundle_scoring(bundle)[0]
 
 
 def engine_embeddings(bundle: Bundle, tensors: np.ndarray, engines: Sequence[EngineEntry],
@@ -217,15 +223,20 @@ def bundle_parity(
     replicates: int = 2000,
     seed: int = 0,
     progress: ProgressCallback | None = None,
+    base: bool = False,
 ) -> ParityReport:
     """Parity of ``host_models`` and ``engines`` (default: all of the bundle's) on ``labelled`` images.
 
     ``reference`` is a host model, e.g. the PyTorch teacher; without it the reference is the
     bundle's preferred FP32 engine. ``host_models`` (e.g. the PyTorch student) come next in the
-    tables, then the engines.
+    tables, then the engines. With ``base`` (a site-adapted bundle only) the reference is the
+    bundle's preferred engine scored zero-shot with the bundle's own thresholds, and every engine
+    stands beside it site-adapted: base and adapted side by side.
     """
     bundle = load_bundle(Path(bundle_path))
     engines = list(engines if engines is not None else bundle.manifest.engines)
+    if base:
+        return _base_parity(bundle, labelled, engines, threads, replicates, seed, progress)
     tensors, kept, skipped = prepare_tensors(Preprocessor(bundle.manifest.input), labelled.paths, progress)
     kept_paths = [labelled.paths[i] for i in kept]
     embeddings = {}
@@ -239,9 +250,28 @@ def bundle_parity(
     for model in ([reference] if reference is not None else []) + list(host_models):
         embeddings[model[0]] = _host_model_embeddings(model, bundle.manifest.input, tensors, kept_paths)
     embeddings.update(engine_embeddings(bundle, tensors, engines, threads))
-    thresholds = {c.name: c.threshold for c in bundle.manifest.prompts.conditions}
-    return compare_embeddings(reference_name, embeddings, labelled.subset(kept).labels, bundle_prompt_table(bundle),
+    table, thresholds = bundle_scoring(bundle)
+    return compare_embeddings(reference_name, embeddings, labelled.subset(kept).labels, table,
                               thresholds, replicates=replicates, seed=seed, skipped=skipped)
+
+
+def _base_parity(bundle: Bundle, labelled: LabelledImages, engines: list[EngineEntry], threads: int | None,
+                 replicates: int, seed: int, progress: ProgressCallback | None) -> ParityReport:
+    if bundle.manifest.adaptation is None:
+        raise EdgeRetinaError(f"{bundle.source} has no site adaptation to compare with its base "
+                              "(`edge-retina adapt` makes one)")
+    tensors, kept, skipped = prepare_tensors(Preprocessor(bundle.manifest.input), labelled.paths, progress)
+    preferred = bundle.select_engine()
+    if all(e.describe() != preferred.describe() for e in engines):
+        engines.insert(0, preferred)
+    adapted = engine_embeddings(bundle, tensors, engines, threads)
+    reference = f"{preferred.describe()} zero-shot"
+    embeddings = {reference: adapted[preferred.describe()],
+                  **{f"{name} adapted": e for name, e in adapted.items()}}
+    table, thresholds = bundle_scoring(bundle)
+    return compare_embeddings(reference, embeddings, labelled.subset(kept).labels, table, thresholds,
+                              replicates=replicates, seed=seed, skipped=skipped,
+                              scoring={reference: bundle_scoring(bundle, adapted=False)})
 
 
 def _host_model_embeddings(model: HostModel, bundle_spec: InputSpec, tensors: np.ndarray,
@@ -279,7 +309,10 @@ def parity_tables(report: ParityReport) -> list[tuple[str, list[str], list[list[
     tables = []
     for c in report.conditions:
         threshold = "no threshold" if c.threshold is None else f"threshold {c.threshold:.3f}"
-        rows = [[name, f"{m.auroc:.4f}", format_delta(m) or "(reference)",
+        # Site-adapted models have thresholds of their own: name them in their rows.
+        own = any(m.threshold != c.threshold for m in c.models.values())
+        rows = [[name + (f" (threshold {m.threshold:.3f})" if own and m.threshold is not None else ""),
+                 f"{m.auroc:.4f}", format_delta(m) or "(reference)",
                  "" if name == report.reference else _ratio(m.retention), _percent(m.sensitivity),
                  _percent(m.specificity), _percent(m.agreement)] for name, m in c.models.items()]
         tables.append((f"{c.condition}: {c.n_pos} positives / {c.n_neg} negatives, {threshold}",

@@ -26,7 +26,10 @@ from edge_retina.preprocess.spec import InputSpec
 from edge_retina.prompts import ENSEMBLING_RULES as ENSEMBLING
 
 SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+# Version 2 is version 1 plus the optional ``adaptation`` section; only manifests that carry one
+# declare it, so a reader that predates site adaptation refuses exactly the bundles it would misread.
+ADAPTATION_SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (1, ADAPTATION_SCHEMA_VERSION)
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -148,6 +151,42 @@ class PromptsEntry:
 
 
 @dataclass(frozen=True)
+class AdaptedCondition:
+    """One condition of a site adaptation: the head its scores come from and its referral threshold.
+
+    ``head`` is "zero-shot" (the prompt table's class embedding) or the name of a few-shot head
+    (``edge_retina.adapt.heads``); ``threshold_source`` is "site" (recalibrated on the site's photos)
+    or "bundle" (too few positives: the bundle's own). ``report`` (free-form JSON) holds the counts,
+    the bootstrap CI and the cross-validation that chose the head.
+    """
+
+    head: str
+    threshold: float
+    threshold_source: str
+    report: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AdaptationEntry:
+    """The manifest's optional ``adaptation`` section: an overlay on the zero-shot prompt table.
+
+    ``file`` holds the adapted class embeddings and logit biases; the prompt table and the
+    conditions' own thresholds stay as the converter wrote them (the zero-shot baseline), so removing
+    the section restores the bundle exactly. ``provenance`` (free-form JSON): labels file hash,
+    engine, date, counts.
+    """
+
+    file: str
+    method: str
+    target_sensitivity: float
+    conditions: Mapping[str, AdaptedCondition]
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+
+ADAPTATION_THRESHOLD_SOURCES = ("site", "bundle")
+
+
+@dataclass(frozen=True)
 class Provenance:
     tool: str
     tool_version: str
@@ -177,9 +216,17 @@ class Manifest:
     provenance: Provenance
     files: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    adaptation: AdaptationEntry | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engines", tuple(self.engines))
+
+    @property
+    def referral_thresholds(self) -> dict[str, float | None]:
+        """The threshold in force per class: the site adaptation's where it has one, else the bundle's."""
+        adapted = self.adaptation.conditions if self.adaptation is not None else {}
+        return {c.name: adapted[c.name].threshold if c.name in adapted else c.threshold
+                for c in self.prompts.conditions}
 
     # -- reading ---------------------------------------------------------------------------------
     @classmethod
@@ -255,6 +302,9 @@ class Manifest:
                 "host": self.provenance.host,
             },
             "files": dict(self.files),
+            # Only when present: manifests without an adaptation keep the exact bytes (and signatures)
+            # they were written with.
+            **({} if self.adaptation is None else {"adaptation": _adaptation_to_dict(self.adaptation)}),
         }
 
     def canonical_bytes(self) -> bytes:
@@ -327,6 +377,20 @@ def _engine_to_dict(e: EngineEntry) -> dict[str, Any]:
         },
         "notes": dict(e.notes),
         "fallback": None if e.fallback is None else dict(e.fallback),
+    }
+
+
+def _adaptation_to_dict(a: AdaptationEntry) -> dict[str, Any]:
+    return {
+        "file": a.file,
+        "method": a.method,
+        "target_sensitivity": a.target_sensitivity,
+        "conditions": {
+            name: {"head": c.head, "threshold": c.threshold, "threshold_source": c.threshold_source,
+                   "report": dict(c.report)}
+            for name, c in a.conditions.items()
+        },
+        "provenance": dict(a.provenance),
     }
 
 
@@ -460,9 +524,9 @@ def _parse(d: Any, *, source: str, pending_files: Collection[str] | None) -> Man
     check = _Checker()
     sections = ("schema_version", "model", "input", "engines", "prompts", "logit_scale", "provenance")
     if pending_files is None:
-        top = check.fields(d, "", sections + ("files",))
+        top = check.fields(d, "", sections + ("files",), optional=("adaptation",))
     else:
-        top = check.fields(d, "", sections, optional=("files",))
+        top = check.fields(d, "", sections, optional=("files", "adaptation"))
     if top is None:
         raise ManifestError(source, check.problems)
 
@@ -485,6 +549,9 @@ def _parse(d: Any, *, source: str, pending_files: Collection[str] | None) -> Man
         top.get("logit_scale", _MISSING), "logit_scale", low=0.0, high=math.inf, low_inclusive=False
     )
     provenance = _parse_provenance(check, top.get("provenance", _MISSING))
+    adaptation = _parse_adaptation(check, top.get("adaptation"), prompts)
+    if adaptation is not None and version != ADAPTATION_SCHEMA_VERSION:
+        check.add("adaptation", f"a site adaptation needs schema_version {ADAPTATION_SCHEMA_VERSION}, got {version!r}")
     if pending_files is None:
         files = _parse_files(check, top.get("files", _MISSING))
         listed = set(files)
@@ -499,6 +566,8 @@ def _parse(d: Any, *, source: str, pending_files: Collection[str] | None) -> Man
                     check.add(f"engines[{i}].files[{j}]", f"{path!r} is not listed in files")
     if prompts is not None and prompts.file not in listed:
         check.add("prompts.file", f"{prompts.file!r} is not listed in files")
+    if adaptation is not None and adaptation.file not in listed:
+        check.add("adaptation.file", f"{adaptation.file!r} is not listed in files")
 
     if check.problems:
         raise ManifestError(source, check.problems)
@@ -511,6 +580,7 @@ def _parse(d: Any, *, source: str, pending_files: Collection[str] | None) -> Man
         logit_scale=logit_scale,
         provenance=provenance,
         files=files,
+        adaptation=adaptation,
     )
 
 
@@ -672,6 +742,42 @@ def _parse_prompts(check: _Checker, value: Any) -> PromptsEntry | None:
         normal_class=normal_class,
         ensembling=check.choice(d.get("ensembling", _MISSING), "prompts.ensembling", ENSEMBLING),
         file=file,
+    )
+
+
+def _parse_adaptation(check: _Checker, value: Any, prompts: PromptsEntry | None) -> AdaptationEntry | None:
+    if value is None:
+        return None
+    d = check.fields(value, "adaptation", ("file", "method", "target_sensitivity", "conditions", "provenance"))
+    if d is None:
+        return None
+    file = check.text(d.get("file", _MISSING), "adaptation.file")
+    if isinstance(file, str) and (problem := relpath_problem(file)):
+        check.add("adaptation.file", problem)
+    referable = {c.name for c in prompts.referable} if prompts is not None else set()
+    raw_conditions = check.json_object(d.get("conditions", _MISSING), "adaptation.conditions", nullable=False)
+    conditions = {}
+    for name, raw in (raw_conditions.items() if isinstance(raw_conditions, Mapping) else ()):
+        at = f"adaptation.conditions.{name}"
+        if prompts is not None and name not in referable:
+            check.add(at, f"{name!r} is not a referable condition of the prompt table")
+        c = check.fields(raw, at, ("head", "threshold", "threshold_source", "report"))
+        if c is None:
+            continue
+        conditions[name] = AdaptedCondition(
+            head=check.text(c.get("head", _MISSING), f"{at}.head"),
+            threshold=check.number(c.get("threshold", _MISSING), f"{at}.threshold", low=0.0, high=1.0),
+            threshold_source=check.choice(c.get("threshold_source", _MISSING), f"{at}.threshold_source",
+                                          ADAPTATION_THRESHOLD_SOURCES),
+            report=check.json_object(c.get("report", _MISSING), f"{at}.report", nullable=False),
+        )
+    return AdaptationEntry(
+        file=file,
+        method=check.text(d.get("method", _MISSING), "adaptation.method"),
+        target_sensitivity=check.number(d.get("target_sensitivity", _MISSING), "adaptation.target_sensitivity",
+                                        low=0.0, high=1.0, low_inclusive=False),
+        conditions=conditions,
+        provenance=check.json_object(d.get("provenance", _MISSING), "adaptation.provenance", nullable=False),
     )
 
 

@@ -170,8 +170,9 @@ def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int 
               help="Bundle directory or archive.")
 @click.option("--labels", "labels_csv", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Labels CSV: a 'file' column and one 0/1/blank column per condition (docs/LABELS.md).")
-@click.option("--reference", type=click.Choice(["teacher", "fp32"]), default="teacher", show_default=True,
-              help="teacher: the PyTorch FP32 teacher (host only); fp32: the bundle's own FP32 engine.")
+@click.option("--reference", type=click.Choice(["teacher", "fp32", "base"]), default="teacher", show_default=True,
+              help="teacher: the PyTorch FP32 teacher (host only); fp32: the bundle's own FP32 engine; base: a "
+                   "site-adapted bundle's preferred engine scored zero-shot, beside its engines adapted.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Teacher checkpoint for --reference teacher (default: the family's embedded weights).")
 @click.option("--student-checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -218,7 +219,8 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
             gate_baseline = student[0] if student is not None else None
         with console.status(f"parity on {len(labelled.paths)} images"):
             report = bundle_parity(bundle_path, labelled, reference=reference_model, host_models=host_models,
-                                   engines=engines, threads=threads, replicates=replicates, seed=seed)
+                                   engines=engines, threads=threads, replicates=replicates, seed=seed,
+                                   base=reference == "base")
     except EdgeRetinaError as exc:
         _fail(str(exc))
     for title, headers, rows in parity_tables(report):

@@ -81,8 +81,26 @@ def inspect(path: Path, as_json: bool) -> None:
     distillation = (model.get("student") or {}).get("distillation") or {}
     if isinstance(distillation.get("conditions"), dict):  # free-form JSON: shown only in the shape convert writes
         console.print(_distillation_table(distillation))
+    if manifest.adaptation is not None:
+        console.print(_adaptation_table(manifest.adaptation))
     prov = m["provenance"]
     console.print(f"built by {prov.get('tool')} {prov.get('tool_version')} on {prov.get('created')}: {prov.get('command')}")
+
+
+def _adaptation_table(adaptation) -> Table:
+    """The site adaptation overlay (edge-retina adapt): per condition, its head and threshold."""
+    from edge_retina.adapt.overlay import SUMMARY_HEADERS, adaptation_summary
+
+    made = adaptation.provenance
+    table = Table(title=f"site adaptation ({adaptation.method}, target sensitivity "
+                        f"{adaptation.target_sensitivity:.0%}; {made.get('photos_used')} photos of "
+                        f"{made.get('labels_file')} sha256 {str(made.get('labels_sha256'))[:12]}…, "
+                        f"{made.get('created')})")
+    for col in SUMMARY_HEADERS:
+        table.add_column(col, overflow="fold")
+    for row in adaptation_summary(adaptation.conditions):
+        table.add_row(*row)
+    return table
 
 
 def _distillation_table(report: dict) -> Table:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "bridge": ("firmware_bridge.cli:bridge", None),
     "bench": ("edge_retina.cli.bench:bench", None),
     "archive": ("edge_retina.archive_screening.cli:archive", "archive"),
+    "adapt": ("edge_retina.cli.adapt:adapt", None),
     "demo": ("converters.commands.demo:demo", "convert"),
     "convert": ("converters.commands.convert:convert", "convert"),
     "prompts": ("converters.commands.prompts:prompts", "convert"),

@@ -1,0 +1,259 @@
+"""Site adaptation, simulated with the shared datasets: K labelled photos per class, then the test split.
+
+    .venv/bin/python benchmarks/bench_adaptation.py --bundle artifacts/demo/default-bundle \
+        --json bench_adaptation.json
+
+For every task of the reference model's evaluation (converters/reference/evaluate.py, TASKS) the
+"site" is that task's collection: K positives and K negatives (K in --shots) are drawn from its
+train split, ``fit_site_adaptation`` (what ``edge-retina adapt`` runs) adapts the bundle to them,
+and the result is scored on the task's test split against the bundle's zero-shot scores and
+thresholds; --draws seeded draws per K. The same is done on the odir/ folder
+(converters.labelled_sets.unseen_site_labels), whose photos and patients the reference model
+never trained on: the leave-one-dataset-out case. The photos are embedded once by the bundle's
+preferred engine through the Screener (ungradable photos are left out, as on the device) and
+cached under artifacts/bench_adaptation/.
+
+Per task, K and method: test AUROC, sensitivity and specificity at the adapted thresholds,
+specificity at the target sensitivity (the test split's own threshold: the ROC curve at that
+point, whatever the threshold), and how often a head was kept. Last, ``adapt_bundle`` end to end
+(embedding included) on a 100-photo labels CSV, timed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from converters.labelled_sets import UNSEEN_SITE, unseen_site_labels  # noqa: E402
+from converters.reference.data import load_records  # noqa: E402
+from converters.reference.evaluate import TASKS  # noqa: E402
+from edge_retina.adapt import bundle_scoring, fit_site_adaptation  # noqa: E402
+from edge_retina.adapt.heads import ZERO_SHOT  # noqa: E402
+from edge_retina.adapt.site import adapt_bundle  # noqa: E402
+from edge_retina.adapt.thresholds import threshold_for_sensitivity  # noqa: E402
+from edge_retina.bench import metrics  # noqa: E402
+from edge_retina.bench.labels import LabelledImages, write_labels_csv  # noqa: E402
+from edge_retina.bench.machine import machine_info  # noqa: E402
+from edge_retina.screener import Screener  # noqa: E402
+
+DEFAULT_DATASETS = REPO.parent / "shared" / "datasets"
+METHODS = ("threshold", "auto", "head")
+
+
+def site_tasks(root: Path) -> list[dict]:
+    """Each task: name, condition, and (paths, 0/1 labels) of its train and test splits."""
+    records = load_records(root)
+    tasks = []
+    for task in TASKS:
+        splits = {}
+        for split in ("train", "test"):
+            chosen = [(r.path(root), 1) for r in records if r.split == split and task.is_positive(r)]
+            chosen += [(r.path(root), 0) for r in records if r.split == split and task.is_negative(r)]
+            splits[split] = ([p for p, _ in chosen], np.array([y for _, y in chosen]))
+        source = next(r.source for r in records if task.is_positive(r))
+        tasks.append({"name": f"{source} {task.condition}", "condition": task.condition, "unseen": False, **splits})
+    for condition in ("diabetic_retinopathy", "amd"):
+        splits = {}
+        for split in ("train", "test"):
+            labelled = unseen_site_labels(root, split)
+            y = labelled.labels[condition]
+            keep = ~np.isnan(y)
+            splits[split] = ([p for p, k in zip(labelled.paths, keep) if k], y[keep].astype(int))
+        tasks.append({"name": f"{UNSEEN_SITE} (unseen) {condition}", "condition": condition, "unseen": True,
+                      **splits})
+    return tasks
+
+
+def limit_pool(paths: list[Path], y: np.ndarray, per_class: int, seed: int) -> tuple[list[Path], np.ndarray]:
+    """At most ``per_class`` photos of each class, a fixed random choice (the draws come from it)."""
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in (0, 1)])
+    keep.sort()
+    return [paths[i] for i in keep], y[keep]
+
+
+def embed_all(bundle: Path, paths: list[Path], cache: Path) -> dict[str, np.ndarray]:
+    """Embedding per photo path (absent: ungradable or unreadable), cached per bundle manifest."""
+    stored: dict[str, np.ndarray] = {}
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as data:
+            stored = dict(zip(data["paths"].tolist(), data["embeddings"]))
+            stored_missing = set(data["left_out"].tolist())
+    else:
+        stored_missing = set()
+    todo = [p for p in dict.fromkeys(map(str, paths)) if p not in stored and p not in stored_missing]
+    if todo:
+        print(f"embedding {len(todo)} photos with {bundle} ...", file=sys.stderr)
+        with Screener.from_bundle(bundle, keep_embeddings=True) as screener:
+            for i, path in enumerate(todo, 1):
+                result = screener.screen(path)
+                if result.embedding is not None:
+                    stored[path] = result.embedding
+                else:
+                    stored_missing.add(path)
+                if i % 500 == 0:
+                    print(f"  {i}/{len(todo)}", file=sys.stderr)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, paths=np.array(list(stored)), embeddings=np.stack(list(stored.values())),
+                 left_out=np.array(sorted(stored_missing), dtype=str))
+    return stored
+
+
+def specificity_at_sensitivity(y: np.ndarray, scores: np.ndarray, target: float) -> float:
+    """Specificity at the highest threshold that refers ``target`` of the positives (the test split's own)."""
+    return float(np.mean(scores[y == 0] < threshold_for_sensitivity(scores[y == 1], target)))
+
+
+def evaluate(table, thresholds, condition, x, y, target) -> dict:
+    scores = table.score(x).condition_probabilities[condition]
+    sensitivity, specificity = metrics.sensitivity_specificity(y, scores, thresholds[condition])
+    return {"auroc": metrics.auroc(y, scores), "sensitivity": sensitivity, "specificity": specificity,
+            "specificity_at_target": specificity_at_sensitivity(y, scores, target)}
+
+
+def run_simulation(task: dict, embeddings: dict[str, np.ndarray], table, thresholds, shots: list[int], draws: int,
+                   methods: list[str], target: float) -> dict:
+    def arrays(split):
+        paths, y = task[split]
+        kept = [i for i, p in enumerate(paths) if str(p) in embeddings]
+        return np.stack([embeddings[str(paths[i])] for i in kept]), y[kept]
+
+    x_train, y_train = arrays("train")
+    x_test, y_test = arrays("test")
+    condition = task["condition"]
+    out = {"name": task["name"], "condition": condition, "unseen": task["unseen"],
+           "train_pool": [int((y_train == 1).sum()), int((y_train == 0).sum())],
+           "test": [int((y_test == 1).sum()), int((y_test == 0).sum())],
+           "zero_shot": evaluate(table, thresholds, condition, x_test, y_test, target), "runs": []}
+    for k in shots:
+        for draw in range(draws):
+            seed = int(hashlib.sha256(f"{task['name']}|{k}|{draw}".encode()).hexdigest()[:8], 16)
+            rng = np.random.default_rng(seed)
+            chosen = np.concatenate([rng.choice(np.flatnonzero(y_train == c), size=min(k, int((y_train == c).sum())),
+                                                replace=False) for c in (1, 0)])
+            for method in methods:
+                start = time.perf_counter()
+                adaptation = fit_site_adaptation(table, x_train[chosen], {condition: y_train[chosen].astype(float)},
+                                                 thresholds, method=method, target_sensitivity=target, seed=draw)
+                fit_seconds = time.perf_counter() - start
+                adapted = adaptation.conditions[condition]
+                result = evaluate(adaptation.table(table), adaptation.thresholds(thresholds), condition, x_test,
+                                  y_test, target)
+                out["runs"].append({"shots": k, "draw": draw, "method": method, "head": adapted.head,
+                                    "threshold_source": adapted.threshold_source, "threshold": adapted.threshold,
+                                    "fit_seconds": fit_seconds, **result})
+    return out
+
+
+def time_adapt(bundle: Path, task: dict, photos: int, repeats: int) -> dict:
+    """``adapt_bundle`` end to end (embedding included) on ``photos`` labelled photos of one task."""
+    paths, y = task["train"]
+    half = photos // 2
+    chosen = list(np.flatnonzero(y == 1)[:half]) + list(np.flatnonzero(y == 0)[:photos - half])
+    seconds = []
+    with tempfile.TemporaryDirectory() as work:
+        labels = write_labels_csv(LabelledImages([paths[i] for i in chosen],
+                                                 {task["condition"]: y[chosen].astype(float)}),
+                                  Path(work) / "site.csv")
+        for i in range(repeats):
+            start = time.perf_counter()
+            adapt_bundle(bundle, labels, Path(work) / f"adapted-{i}")
+            seconds.append(time.perf_counter() - start)
+    return {"task": task["name"], "photos": len(chosen), "seconds": seconds, "median_seconds": statistics.median(seconds)}
+
+
+def summary_rows(results: list[dict], methods: list[str]) -> list[str]:
+    """Markdown rows: per task and K, mean ± sd over draws of each method against zero-shot."""
+    def ms(values, scale=1.0, digits=3):
+        values = [v * scale for v in values]
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+    rows = ["| task | test n+ / n- | K | method | AUROC | ΔAUROC vs zero-shot | sens. at threshold | "
+            "spec. at threshold | spec. at target sens. | heads kept |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for task in results:
+        z = task["zero_shot"]
+        test = f"{task['test'][0]} / {task['test'][1]}"
+        rows.append(f"| {task['name']} | {test} | - | zero-shot, bundle threshold | {z['auroc']:.3f} | | "
+                    f"{z['sensitivity'] * 100:.1f} | {z['specificity'] * 100:.1f} | "
+                    f"{z['specificity_at_target'] * 100:.1f} | |")
+        for k in sorted({r["shots"] for r in task["runs"]}):
+            for method in methods:
+                runs = [r for r in task["runs"] if r["shots"] == k and r["method"] == method]
+                kept = sum(r["head"] != ZERO_SHOT for r in runs)
+                site = sum(r["threshold_source"] == "site" for r in runs)
+                note = "" if site == len(runs) else f" (bundle thr. in {len(runs) - site})"
+                rows.append(
+                    f"| {task['name']} | {test} | {k} | {method}{note} | {ms([r['auroc'] for r in runs])} | "
+                    f"{ms([r['auroc'] - z['auroc'] for r in runs], digits=3)} | "
+                    f"{ms([r['sensitivity'] for r in runs], 100, 1)} | {ms([r['specificity'] for r in runs], 100, 1)} | "
+                    f"{ms([r['specificity_at_target'] for r in runs], 100, 1)} | {kept}/{len(runs)} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser.add_argument("--shots", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--draws", type=int, default=10)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--target-sensitivity", type=float, default=0.9)
+    parser.add_argument("--pool", type=int, default=300, help="Train-split photos per class the draws come from.")
+    parser.add_argument("--adapt-photos", type=int, default=100, help="Photos of the end-to-end `adapt` timing "
+                        "(0: skip).")
+    parser.add_argument("--adapt-repeats", type=int, default=3)
+    parser.add_argument("--cache", type=Path, default=REPO / "artifacts" / "bench_adaptation")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    from edge_retina.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    table, thresholds = bundle_scoring(bundle, adapted=False)
+    tasks = []
+    for task in site_tasks(args.datasets):
+        if task["condition"] in table.conditions:
+            tasks.append(task)
+        else:
+            print(f"left out: {task['name']} (the bundle has no condition {task['condition']!r})", file=sys.stderr)
+    for task in tasks:
+        task["train"] = limit_pool(*task["train"], args.pool, seed=0)
+    all_paths = [p for t in tasks for split in ("train", "test") for p in t[split][0]]
+    manifest_sha = hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
+    embeddings = embed_all(args.bundle, all_paths, args.cache / f"embeddings-{manifest_sha}.npz")
+
+    results = []
+    for task in tasks:
+        print(f"adapting: {task['name']}", file=sys.stderr)
+        results.append(run_simulation(task, embeddings, table, thresholds, args.shots, args.draws, args.methods,
+                                      args.target_sensitivity))
+    timing = time_adapt(args.bundle, tasks[0], args.adapt_photos, args.adapt_repeats) if args.adapt_photos else None
+    model = bundle.manifest.model
+    report = {"bundle": str(args.bundle), "model": model.name,
+              "student": model.student.name if model.student else None, "manifest_sha256_16": manifest_sha,
+              "target_sensitivity": args.target_sensitivity, "draws": args.draws, "shots": args.shots,
+              "machine": machine_info(),
+              "python": platform.python_version(), "tasks": results, "adapt_end_to_end": timing}
+    print("\n".join(summary_rows(results, args.methods)))
+    if timing:
+        print(f"\nadapt end to end, {timing['photos']} photos ({timing['task']}): median "
+              f"{timing['median_seconds']:.1f} s of {[round(s, 1) for s in timing['seconds']]}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
