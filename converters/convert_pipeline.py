@@ -1,5 +1,5 @@
-"""One-shot conversion: encoder -> FP32 ONNX -> calibration -> engines per target (INT8 through the
-accuracy guard) -> thresholds -> parity report -> bundle.
+"""One-shot conversion: encoder -> FP32 ONNX -> calibration -> thresholds -> engines per target (INT8
+through the accuracy guard, at those thresholds) -> parity report -> bundle.
 
 Every step writes into ``<cache_dir>/<step>-<key>/``, where the key is a hash of the content of the
 step's inputs (the encoder's weights, the ONNX file's sha256, the calibration manifest's sha256,
@@ -36,7 +36,7 @@ from calibration.calibration_set import (
 )
 from calibration.reader import ArrayCalibrationReader
 from calibration.sources import list_candidates
-from converters.accuracy_guard import GuardLimits, guarded_build, layer_sensitivity
+from converters.accuracy_guard import GuardLimits, guard_set, guarded_build, layer_sensitivity
 from converters.bundle_builder import (
     BuiltEngine,
     BundleRecipe,
@@ -50,6 +50,7 @@ from converters.distill.report import compute_profile, distillation_summary
 from converters.export.onnx_fp32 import OPSET, export_onnx
 from converters.export.openvino_ir import onnx_to_openvino_ir
 from converters.parity import TEACHER_NAME, torch_embeddings
+from converters.prompt_tables import DEFAULT_THRESHOLD
 from converters.teachers import Teacher
 from converters.thresholds import DEFAULT_TARGET_SENSITIVITY, choose_thresholds
 from edge_retina.backends import create_runner
@@ -122,10 +123,13 @@ class ConvertSettings:
     calibration: Sequence[Path] = ()  # images, folders, CSVs, or one calibration-set folder
     calibration_size: int = 300
     seed: int = 0
-    validation: LabelledImages | None = None  # labelled: thresholds, ΔAUROC in the guard, parity
+    validation: LabelledImages | None = None  # labelled: thresholds, the guard, parity
+    # More labelled images for the accuracy guard alone (training photos are fine: it compares INT8 with
+    # its own FP32 model). The guard checks the validation set and these, less the calibration images.
+    guard_images: LabelledImages | None = None
     target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
     limits: GuardLimits = GuardLimits()
-    held_out_images: int = 64  # unlabelled guard images drawn from the calibration candidates not selected
+    held_out_images: int = 64  # without labelled images: guard images drawn from the candidates not calibrated on
     cache_dir: Path = field(default_factory=default_cache_dir)
     threads: int | None = None
     # With labels, OpenVINO INT8 runs NNCF's accuracy-aware search (it reverts layers to float until the
@@ -195,10 +199,11 @@ class TargetContext:
     fp32_onnx: Path
     role: str
     calibration: CalibrationSet | None
-    eval_tensors: np.ndarray  # held-out images the guard checks on
+    eval_tensors: np.ndarray  # the guard images (none of them calibrated on)
     fp32_embeddings: np.ndarray  # the FP32 ONNX's embeddings of eval_tensors
     table: PromptTable
     labels: dict[str, np.ndarray] | None
+    thresholds: dict[str, float]  # the bundle's referral thresholds: the guard's referral agreement
     limits: GuardLimits
     toolchain: dict[str, str]
     threads: int | None = None
@@ -299,7 +304,7 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
                 control = None
                 if context.labels and context.openvino_accuracy_control:
                     control = AccuracyControl(context.eval_tensors, _mean_auroc_metric(context.table, context.labels),
-                                              max_drop=context.limits.max_auroc_drop)
+                                              max_drop=context.limits.auroc_margin)
                 return prec, quantize_openvino(fp32_onnx, directory / "model.xml", calibration.tensors,
                                                ignored_nodes=excluded, accuracy_control=control)
             if prec == "fp16":
@@ -338,7 +343,8 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
         return [name for name, _ in layer_sensitivity(fp32_onnx, qdq, calibration.tensors[:SENSITIVITY_IMAGES])]
 
     result = guarded_build(build, embed, context.fp32_embeddings, sensitivity, table=context.table,
-                           labels=context.labels, limits=context.limits, requested=precision,
+                           thresholds=context.thresholds, labels=context.labels, limits=context.limits,
+                           requested=precision,
                            fallback_precisions=FALLBACK_PRECISIONS[backend], progress=context.progress)
     shipped_precision, shipped_files = result.artefact
     for directory in attempt_dirs:  # keep only what ships
@@ -391,7 +397,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
     spec = recipe.input_spec
     wants_int8 = any(t.precision == "int8" for t in settings.targets)
     guarded = any(t.precision != "fp32" for t in settings.targets)
-    steps = ["export", "prompts", "calibration", "reference", "engines", "thresholds", "parity", "bundle"]
+    steps = ["export", "prompts", "calibration", "reference", "thresholds", "engines", "parity", "bundle"]
     numbered = {name: f"[{i}/{len(steps)}] {name}" for i, name in enumerate(steps, 1)}
 
     def step(name: str):
@@ -444,13 +450,17 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
             report("calibration", hit, f"{calibration.size} images, {calibration.method}")
 
     with step("reference"):
-        if settings.validation is not None:
-            eval_paths, labels = settings.validation.paths, settings.validation.labels
+        labels = None
+        if settings.validation is not None or settings.guard_images is not None:
+            labelled, validated = guard_set(settings.validation, settings.guard_images, calibration)
+            eval_paths, labels = labelled.paths, labelled.labels
+            if settings.validation is None:  # no thresholds to choose; the parity report shows every image
+                validated = len(eval_paths)
         elif calibration is not None:
             eval_paths = held_out_sample(calibration.held_out, settings.held_out_images, settings.seed)
-            labels = None
+            validated = len(eval_paths)
         else:
-            eval_paths, labels = [], None
+            eval_paths, validated = [], 0
         if guarded and not eval_paths:
             raise ConvertError("reference", "the accuracy guard needs held-out images: give a labelled validation "
                                             "set, or more calibration candidates than the calibration size")
@@ -470,10 +480,25 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
             skipped = json.loads((reference_dir / "skipped.json").read_text())
             if labels is not None:
                 labels = {c: y[kept] for c, y in labels.items()}
-            report("reference", hit, f"{len(kept)} held-out images, {len(skipped)} unusable")
+            # The first ``validated`` images (the validation set) choose the thresholds and make the parity
+            # report; every image checks the engines.
+            validated = sum(i < validated for i in kept)
+            report("reference", hit, f"{len(kept)} guard images ({validated} for thresholds and parity), "
+                                    f"{len(skipped)} unusable")
         else:
             skipped = []
             report("reference", False, "skipped: no held-out images")
+
+    with step("thresholds"):
+        if settings.validation is not None and validated:
+            choices = choose_thresholds(table, fp32_embeddings[:validated],
+                                        {c: y[:validated] for c, y in labels.items()}, settings.target_sensitivity)
+            recipe = replace(recipe, thresholds={c: (ch.threshold, ch.source()) for c, ch in choices.items()})
+            report("thresholds", False, ", ".join(f"{c} {ch.threshold:.3f}" for c, ch in choices.items()))
+        else:
+            report("thresholds", False, "skipped: no labelled validation set")
+        referral_thresholds = {c.name: recipe.thresholds.get(c.name, (DEFAULT_THRESHOLD,))[0]
+                               for c in recipe.conditions if c.name != table.normal_class}
 
     engines: list[BuiltEngine] = []
     with step("engines"):
@@ -483,7 +508,7 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
                                           + ", ".join(f"{t.device_profile or t.describe()} allows ({t.max_input_side})"
                                                       for t in too_large))
         context = TargetContext(fp32_onnx, recipe.role, calibration, eval_tensors, fp32_embeddings, table, labels,
-                                settings.limits, toolchain_versions(), settings.threads,
+                                referral_thresholds, settings.limits, toolchain_versions(), settings.threads,
                                 lambda message: progress(f"    {message}"), settings.openvino_accuracy_control)
         for target in settings.targets:
             progress(f"    {target.describe()}")
@@ -491,7 +516,8 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
             if target.precision != "fp32":
                 parts += [FALLBACK_PRECISIONS[target.backend], calibration.manifest_sha256 if calibration else None,
                           hashlib.sha256(eval_tensors.tobytes()).hexdigest(),
-                          None if labels is None else {c: y.tolist() for c, y in labels.items()}]
+                          None if labels is None else {c: y.tolist() for c, y in labels.items()},
+                          referral_thresholds]
             if target.backend == "openvino" and target.precision == "int8":
                 parts.append({"accuracy_control": settings.openvino_accuracy_control})
 
@@ -512,29 +538,24 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
             progress(f"    {target.describe()}: {'cached' if hit else 'built'}{fell_back}")
         report("engines", False, ", ".join(e.entry.describe() for e in engines))
 
-    with step("thresholds"):
-        if labels:
-            choices = choose_thresholds(table, fp32_embeddings, labels, settings.target_sensitivity)
-            recipe = replace(recipe, thresholds={c: (ch.threshold, ch.source()) for c, ch in choices.items()})
-            report("thresholds", False, ", ".join(f"{c} {ch.threshold:.3f}" for c, ch in choices.items()))
-        else:
-            report("thresholds", False, "skipped: no labelled validation set")
-
     extra_files: dict[str, bytes] = {}
     with step("parity"):
         if eval_tensors is not None:
+            parity_tensors = eval_tensors[:validated]
+            parity_labels = {c: y[:validated] for c, y in (labels or {}).items()}
             embeddings = {}
             reference = fp32_name = FP32_REFERENCE
             if recipe.teacher is not None:  # a student: teacher, student and engines side by side
                 reference, fp32_name = TEACHER_NAME, STUDENT_FP32
-                embeddings[TEACHER_NAME] = _teacher_embeddings(recipe.teacher, [eval_paths[i] for i in kept], cache)
-            embeddings[fp32_name] = fp32_embeddings
+                embeddings[TEACHER_NAME] = _teacher_embeddings(recipe.teacher, [eval_paths[i] for i in kept[:validated]],
+                                                               cache)
+            embeddings[fp32_name] = fp32_embeddings[:validated]
             for engine in engines:
                 run_backend = "onnxruntime" if engine.entry.backend == "tensorrt" else engine.entry.backend
                 embeddings[engine.entry.describe()] = _embed(run_backend, engine.files[engine.entry.primary_file],
-                                                             engine.entry.precision, eval_tensors, settings.threads)
+                                                             engine.entry.precision, parity_tensors, settings.threads)
             thresholds = {c: t for c, (t, _) in recipe.thresholds.items()}
-            parity = compare_embeddings(reference, embeddings, labels or {}, table, thresholds,
+            parity = compare_embeddings(reference, embeddings, parity_labels, table, thresholds,
                                         seed=settings.seed, skipped=skipped)
             extra_files[PARITY_REPORT] = (json.dumps(parity.to_dict(), indent=2, default=float) + "\n").encode()
             worst = {name: float(np.min(values)) for name, values in parity.cosine.items()}

@@ -57,8 +57,9 @@ class DemoConfig:
 
 def demo_settings(datasets: Path | None) -> ConvertSettings:
     """INT8 (OpenVINO, ONNX Runtime) beside the FP32 engines when the labelled datasets are here:
-    calibrated on training-split images, guarded and thresholded on the validation splits (never the
-    test splits, which the parity table uses). Without data, FP32 engines only."""
+    calibrated on training-split images, thresholded on the validation splits, guarded on the training
+    and validation splits less the calibration images (never the test splits, which the parity table
+    uses). Without data, FP32 engines only."""
     fp32 = [EngineTarget("onnxruntime", "fp32"), EngineTarget("openvino", "fp32")]
     if datasets is None:
         return ConvertSettings(targets=fp32)
@@ -68,6 +69,7 @@ def demo_settings(datasets: Path | None) -> ConvertSettings:
         calibration=training_images(datasets, every=6),
         calibration_size=128,
         validation=validation,
+        guard_images=merge_labelled([shared_dataset_labels(datasets, d, split="train") for d in SHARED_DATASETS]),
         # NNCF's accuracy-aware search takes many minutes on this model; the demo relies on the
         # accuracy guard (which falls back when INT8 moves AUROC too far) to stay a few-minute job.
         openvino_accuracy_control=False,

@@ -36,12 +36,75 @@ def _table() -> PromptTable:
 def test_check_passes_identical_and_fails_noisy_embeddings():
     fp32 = _unit(RNG.normal(size=(40, DIM)))
     labels = {"dr": (fp32[:, 1] > fp32[:, 0]).astype(float)}
-    same = check_against_fp32(fp32, fp32.copy(), table=_table(), labels=labels)
-    assert same.passed and same.decision_agreement == 1.0 and same.delta_auroc == {"dr": 0.0}
-    noisy = check_against_fp32(fp32, fp32 + RNG.normal(scale=0.5, size=fp32.shape), table=_table(), labels=labels)
+    same = check_against_fp32(fp32, fp32.copy(), table=_table(), thresholds={"dr": 0.5}, labels=labels)
+    assert same.passed and same.conditions["dr"]["referral_agreement"] == 1.0
+    assert same.conditions["dr"]["delta_auroc"] == 0.0 and same.conditions["dr"]["delta_auroc_ci"] == [0.0, 0.0]
+    noisy = check_against_fp32(fp32, fp32 + RNG.normal(scale=0.5, size=fp32.shape), table=_table(),
+                               thresholds={"dr": 0.5}, labels=labels)
     assert not noisy.passed
-    assert any("mean cosine" in f for f in noisy.failures) and any("dr: |ΔAUROC|" in f for f in noisy.failures)
+    assert noisy.failures[0].startswith("mean cosine")
+    assert any(f.startswith("dr: referral agreement") for f in noisy.failures)
+    assert any(f.startswith("dr: ΔAUROC 95% CI lower end") for f in noisy.failures)
     assert noisy.to_dict()["passed"] is False
+
+
+def test_every_check_records_its_margin():
+    fp32 = _unit(RNG.normal(size=(200, DIM)))
+    candidate = _unit(fp32 + RNG.normal(scale=0.01, size=fp32.shape))
+    labels = {"dr": (fp32[:, 1] > fp32[:, 0]).astype(float)}
+    limits = GuardLimits()
+    record = check_against_fp32(fp32, candidate, table=_table(), thresholds={"dr": 0.5}, labels=labels,
+                                limits=limits).to_dict()
+    checks = {c["check"]: c for c in record["checks"]}
+    assert set(checks) == {"mean cosine", "p1 cosine", "dr: referral agreement", "dr: ΔAUROC 95% CI lower end"}
+    assert checks["mean cosine"]["value"] == pytest.approx(record["cosine"]["mean"], abs=1e-6)
+    assert checks["p1 cosine"]["limit"] == limits.min_p1_cosine
+    ci_low = record["conditions"]["dr"]["delta_auroc_ci"][0]
+    assert checks["dr: ΔAUROC 95% CI lower end"]["margin"] == pytest.approx(ci_low + limits.auroc_margin, abs=1e-6)
+    for check in checks.values():
+        assert check["margin"] == pytest.approx(check["value"] - check["limit"], abs=1e-6)
+        assert check["passed"] == (check["margin"] >= 0)
+
+
+def test_a_gain_in_auroc_is_never_a_failure():
+    """The candidate ranks every image perfectly, the FP32 model does not: ΔAUROC > 0 passes."""
+    y = np.array([1.0, 0.0] * 50)
+    fp32 = _unit(np.c_[np.ones(100), RNG.normal(size=(100, DIM - 1))])
+    better = fp32.copy()
+    better[:, 1] += np.where(y == 1, 2.0, -2.0)  # moves the DR score: positives up, negatives down
+    check = check_against_fp32(fp32, better, table=_table(), labels={"dr": y},
+                               limits=GuardLimits(min_mean_cosine=-1.0, min_p1_cosine=-1.0))
+    assert check.conditions["dr"]["delta_auroc"] > 0.1 and check.passed
+
+
+def test_one_swapped_pair_in_a_large_set_is_not_a_failure():
+    """What flipped the old |ΔAUROC| test on a small set: here it moves AUROC by 1 / (m n) and the CI knows."""
+    scores = np.linspace(-1, 1, 400)
+    y = (scores > 0).astype(float)
+    fp32 = _unit(np.c_[np.ones(400), scores, np.zeros((400, DIM - 2))])
+    swapped = fp32.copy()
+    swapped[[199, 200]] = swapped[[200, 199]]  # the nearest negative and positive trade places
+    threshold = float(_table().score(fp32).condition_probabilities["dr"][200])  # refers the positives
+    check = check_against_fp32(fp32, swapped, table=_table(), thresholds={"dr": threshold}, labels={"dr": y},
+                               limits=GuardLimits(min_mean_cosine=-1.0, min_p1_cosine=-1.0))
+    assert check.conditions["dr"]["delta_auroc"] < 0 and check.passed
+    assert check.conditions["dr"]["referral_agreement"] == pytest.approx(398 / 400)
+
+
+def test_guard_set_leaves_out_calibration_images_and_keeps_validation_first(tmp_path):
+    from types import SimpleNamespace
+
+    from converters.accuracy_guard import guard_set
+    from edge_retina.bench.labels import LabelledImages
+
+    paths = [tmp_path / f"{i}.jpg" for i in range(6)]
+    validation = LabelledImages(paths[:3], {"dr": np.array([1.0, 0.0, 1.0])})
+    training = LabelledImages(paths[2:], {"glaucoma": np.array([0.0, 1.0, 0.0, 1.0])})
+    calibration = SimpleNamespace(manifest={"files": [{"path": str(paths[1])}, {"path": str(paths[4])}]})
+    labelled, validated = guard_set(validation, training, calibration)
+    assert labelled.paths == [paths[0], paths[2], paths[3], paths[5]] and validated == 2
+    np.testing.assert_array_equal(labelled.labels["dr"], [1.0, 1.0, np.nan, np.nan])
+    np.testing.assert_array_equal(labelled.labels["glaucoma"], [np.nan, np.nan, 1.0, 1.0])  # validation rows win
 
 
 def _fake_build(quality: dict[tuple[str, int], float], fp32: np.ndarray):
@@ -72,6 +135,7 @@ def test_guard_excludes_the_most_sensitive_layers_first_and_records_it():
     record = result.fallback_record()
     assert record["requested"] == "int8" and record["shipped"] == "int8"
     assert record["excluded_nodes"] == ["conv_a", "conv_b"] and "mean cosine" in record["reason"]
+    assert record["attempts"][-1]["check"]["passed"] and record["attempts"][0]["check"]["checks"][0]["margin"] < 0
     assert [a["excluded_nodes"] for a in record["attempts"]] == [[], ["conv_a"], ["conv_a", "conv_b"]]
 
 

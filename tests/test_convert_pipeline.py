@@ -50,8 +50,10 @@ def image_sets(shared_datasets, tmp_path_factory) -> tuple[Path, LabelledImages]
 
 def _settings(image_sets, cache: Path, **overrides) -> ConvertSettings:
     calibration, validation = image_sets
+    # Each condition's threshold sits on one validation image's score, which any other kernel (OpenVINO's
+    # FP32 included) may move to either side: on 12 images that one image is 8 %, so allow it.
     options = dict(targets=TARGETS, calibration=[calibration], calibration_size=6, validation=validation,
-                   cache_dir=cache, threads=2)
+                   cache_dir=cache, threads=2, limits=GuardLimits(min_referral_agreement=0.9))
     return ConvertSettings(**(options | overrides))
 
 
@@ -65,7 +67,11 @@ def test_convert_builds_guarded_int8_with_thresholds_and_parity_then_resumes_fro
     for key in (("onnxruntime", "int8"), ("openvino", "int8"), ("tensorrt", "int8")):
         engine = engines[key]
         guard = engine.notes["accuracy_guard"]
-        assert guard["passed"] and guard["images"] == 12 and set(guard["delta_auroc"]) == {"cataract", "glaucoma"}
+        assert guard["passed"] and guard["images"] == 12 and {"cataract", "glaucoma"} <= set(guard["conditions"])
+        for condition in ("cataract", "glaucoma"):
+            assert guard["conditions"][condition]["referral_agreement"] >= 0.9
+            assert len(guard["conditions"][condition]["delta_auroc_ci"]) == 2
+        assert all(check["margin"] >= 0 for check in guard["checks"])
         if engine.precision == "int8":
             assert engine.calibration.size == 6 and engine.calibration.method == "kcenter-embeddings"
     thresholds = {c.name: c for c in manifest.prompts.conditions}
@@ -105,6 +111,21 @@ def test_a_failing_step_is_named_and_a_rerun_resumes_after_it(image_sets, tmp_pa
     assert engine.backend == "onnxruntime" and engine.notes["accuracy_guard"]["images"] > 0
 
 
+def test_guard_images_add_to_the_guard_but_not_to_thresholds_or_parity(image_sets, shared_datasets, tmp_path):
+    """Training photos join the guard; the ones calibrated on (here: all 12 candidates are offered) stay out."""
+    calibration_csv, validation = image_sets
+    candidates = read_labels_csv(write_csv([{"file": r["file"], "glaucoma": "1" if r["label"] == "glaucoma" else "0"}
+                                            for r in eye4class_rows(shared_datasets, 6)[:12]],
+                                           tmp_path / "guard.csv"))
+    settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "int8")],
+                         guard_images=candidates)
+    bundle_dir = convert(_recipe(), tmp_path / "bundle", settings)
+    guard = load_bundle(bundle_dir).manifest.engines[0].notes["accuracy_guard"]
+    assert guard["images"] == 12 + 12 - 6  # validation + candidates - the 6 calibrated on
+    parity = json.loads((bundle_dir / "reports" / "parity.json").read_text())
+    assert parity["images"] == 12
+
+
 def test_int8_without_calibration_images_fails_at_the_calibration_step(tmp_path):
     settings = ConvertSettings(targets=[EngineTarget("openvino", "int8")], cache_dir=tmp_path / "cache")
     with pytest.raises(ConvertError, match="step 'calibration'.*--calibration"):
@@ -113,7 +134,7 @@ def test_int8_without_calibration_images_fails_at_the_calibration_step(tmp_path)
 
 def test_guard_limits_that_int8_cannot_meet_ship_fp32_and_say_so(image_sets, tmp_path):
     settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "int8")],
-                         limits=GuardLimits(min_mean_cosine=1.0 - 1e-9))
+                         limits=GuardLimits(min_referral_agreement=0.9, min_mean_cosine=1.0 - 1e-9))
     engine = load_bundle(convert(_recipe(), tmp_path / "bundle", settings)).manifest.engines[0]
     assert engine.precision == "fp32" and engine.calibration is None
     assert engine.fallback["requested"] == "int8" and engine.fallback["shipped"] == "fp32"
@@ -131,7 +152,7 @@ def test_fp16_target_is_guarded_too(image_sets, tmp_path):
     settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "fp16")])
     engine = load_bundle(convert(_recipe(), tmp_path / "bundle", settings)).manifest.engines[0]
     assert engine.precision == "fp16" and engine.fallback is None
-    assert engine.notes["accuracy_guard"]["passed"] and engine.notes["accuracy_guard"]["mean_cosine"] > 0.999
+    assert engine.notes["accuracy_guard"]["passed"] and engine.notes["accuracy_guard"]["cosine"]["mean"] > 0.999
 
 
 def test_cli_refuses_an_unknown_int8_backend(tmp_path):

@@ -8,12 +8,13 @@ def test_without_datasets_the_default_bundle_is_fp32_only():
     assert {t.precision for t in settings.targets} == {"fp32"} and settings.validation is None
 
 
-def test_calibration_and_thresholds_never_see_test_images(shared_datasets):
+def test_calibration_thresholds_and_the_guard_never_see_test_images(shared_datasets):
     settings = demo_settings(shared_datasets)
     assert {(t.backend, t.precision) for t in settings.targets} >= {("openvino", "int8"), ("onnxruntime", "int8")}
     split_of = {r.path(shared_datasets): r.split for r in load_records(shared_datasets)}
     assert {split_of[p] for p in settings.calibration} == {"train"}
     assert {split_of[p] for p in settings.validation.paths} == {"val"}
+    assert {split_of[p] for p in settings.guard_images.paths} == {"train"}  # the guard adds them to "val"
     assert {"diabetic_retinopathy", "glaucoma", "cataract", "macular_oedema", "amd", "pathological_myopia",
             "hypertensive_retinopathy"} <= set(settings.validation.labels)
 

@@ -46,12 +46,21 @@ def _comma_list(text: str) -> list[str]:
                    "'edge-retina calibrate'. Repeatable.")
 @click.option("--calibration-size", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--validation", "validation_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Labels CSV (docs/LABELS.md): the guard's ΔAUROC, thresholds and the parity report.")
+              default=None, help="Labels CSV (docs/LABELS.md): thresholds, the accuracy guard and the parity report.")
+@click.option("--guard-images", "guard_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None,
+              help="Labels CSV of more images for the accuracy guard alone, e.g. the training split: it compares "
+                   "INT8 with its own FP32 model, so any labelled image it was not calibrated on helps.")
 @click.option("--target-sensitivity", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.90,
               show_default=True, help="Each condition's referral threshold is chosen for this sensitivity.")
-@click.option("--max-auroc-drop", type=float, default=0.005, show_default=True, help="Accuracy guard: max |ΔAUROC|.")
+@click.option("--auroc-margin", type=click.FloatRange(min=0.0), default=0.005, show_default=True,
+              help="Accuracy guard: non-inferiority margin; the lower end of the 95 % CI of ΔAUROC must be >= -this.")
+@click.option("--min-referral-agreement", type=click.FloatRange(0.0, 1.0), default=0.99, show_default=True,
+              help="Accuracy guard: minimum share of images referred alike by INT8 and FP32, per condition.")
 @click.option("--min-cosine", type=float, default=0.99, show_default=True,
               help="Accuracy guard: minimum mean embedding cosine to the FP32 model.")
+@click.option("--min-p1-cosine", type=float, default=0.98, show_default=True,
+              help="Accuracy guard: minimum 1st percentile of the embedding cosine to the FP32 model.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads while converting.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
@@ -62,7 +71,8 @@ def _comma_list(text: str) -> list[str]:
 def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_weights: Path | None, out: Path,
             backends: str, int8_backends: str, device_profiles: str, fp16_backends: str,
             calibration_sources: tuple[Path, ...], calibration_size: int, validation_csv: Path | None,
-            target_sensitivity: float, max_auroc_drop: float, min_cosine: float, seed: int, threads: int | None,
+            guard_csv: Path | None, target_sensitivity: float, auroc_margin: float, min_referral_agreement: float,
+            min_cosine: float, min_p1_cosine: float, seed: int, threads: int | None,
             cache_dir: Path | None, archive: Path | None, teacher_options: tuple[str, ...]) -> None:
     """Teacher checkpoint (or its distilled student) -> bundle: FP32 and INT8 engines, thresholds, parity
     report, prompt table."""
@@ -94,7 +104,8 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_wei
     settings = ConvertSettings(
         targets=targets, calibration=calibration_sources, calibration_size=calibration_size, seed=seed,
         validation=read_labels_csv(validation_csv) if validation_csv else None,
-        target_sensitivity=target_sensitivity, limits=GuardLimits(max_auroc_drop, min_cosine),
+        guard_images=read_labels_csv(guard_csv) if guard_csv else None, target_sensitivity=target_sensitivity,
+        limits=GuardLimits(auroc_margin, min_referral_agreement, min_cosine, min_p1_cosine),
         cache_dir=cache_dir or default_cache_dir(), threads=threads,
     )
     teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))
