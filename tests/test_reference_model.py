@@ -16,7 +16,7 @@ from converters.reference.captions import (  # noqa: E402
     keyword_findings,
     keyword_texts,
 )
-from converters.reference.evaluate import TASKS, zero_shot_auroc  # noqa: E402
+from converters.reference.evaluate import zero_shot_auroc  # noqa: E402
 from converters.reference.model import (  # noqa: E402
     EMBED_DIM,
     REFERENCE_INPUT_SPEC,
@@ -198,12 +198,12 @@ def test_zero_shot_scoring_ranks_matching_embeddings_first(model):
     class_emb = torch.from_numpy(prompt_table(model.text_model, model.logit_scale.detach(), conditions).class_embeddings)
     by_name = {c.name: k for k, c in enumerate(conditions)}
     records, rows = [], []
-    tasks = [t for t in TASKS if (t.condition, t.dataset) in {("cataract", "odir"), ("macular_oedema", "heimed")}]
-    for task in tasks:
-        positive = FindingClass.CATARACT if task.condition == "cataract" else FindingClass.EXUDATES
-        for finding, name in ((positive, task.condition), (FindingClass.NORMAL, "normal")):
+    for dataset, source, positive in (("eye4class", "odir", FindingClass.CATARACT),
+                                      ("heimed", "heimed", FindingClass.EXUDATES)):
+        condition = "cataract" if positive == FindingClass.CATARACT else "macular_oedema"
+        for finding, name in ((positive, condition), (FindingClass.NORMAL, "normal")):
             for i in range(3):
-                records.append(Record(task.dataset, task.dataset, f"{finding.value}{i}", (finding.value,), "test", "g"))
+                records.append(Record(dataset, source, f"{finding.value}{i}", (finding.value,), "test", "g"))
                 rows.append(class_emb[by_name[name]])
     result = zero_shot_auroc(torch.stack(rows), records, model.text_model, model.logit_scale.detach(), conditions)
     scored = {r["condition"]: r for r in result if r["auroc"] is not None}

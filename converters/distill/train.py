@@ -62,7 +62,7 @@ class DistillConfig:
     arch: str = DEFAULT_ARCH
     size: int = DEFAULT_SIZE
     frozen_blocks: int = DEFAULT_FROZEN_BLOCKS  # ImageNet stages kept frozen (EfficientNet-Lite students)
-    epochs: int = 12
+    epochs: int = 6
     views: int = 2  # per photo: the clean photo + 1 augmented view, each embedded once by the teacher
     batch_size: int = 64
     lr: float = 2e-3
