@@ -108,7 +108,7 @@ class ResultStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         # 64 KiB pages (for a new store; an existing one keeps its own): an image is journalled and
         # dropped as a chain of overflow pages, and 16x fewer of them made a 9 MB raw frame's journal
-        # and drop 2-3x faster, a 1.3 MB JPEG's ~1.5x, rows without an image no slower (BENCHMARKS.md
+        # and drop 2-3x faster, a 1.3 MB JPEG's 1.3-2.5x, rows without an image no slower (BENCHMARKS.md
         # "Throughput"). It must be set before WAL mode, which fixes the page size.
         self._db.execute("PRAGMA page_size=65536")
         self._db.execute("PRAGMA journal_mode=WAL")
