@@ -140,3 +140,12 @@ def test_hot_folder_screens_dicom_captures(screener, retina_jpeg, tmp_path):
     assert HotFolder(screener, store, folder, settle_seconds=0).scan_once() == [sidecar_path(dcm)]
     result = json.loads(sidecar_path(dcm).read_text())["result"]
     assert result["eye"] == "left" and result["identifiers"]["patient_id"] == PATIENT_ID
+
+
+def test_bench_latency_times_a_dicom_photo(tiny_bundle, retina_jpeg, tmp_path):
+    dcm = jpeg_to_dicom(retina_jpeg, tmp_path / "photo.dcm")
+    run = CliRunner().invoke(cli, ["bench", "latency", "--bundle", str(tiny_bundle), "--images", str(dcm),
+                                   "--backend", "onnxruntime", "--iterations", "1", "--streams", "1",
+                                   "--cold-runs", "0", "--json"], catch_exceptions=False)
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["pipelines"]["onnxruntime/fp32/teacher"]["stages_ms"]["decode"]["n"] >= 1

@@ -30,6 +30,8 @@ LOCAL_OBJECT_STORE_BYTES = 200 * 2**20
 #: much work is repeated after a kill, and an archive of millions of photos stays at thousands of parts.
 FLUSH_ROWS = 1000
 FLUSH_SECONDS = 15.0
+#: Ray tracks every block as an object: past this many, blocks hold several batches each.
+MAX_BLOCKS = 10_000
 
 
 @dataclass
@@ -111,7 +113,8 @@ def screen_archive(
         pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         progress.workers = pool
         out.mkdir(parents=True, exist_ok=True)
-        dataset = ray.data.from_arrow(todo, override_num_blocks=math.ceil(todo.num_rows / batch_size)).map_batches(
+        blocks = min(MAX_BLOCKS, math.ceil(todo.num_rows / batch_size))
+        dataset = ray.data.from_arrow(todo, override_num_blocks=blocks).map_batches(
             ScreeningWorker, fn_constructor_args=(str(bundle),),
             fn_constructor_kwargs={"backend": backend, "precision": precision, "threads": threads},
             batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool),
