@@ -64,6 +64,10 @@ def connect(address: str | None, cpus: int) -> bool:
     """Join the cluster at ``address``, or start a local Ray with ``cpus`` CPUs. True if we started it."""
     import ray
 
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours shows photos/s and an ETA
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return False
     if address:
@@ -74,9 +78,6 @@ def connect(address: str | None, cpus: int) -> bool:
         # 3 instead of 65 photos/s per worker under load). Clusters set RAY_worker_niceness themselves.
         ray.init(num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
                  logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # ours shows photos/s and an ETA
-    context.print_on_execution_start = False
     return True
 
 
@@ -103,7 +104,9 @@ def screen_archive(
     import ray
 
     bundle = Path(bundle).resolve()  # actors do not share the driver's working directory
-    todo = pending_work(sources, out, bundle_sha256(load_bundle(bundle)))  # verifies the bundle here first
+    opened = load_bundle(bundle)  # verified here first: a bad bundle or engine choice is one clear error
+    opened.select_engine(backend=backend, precision=precision)
+    todo = pending_work(sources, out, bundle_sha256(opened))
     progress = ArchiveProgress(total=todo.num_rows)
     if todo.num_rows == 0:
         return progress
