@@ -149,7 +149,8 @@ def probe_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_side: 
     Raises ``ImageError`` for anything that is not a decodable image of acceptable size.
     """
     data, name = read_source(source)
-    data, _ = _unwrap_dicom(data, name, max_pixels, min_side)
+    if dicom.is_dicom(data):
+        return _dicom_header(dicom.read_photo(data, name), name, max_pixels, min_side)
     return _probe(data, name, max_pixels, min_side)
 
 
@@ -290,8 +291,14 @@ def _unwrap_dicom(
     if not dicom.is_dicom(data):
         return data, None
     photo = dicom.read_photo(data, name)
-    _check_size(ImageHeader("DICOM", photo.width, photo.height, photo.photometric), name, max_pixels, min_side)
+    _dicom_header(photo, name, max_pixels, min_side)
     return photo.pixels(), photo.attributes
+
+
+def _dicom_header(photo: dicom.DicomPhoto, name: str, max_pixels: int, min_side: int) -> ImageHeader:
+    header = ImageHeader("DICOM", photo.width, photo.height, photo.photometric)
+    _check_size(header, name, max_pixels, min_side)
+    return header
 
 
 def _jpeg_flags(reduction: int) -> int:
