@@ -18,12 +18,15 @@ is also reported). Then:
 - **re-run** of a finished archive run: photos screened again (must be 0), parts unchanged;
 - **kill -9** of ``archive screen`` once its first part is written, then a re-run: every photo must
   have exactly one row, and the Ray processes the killed run left behind are counted;
+- **stages**: median ms per photo of reading + hashing the file and of Screener's stages, one
+  thread (where a worker's time goes);
 - **DICOM vs JPEG**: shared JPEGs wrapped unchanged in DICOM OP objects, screened both ways by one
   Screener: probabilities compared at full float precision.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -176,6 +179,22 @@ def dicom_vs_jpeg(datasets: Path, bundle: Path, work: Path, count: int) -> dict:
     return {"photos": len(jpegs), "identical_probabilities": identical, "max_abs_difference": worst}
 
 
+def stages(folder: Path, bundle: Path, count: int) -> dict:
+    """Where a worker's time goes, per photo: reading and hashing the file, then Screener's stages."""
+    photos = sorted(folder.iterdir())[:count]
+    read_ms, timings = [], []
+    with Screener.from_bundle(bundle, backend="onnxruntime", threads=1) as screener:
+        for photo in photos:
+            start = time.perf_counter()
+            data = photo.read_bytes()
+            hashlib.sha256(data).hexdigest()
+            read_ms.append((time.perf_counter() - start) * 1e3)
+            timings.append(screener.screen(data, name=str(photo)).timings_ms)
+    medians = {stage: round(statistics.median(t[stage] for t in timings if stage in t), 3)
+               for stage in ("decode", "preprocess", "inference", "lookup", "total")}
+    return {"photos": len(photos), "read_and_sha256_ms": round(statistics.median(read_ms), 3), **medians}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, required=True)
@@ -183,7 +202,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=2400)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dicom-photos", type=int, default=60)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "rerun", "kill", "dicom"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["stages", "throughput", "rerun", "kill", "dicom"])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     bundle = args.bundle.resolve()
@@ -195,6 +214,9 @@ def main() -> None:
         if "dicom" not in args.skip:
             report["dicom_vs_jpeg"] = dicom_vs_jpeg(args.datasets, bundle, work, args.dicom_photos)
             print("dicom vs jpeg:", report["dicom_vs_jpeg"], flush=True)
+        if "stages" not in args.skip:
+            report["stages_ms"] = stages(folder, bundle, min(args.photos, 300))
+            print("median ms per photo, 1 worker:", report["stages_ms"], flush=True)
         if "throughput" not in args.skip:
             report["throughput"] = throughput(folder, bundle, work, args.rounds, args.photos)
         if "rerun" not in args.skip:

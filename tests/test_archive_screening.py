@@ -83,18 +83,20 @@ def test_worker_screens_skips_done_and_reports_errors(worker, photos, tmp_path):
 def test_archive_screen_on_local_ray_then_rerun_then_summary(tiny_bundle, photos, tmp_path):
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False)
+    from edge_retina.archive_screening.run import connect
+
+    assert connect(None, 2)  # the command's own local Ray: 2 CPUs, a 200 MiB object store
     try:
         out = tmp_path / "results.parquet"
         args = ["archive", "screen", str(photos), str(photos / "missing.jpg"), "--bundle", str(tiny_bundle),
-                "--out", str(out), "--workers", "2", "--batch-size", "2", "--backend", "onnxruntime"]
-        run = CliRunner().invoke(cli, args)
+                "--out", str(out), "--batch-size", "2", "--backend", "onnxruntime"]
+        run = CliRunner().invoke(cli, [*args, "--workers", "2"])
         assert run.exit_code == 0, run.output
         table = read_results(out)
         assert table.num_rows == 7 and len(set(table.column("source").to_pylist())) == 7
         parts = sorted(p.name for p in out.iterdir())
 
-        rerun = CliRunner().invoke(cli, args)
+        rerun = CliRunner().invoke(cli, [*args, "--workers", "1"])
         assert rerun.exit_code == 0, rerun.output
         assert "0 screened" in rerun.output and "7 already screened" in rerun.output
         assert sorted(p.name for p in out.iterdir()) == parts  # nothing written
@@ -109,3 +111,12 @@ def test_archive_screen_on_local_ray_then_rerun_then_summary(tiny_bundle, photos
         assert "not_found: 1" in table_view.output and max(map(len, table_view.output.splitlines())) <= 80
     finally:
         ray.shutdown()
+
+
+def test_without_ray_the_command_names_the_extra(tiny_bundle, photos, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ModuleNotFoundError
+    run = CliRunner().invoke(cli, ["archive", "screen", str(photos), "--bundle", str(tiny_bundle),
+                                   "--out", str(tmp_path / "r.parquet")])
+    assert run.exit_code != 0 and "pip install 'edge-retina[archive]'" in run.output

@@ -18,7 +18,7 @@ from dicom_support import PATIENT_ID, STUDY_UID, jpeg_to_dicom, rgb_to_dicom  # 
 
 from edge_retina.cli.main import cli  # noqa: E402
 from edge_retina.errors import ImageError  # noqa: E402
-from edge_retina.preprocess import decode_image  # noqa: E402
+from edge_retina.preprocess import decode_image, probe_image  # noqa: E402
 from edge_retina.screener import Screener  # noqa: E402
 
 
@@ -105,6 +105,9 @@ def test_header_size_is_checked_before_decoding(retina_jpeg, tmp_path):
     ds.Rows = ds.Columns = 60_000  # 3.6 GP claimed by the header
     ds.save_as(tmp_path / "bomb.dcm")
     assert "possible decompression bomb" in _expect(tmp_path / "bomb.dcm", "too_large")
+    with pytest.raises(ImageError, match="possible decompression bomb"):
+        probe_image(tmp_path / "bomb.dcm")
+    assert probe_image(jpeg_to_dicom(retina_jpeg, tmp_path / "ok.dcm")).format == "DICOM"
 
 
 def test_without_pydicom_dicom_is_refused_naming_the_extra(retina_jpeg, tmp_path, monkeypatch):
@@ -140,3 +143,12 @@ def test_hot_folder_screens_dicom_captures(screener, retina_jpeg, tmp_path):
     assert HotFolder(screener, store, folder, settle_seconds=0).scan_once() == [sidecar_path(dcm)]
     result = json.loads(sidecar_path(dcm).read_text())["result"]
     assert result["eye"] == "left" and result["identifiers"]["patient_id"] == PATIENT_ID
+
+
+def test_bench_latency_times_a_dicom_photo(tiny_bundle, retina_jpeg, tmp_path):
+    dcm = jpeg_to_dicom(retina_jpeg, tmp_path / "photo.dcm")
+    run = CliRunner().invoke(cli, ["bench", "latency", "--bundle", str(tiny_bundle), "--images", str(dcm),
+                                   "--backend", "onnxruntime", "--iterations", "1", "--streams", "1",
+                                   "--cold-runs", "0", "--json"], catch_exceptions=False)
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["pipelines"]["onnxruntime/fp32/teacher"]["stages_ms"]["decode"]["n"] >= 1

@@ -30,6 +30,8 @@ LOCAL_OBJECT_STORE_BYTES = 200 * 2**20
 #: much work is repeated after a kill, and an archive of millions of photos stays at thousands of parts.
 FLUSH_ROWS = 1000
 FLUSH_SECONDS = 15.0
+#: Ray tracks every block as an object: past this many, blocks hold several batches each.
+MAX_BLOCKS = 10_000
 
 
 @dataclass
@@ -62,6 +64,10 @@ def connect(address: str | None, cpus: int) -> bool:
     """Join the cluster at ``address``, or start a local Ray with ``cpus`` CPUs. True if we started it."""
     import ray
 
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours shows photos/s and an ETA
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return False
     if address:
@@ -72,9 +78,6 @@ def connect(address: str | None, cpus: int) -> bool:
         # 3 instead of 65 photos/s per worker under load). Clusters set RAY_worker_niceness themselves.
         ray.init(num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
                  logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # ours shows photos/s and an ETA
-    context.print_on_execution_start = False
     return True
 
 
@@ -101,7 +104,9 @@ def screen_archive(
     import ray
 
     bundle = Path(bundle).resolve()  # actors do not share the driver's working directory
-    todo = pending_work(sources, out, bundle_sha256(load_bundle(bundle)))  # verifies the bundle here first
+    opened = load_bundle(bundle)  # verified here first: a bad bundle or engine choice is one clear error
+    opened.select_engine(backend=backend, precision=precision)
+    todo = pending_work(sources, out, bundle_sha256(opened))
     progress = ArchiveProgress(total=todo.num_rows)
     if todo.num_rows == 0:
         return progress
@@ -111,7 +116,8 @@ def screen_archive(
         pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         progress.workers = pool
         out.mkdir(parents=True, exist_ok=True)
-        dataset = ray.data.from_arrow(todo, override_num_blocks=math.ceil(todo.num_rows / batch_size)).map_batches(
+        blocks = min(MAX_BLOCKS, math.ceil(todo.num_rows / batch_size))
+        dataset = ray.data.from_arrow(todo, override_num_blocks=blocks).map_batches(
             ScreeningWorker, fn_constructor_args=(str(bundle),),
             fn_constructor_kwargs={"backend": backend, "precision": precision, "threads": threads},
             batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool),

@@ -174,7 +174,8 @@ def probe_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_side: 
     Raises ``ImageError`` for anything that is not a decodable image of acceptable size.
     """
     data, name = read_source(source)
-    data, _ = _unwrap_dicom(data, name, max_pixels, min_side)
+    if dicom.is_dicom(data):
+        return _dicom_header(dicom.read_photo(data, name), name, max_pixels, min_side)
     return _probe(data, name, max_pixels, min_side)
 
 
@@ -315,7 +316,7 @@ def _unwrap_dicom(
     if not dicom.is_dicom(data):
         return data, None
     photo = dicom.read_photo(data, name)
-    _check_size(ImageHeader("DICOM", photo.width, photo.height, photo.photometric), name, max_pixels, min_side)
+    _dicom_header(photo, name, max_pixels, min_side)
     return photo.pixels(), photo.attributes
 
 
@@ -330,6 +331,12 @@ def _decode_jpeg(data: bytes, name: str, reduction: int) -> np.ndarray:
         )
     except ValueError as exc:  # simplejpeg's only error type: libjpeg's message says what is wrong
         raise ImageError("corrupt", f"{name}: damaged JPEG data ({exc})") from None
+
+
+def _dicom_header(photo: dicom.DicomPhoto, name: str, max_pixels: int, min_side: int) -> ImageHeader:
+    header = ImageHeader("DICOM", photo.width, photo.height, photo.photometric)
+    _check_size(header, name, max_pixels, min_side)
+    return header
 
 
 def _imdecode(data: bytes, name: str, flags: int) -> np.ndarray:
