@@ -9,7 +9,6 @@ be read or graded are listed and left out.
 """
 from __future__ import annotations
 
-import hashlib
 import shlex
 import sys
 from dataclasses import dataclass, field
