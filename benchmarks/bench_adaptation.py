@@ -170,7 +170,8 @@ def time_adapt(bundle: Path, task: dict, photos: int, repeats: int) -> dict:
             start = time.perf_counter()
             adapt_bundle(bundle, labels, Path(work) / f"adapted-{i}")
             seconds.append(time.perf_counter() - start)
-    return {"task": task["name"], "photos": len(chosen), "seconds": seconds, "median_seconds": statistics.median(seconds)}
+    return {"task": task["name"], "photos": len(chosen), "seconds": seconds,
+            "median_seconds": statistics.median(seconds)}
 
 
 def summary_rows(results: list[dict], methods: list[str]) -> list[str]:
@@ -198,7 +199,8 @@ def summary_rows(results: list[dict], methods: list[str]) -> list[str]:
                 rows.append(
                     f"| {task['name']} | {test} | {k} | {method}{note} | {ms([r['auroc'] for r in runs])} | "
                     f"{ms([r['auroc'] - z['auroc'] for r in runs], digits=3)} | "
-                    f"{ms([r['sensitivity'] for r in runs], 100, 1)} | {ms([r['specificity'] for r in runs], 100, 1)} | "
+                    f"{ms([r['sensitivity'] for r in runs], 100, 1)} | "
+                    f"{ms([r['specificity'] for r in runs], 100, 1)} | "
                     f"{ms([r['specificity_at_target'] for r in runs], 100, 1)} | {kept}/{len(runs)} |")
     return rows
 

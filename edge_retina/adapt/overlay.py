@@ -49,15 +49,20 @@ def head_bytes(class_embeddings: np.ndarray, class_bias: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def check_output(source: Path, out: Path) -> None:
+    """Refuse an output that is the input bundle or would overwrite anything (before any work is done)."""
+    if out.exists() and out.resolve() == Path(source).resolve():
+        raise BundleError(f"--out {out} is the input bundle; adapting never modifies its input: choose a new path")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out} already exists; remove it or choose another")
+
+
 def write_overlay(base: Bundle, out: Path, adaptation: AdaptationEntry | None, head: bytes | None = None) -> Path:
     """Write ``base`` with ``adaptation`` (and its head file) in place of any overlay it has, or
     without one (``adaptation`` None), to ``out``: a new directory, or an archive when ``out`` ends
     in .erb.tar. Any signature of ``base`` is not carried over (it signed another manifest)."""
     out = Path(out)
-    if out.exists() and out.resolve() == base.source.resolve():
-        raise BundleError(f"--out {out} is the input bundle; adapting never modifies its input: choose a new path")
-    if out.name.endswith(ARCHIVE_SUFFIX) and out.exists():
-        raise BundleError(f"{out} already exists; remove it or choose another")
+    check_output(base.source, out)
     manifest = base.manifest
     old = manifest.adaptation.file if manifest.adaptation is not None else None
     files: dict[str, Any] = {rel: base.path_of(rel) for rel in manifest.files if rel != old}

@@ -9,7 +9,6 @@ be read or graded are listed and left out.
 """
 from __future__ import annotations
 
-import hashlib
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 
 from edge_retina import __version__
 from edge_retina.adapt.fit import DEFAULT_TARGET_SENSITIVITY, SiteAdaptation, fit_site_adaptation
-from edge_retina.adapt.overlay import HEAD_FILE, bundle_scoring, head_bytes, write_overlay
+from edge_retina.adapt.overlay import HEAD_FILE, bundle_scoring, check_output, head_bytes, write_overlay
 from edge_retina.bench.labels import LabelledImages, read_labels_csv
 from edge_retina.bundle import AdaptationEntry, Bundle
 from edge_retina.bundle.manifest import CREATED_FORMAT
@@ -119,11 +118,12 @@ def adapt_bundle(
 ) -> AdaptReport:
     """Adapt the bundle at ``bundle_path`` to the photos of ``labels_csv`` (docs/LABELS.md); write the
     adapted bundle to ``out`` (a new directory, or an .erb.tar archive). See edge_retina.adapt."""
-    labels_csv = Path(labels_csv)
+    labels_csv, out = Path(labels_csv), Path(out)
+    check_output(Path(bundle_path), out)
+    labelled = read_labels_csv(labels_csv)
     with Screener.from_bundle(bundle_path, backend=backend, precision=precision, threads=threads,
                               keep_embeddings=True) as screener:
         bundle = screener.bundle
-        labelled = read_labels_csv(labels_csv)
         check_site_labels(labelled, bundle, str(labels_csv))
         photos = embed_site_photos(screener, labelled, progress)
     table, thresholds = bundle_scoring(bundle, adapted=False)  # always from the zero-shot baseline
@@ -147,6 +147,6 @@ def adapt_bundle(
             "baseline": "the bundle's zero-shot prompt table and condition thresholds (prompts section)",
         },
     )
-    written = write_overlay(bundle, Path(out), entry, head_bytes(adaptation.class_embeddings,
+    written = write_overlay(bundle, out, entry, head_bytes(adaptation.class_embeddings,
                                                                   adaptation.class_bias))
     return AdaptReport(written, adaptation, len(photos.labelled.paths), photos.skipped, photos.engine)

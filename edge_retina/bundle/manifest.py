@@ -1,4 +1,5 @@
-"""The bundle manifest (schema_version 1): typed view, validation and canonical serialisation.
+"""The bundle manifest (schema_version 1; 2 adds a site adaptation): typed view, validation and
+canonical serialisation.
 
 ``docs/BUNDLE_FORMAT.md`` is the specification; this module is its one implementation. Validation
 works on the JSON-shaped dict and collects every problem (each naming its field, e.g.
