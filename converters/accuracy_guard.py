@@ -17,7 +17,8 @@ Every check records its value, its limit and the margin by which it passed (nega
 reader sees how close the verdict was.
 
 Fallback (``guarded_build``): INT8 with the most sensitive layers left in floating point, more of
-them each round (1, 2, 4, 8 by default); then FP16; then FP32 (an FP16 request: FP32). Sensitivity (``layer_sensitivity``) is
+them each round (1, 2, 4, 8 by default); then, when given, INT8 by quantization-aware distillation
+(``converters.quantize.qat``); then FP16; then FP32 (an FP16 request: FP32). Sensitivity (``layer_sensitivity``) is
 the per-layer quantization error of the INT8 model: the signal-to-quantization-noise ratio (dB) of
 every Q/DQ'd activation, measured with ONNX Runtime's ``qdq_loss_debug`` tools and charged to the
 Conv/MatMul/Gemm nodes it feeds. Every attempt and the outcome go into the engine's manifest entry
@@ -232,6 +233,7 @@ class GuardedResult(Generic[Artefact]):
     excluded_nodes: list[str]
     check: GuardCheck
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    method: str = "ptq"  # how an INT8 artefact was quantized: "ptq" (post-training) or "qat"
 
     @property
     def fell_back(self) -> bool:
@@ -245,6 +247,7 @@ class GuardedResult(Generic[Artefact]):
         return {
             "requested": first["precision"],
             "shipped": self.precision,
+            "method": self.method,
             "excluded_nodes": list(self.excluded_nodes),
             "reason": "; ".join(first["check"]["failures"]),
             "attempts": self.attempts,
@@ -269,39 +272,53 @@ def guarded_build(
     exclusion_steps: Sequence[int] = DEFAULT_EXCLUSION_STEPS,
     fallback_precisions: Sequence[str] = DEFAULT_FALLBACK_PRECISIONS,
     progress: Callable[[str], None] | None = None,
+    qat: Callable[[], Artefact] | None = None,
+    qat_first: bool = False,
 ) -> GuardedResult[Artefact]:
     """Build ``requested`` ("int8" or "fp16"), check it, fall back until the limits hold; returns what may ship.
 
     ``build(precision, excluded_nodes)`` makes an artefact; ``embed(artefact)`` gives its embeddings
     of the guard images ``fp32_embeddings`` came from; ``sensitivity(int8_artefact)`` ranks node
-    names, most sensitive first (layer exclusion is an INT8 step only). ``fallback_precisions`` at or
-    above ``requested`` in the list are tried in order.
+    names, most sensitive first (layer exclusion is an INT8 step only). ``qat()`` makes the INT8
+    artefact of quantization-aware distillation: the rung after layer exclusion, or the first INT8
+    attempt with ``qat_first``. ``fallback_precisions`` at or above ``requested`` in the list are
+    tried in order.
     """
     attempts: list[dict[str, Any]] = []
 
-    def attempt(precision: str, excluded: Sequence[str]) -> GuardedResult[Artefact]:
-        artefact = build(precision, excluded)
+    def attempt(precision: str, excluded: Sequence[str], method: str = "ptq") -> GuardedResult[Artefact]:
+        artefact = qat() if method == "qat" else build(precision, excluded)
         check = check_against_fp32(fp32_embeddings, embed(artefact), table=table, thresholds=thresholds,
                                    labels=labels, limits=limits)
-        attempts.append({"precision": precision, "excluded_nodes": list(excluded), "check": check.to_dict()})
+        attempts.append({"precision": precision, "method": method, "excluded_nodes": list(excluded),
+                         "check": check.to_dict()})
         if progress:
             verdict = (f"passed (closest: {check.closest.name}, margin {check.closest.margin:+.4f})" if check.passed
                        else "failed: " + "; ".join(check.failures))
-            progress(f"{precision}{f' excluding {len(excluded)} layer(s)' if excluded else ''}: "
-                     f"mean cosine {check.cosine['mean']:.4f}, {verdict}")
-        return GuardedResult(artefact, precision, list(excluded), check, attempts)
+            how = " by QAT" if method == "qat" else f" excluding {len(excluded)} layer(s)" if excluded else ""
+            progress(f"{precision}{how}: mean cosine {check.cosine['mean']:.4f}, {verdict}")
+        return GuardedResult(artefact, precision, list(excluded), check, attempts, method)
 
-    result = attempt(requested, [])
-    if result.check.passed:
-        return result
-    if requested == "int8":
-        ranked = list(sensitivity(result.artefact))
-        for count in exclusion_steps:
-            if count > len(ranked):
-                break
-            result = attempt("int8", ranked[:count])
-            if result.check.passed:
-                return result
+    if requested == "int8" and qat is not None and qat_first:
+        result = attempt("int8", [], "qat")
+        if result.check.passed:
+            return result
+    else:
+        result = attempt(requested, [])
+        if result.check.passed:
+            return result
+        if requested == "int8":
+            ranked = list(sensitivity(result.artefact))
+            for count in exclusion_steps:
+                if count > len(ranked):
+                    break
+                result = attempt("int8", ranked[:count])
+                if result.check.passed:
+                    return result
+            if qat is not None:
+                result = attempt("int8", [], "qat")
+                if result.check.passed:
+                    return result
     for precision in fallback_precisions:
         if precision == requested:
             continue

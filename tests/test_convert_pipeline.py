@@ -134,11 +134,28 @@ def test_int8_without_calibration_images_fails_at_the_calibration_step(tmp_path)
 
 def test_guard_limits_that_int8_cannot_meet_ship_fp32_and_say_so(image_sets, tmp_path):
     settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "int8")],
-                         limits=GuardLimits(min_referral_agreement=0.9, min_mean_cosine=1.0 - 1e-9))
+                         limits=GuardLimits(min_referral_agreement=0.9, min_mean_cosine=1.0 - 1e-9), qat="never")
     engine = load_bundle(convert(_recipe(), tmp_path / "bundle", settings)).manifest.engines[0]
     assert engine.precision == "fp32" and engine.calibration is None
     assert engine.fallback["requested"] == "int8" and engine.fallback["shipped"] == "fp32"
     assert engine.fallback["reason"].startswith("mean cosine")
+
+
+def test_qat_always_runs_once_for_every_backend_and_is_recorded(image_sets, tmp_path):
+    from converters.quantize.qat import QatConfig
+
+    log: list[str] = []
+    # The wiring, not QAT's accuracy (tests/test_qat.py): 12 images of a random tiny network are no
+    # place to hold a 1-epoch QAT to the default limits.
+    limits = GuardLimits(auroc_margin=1.0, min_referral_agreement=0.0, min_mean_cosine=0.98, min_p1_cosine=0.95)
+    settings = _settings(image_sets, tmp_path / "cache", qat="always", qat_config=QatConfig(epochs=1), limits=limits,
+                         targets=[EngineTarget("onnxruntime", "int8"), EngineTarget("openvino", "int8")])
+    engines = load_bundle(convert(_recipe(), tmp_path / "bundle", settings, progress=log.append)).manifest.engines
+    for engine in engines:
+        assert engine.precision == "int8", (engine.describe(), engine.fallback)
+        assert engine.notes["qat"]["config"]["epochs"] == 1
+        assert engine.notes["qat"]["calibration_images"] == 6 and engine.fallback is None
+    assert sum("QAT epoch 1/1" in line for line in log) == 1  # one run, cached for the second backend
 
 
 def test_targets_are_validated():

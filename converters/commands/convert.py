@@ -61,6 +61,10 @@ def _comma_list(text: str) -> list[str]:
               help="Accuracy guard: minimum mean embedding cosine to the FP32 model.")
 @click.option("--min-p1-cosine", type=float, default=0.98, show_default=True,
               help="Accuracy guard: minimum 1st percentile of the embedding cosine to the FP32 model.")
+@click.option("--qat", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Quantization-aware distillation (NNCF QAT on the torch encoder, a few epochs on the calibration "
+                   "images): 'auto' when post-training INT8 fails the accuracy guard even with its most sensitive "
+                   "layers in float, 'always' instead of post-training INT8, 'never'.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads while converting.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
@@ -72,19 +76,15 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_wei
             backends: str, int8_backends: str, device_profiles: str, fp16_backends: str,
             calibration_sources: tuple[Path, ...], calibration_size: int, validation_csv: Path | None,
             guard_csv: Path | None, target_sensitivity: float, auroc_margin: float, min_referral_agreement: float,
-            min_cosine: float, min_p1_cosine: float, seed: int, threads: int | None,
+            min_cosine: float, min_p1_cosine: float, qat: str, seed: int, threads: int | None,
             cache_dir: Path | None, archive: Path | None, teacher_options: tuple[str, ...]) -> None:
     """Teacher checkpoint (or its distilled student) -> bundle: FP32 and INT8 engines, thresholds, parity
     report, prompt table."""
     from converters.accuracy_guard import GuardLimits
     from converters.bundle_builder import BundleRecipe
-    from converters.convert_pipeline import (
-        ConvertError,
-        ConvertSettings,
-        EngineTarget,
-        default_cache_dir,
-    )
+    from converters.convert_pipeline import ConvertError, ConvertSettings, EngineTarget
     from converters.convert_pipeline import convert as run_convert
+    from converters.step_cache import default_cache_dir
     from converters.teachers import load_teacher
     from edge_retina.bench.labels import read_labels_csv
     from edge_retina.errors import EdgeRetinaError
@@ -106,7 +106,7 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_wei
         validation=read_labels_csv(validation_csv) if validation_csv else None,
         guard_images=read_labels_csv(guard_csv) if guard_csv else None, target_sensitivity=target_sensitivity,
         limits=GuardLimits(auroc_margin, min_referral_agreement, min_cosine, min_p1_cosine),
-        cache_dir=cache_dir or default_cache_dir(), threads=threads,
+        cache_dir=cache_dir or default_cache_dir(), threads=threads, qat=qat,
     )
     teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))
     if student_weights is None:

@@ -5,5 +5,6 @@
 - ``tensorrt_modelopt``: a Q/DQ ONNX from NVIDIA ModelOpt for TensorRT's explicit quantization
   (the engine itself is built on the device).
 
-All three follow ``policy``: only Conv/MatMul/Gemm inputs are quantized.
+All three follow ``policy``: only Conv/MatMul/Gemm inputs are quantized. ``float_engines`` makes the
+FP32 and FP16 engines; ``registry`` gives every (backend, precision) builder one interface.
 """

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -32,6 +33,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from calibration.reader import ArrayCalibrationReader
 from converters.quantize.policy import QUANTIZED_OP_TYPES, is_transformer
 
 CALIBRATION_METHODS = {
@@ -87,3 +89,10 @@ def quantize_onnxruntime(
             extra_options=extra_options,
         )
     return out_path
+
+
+def build_int8(fp32_onnx: Path, out_dir: Path, calibration: np.ndarray, exclusions: Sequence[str],
+               options: Mapping[str, Any]) -> list[Path]:
+    """The registry's builder (``converters.quantize.registry``); option ``reduce_range``."""
+    return [quantize_onnxruntime(fp32_onnx, Path(out_dir) / "model.onnx", ArrayCalibrationReader(calibration),
+                                 nodes_to_exclude=exclusions, reduce_range=bool(options.get("reduce_range", False)))]

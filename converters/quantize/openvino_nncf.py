@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import nncf
 import numpy as np
@@ -81,3 +81,10 @@ def quantize_openvino(
     # INT8 weights are stored as such; the remaining float constants are kept in FP32.
     ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
     return [xml_path, xml_path.with_suffix(".bin")]
+
+
+def build_int8(fp32_onnx: Path, out_dir: Path, calibration: np.ndarray, exclusions: Sequence[str],
+               options: Mapping[str, Any]) -> list[Path]:
+    """The registry's builder (``converters.quantize.registry``); option ``accuracy_control``."""
+    return quantize_openvino(fp32_onnx, Path(out_dir) / "model.xml", calibration, ignored_nodes=exclusions,
+                             accuracy_control=options.get("accuracy_control"))

@@ -18,7 +18,7 @@ import multiprocessing
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -74,6 +74,13 @@ def quantize_tensorrt_qdq(
             pool.submit(_quantize_in_this_process, str(fp32_onnx), str(out_path), str(tensors_file),
                         list(nodes_to_exclude), high_precision, calibration_method).result()
     return out_path
+
+
+def build_int8(fp32_onnx: Path, out_dir: Path, calibration: np.ndarray, exclusions: Sequence[str],
+               options: Mapping[str, Any]) -> list[Path]:
+    """The registry's builder (``converters.quantize.registry``); option ``high_precision``."""
+    return [quantize_tensorrt_qdq(fp32_onnx, Path(out_dir) / "model.onnx", calibration, nodes_to_exclude=exclusions,
+                                  high_precision=options.get("high_precision", "fp32"))]
 
 
 def build_engine_on_device(qdq_onnx: Path, *, cache_dir: Path | None = None, device: str = "GPU",

@@ -278,7 +278,7 @@ class Manifest:
                 "embedding_dim": m.embedding_dim,
             },
             "input": self.input.to_dict(),
-            "engines": [_engine_to_dict(e) for e in self.engines],
+            "engines": [engine_to_dict(e) for e in self.engines],
             "prompts": {
                 "file": self.prompts.file,
                 "ensembling": self.prompts.ensembling,
@@ -363,7 +363,8 @@ def canonical_json(d: Mapping[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-def _engine_to_dict(e: EngineEntry) -> dict[str, Any]:
+def engine_to_dict(e: EngineEntry) -> dict[str, Any]:
+    """One ``engines`` entry as the manifest writes it (the converter's step cache keeps it so too)."""
     return {
         "backend": e.backend,
         "precision": e.precision,
@@ -393,6 +394,15 @@ def _adaptation_to_dict(a: AdaptationEntry) -> dict[str, Any]:
         },
         "provenance": dict(a.provenance),
     }
+
+
+def engine_from_dict(d: Any, source: str) -> EngineEntry:
+    """One ``engines`` entry, checked as the manifest checks it; ``ManifestError`` lists what is wrong."""
+    check = _Checker()
+    engines = _parse_engines(check, [d])
+    if check.problems or not engines:
+        raise ManifestError(source, check.problems)
+    return engines[0]
 
 
 def _load_json(data: bytes, source: str) -> Any:
