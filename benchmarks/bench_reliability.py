@@ -531,7 +531,8 @@ def main() -> None:
     if camera:
         report["decode_cost"] = decode_cost([Path(p) for p in camera], args.decode_rounds)
     report["tally"] = tally.areas
-    report["totals"] = {k: sum(a[k] for a in tally.areas.values()) for k in ("cases", "crashes", "hangs", "lost", "wrong")}
+    counts = ("cases", "crashes", "hangs", "lost", "wrong")
+    report["totals"] = {k: sum(area[k] for area in tally.areas.values()) for k in counts}
     report["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     text = json.dumps(report, indent=2, default=str)
     print(text)

@@ -240,43 +240,49 @@ class BridgeServer:
 
     def _connection_loop(self, stream: Stream, *, deadlines: bool = True) -> None:
         parser = FrameParser(self.config.max_payload, self.inflight)
-        guard = _ConnectionGuard(self.config, deadlines)
         try:
-            while not self._stop.is_set():
-                try:
-                    message = parser.next()
-                except ProtocolError as exc:
-                    log.warning("%s: %s (%s)", stream.name, exc.code.value, exc)
-                    answer, close = guard.bad_frame(exc)
-                    if answer and not self._send(stream, self._error_reply(exc)):
-                        return
-                    if close:
-                        return
-                    continue
-                if message is not None:
-                    guard.valid_frame()
-                    if not self._send(stream, self.handle(message)):
-                        return
-                    guard.heard()  # a long SCREEN is not idleness
-                    continue
-                if (why := guard.expired()) is not None:
-                    log.info("%s: %s", stream.name, why)
-                    self._send(stream, error_message(ErrorCode.TIMEOUT, why))
-                    return
-                data = stream.read()
-                if data is None:
-                    if parser.pending and time.monotonic() - guard.last_byte > self.config.frame_timeout:
-                        parser.discard()
-                        reply = error_message(ErrorCode.TRUNCATED, "the frame stopped before its end")
-                        if not self._send(stream, reply):
-                            return
-                    continue
-                if not data:
-                    return
-                parser.feed(data)
-                guard.heard()
+            self._converse(stream, parser, _ConnectionGuard(self.config, deadlines))
         finally:
             parser.discard()  # gives back what a half-received frame holds of the byte budget
+
+    def _converse(self, stream: Stream, parser: FrameParser, guard: _ConnectionGuard) -> None:
+        while not self._stop.is_set():
+            try:
+                message = parser.next()
+            except ProtocolError as exc:
+                if not self._refuse(stream, guard, exc):
+                    return
+                continue
+            if message is not None:
+                guard.valid_frame()
+                if not self._send(stream, self.handle(message)):
+                    return
+                guard.heard()  # a long SCREEN is not idleness
+                continue
+            if (why := guard.expired()) is not None:
+                log.info("%s: %s", stream.name, why)
+                self._send(stream, error_message(ErrorCode.TIMEOUT, why))
+                return
+            data = stream.read()
+            if data is None:
+                if parser.pending and time.monotonic() - guard.last_byte > self.config.frame_timeout:
+                    parser.discard()
+                    stalled = ProtocolError(ErrorCode.TRUNCATED, "the frame stopped before its end")
+                    if not self._refuse(stream, guard, stalled):
+                        return
+                continue
+            if not data:
+                return
+            parser.feed(data)
+            guard.heard()
+
+    def _refuse(self, stream: Stream, guard: _ConnectionGuard, exc: ProtocolError) -> bool:
+        """Answer a bad frame (unless the peer has had its share of ERRORs); False: close the connection."""
+        log.warning("%s: %s (%s)", stream.name, exc.code.value, exc)
+        answer, close = guard.bad_frame(exc)
+        if answer and not self._send(stream, self._error_reply(exc)):
+            return False
+        return not close
 
     @staticmethod
     def _send(stream: Stream, message: Message) -> bool:
