@@ -6,7 +6,7 @@ the listener. Memory is bounded: at most ``queue_capacity`` images wait in the q
 SCREENs get BUSY), the frames being received on all connections together hold at most
 ``max_inflight_bytes`` (a frame that does not fit gets BUSY from its header), and at most
 ``max_connections`` connections are served (further ones get BUSY and are closed). A connection
-that sends no valid frame within ``handshake_timeout``, stays silent for ``idle_timeout`` or sends
+that sends nothing within ``handshake_timeout``, stays silent for ``idle_timeout`` or sends
 ``max_consecutive_errors`` bad frames in a row is closed, so idle or hostile peers cannot hold the
 connection slots or turn junk into a flood of ERROR replies.
 """
@@ -62,7 +62,7 @@ class BridgeConfig:
     max_connections: int = 16
     busy_retry_ms: int = 200
     max_inflight_bytes: int | None = None  # frames being received, all connections; None: 4 x max_payload
-    handshake_timeout: float = 10.0  # seconds a new connection has to send its first valid frame
+    handshake_timeout: float = 10.0  # seconds a new connection has to start sending
     idle_timeout: float = 120.0  # seconds a connection may stay silent between requests
     max_consecutive_errors: int = 8  # bad frames in a row before a socket is closed (serial: ERRORs stop)
 
@@ -79,14 +79,14 @@ class _ConnectionGuard:
         self.config = config
         self.deadlines = deadlines
         self.opened = self.last_byte = time.monotonic()
-        self.greeted = False  # a valid frame has arrived
+        self.greeted = False  # a byte has arrived
         self.bad_in_a_row = 0
 
     def heard(self) -> None:
-        self.last_byte = time.monotonic()
+        self.greeted, self.last_byte = True, time.monotonic()
 
     def valid_frame(self) -> None:
-        self.greeted, self.bad_in_a_row = True, 0
+        self.bad_in_a_row = 0
         self.heard()
 
     def bad_frame(self, exc: ProtocolError) -> tuple[bool, bool]:
@@ -103,7 +103,7 @@ class _ConnectionGuard:
             return None
         now = time.monotonic()
         if not self.greeted and now - self.opened > self.config.handshake_timeout:
-            return f"no valid frame within {self.config.handshake_timeout:g} s of connecting: closing"
+            return f"nothing sent within {self.config.handshake_timeout:g} s of connecting: closing"
         if now - self.last_byte > self.config.idle_timeout:
             return f"idle for {self.config.idle_timeout:g} s: closing"
         return None
@@ -242,43 +242,49 @@ class BridgeServer:
 
     def _connection_loop(self, stream: Stream, *, deadlines: bool = True) -> None:
         parser = FrameParser(self.config.max_payload, self.inflight)
-        guard = _ConnectionGuard(self.config, deadlines)
         try:
-            while not self._stop.is_set():
-                try:
-                    message = parser.next()
-                except ProtocolError as exc:
-                    log.warning("%s: %s (%s)", stream.name, exc.code.value, exc)
-                    answer, close = guard.bad_frame(exc)
-                    if answer and not self._send(stream, self._error_reply(exc)):
-                        return
-                    if close:
-                        return
-                    continue
-                if message is not None:
-                    guard.valid_frame()
-                    if not self._send(stream, self.handle(message)):
-                        return
-                    guard.heard()  # a long SCREEN is not idleness
-                    continue
-                if (why := guard.expired()) is not None:
-                    log.info("%s: %s", stream.name, why)
-                    self._send(stream, error_message(ErrorCode.TIMEOUT, why))
-                    return
-                data = stream.read()
-                if data is None:
-                    if parser.pending and time.monotonic() - guard.last_byte > self.config.frame_timeout:
-                        parser.discard()
-                        reply = error_message(ErrorCode.TRUNCATED, "the frame stopped before its end")
-                        if not self._send(stream, reply):
-                            return
-                    continue
-                if not data:
-                    return
-                parser.feed(data)
-                guard.heard()
+            self._converse(stream, parser, _ConnectionGuard(self.config, deadlines))
         finally:
             parser.discard()  # gives back what a half-received frame holds of the byte budget
+
+    def _converse(self, stream: Stream, parser: FrameParser, guard: _ConnectionGuard) -> None:
+        while not self._stop.is_set():
+            try:
+                message = parser.next()
+            except ProtocolError as exc:
+                if not self._refuse(stream, guard, exc):
+                    return
+                continue
+            if message is not None:
+                guard.valid_frame()
+                if not self._send(stream, self.handle(message)):
+                    return
+                guard.heard()  # a long SCREEN is not idleness
+                continue
+            if (why := guard.expired()) is not None:
+                log.info("%s: %s", stream.name, why)
+                self._send(stream, error_message(ErrorCode.TIMEOUT, why))
+                return
+            data = stream.read()
+            if data is None:
+                if parser.pending and time.monotonic() - guard.last_byte > self.config.frame_timeout:
+                    parser.discard()
+                    stalled = ProtocolError(ErrorCode.TRUNCATED, "the frame stopped before its end")
+                    if not self._refuse(stream, guard, stalled):
+                        return
+                continue
+            if not data:
+                return
+            parser.feed(data)
+            guard.heard()
+
+    def _refuse(self, stream: Stream, guard: _ConnectionGuard, exc: ProtocolError) -> bool:
+        """Answer a bad frame (unless the peer has had its share of ERRORs); False: close the connection."""
+        log.warning("%s: %s (%s)", stream.name, exc.code.value, exc)
+        answer, close = guard.bad_frame(exc)
+        if answer and not self._send(stream, self._error_reply(exc)):
+            return False
+        return not close
 
     @staticmethod
     def _send(stream: Stream, message: Message) -> bool:

@@ -3,7 +3,6 @@ manifest lists, in both forms; every file's content is checked when it is loaded
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 import tarfile
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hostile_archives import SPARSE_4GIB, append_members
 
 from edge_retina.bundle import load_bundle, pack_bundle, verify_bundle
 from edge_retina.bundle.signing import TrustedKeys, generate_key_pair, load_private_key, sign_bundle
@@ -32,18 +32,6 @@ def signed(tiny_bundle, tmp_path_factory):
     return directory, archive, TrustedKeys.from_directory(root / "trusted")
 
 
-def _append(archive: Path, copy: Path, members: dict[str, bytes], pax: dict[str, dict[str, str]] | None = None) -> Path:
-    """``archive`` with ``members`` added after its own (as anyone handling the file could)."""
-    shutil.copy(archive, copy)
-    with tarfile.open(copy, "a", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.pax_headers = (pax or {}).get(name, {})
-            tar.addfile(info, io.BytesIO(data))
-    return copy
-
-
 def _refused_everywhere(archive: Path, tmp_path: Path, trusted, match: str) -> None:
     report = verify_bundle(archive)
     assert not report.ok and any(match in p for p in report.problems), report
@@ -57,21 +45,20 @@ def _refused_everywhere(archive: Path, tmp_path: Path, trusted, match: str) -> N
 
 def test_unlisted_member_is_refused_not_installed(signed, tmp_path):
     _, archive, trusted = signed
-    hostile = _append(archive, tmp_path / "extra.erb.tar", {"engines/extra.so": b"\x7fELF"})
+    hostile = append_members(archive, tmp_path / "extra.erb.tar", {"engines/extra.so": b"\x7fELF"})
     _refused_everywhere(hostile, tmp_path, trusted, "not listed")
 
 
 def test_thousands_of_junk_members_are_refused_before_extraction(signed, tmp_path):
     _, archive, trusted = signed
-    hostile = _append(archive, tmp_path / "junk.erb.tar", {f"junk/{i}.bin": b"x" for i in range(300)})
+    hostile = append_members(archive, tmp_path / "junk.erb.tar", {f"junk/{i}.bin": b"x" for i in range(300)})
     _refused_everywhere(hostile, tmp_path, trusted, "and 295 more")  # named briefly
 
 
 def test_sparse_member_declaring_gigabytes_is_refused(signed, tmp_path):
     """A 4 GiB member stored in 512 bytes (PAX sparse map, as GNU tar --sparse writes it)."""
     _, archive, trusted = signed
-    sparse = {"GNU.sparse.map": "0,512", "GNU.sparse.size": str(4 << 30)}
-    hostile = _append(archive, tmp_path / "bomb.erb.tar", {"bomb.bin": bytes(512)}, {"bomb.bin": sparse})
+    hostile = append_members(archive, tmp_path / "bomb.erb.tar", {"bomb.bin": bytes(512)}, {"bomb.bin": SPARSE_4GIB})
     with tarfile.open(hostile) as tar:
         assert tar.getmember("bomb.bin").size == 4 << 30
     _refused_everywhere(hostile, tmp_path, trusted, "sparse member")

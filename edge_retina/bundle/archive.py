@@ -80,7 +80,9 @@ def extract_archive(archive: Path, destination: Path) -> None:
 def refuse_unlisted(archive: Path, unlisted: Sequence[str]) -> None:
     """BundleError naming (the first few of) an archive's members that its manifest does not list."""
     if unlisted:
-        shown = ", ".join(repr(n) for n in unlisted[:5]) + (f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else "")
+        shown = ", ".join(repr(n) for n in unlisted[:5])
+        if len(unlisted) > 5:
+            shown += f" and {len(unlisted) - 5} more"
         raise BundleError(
             f"{archive}: refusing members not listed in its {MANIFEST_NAME}: {shown} (a bundle holds only "
             f"its manifest, its signature and the files the manifest lists)"

@@ -18,8 +18,8 @@ from edge_retina.files import sha256_file
 class VerificationReport:
     """``ok`` is False when any ``problems`` (which refuse loading); ``warnings`` do not refuse
     (files of a directory that the manifest does not list and that are never used or installed, a
-    manifest not in canonical form). An archive's unlisted members are problems: they are refused. ``checked`` maps every
-    file whose sha256 matched to that sha256."""
+    manifest not in canonical form). An archive's unlisted members are problems: they are refused.
+    ``checked`` maps every file whose sha256 matched to that sha256."""
 
     ok: bool
     problems: list[str]
