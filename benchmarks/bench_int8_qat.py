@@ -74,12 +74,20 @@ def run(args: argparse.Namespace) -> dict:
             "guard": guard, "qat": e.notes.get("qat"),
         }
 
-    # Engine alone, interleaved.
+    # Engine alone, interleaved: the bundle's engines, and the QAT artefacts when the ladder made them
+    # (whether or not they shipped), from the step cache.
     size = manifest.input.size
     tensor = np.random.default_rng(0).normal(size=(1, 3, *size)).astype(np.float32)
     runners = {name: create_runner("onnxruntime" if e.backend == "tensorrt" else e.backend,
                                    bundle_dir / e.primary_file, precision=e.precision, threads=args.threads)
                for name, e in ((e.describe(), e) for e in manifest.engines)}
+    from converters.quantize.qat import QAT_IR, QAT_ONNX
+
+    for qat_dir in sorted(cache.glob("qat-*")):
+        runners["onnxruntime int8 (QAT Q/DQ)"] = create_runner("onnxruntime", qat_dir / QAT_ONNX, precision="int8",
+                                                               threads=args.threads)
+        runners["openvino int8 (QAT IR)"] = create_runner("openvino", qat_dir / QAT_IR, precision="int8",
+                                                          threads=args.threads)
     names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
     for name in names:
