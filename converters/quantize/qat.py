@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +61,10 @@ def quantization_aware_distill(encoder: torch.nn.Module, calibration: np.ndarray
                                fp32_onnx: Path, config: QatConfig = QatConfig(),
                                progress: Callable[[str], None] | None = None) -> torch.nn.Module:
     """The encoder with NNCF fake quantizers, fine-tuned to match its FP32 self on ``calibration``."""
+    # NNCF gives its first-use C++ build 60 s, then raises; on a busy 2-core host the build takes
+    # minutes (seen: a fresh clone's test suite failed there). Wait for it instead, unless the user set
+    # a limit of their own.
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
     import nncf
     import onnx
 
