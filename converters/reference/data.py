@@ -88,8 +88,14 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _by_file_hash(root: Path, dataset: str, file: str, finding: FindingClass) -> Record:
+    """A record of a dataset without patient ids: split by the sha1 of the file's bytes."""
+    val, test = _HASH_FRACTIONS[dataset]
+    group = "sha1:" + _file_sha1(root / dataset / file)
+    return Record(dataset, dataset, file, (finding.value,), _hash_split(group, val, test), group)
+
+
 def _heimed(root: Path) -> list[Record]:
-    val, test = _HASH_FRACTIONS["heimed"]
     records = []
     for row in _read_csv(root / "heimed" / "labels.csv"):
         if row["exudate"] == "1":
@@ -98,8 +104,7 @@ def _heimed(root: Path) -> list[Record]:
             finding = FindingClass.NORMAL
         else:  # no exudate but not healthy: microaneurysms (the README's definition of healthy)
             finding = FindingClass.DR_MILD
-        group = "sha1:" + _file_sha1(root / "heimed" / row["file"])
-        records.append(Record("heimed", "heimed", row["file"], (finding.value,), _hash_split(group, val, test), group))
+        records.append(_by_file_hash(root, "heimed", row["file"], finding))
     return records
 
 
@@ -166,7 +171,6 @@ def _odir(root: Path) -> list[Record]:
 
 
 def _palm(root: Path) -> list[Record]:
-    val, test = _HASH_FRACTIONS["palm"]
     records = []
     for row in _read_csv(root / "palm" / "labels.csv"):
         if row["pathological_myopia"] == "1":
@@ -175,8 +179,7 @@ def _palm(root: Path) -> list[Record]:
             finding = FindingClass.HIGH_MYOPIA
         else:
             finding = FindingClass.NORMAL
-        group = "sha1:" + _file_sha1(root / "palm" / row["file"])
-        records.append(Record("palm", "palm", row["file"], (finding.value,), _hash_split(group, val, test), group))
+        records.append(_by_file_hash(root, "palm", row["file"], finding))
     return records
 
 

@@ -81,21 +81,6 @@ TASKS = (
 )
 
 
-def normalise_batch(pixels: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """uint8 or [0, 255] float NHWC -> model tensor NCHW float32.
-
-    The formula of ``InputSpec`` (``(value * scale - mean) / std``), i.e. what
-    ``Preprocessor.normalise`` computes on the device; written in torch so augmented training
-    batches get it without a round trip through numpy. A test checks the two agree.
-    """
-    x = pixels.float().permute(0, 3, 1, 2) * spec.scale
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    if spec.colour_order == "BGR":
-        x = x.flip(1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
 @torch.no_grad()
 def embed_images(encoder: ImageEncoder, pixels: np.ndarray, spec: InputSpec, batch_size: int = 64) -> torch.Tensor:
     """L2-normalised embeddings of prepared uint8 images. The frozen trunk runs on OpenVINO (FP32),
