@@ -106,8 +106,13 @@ def quantization_aware_distill(encoder: torch.nn.Module, calibration: np.ndarray
     if excluded_nodes:
         names = _torch_node_names(encoder, fp32_onnx, excluded_nodes, tuple(calibration.shape[2:]))
         ignored = nncf.IgnoredScope(names=names)
+    # 7-bit weights everywhere, as the OpenVINO post-training builder makes them (``openvino_nncf``):
+    # the exported IR runs on CPUs whose u8 x s8 sums saturate at 8 bits.
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
     model = nncf.quantize(copy.deepcopy(encoder), nncf.Dataset([t[None] for t in torch.from_numpy(calibration)]),
-                          subset_size=len(calibration), model_type=model_type, ignored_scope=ignored)
+                          subset_size=len(calibration), model_type=model_type, ignored_scope=ignored,
+                          advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
     criterion = DistillLoss(table.class_embeddings, table.logit_scale, targets.mean(dim=0).numpy())
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
