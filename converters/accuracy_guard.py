@@ -25,6 +25,7 @@ reads unquantized activations. Every attempt and the outcome go into the engine'
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
@@ -316,12 +317,7 @@ def guarded_build(
             progress(f"{precision}{how}: mean cosine {check.cosine['mean']:.4f}, {verdict}")
         return GuardedResult(artefact, precision, list(excluded), check, attempts, method)
 
-    ranking: list[Sequence[str]] = []
-
-    def ranked() -> Sequence[str]:
-        if not ranking:
-            ranking.append(list(sensitivity()))
-        return ranking[0]
+    ranked = functools.cache(lambda: list(sensitivity()))  # measured once, when a rung first needs it
 
     if requested == "int8" and qat is not None and qat_first:
         result = attempt("int8", ranked()[:qat_exclusions], "qat")
