@@ -22,7 +22,7 @@ import torch
 from calibration.calibration_set import MANIFEST_NAME as CALIBRATION_MANIFEST
 from calibration.calibration_set import CalibrationSet, build_calibration_set, held_out_sample, load_calibration_set
 from calibration.sources import list_candidates
-from converters.accuracy_guard import GuardLimits, guard_set
+from converters.accuracy_guard import LADDER_REVISION, GuardLimits, guard_set
 from converters.bundle_builder import (
     BuiltEngine,
     BundleRecipe,
@@ -43,6 +43,7 @@ from converters.engine_build import (
 from converters.export.onnx_fp32 import OPSET, export_onnx
 from converters.parity import TEACHER_NAME, torch_embeddings
 from converters.quantize.qat import QatArtefacts, QatConfig, cached_qat
+from converters.quantize.registry import builder_revision
 from converters.prompt_tables import DEFAULT_THRESHOLD
 from converters.step_cache import StepCache, default_cache_dir, encoder_fingerprint, files_fingerprint
 from converters.teachers import Teacher
@@ -276,7 +277,7 @@ def _engines(recipe: BundleRecipe, table: PromptTable, fp32_onnx: Path, onnx_sha
     for target in settings.targets:
         step.progress(f"    {target.describe()}")
         parts = [ENGINE_RECORD_FORMAT, target.describe(), dict(target.options), onnx_sha, recipe.role,
-                 settings.limits.to_dict()]
+                 settings.limits.to_dict(), builder_revision(target.backend, target.precision), LADDER_REVISION]
         if target.precision != "fp32":
             parts += [FALLBACK_PRECISIONS[target.backend], calibration.manifest_sha256 if calibration else None,
                       hashlib.sha256(reference.tensors.tobytes()).hexdigest(),

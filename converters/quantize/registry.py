@@ -34,6 +34,10 @@ _BUILDERS = {
     ("tensorrt", "fp16"): (_FLOAT, "onnx_fp16"),
     ("tensorrt", "int8"): ("converters.quantize.tensorrt_modelopt", "build_int8"),
 }
+#: Revision of what each builder makes: part of the converter's engine cache key, so a changed
+#: recipe rebuilds cached engines. Bump it when a builder's output changes.
+BUILDER_REVISIONS = {("onnxruntime", "int8"): 2,  # 2: ReLU/Clip folded into Conv outputs
+                     ("openvino", "int8"): 2}  # 2: NNCF's overflow fix in every layer
 #: The library that made an engine, beside the common toolchain, recorded in its manifest entry.
 _QUANTIZERS = {("openvino", "int8"): "nncf", ("tensorrt", "int8"): "nvidia-modelopt"}
 #: Where this host runs each backend's artefacts to check them: a TensorRT engine is built on the
@@ -55,6 +59,10 @@ def build_engine(backend: str, precision: str, fp32_onnx: Path, out_dir: Path, c
         raise ValueError("INT8 needs calibration tensors")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return builder(backend, precision)(Path(fp32_onnx), Path(out_dir), calibration, list(exclusions), options or {})
+
+
+def builder_revision(backend: str, precision: str) -> int:
+    return BUILDER_REVISIONS.get((backend, precision), 1)
 
 
 def host_backend(backend: str) -> str:
