@@ -202,17 +202,21 @@ def layer_sensitivity(fp32_onnx: Path, qdq_onnx: Path, tensors: np.ndarray) -> l
 
     Leave-one-out at the output: a node's sensitivity is how much the INT8 model's embedding error
     (mean 1 - cosine to FP32 on ``tensors``) falls when that node alone reads its activations
-    unquantized (its activation Q/DQ pairs bypassed). A per-activation SQNR would rank where the
-    error *is*, deep in the network where it has accumulated, rather than where it is *made*:
-    measured on the default student, the 8 layers with the worst SQNR left in float removed none of
-    the error, while the 3 convolutions at the input side removed two thirds of it.
+    unquantized: each activation Q -> DQ pair in front of it becomes a Clip to the range the pair
+    represents (no rounding, the same clamping: where the quantizer folded a ReLU6 into that range,
+    the Clip is the ReLU6). A per-activation SQNR would rank where the error *is*, deep in the
+    network where it has accumulated, rather than where it is *made*: measured on the default
+    student, the 8 layers with the worst SQNR left in float removed none of the error, while the 3
+    convolutions at the input side removed two thirds of it.
     Nodes absent from ``fp32_onnx`` (made by pre-processing) are dropped, since exclusion is by name.
     """
     import onnxruntime as ort
+    from onnx import numpy_helper
 
     fp32_names = {n.name for n in onnx.load(str(fp32_onnx), load_external_data=False).graph.node}
     model = onnx.load(str(qdq_onnx))
     producer = {out: node for node in model.graph.node for out in node.output}
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
     def embed(model_bytes: bytes | str) -> np.ndarray:
         session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
@@ -224,24 +228,40 @@ def layer_sensitivity(fp32_onnx: Path, qdq_onnx: Path, tensors: np.ndarray) -> l
     def error(candidate: np.ndarray) -> float:
         return float(np.mean(1.0 - cosine_similarity(candidate, reference)))
 
+    def representable_range(q: onnx.NodeProto) -> tuple[float, float]:
+        scale = float(initializers[q.input[1]])
+        zero_point = initializers[q.input[2]] if len(q.input) > 2 else np.uint8(0)
+        info = np.iinfo(zero_point.dtype)
+        return (info.min - int(zero_point)) * scale, (info.max - int(zero_point)) * scale
+
     quantized_error = error(embed(model.SerializeToString()))
     ranked = []
     for index, node in enumerate(model.graph.node):
         if node.op_type not in QUANTIZED_OP_TYPES or node.name not in fp32_names:
             continue
         # An activation input arrives as Q -> DQ; a weight as DQ of an initializer (left as it is).
-        unquantized = {}
+        clamps = {}
         for position, name in enumerate(node.input):
             dq = producer.get(name)
             q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear":
-                unquantized[position] = q.input[0]
-        if not unquantized:
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[1] in initializers:
+                clamps[position] = (q.input[0], representable_range(q))
+        if not clamps:
             continue
         variant = onnx.ModelProto()
         variant.CopyFrom(model)
-        for position, name in unquantized.items():
-            variant.graph.node[index].input[position] = name
+        target = variant.graph.node[index]
+        for position, (source, (low, high)) in clamps.items():
+            stem = f"{node.name}_unquantized_{position}"
+            variant.graph.initializer.extend([numpy_helper.from_array(np.array(low, np.float32), f"{stem}_min"),
+                                              numpy_helper.from_array(np.array(high, np.float32), f"{stem}_max")])
+            target.input[position] = stem
+        clips = [onnx.helper.make_node("Clip", [source, f"{target.input[p]}_min", f"{target.input[p]}_max"],
+                                       [target.input[p]], name=target.input[p]) for p, (source, _) in clamps.items()]
+        nodes = list(variant.graph.node)
+        nodes[index:index] = clips  # just before the node: the graph stays in topological order
+        del variant.graph.node[:]
+        variant.graph.node.extend(nodes)
         ranked.append((node.name, quantized_error - error(embed(variant.SerializeToString()))))
     return sorted(ranked, key=lambda item: (-item[1], item[0]))
 

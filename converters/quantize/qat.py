@@ -203,7 +203,7 @@ def cached_qat(cache: StepCache, encoder: torch.nn.Module, spec: InputSpec, cali
     table_sha = hashlib.sha256(np.ascontiguousarray(table.class_embeddings, np.float32).tobytes()).hexdigest()
     directory, _ = cache.run("qat", [encoder_fingerprint(encoder), calibration.manifest_sha256, table_sha,
                                      table.logit_scale, config.to_dict(), torch.__version__, nncf.__version__,
-                                     spec.sha256(), files_fingerprint(training_images), list(excluded_nodes)], make)
+                                     spec.sha256(), files_fingerprint(training_images), sorted(excluded_nodes)], make)
     xml = directory / QAT_IR
     return QatArtefacts([xml, xml.with_suffix(".bin")], [directory / QAT_ONNX],
                         json.loads((directory / QAT_RECORD).read_text()))
