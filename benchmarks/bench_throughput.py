@@ -115,7 +115,7 @@ def bench_screen(args, bundle: Path, photos: list[Path], work: Path) -> dict:
     research = None
     if not args.skip_research:
         from edge_retina.bench.parity import bundle_prompt_table
-        from edge_retina.bench.research import ResearchPipeline
+        from converters.research_baseline import ResearchPipeline
         from edge_retina.bundle import load_bundle
         from converters.parity import bundle_teacher
 

@@ -40,8 +40,7 @@ from edge_retina.bench.latency import (
 from edge_retina.bench.parity import bundle_parity
 from edge_retina.bench.parity import parity_tables as parity_tables_rows
 from edge_retina.bundle import load_bundle
-from edge_retina.cli.bench import rich_table
-from edge_retina.cli.screen import print_results, summarise
+from edge_retina.console_tables import print_results, rich_table, summarise
 from edge_retina.errors import BundleError
 from edge_retina.screener import Screener
 

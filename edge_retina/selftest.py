@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edge_retina.bundle import Bundle, EngineEntry
-from edge_retina.bundle.manifest import PRECISIONS, ROLES
+from edge_retina.engines import PRECISIONS, ROLES
 from edge_retina.errors import BundleError
 from edge_retina.screener import Screener
 

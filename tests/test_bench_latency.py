@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from converters.research_baseline import ResearchPipeline
 from edge_retina.bench import latency
 from edge_retina.bench.parity import bundle_prompt_table
-from edge_retina.bench.research import ResearchPipeline
 from edge_retina.bundle import load_bundle
 from edge_retina.cli.bench import bench
 from edge_retina.errors import MissingExtraError
@@ -105,9 +105,12 @@ def test_research_baseline_is_compared_with_the_engine(tiny_bundle, images):
 
 
 def test_research_baseline_without_torch_names_the_extra(monkeypatch):
+    from edge_retina.cli import bench as bench_cli
+
     monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.delitem(sys.modules, "converters.research_baseline")
     with pytest.raises(MissingExtraError, match=r"'convert' extra .*pip install 'edge-retina\[convert\]'"):
-        ResearchPipeline(object(), None, None)
+        bench_cli._host_module("converters.research_baseline", "the research-code baseline")
 
 
 def test_latency_command_json(tiny_bundle, retina_jpeg, tmp_path):

@@ -28,9 +28,7 @@ from edge_retina.bench.machine import machine_info
 from edge_retina.bundle import EngineEntry, load_bundle
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.pipeline import ScreeningPipeline, usable_cores
-from edge_retina.screener import Screener
-
-STAGES = ("decode", "preprocess", "inference", "lookup", "total")
+from edge_retina.screener import STAGES, Screener
 
 
 class Pipeline(Protocol):

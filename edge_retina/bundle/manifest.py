@@ -22,6 +22,7 @@ from typing import Any, Collection, Mapping
 
 from edge_retina import __version__
 from edge_retina.bundle.paths import MANIFEST_NAME, parent_conflicts, relpath_problem
+from edge_retina.engines import BACKENDS, PRECISIONS, ROLES, preferred_engine
 from edge_retina.errors import BundleError
 from edge_retina.preprocess.spec import InputSpec
 from edge_retina.prompts import ENSEMBLING_RULES as ENSEMBLING
@@ -32,20 +33,9 @@ SCHEMA_VERSION = 1
 ADAPTATION_SCHEMA_VERSION = 2
 SUPPORTED_SCHEMA_VERSIONS = (1, ADAPTATION_SCHEMA_VERSION)
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-ROLES = ("teacher", "student")
 PROMPTS_FILE = "prompts.npz"
 TOOL_NAME = "edge-retina"
 CREATED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-# select_engine's default preference, first is best. A distilled student is what a bundle exists to
-# ship (the teacher is there for parity checks); onnxruntime is in the base install so it runs
-# everywhere; a lower precision is smaller and faster on the hardware it was built for, and the
-# converter only ships an int8/fp16 engine that passed its accuracy guard.
-ROLE_PREFERENCE = ("student", "teacher")
-BACKEND_PREFERENCE = ("onnxruntime", "openvino", "tensorrt")
-PRECISION_PREFERENCE = ("int8", "fp16", "fp32")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONDITION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -319,37 +309,8 @@ class Manifest:
     def select_engine(
         self, backend: str | None = None, precision: str | None = None, role: str | None = None
     ) -> EngineEntry:
-        """The preferred engine among those matching every given criterion.
-
-        Preference: role (student, teacher), then backend (onnxruntime, openvino, tensorrt), then
-        precision (int8, fp16, fp32), then the order in the manifest. Raises BundleError naming
-        what the bundle has when nothing matches.
-        """
-        matching = [
-            (index, e)
-            for index, e in enumerate(self.engines)
-            if (backend is None or e.backend == backend)
-            and (precision is None or e.precision == precision)
-            and (role is None or e.role == role)
-        ]
-        if not matching:
-            wanted = ", ".join(
-                f"{k}={v!r}" for k, v in (("backend", backend), ("precision", precision), ("role", role))
-                if v is not None
-            )
-            available = ", ".join(e.describe() for e in self.engines)
-            raise BundleError(f"no engine in the bundle matches {wanted} (it has: {available})")
-
-        def rank(item: tuple[int, EngineEntry]) -> tuple[int, int, int, int]:
-            index, e = item
-            return (
-                ROLE_PREFERENCE.index(e.role),
-                BACKEND_PREFERENCE.index(e.backend),
-                PRECISION_PREFERENCE.index(e.precision),
-                index,
-            )
-
-        return min(matching, key=rank)[1]
+        """The preferred engine among those matching every given criterion (``engines.preferred_engine``)."""
+        return preferred_engine(self.engines, backend, precision, role)
 
 
 def canonical_json(d: Mapping[str, Any]) -> bytes:

@@ -14,7 +14,7 @@ from edge_retina.adapt.fit import DEFAULT_TARGET_SENSITIVITY
 from edge_retina.adapt.overlay import SUMMARY_HEADERS, adaptation_summary, remove_adaptation
 from edge_retina.adapt.selection import METHODS
 from edge_retina.adapt.thresholds import MIN_POSITIVES
-from edge_retina.cli.bench import rich_table
+from edge_retina.console_tables import rich_table
 from edge_retina.errors import EdgeRetinaError
 
 

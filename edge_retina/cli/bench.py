@@ -17,9 +17,9 @@ from types import ModuleType
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from edge_retina.cli.inputs import expand_inputs
+from edge_retina.console_tables import rich_table
 from edge_retina.errors import EdgeRetinaError, MissingExtraError
 
 # Modules whose absence means the 'convert' extra is missing (not a bug).
@@ -47,15 +47,6 @@ def _fail(message: str) -> None:
 def _shared_datasets() -> Path | None:
     candidate = Path(os.environ.get("EDGE_RETINA_DATASETS", REPO_DATASETS))
     return candidate if (candidate / "README.md").is_file() else None
-
-
-def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=escape(title))
-    for i, h in enumerate(headers):
-        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(cell) for cell in row))
-    return table
 
 
 def _write_json(data: dict, path: Path | None, to_stdout: bool) -> None:
@@ -155,14 +146,14 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
 
 def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int | None):
     from edge_retina.bench.parity import bundle_prompt_table
-    from edge_retina.bench.research import ResearchPipeline
     from edge_retina.bundle import load_bundle
 
     feature = "the research-code baseline (--baseline research)"
     parity = _host_module("converters.parity", feature)
+    research = _host_module("converters.research_baseline", feature)
     bundle = load_bundle(bundle_path)
     teacher = parity.bundle_teacher(bundle.manifest, checkpoint)
-    return ResearchPipeline(teacher.image_encoder, teacher.input_spec, bundle_prompt_table(bundle), threads)
+    return research.ResearchPipeline(teacher.image_encoder, teacher.input_spec, bundle_prompt_table(bundle), threads)
 
 
 @bench.command()

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "convert": ("converters.commands.convert:convert", "convert"),
     "prompts": ("converters.commands.prompts:prompts", "convert"),
     "distill": ("converters.commands.distill:distill", "convert"),
-    "calibrate": ("calibration.cli:calibrate", "convert"),
+    "calibrate": ("converters.commands.calibrate:calibrate", "convert"),
 }
 
 # Modules whose absence means "the extra is not installed" rather than a bug.
