@@ -23,8 +23,9 @@ import devices
 from . import engines
 from .adapt.overlay import bundle_scoring
 from .backends import Runner, available_backends, create_runner
-from .bundle import Bundle, default_cache_dir, load_bundle
+from .bundle import Bundle, load_bundle
 from .errors import EdgeRetinaError, ImageError
+from .files import user_cache_dir
 from .preprocess import Preprocessor
 from .prompts import PromptTable
 
@@ -101,7 +102,7 @@ def engine_cache_dir(bundle: Bundle) -> Path:
     Kept outside the bundle, which may sit on read-only storage or be a shared archive extraction,
     and keyed by the manifest's bytes, which pin every file of the bundle.
     """
-    return default_cache_dir().parent / "engines" / hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
+    return user_cache_dir("engines") / hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
 
 
 class Screener:

@@ -105,12 +105,12 @@ def test_research_baseline_is_compared_with_the_engine(tiny_bundle, images):
 
 
 def test_research_baseline_without_torch_names_the_extra(monkeypatch):
-    from edge_retina.cli import bench as bench_cli
+    from edge_retina.extras import import_for
 
     monkeypatch.setitem(sys.modules, "torch", None)
     monkeypatch.delitem(sys.modules, "converters.research_baseline")
     with pytest.raises(MissingExtraError, match=r"'convert' extra .*pip install 'edge-retina\[convert\]'"):
-        bench_cli._host_module("converters.research_baseline", "the research-code baseline")
+        import_for("converters.research_baseline", "the research-code baseline")
 
 
 def test_latency_command_json(tiny_bundle, retina_jpeg, tmp_path):

@@ -198,7 +198,7 @@ def format_markdown(parity: StudentParity, profile: dict | None = None, split: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from converters.commands.options import default_datasets
+    from edge_retina.bench.shared_datasets import shared_datasets_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", type=Path, required=True, help="student .safetensors (with its .json sidecar)")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    datasets = args.datasets or default_datasets()
+    datasets = args.datasets or shared_datasets_dir()
     if datasets is None:
         parser.error("no shared datasets found: pass --datasets")
     teacher = load_teacher(args.family, args.checkpoint)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_retina.files import sha256_file, write_atomically
+from edge_retina.files import sha256_file, user_cache_dir, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +45,7 @@ class EngineTarget:
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/edge-retina/tensorrt`` (``~/.cache/...`` by default): bundles may be read-only."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edge-retina" / "tensorrt"
+    return user_cache_dir("tensorrt")
 
 
 def slugify(text: str) -> str:

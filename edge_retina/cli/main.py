@@ -12,7 +12,8 @@ import importlib
 import click
 
 from edge_retina import __version__
-from edge_retina.errors import EdgeRetinaError
+from edge_retina.errors import EdgeRetinaError, MissingExtraError
+from edge_retina.extras import import_for, missing_extra
 
 # name -> ("module:attribute", extra that module needs, or None for the runtime)
 COMMANDS: dict[str, tuple[str, str | None]] = {
@@ -30,10 +31,6 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "calibrate": ("converters.commands.calibrate:calibrate", "convert"),
 }
 
-# Modules whose absence means "the extra is not installed" rather than a bug.
-_EXTRA_MODULES = {"torch", "onnx", "onnxscript", "nncf", "openvino", "safetensors", "timm", "sklearn", "skimage",
-                  "modelopt", "transformers", "open_clip", "matplotlib", "tqdm", "ray", "pyarrow"}
-
 
 class LazyGroup(click.Group):
     """A click group that imports each subcommand only when it is run or its help is asked for."""
@@ -46,30 +43,20 @@ class LazyGroup(click.Group):
             return None
         target, extra = COMMANDS[name]
         module_name, attribute = target.split(":")
+        if extra is None:
+            return getattr(importlib.import_module(module_name), attribute)
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if extra and _is_extra_module(exc):
-                return _missing_extra_command(name, extra, exc.name)
-            raise
-        command = getattr(module, attribute)
-        return _guarded(command, name, extra) if extra else command
+            module = import_for(module_name, f"'edge-retina {name}'", extra)
+        except MissingExtraError as exc:
+            return _missing_extra_command(name, extra, exc)
+        return _guarded(getattr(module, attribute), name, extra)
 
 
-def _is_extra_module(exc: ModuleNotFoundError) -> bool:
-    return bool(exc.name) and exc.name.split(".")[0] in _EXTRA_MODULES
-
-
-def _missing_extra_message(name: str, extra: str, missing: str) -> str:
-    return (f"'edge-retina {name}' runs on the host and needs the '{extra}' extra ({missing} is not installed): "
-            f"pip install 'edge-retina[{extra}]'")
-
-
-def _missing_extra_command(name: str, extra: str, missing: str) -> click.Command:
+def _missing_extra_command(name: str, extra: str, error: MissingExtraError) -> click.Command:
     @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
                    help=f"(needs the '{extra}' extra: pip install 'edge-retina[{extra}]')")
     def unavailable(**_: object) -> None:
-        raise click.ClickException(_missing_extra_message(name, extra, missing))
+        raise click.ClickException(str(error))
 
     return unavailable
 
@@ -83,9 +70,10 @@ def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
         try:
             return invoke(ctx)
         except ModuleNotFoundError as exc:
-            if _is_extra_module(exc):
-                raise click.ClickException(_missing_extra_message(name, extra, exc.name)) from None
-            raise
+            error = missing_extra(exc, f"'edge-retina {name}'", extra)
+            if error is None:
+                raise
+            raise click.ClickException(str(error)) from None
 
     command.invoke = guarded_invoke  # type: ignore[method-assign]
     return command

@@ -19,6 +19,7 @@ from rich.progress import (
 from edge_retina.cli.inputs import expand_inputs
 from edge_retina.cli.results_io import ResultWriter, result_format
 from edge_retina.console_tables import print_results, summarise
+from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.pipeline import ScreeningPipeline
 from edge_retina.screener import Result, Screener
@@ -28,9 +29,9 @@ from edge_retina.screener import Result, Screener
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
               help="Bundle directory or archive.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Inference backend (default: the bundle's preferred engine available here).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None)
 @click.option("--device", default=None, metavar="PROFILE|auto",
               help="Device profile (see 'edge-retina devices list'); default: detect this machine.")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the backend's).")
