@@ -12,7 +12,6 @@ from edge_retina.bundle.loader import (
     verify_bundle,
 )
 from edge_retina.bundle.manifest import (
-    ENSEMBLING,
     SCHEMA_VERSION,
     AdaptationEntry,
     AdaptedCondition,
@@ -31,7 +30,6 @@ from edge_retina.bundle.writer import pack_bundle, write_bundle
 
 __all__ = [
     "ARCHIVE_SUFFIX",
-    "ENSEMBLING",
     "MANIFEST_NAME",
     "SCHEMA_VERSION",
     "AdaptationEntry",
