@@ -312,6 +312,14 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     assert user_cache_dir("convert") == tmp_path / "home" / ".cache" / "edge-retina" / "convert"
 
 
+def test_trtexec_recipe_is_strongly_typed_on_tensorrt_10_and_int8_fp16_on_8_5(tmp_path):
+    modern = engine_cache.trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "t.cache")
+    assert "--stronglyTyped" in modern and not {"--int8", "--fp16"} & set(modern)
+    assert "--maxShapes=image:8x3x224x224" in modern
+    xavier = engine_cache.trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "t.cache", tensorrt_major=8)
+    assert {"--int8", "--fp16"} <= set(xavier) and "--stronglyTyped" not in xavier
+
+
 def test_stored_engine_matches_only_its_target_and_onnx(tmp_path):
     engine = engine_cache.engine_path(tmp_path, ORIN, SHA)
     assert engine_cache.engine_mismatch(engine, ORIN, SHA) == "no cached engine yet"

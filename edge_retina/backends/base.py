@@ -15,6 +15,9 @@ import numpy as np
 from edge_retina.engines import PRECISIONS
 from edge_retina.errors import BackendError
 
+#: The name of a bundle model's input (the converter exports it so; TensorRT build profiles name it).
+INPUT_NAME = "image"
+
 #: One dimension of a model input: a size, or None where the model leaves it symbolic.
 Dim = int | None
 
