@@ -27,7 +27,7 @@ from converters.labelled_sets import (
     shared_dataset_labels,
     training_images,
 )
-from converters.parity import bundle_student, teacher_embedder
+from converters.parity_references import bundle_student, teacher_embedder
 from converters.reference.data import load_records
 from converters.reference.evaluate import TASKS
 from converters.teachers import Teacher, load_teacher

@@ -24,7 +24,7 @@ from edge_retina.bench.metrics import auroc
 from edge_retina.bundle import CalibrationInfo, EngineEntry
 from edge_retina.bundle.manifest import engine_from_dict, engine_to_dict
 from edge_retina.engines import BACKENDS, PRECISIONS
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 # FP32 is the reference and ships unguarded; FP16 and INT8 (of PRECISIONS) go through the accuracy guard.
 #: Where the guard falls back to, per backend, in order, after INT8 layer exclusion. ONNX Runtime's

@@ -18,9 +18,9 @@ from edge_retina.bundle import (
     write_bundle,
 )
 from edge_retina.bundle.manifest import PROMPTS_FILE
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
-from .prompts import Condition, normal_class
+from .prompt_files import Condition, normal_class
 from .teachers import Teacher
 
 DEFAULT_THRESHOLD = 0.5

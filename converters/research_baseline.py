@@ -17,7 +17,7 @@ from PIL import Image
 
 from edge_retina.preprocess.resize import normalise
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 NAME = "research (PIL + PyTorch fp32)"
 

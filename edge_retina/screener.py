@@ -27,7 +27,7 @@ from .bundle import Bundle, load_bundle
 from .errors import EdgeRetinaError, ImageError
 from .files import user_cache_dir
 from .preprocess import Preprocessor
-from .prompts import PromptTable
+from .prompt_table import PromptTable
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from edge_retina.bench import parity as parity_module
 from edge_retina.bench.labels import LabelledImages, read_labels_csv, write_labels_csv
 from edge_retina.cli.bench import bench
 from edge_retina.errors import EdgeRetinaError
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 
 def two_class_table() -> PromptTable:

@@ -633,7 +633,7 @@ def test_the_json_schema_is_the_documented_one_and_names_what_the_runtime_knows(
 
     from edge_retina import engines
     from edge_retina.bundle.manifest import SCHEMA_PATH
-    from edge_retina.prompts import ENSEMBLING_RULES
+    from edge_retina.prompt_table import ENSEMBLING_RULES
 
     assert (Path(__file__).parents[1] / "docs" / "bundle.schema.json").resolve() == SCHEMA_PATH.resolve()
     schema = json.loads(SCHEMA_PATH.read_text())

@@ -18,7 +18,7 @@ from converters.convert_pipeline import (
     EngineTarget,
     convert,
 )
-from converters.prompts import load_prompt_file
+from converters.prompt_files import load_prompt_file
 from edge_retina.bench.labels import LabelledImages, read_labels_csv
 from edge_retina.bundle import load_bundle
 from edge_retina.preprocess import InputSpec

@@ -15,9 +15,9 @@ import pytest
 if importlib.util.find_spec("modelopt") is None:
     pytest.skip("nvidia-modelopt (convert extra) not installed", allow_module_level=True)
 
-from quantize_fixtures import SHAPE_ONLY, tiny_onnx  # noqa: E402
+from quantize_fixtures import SHAPE_ONLY, dequantized_input_consumers, tiny_onnx  # noqa: E402
 
-from converters.quantize.policy import QUANTIZED_OP_TYPES, dequantized_input_consumers  # noqa: E402
+from converters.quantize.policy import QUANTIZED_OP_TYPES  # noqa: E402
 from converters.quantize.tensorrt_modelopt import quantize_tensorrt_qdq  # noqa: E402
 from edge_retina.backends import create_runner  # noqa: E402
 from edge_retina.backends.tensorrt_engine_cache import build_engine_on_device  # noqa: E402

@@ -7,7 +7,7 @@ import click
 
 from converters.commands.options import TEACHER_OPTION
 from converters.commands.options import teacher_options as parse_teacher_options
-from converters.prompts import DEFAULT_PROMPT_FILE
+from converters.prompt_files import DEFAULT_PROMPT_FILE
 from converters.teachers import list_families
 from edge_retina.bench.shared_datasets import shared_datasets_dir
 

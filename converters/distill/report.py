@@ -27,9 +27,9 @@ import torch
 
 from converters.export.onnx_fp32 import export_onnx
 from converters.labelled_sets import SHARED_DATASETS, shared_dataset_labels
-from converters.parity import torch_embeddings
+from converters.parity_references import torch_embeddings
 from converters.prompt_tables import DEFAULT_THRESHOLD, embed_conditions
-from converters.prompts import DEFAULT_PROMPT_FILE, load_prompt_file
+from converters.prompt_files import DEFAULT_PROMPT_FILE, load_prompt_file
 from converters.teachers import Teacher, load_teacher
 from edge_retina.backends import create_runner
 from edge_retina.bench import metrics
@@ -38,7 +38,7 @@ from edge_retina.bench.machine import machine_info
 from edge_retina.bench.parity import ParityReport, prepare_tensors
 from edge_retina.preprocess import Preprocessor
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 from .student import StudentEncoder, count_flops, count_parameters, load_student
 

@@ -41,7 +41,7 @@ class Teacher:
     image_encoder: torch.nn.Module
     embed_texts: Callable[[list[str]], np.ndarray]  # texts -> (n, D) L2-normalised, host-side
     input_spec: InputSpec
-    ensembling: str  # "mean" | "mean_renormalised" (edge_retina.prompts.ENSEMBLING_RULES)
+    ensembling: str  # "mean" | "mean_renormalised" (edge_retina.prompt_table.ENSEMBLING_RULES)
     logit_scale: float
     checkpoint_sha256: str
 

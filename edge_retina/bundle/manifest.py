@@ -129,7 +129,7 @@ class ConditionEntry:
 
 @dataclass(frozen=True)
 class PromptsEntry:
-    """The manifest's ``prompts`` entry; the embeddings themselves are ``edge_retina.prompts.PromptTable``."""
+    """The manifest's ``prompts`` entry; the embeddings themselves are ``edge_retina.prompt_table.PromptTable``."""
 
     conditions: tuple[ConditionEntry, ...]
     normal_class: str

@@ -131,7 +131,7 @@ def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int 
     from edge_retina.bundle import load_bundle
 
     feature = "the research-code baseline (--baseline research)"
-    parity = import_for("converters.parity", feature)
+    parity = import_for("converters.parity_references", feature)
     research = import_for("converters.research_baseline", feature)
     bundle = load_bundle(bundle_path)
     teacher = parity.bundle_teacher(bundle.manifest, checkpoint)
@@ -184,7 +184,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
         report_html = import_for("converters.report_html", "the HTML report (--html)") if html else None
         reference_model, host_models, gate_baseline = None, [], None
         if reference == "teacher":
-            host = import_for("converters.parity", "parity against the teacher (--reference teacher)")
+            host = import_for("converters.parity_references", "parity against the teacher (--reference teacher)")
             manifest = load_bundle(bundle_path).manifest
             reference_model = host.teacher_reference(manifest, checkpoint)
             student = host.bundle_student(manifest, student_checkpoint)  # None for a teacher bundle
