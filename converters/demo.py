@@ -40,7 +40,7 @@ from edge_retina.bench.latency import (
 from edge_retina.bench.parity import bundle_parity
 from edge_retina.bench.parity import parity_tables as parity_tables_rows
 from edge_retina.bundle import load_bundle
-from edge_retina.console_tables import print_results, rich_table, summarise
+from edge_retina.console_tables import parity_console_tables, print_results, rich_table, summarise
 from edge_retina.errors import BundleError
 from edge_retina.screener import Screener
 
@@ -147,9 +147,10 @@ def latency_tables(bundle_dir: Path, images: list[Path], rounds: int, console: C
     with console.status(f"latency: {len(engines)} engines x {len(images)} images x {rounds} rounds, interleaved"):
         report = run_latency(bundle_dir, engines, images, iterations=rounds, streams=2, cold_runs=0).to_dict()
     headers, rows = system_table_rows(report)  # its first three columns: no cold-start runs here
-    return [rich_table(f"Latency per stage, median ({len(report['images'])} images x {rounds} rounds, engines "
-                       "interleaved)", *latency_table_rows(report)),
-            rich_table("Throughput", headers[:3], [r[:3] for r in rows])]
+    return [rich_table(f"Latency per stage, median ms ({len(report['images'])} images x {rounds} rounds, engines "
+                       f"interleaved); speed-up against {report['baseline']}", *latency_table_rows(report),
+                       width=console.width, details="edge-retina bench latency --json"),
+            rich_table("Throughput", headers[:3], [r[:3] for r in rows], width=console.width)]
 
 
 def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int, console: Console) -> list[Table]:
@@ -164,8 +165,9 @@ def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int
             report = bundle_parity(bundle_dir, labelled, reference=teacher_embedder(teacher),
                                    host_models=[student] if student else [],
                                    progress=lambda n: progress.advance(task, n))
-        for title, headers, rows in parity_tables_rows(report):
-            tables.append(rich_table(f"{dataset} (held-out test split) - {title}", headers, rows))
+        titled = [(f"{dataset} (held-out test split) - {title}", headers, rows)
+                  for title, headers, rows in parity_tables_rows(report)]
+        tables += parity_console_tables(titled, width=console.width, details="edge-retina bench parity --json")
     return tables
 
 

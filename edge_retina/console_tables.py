@@ -1,25 +1,87 @@
 """Tables for people on a terminal: the screening results, a run's summary, and titled tables of
-text cells. JSON and the HTML report carry the full detail; these are sized to be read.
+text cells. JSON and the HTML report carry the full detail; these are sized to be read: a table
+keeps the leading columns that fit the terminal (80 columns is the floor we design for) and names
+the ones left out, instead of wrapping every cell a character or two per line.
 """
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import Callable
 
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.markup import escape
 from rich.table import Table
 
 from edge_retina.screener import STAGES, Result
 
 
-def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=escape(title))
-    for i, h in enumerate(headers):
-        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(cell) for cell in row))
+# The head rule in ASCII: a terminal's byte-counting tools (and 80-column checks) see one byte a column.
+ASCII_SIMPLE_HEAD = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
+
+
+def fit_columns(make: Callable[[int, str | None], Table], headers: list[str], width: int | None = None,
+                details: str = "--json", note: str | None = None) -> Table:
+    """The table ``make(n, caption)`` builds from the first ``n`` columns, for the largest ``n`` (at
+    least 1) that fits ``width`` (default: the terminal's); the caption names the columns left out
+    and where they are (``details``), then ``note``."""
+    width = width or Console().width
+    wide = Console(width=10_000)
+    for shown in range(len(headers), 0, -1):
+        left_out = headers[shown:]
+        parts = [f"more in {details}: {', '.join(left_out)}" if left_out else "", note or ""]
+        table = make(shown, "; ".join(p for p in parts if p) or None)
+        if Measurement.get(wide, wide.options, table).maximum <= width:
+            break
     return table
+
+
+def _table(title: str, caption: str | None) -> Table:
+    return Table(title=escape(title), caption=escape(caption) if caption else None, box=ASCII_SIMPLE_HEAD,
+                 caption_justify="left")
+
+
+def rich_table(title: str, headers: list[str], rows: list[list[str]], *, width: int | None = None,
+               details: str = "--json", note: str | None = None) -> Table:
+    """A table of text cells, first column left-aligned, cut to the columns that fit (``fit_columns``)."""
+
+    def make(shown: int, caption: str | None) -> Table:
+        table = _table(title, caption)
+        for i, h in enumerate(headers[:shown]):
+            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row[:shown]))
+        return table
+
+    return fit_columns(make, headers, width, details, note)
+
+
+def identical_rows(rows: list[list[str]], keep: int = 1) -> tuple[list[list[str]], list[str]]:
+    """``rows`` without those whose cells after the name equal an earlier row's, and one note per
+    group ("a, b: same as c"): engines that compute exactly what their FP32 model does say so once.
+    The first ``keep`` rows (the reference) are never folded into."""
+    kept: list[list[str]] = []
+    alike: dict[int, list[str]] = {}
+    for row in rows:
+        match = next((i for i, k in enumerate(kept) if i >= keep and k[1:] == row[1:]), None)
+        if match is None:
+            kept.append(row)
+        else:
+            alike.setdefault(match, []).append(row[0])
+    return kept, [f"{', '.join(names)}: same numbers as {kept[i][0]}" for i, names in alike.items()]
+
+
+def parity_console_tables(tables: list[tuple[str, list[str], list[list[str]]]], *, width: int | None = None,
+                          details: str = "--json") -> list[Table]:
+    """``edge_retina.bench.parity.parity_tables`` for a terminal: rows whose numbers are identical to an
+    earlier row's (an engine computing exactly what its FP32 model does) folded into a note."""
+    fitted = []
+    for title, headers, rows in tables:
+        kept, notes = identical_rows(rows)
+        fitted.append(rich_table(title, headers, kept, width=width, details=details, note="; ".join(notes) or None))
+    return fitted
 
 
 def summarise(results: list[Result]) -> dict:
@@ -40,13 +102,9 @@ def _shown(text: str) -> str:
 
 
 def print_results(console: Console, results: list[Result], conditions: tuple[str, ...], summary: dict) -> None:
-    table = Table(title="Screening results", show_lines=False)
-    table.add_column("image", overflow="fold")
-    table.add_column("status")
-    for c in conditions:
-        table.add_column(c, justify="right")
-    table.add_column("ms", justify="right")
     styles = {"refer": "bold red", "no-referral": "green", "ungradable": "yellow", "error": "magenta"}
+    headers = ["image", "status", *conditions, "ms"]
+    rows = []
     for r in results:
         cells = []
         for c in conditions:
@@ -58,9 +116,18 @@ def print_results(console: Console, results: list[Result], conditions: tuple[str
         elif r.status == "error":
             detail += f" ({r.error_code})"
         total = r.timings_ms.get("total")
-        table.add_row(_shown(Path(r.source).name if r.screened else r.source), f"[{styles[r.status]}]{detail}[/]",
-                      *cells, "" if total is None else f"{total:.1f}")
-    console.print(table)
+        rows.append([escape(_shown(Path(r.source).name if r.screened else r.source)),
+                     f"[{styles[r.status]}]{detail}[/]", *cells, "" if total is None else f"{total:.1f}"])
+
+    def make(shown: int, caption: str | None) -> Table:
+        table = _table("Screening results", caption)
+        for i, h in enumerate(headers[:shown]):
+            table.add_column(h, justify="right" if i >= 2 else "left", no_wrap=i > 0, overflow="fold")
+        for row in rows:
+            table.add_row(*row[:shown])
+        return table
+
+    console.print(fit_columns(make, headers, console.width, details="--json and --out"))
     console.print("* = over the bundle's referral threshold")
     for r in results:
         if r.error:

@@ -316,8 +316,8 @@ def parity_tables(report: ParityReport) -> list[tuple[str, list[str], list[list[
                  "" if name == report.reference else _ratio(m.retention), _percent(m.sensitivity),
                  _percent(m.specificity), _percent(m.agreement)] for name, m in c.models.items()]
         tables.append((f"{c.condition}: {c.n_pos} positives / {c.n_neg} negatives, {threshold}",
-                       ["model", "AUROC", "ΔAUROC [95 % CI] DeLong p", "retention", "sensitivity", "specificity",
-                        "decisions as reference"], rows))
+                       ["model", "AUROC", "ΔAUROC [95% CI] DeLong p", "retention", "sensitivity", "specificity",
+                        "agreement"], rows))
     cosine_rows = [[name, *(f"{v:.6f}" for v in metrics.distribution(values).values())]
                    for name, values in report.cosine.items()]
     tables.append((f"Embedding cosine to {report.reference} ({report.n_images} images)",

@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from edge_retina.bench.shared_datasets import shared_datasets_dir
 from edge_retina.cli.inputs import expand_inputs
-from edge_retina.console_tables import rich_table
+from edge_retina.console_tables import parity_console_tables, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.extras import import_for
@@ -112,9 +112,10 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     except EdgeRetinaError as exc:
         _fail(str(exc))
     data = report.to_dict()
-    console.print(rich_table(f"Latency per stage, median ({len(image_paths)} images x {iterations} rounds, "
-                              "interleaved)", *latency_table_rows(data)))
-    console.print(rich_table("Throughput, cold start, memory", *system_table_rows(data)))
+    console.print(rich_table(f"Latency per stage, median ms ({len(image_paths)} images x {iterations} rounds, "
+                             f"interleaved); speed-up against {data['baseline']}", *latency_table_rows(data),
+                             width=console.width))
+    console.print(rich_table("Throughput, cold start, memory", *system_table_rows(data), width=console.width))
     for why in report.left_out:
         console.print(f"[yellow]left out[/] {escape(why)}", soft_wrap=True)
     machine = report.machine
@@ -179,13 +180,13 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
 
     console = Console(stderr=as_json)
     try:
-        labelled = read_labels_csv(labels_csv)
+        manifest = load_bundle(bundle_path).manifest
+        labelled = read_labels_csv(labels_csv, conditions=[c.name for c in manifest.prompts.conditions])
         engines = select_engines(bundle_path, backend, precision)
         report_html = import_for("converters.report_html", "the HTML report (--html)") if html else None
         reference_model, host_models, gate_baseline = None, [], None
         if reference == "teacher":
             host = import_for("converters.parity_references", "parity against the teacher (--reference teacher)")
-            manifest = load_bundle(bundle_path).manifest
             reference_model = host.teacher_reference(manifest, checkpoint)
             student = host.bundle_student(manifest, student_checkpoint)  # None for a teacher bundle
             host_models = [student] if student is not None else []
@@ -196,14 +197,17 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
                                    base=reference == "base")
     except EdgeRetinaError as exc:
         _fail(str(exc))
-    for title, headers, rows in parity_tables(report):
-        console.print(rich_table(title, headers, rows))
+    for table in parity_console_tables(parity_tables(report), width=console.width):
+        console.print(table)
     for s in report.skipped:
         console.print(f"[yellow]skipped[/] {escape(s)}", soft_wrap=True)
+    if labelled.ignored_columns:
+        console.print(f"ignored label columns (not conditions of this bundle): "
+                      f"{escape(', '.join(labelled.ignored_columns))}")
     failures = report.failures(max_drop, gate_baseline)
     baseline = gate_baseline or report.reference
-    data = {**report.to_dict(), "max_drop": max_drop, "gate_baseline": baseline,
-            "gate": "fail" if failures else "pass", "failures": failures}
+    data = {**report.to_dict(), "ignored_label_columns": list(labelled.ignored_columns), "max_drop": max_drop,
+            "gate_baseline": baseline, "gate": "fail" if failures else "pass", "failures": failures}
     _write_json(data, out, as_json)
     if report_html:
         latency_data = json.loads(latency_json.read_text()) if latency_json else None

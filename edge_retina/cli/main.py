@@ -8,12 +8,17 @@ traceback.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import sys
 
 import click
 
 from edge_retina import __version__
 from edge_retina.errors import EdgeRetinaError, MissingExtraError
 from edge_retina.extras import import_for, missing_extra
+
+VERBOSE_KEY = "edge_retina.verbose"
 
 # name -> ("module:attribute", extra that module needs, or None for the runtime)
 COMMANDS: dict[str, tuple[str, str | None]] = {
@@ -63,10 +68,16 @@ def _missing_extra_command(name: str, extra: str, error: MissingExtraError) -> c
 
 def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
     """Host commands import their heavy dependencies when they run: turn a missing one into the
-    "install the extra" message there too."""
+    "install the extra" message there too, and a user's mistake (EdgeRetinaError) into one line.
+    Their libraries' INFO logging (NNCF's steps, a quantizer's notes) would interleave with the
+    command's own progress lines: it is silenced unless -v."""
     invoke = command.invoke
 
     def guarded_invoke(ctx: click.Context):
+        verbose = _verbose(ctx)
+        if not verbose:
+            # logging.disable, not logger levels: NNCF resets its logger's level when imported.
+            logging.disable(logging.INFO)
         try:
             return invoke(ctx)
         except ModuleNotFoundError as exc:
@@ -74,13 +85,36 @@ def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
             if error is None:
                 raise
             raise click.ClickException(str(error)) from None
+        except EdgeRetinaError as exc:
+            if verbose:
+                raise
+            raise click.ClickException(str(exc)) from None
+        finally:
+            logging.disable(logging.NOTSET)
 
     command.invoke = guarded_invoke  # type: ignore[method-assign]
     return command
 
 
+def _verbose(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().meta.get(VERBOSE_KEY))
+
+
+def _set_verbosity(ctx: click.Context, _: click.Parameter, verbose: bool) -> None:
+    """Runs while the options are parsed, before a host command's modules are imported: model-loading
+    progress bars (Hugging Face) read their switch at import time."""
+    ctx.meta[VERBOSE_KEY] = verbose
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-retina")
+@click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbosity,
+              help="Show libraries' log messages, and a traceback with every error.")
 def cli() -> None:
     """Retinal foundation models on screening devices: convert on the host, screen offline on the device."""
 
@@ -89,5 +123,7 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except EdgeRetinaError as exc:  # an error raised outside a command's own handling
+        if "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+            raise
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
