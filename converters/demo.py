@@ -174,7 +174,7 @@ def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int
 def run_demo(config: DemoConfig) -> dict:
     console = Console()
     teacher = load_teacher("reference")
-    console.print(f"teacher: reference model {teacher.name} (sha256 {teacher.checkpoint_sha256[:12]}…), "
+    console.print(f"teacher: reference model {teacher.name} (sha256 {teacher.checkpoint_sha256[:12]}), "
                   f"input {teacher.input_spec.size[0]}x{teacher.input_spec.size[1]}; default student: "
                   f"{STUDENT_WEIGHTS.name} (distilled from it)")
     bundle_dir = default_bundle(teacher, config.workdir / "default-bundle", config.datasets, console, config.rebuild)

@@ -74,10 +74,14 @@ def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
     invoke = command.invoke
 
     def guarded_invoke(ctx: click.Context):
+        import onnxruntime  # a base dependency, imported when a host command runs rather than at every start
+
         verbose = _verbose(ctx)
         if not verbose:
             # logging.disable, not logger levels: NNCF resets its logger's level when imported.
             logging.disable(logging.INFO)
+            # ONNX Runtime's own (C++) warnings bypass Python logging: errors only.
+            onnxruntime.set_default_logger_severity(3)
         try:
             return invoke(ctx)
         except ModuleNotFoundError as exc:
@@ -91,6 +95,7 @@ def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
             raise click.ClickException(str(exc)) from None
         finally:
             logging.disable(logging.NOTSET)
+            onnxruntime.set_default_logger_severity(2)  # its default: warnings
 
     command.invoke = guarded_invoke  # type: ignore[method-assign]
     return command
