@@ -108,9 +108,15 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
         if dropped:
             console.print(f"conditions without validation data, left out of the default bundle: {', '.join(dropped)}")
     convert(recipe, bundle_dir, settings, archive=archive,
-            command="edge-retina demo", progress=lambda message: console.print(message, highlight=False))
+            command="edge-retina demo", progress=lambda message: say(console, message))
     console.print(f"default bundle: {bundle_dir} (built; archive {archive.name})")
     return bundle_dir
+
+
+def say(console: Console, message: str) -> None:
+    """A progress line wrapped to the terminal counting bytes, not characters (a "ΔAUROC" check name
+    is one column but two bytes), so no printed line is wider than the terminal by any count."""
+    console.print(message, highlight=False, width=console.width - (len(message.encode()) - len(message)))
 
 
 def sample_images(workdir: Path, datasets: Path | None) -> list[Path]:

@@ -310,12 +310,13 @@ def latency_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str
     """(headers, rows) of the per-stage median table (ms) from ``LatencyReport.to_dict()`` (or its
     JSON): shared by the CLI, the HTML report and the demo. Columns go most telling first, so a
     terminal that cannot show them all keeps total and speed-up (against ``report["baseline"]``)."""
-    headers = ["pipeline", "total", "speed-up wall/CPU", *(s for s in STAGES if s != "total"), "total p90",
+    stages_shown = ("inference", *(s for s in STAGES if s not in ("inference", "total")))
+    headers = ["pipeline", "total", "speed-up wall/CPU", *stages_shown, "total p90",
                "total p99", "CPU", "engine alone", "overhead over engine"]
     rows = []
     for name, p in report["pipelines"].items():
         stages = p["stages_ms"]
-        cells = [f"{stages[s]['median']:.2f}" if s in stages else "-" for s in STAGES if s != "total"]
+        cells = [f"{stages[s]['median']:.2f}" if s in stages else "-" for s in stages_shown]
         engine = p.get("engine_ms")
         overhead = p.get("runtime_overhead_over_engine")
         rows.append([name, f"{stages['total']['median']:.2f}",
