@@ -24,7 +24,7 @@ def printed(table, width=80) -> list[str]:
 def test_a_wide_table_keeps_the_leading_columns_that_fit_and_names_the_rest():
     lines = printed(rich_table("Latency per stage, median ms (4 images x 10 rounds)", HEADERS, ROWS, width=80))
     assert max(len(line.encode()) for line in lines) <= 80
-    text = "\n".join(lines)
+    text = " ".join(" ".join(lines).split())  # the caption wraps
     assert "research (PIL + PyTorch fp32)" in text and "5.27x / 4.10x" in text  # never folded mid-cell
     assert "more in --json:" in text and "overhead over engine" in text
     wide = "\n".join(printed(rich_table("t", HEADERS, ROWS, width=200), width=200))
@@ -39,5 +39,5 @@ def test_rows_with_the_numbers_of_an_earlier_row_are_folded_into_a_note():
     assert [r[0] for r in kept] == ["teacher (PyTorch fp32)", "student (PyTorch fp32)", "openvino/int8/student"]
     assert notes == ["onnxruntime/fp32/student, openvino/fp32/student: same numbers as student (PyTorch fp32)"]
     [table] = parity_console_tables([("glaucoma", ["model", "AUROC", "ΔAUROC"], rows)], width=80)
-    text = "\n".join(printed(table))
+    text = " ".join(" ".join(printed(table)).split())  # the note wraps
     assert "same numbers as student (PyTorch fp32)" in text and text.count("onnxruntime/fp32/student") == 1
