@@ -257,15 +257,20 @@ def _engines(recipe: BundleRecipe, table: PromptTable, fp32_onnx: Path, onnx_sha
     thresholds = {c.name: recipe.thresholds.get(c.name, (DEFAULT_THRESHOLD,))[0]
                   for c in recipe.conditions if c.name != table.normal_class}
 
+    # QAT also trains on the calibration candidates that were not chosen, unless the guard checks on them.
+    guard_images = {Path(p).resolve() for p in reference.paths}
+    qat_training = [] if calibration is None else [p for p in calibration.held_out if p.resolve() not in guard_images]
+
     @functools.cache
-    def qat() -> QatArtefacts:
-        return cached_qat(cache, recipe.encoder, spec.size, calibration, table, fp32_onnx, settings.qat_config,
-                          lambda message: step.progress(f"      {message}"))
+    def qat(excluded: tuple[str, ...]) -> QatArtefacts:
+        return cached_qat(cache, recipe.encoder, spec, calibration, table, fp32_onnx, settings.qat_config,
+                          lambda message: step.progress(f"      {message}"), training_images=qat_training,
+                          excluded_nodes=excluded)
 
     context = TargetContext(fp32_onnx, recipe.role, calibration, reference.tensors, reference.embeddings, table,
                             reference.labels, thresholds, settings.limits, toolchain_versions(), settings.threads,
                             lambda message: step.progress(f"    {message}"), settings.openvino_accuracy_control,
-                            qat=None if settings.qat == "never" or calibration is None else qat,
+                            qat=None if settings.qat == "never" or calibration is None else lambda x: qat(tuple(x)),
                             qat_first=settings.qat == "always")
     engines: list[BuiltEngine] = []
     for target in settings.targets:

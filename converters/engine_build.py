@@ -31,7 +31,7 @@ from edge_retina.prompt_table import PromptTable
 #: CPU provider goes straight to FP32: it runs an FP16 graph by casting around the ops it has no FP16
 #: kernel for, slower than FP32 (the default student here: 4.6 ms against 2.0 ms per image).
 FALLBACK_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp16", "fp32"), "tensorrt": ("fp16", "fp32")}
-#: Calibration images the per-layer sensitivity analysis runs (it keeps every activation in memory).
+#: Calibration images the per-layer sensitivity analysis embeds, once per quantized layer.
 SENSITIVITY_IMAGES = 16
 RECORD = "engine.json"
 
@@ -81,9 +81,9 @@ class TargetContext:
     threads: int | None = None
     progress: Progress | None = None
     openvino_accuracy_control: bool = True
-    # Quantization-aware distillation, run (or read from the step cache) when the ladder reaches it;
-    # None: never. ``qat_first``: INT8 starts with it (``convert --qat always``).
-    qat: Callable[[], QatArtefacts] | None = None
+    # Quantization-aware distillation with these layers in float, run (or read from the step cache)
+    # when the ladder reaches it; None: never. ``qat_first``: INT8 starts with it (``convert --qat always``).
+    qat: Callable[[Sequence[str]], QatArtefacts] | None = None
     qat_first: bool = False
 
 
@@ -148,18 +148,18 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
         tensors = calibration.tensors if prec == "int8" else None
         return prec, build_engine(backend, prec, context.fp32_onnx, fresh_dir(), tensors, excluded, settings)
 
-    def qat() -> tuple[str, list[Path]]:
+    def qat(excluded: Sequence[str]) -> tuple[str, list[Path]]:
         directory = fresh_dir()  # a copy the attempt owns: the cached QAT step serves every backend
-        return "int8", [Path(shutil.copyfile(f, directory / f.name)) for f in context.qat().files_for(backend)]
+        return "int8", [Path(shutil.copyfile(f, directory / f.name)) for f in context.qat(excluded).files_for(backend)]
 
     def embed(artefact: tuple[str, list[Path]]) -> np.ndarray:
         prec, files = artefact
         return embed_tensors(backend, files[0], prec, context.eval_tensors, context.threads)
 
-    def sensitivity(artefact: tuple[str, list[Path]]) -> list[str]:
-        qdq = artefact[1][0]
-        if host_backend(backend) != "onnxruntime":  # rank layers on an ONNX Runtime Q/DQ proxy: same node names
-            qdq = build_engine("onnxruntime", "int8", context.fp32_onnx, fresh_dir(), calibration.tensors)[0]
+    def sensitivity() -> list[str]:
+        # Ranked on an ONNX Runtime Q/DQ model of every backend (node names are the FP32 ONNX's), so
+        # that one ranking, and one QAT run, serves them all.
+        qdq = build_engine("onnxruntime", "int8", context.fp32_onnx, fresh_dir(), calibration.tensors)[0]
         return [name for name, _ in layer_sensitivity(context.fp32_onnx, qdq, calibration.tensors[:SENSITIVITY_IMAGES])]
 
     result = guarded_build(build, embed, context.fp32_embeddings, sensitivity, table=context.table,
@@ -172,7 +172,7 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
             shutil.rmtree(directory)
     notes = result.notes(context.limits)
     if result.method == "qat":
-        notes["qat"] = context.qat().record
+        notes["qat"] = context.qat(result.excluded_nodes).record
     return _entry(context, backend, shipped_precision, shipped_files,
                   calibration=(CalibrationInfo(calibration.manifest_sha256, calibration.size, calibration.method)
                                if shipped_precision == "int8" else None),

@@ -63,11 +63,6 @@ def tiny_spec(tiny_bundle: Path):
 
 # What the ViT-safe policy (converters.quantize.policy) means for a graph, checked on quantized models.
 
-def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes the policy allows to run in INT8, in graph order."""
-    return [node.name for node in model.graph.node if node.op_type in QUANTIZED_OP_TYPES]
-
-
 def dequantized_input_consumers(model: onnx.ModelProto) -> Counter:
     """Op types that take a DequantizeLinear output as an input, with counts (the policy says: only
     Conv/MatMul/Gemm, and Q/DQ pairs feeding each other)."""

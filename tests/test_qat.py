@@ -13,6 +13,7 @@ from converters.quantize.qat import QatConfig, cached_qat
 from converters.quantize.registry import build_engine
 from converters.step_cache import StepCache
 from edge_retina.backends import create_runner
+from edge_retina.preprocess import InputSpec
 from edge_retina.prompt_table import PromptTable
 
 SIZE = (32, 32)
@@ -49,6 +50,10 @@ def _table() -> PromptTable:
     return PromptTable(["normal", "dr", "glaucoma"], "normal", prompts, np.arange(3), "mean", 50.0)
 
 
+def _spec() -> InputSpec:
+    return InputSpec(size=SIZE)
+
+
 def _embed(backend: str, path, tensors: np.ndarray) -> np.ndarray:
     with create_runner(backend, path, precision="int8") as runner:
         return runner.infer(tensors)
@@ -76,7 +81,7 @@ def test_post_training_int8_fails_and_qat_passes_the_guard(setting):
 
     calibration_set = type("Calibration", (), {"tensors": calibration, "size": len(calibration),
                                                "manifest_sha256": "0" * 64})()
-    artefacts = cached_qat(StepCache(work / "cache"), encoder, SIZE, calibration_set, _table(), fp32_onnx,
+    artefacts = cached_qat(StepCache(work / "cache"), encoder, _spec(), calibration_set, _table(), fp32_onnx,
                            QatConfig(epochs=2, batch_size=8))
     assert artefacts.record["config"]["epochs"] == 2 and artefacts.record["calibration_images"] == 32
     for backend, files in (("onnxruntime", artefacts.onnx), ("openvino", artefacts.openvino)):
@@ -103,15 +108,17 @@ def _fake_ladder(passing: set[str]):
 def test_qat_is_the_rung_after_layer_exclusion_and_before_float():
     fp32, embed = _fake_ladder({"qat"})
     result = guarded_build(lambda precision, excluded: f"{precision}-{len(excluded)}", embed, fp32,
-                           lambda artefact: ["a", "b"], qat=lambda: "qat")
+                           lambda: ["a", "b", "c"], qat=lambda excluded: "qat", qat_exclusions=2)
     assert (result.precision, result.method) == ("int8", "qat")
-    assert [(a["method"], len(a["excluded_nodes"])) for a in result.attempts] == \
-        [("ptq", 0), ("ptq", 1), ("ptq", 2), ("qat", 0)]
+    assert [(a["method"], a["excluded_nodes"]) for a in result.attempts] == \
+        [("ptq", []), ("ptq", ["a"]), ("ptq", ["a", "b"]), ("qat", ["a", "b"])]
     assert result.fallback_record()["method"] == "qat"
 
 
 def test_qat_first_skips_post_training_int8():
     fp32, embed = _fake_ladder({"qat"})
     result = guarded_build(lambda precision, excluded: pytest.fail("no post-training INT8 with qat_first"),
-                           embed, fp32, lambda artefact: [], qat=lambda: "qat", qat_first=True)
+                           embed, fp32, lambda: ["a", "b"], qat=lambda excluded: "qat", qat_first=True,
+                           qat_exclusions=1)
     assert result.method == "qat" and len(result.attempts) == 1 and result.fallback_record() is None
+    assert result.excluded_nodes == ["a"]

@@ -9,14 +9,13 @@ import pytest
 from quantize_fixtures import (
     SHAPE_ONLY,
     dequantized_input_consumers,
-    quantizable_nodes,
     quantized_node_names,
     tiny_onnx,
 )
 
 from calibration import ArrayCalibrationReader
 from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
-from converters.quantize.policy import QUANTIZED_OP_TYPES
+from converters.quantize.policy import QUANTIZED_OP_TYPES, quantizable_nodes
 from edge_retina.backends import create_runner
 
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from quantize_fixtures import quantizable_nodes, tiny_onnx
+from quantize_fixtures import tiny_onnx
 
 from converters.quantize.openvino_nncf import AccuracyControl, quantize_openvino
+from converters.quantize.policy import quantizable_nodes
 from edge_retina.backends import create_runner
 
 

@@ -4,6 +4,13 @@ Transformers (LayerNorm/Softmax in the graph) use ``ModelType.TRANSFORMER``, NNC
 LayerNorm, Softmax, GELU and residual Adds in floating point (the ViT-safe policy). With a validation
 set, ``quantize_with_accuracy_control`` reverts the layers that cost the most until the metric drop
 is within ``max_drop``.
+
+Weights are quantized to 7 bits in every layer by default (NNCF's overflow fix, ``overflow_fix=
+"enable"``): x86 CPUs without VNNI (AVX2 only, like the host these engines were measured on)
+multiply u8 activations by s8 weights into 16-bit sums that saturate. Measured on the default
+student here, the zero-shot score noise of all-INT8 was 0.42 of the scores' spread with 8-bit weights,
+0.30 with NNCF's default (7 bits in the first layer only) and 0.24 with 7 bits everywhere. A VNNI
+device's profile can ask for ``first_layer_only`` or ``disable`` to keep the eighth bit.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import nncf
 import numpy as np
+from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 import onnx
 import openvino as ov
 
@@ -45,6 +53,10 @@ def _embed_all(compiled: ov.CompiledModel, tensors: np.ndarray) -> np.ndarray:
     return np.concatenate([compiled(tensors[i:i + 1])[0] for i in range(len(tensors))])
 
 
+#: ``overflow_fix`` values (NNCF's ``OverflowFix``): 7-bit weights everywhere, in the first layer, nowhere.
+OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
+
+
 def quantize_openvino(
     fp32_onnx: Path,
     xml_path: Path,
@@ -52,6 +64,7 @@ def quantize_openvino(
     *,
     ignored_nodes: Sequence[str] = (),
     accuracy_control: AccuracyControl | None = None,
+    overflow_fix: str = "enable",
 ) -> list[Path]:
     """Write the INT8 IR (.xml, .bin); returns both paths. ``ignored_nodes`` are ONNX node names."""
     xml_path = Path(xml_path)
@@ -60,8 +73,11 @@ def quantize_openvino(
         else None
     model = ov.convert_model(str(fp32_onnx))
     calibration = nncf.Dataset([t[None] for t in calibration_tensors])
+    if overflow_fix not in OVERFLOW_FIXES:
+        raise ValueError(f"overflow_fix must be one of {OVERFLOW_FIXES}, got {overflow_fix!r}")
     common = dict(subset_size=len(calibration_tensors), model_type=model_type,
-                  ignored_scope=_ignored_scope(ignored_nodes))
+                  ignored_scope=_ignored_scope(ignored_nodes),
+                  advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix)))
     if accuracy_control is None:
         quantized = nncf.quantize(model, calibration, **common)
     else:
@@ -74,6 +90,7 @@ def quantize_openvino(
                 raise ValueError("the validation metric is computed on the whole validation set only")
             return accuracy_control.metric(embeddings), [[e] for e in embeddings]
 
+        common["advanced_quantization_parameters"] = common.pop("advanced_parameters")
         quantized = nncf.quantize_with_accuracy_control(
             model, calibration, nncf.Dataset([t[None] for t in accuracy_control.tensors]), validate,
             max_drop=accuracy_control.max_drop, drop_type=nncf.DropType.ABSOLUTE, **common,
@@ -85,6 +102,7 @@ def quantize_openvino(
 
 def build_int8(fp32_onnx: Path, out_dir: Path, calibration: np.ndarray, exclusions: Sequence[str],
                options: Mapping[str, Any]) -> list[Path]:
-    """The registry's builder (``converters.quantize.registry``); option ``accuracy_control``."""
+    """The registry's builder (``converters.quantize.registry``); options ``accuracy_control``, ``overflow_fix``."""
     return quantize_openvino(fp32_onnx, Path(out_dir) / "model.xml", calibration, ignored_nodes=exclusions,
-                             accuracy_control=options.get("accuracy_control"))
+                             accuracy_control=options.get("accuracy_control"),
+                             overflow_fix=options.get("overflow_fix", "enable"))

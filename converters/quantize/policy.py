@@ -20,3 +20,8 @@ TRANSFORMER_MARKERS = ("LayerNormalization", "Softmax", "Attention", "MultiHeadA
 
 def is_transformer(model: onnx.ModelProto) -> bool:
     return any(node.op_type in TRANSFORMER_MARKERS for node in model.graph.node)
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes the policy allows to run in INT8, in graph order."""
+    return [node.name for node in model.graph.node if node.op_type in QUANTIZED_OP_TYPES]
