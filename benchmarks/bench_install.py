@@ -51,7 +51,7 @@ def build_reference_bundle(out: Path) -> Path:
     import torch
 
     from converters.bundle_builder import BundleRecipe, build_bundle
-    from converters.prompts import load_prompt_file
+    from converters.prompt_files import load_prompt_file
     from converters.reference.model import REFERENCE_INPUT_SPEC, build_reference_model
 
     torch.manual_seed(0)

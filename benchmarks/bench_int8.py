@@ -43,7 +43,7 @@ def load_encoder_and_table(weights: Path):
     import torch
 
     from converters.bundle_builder import recipe_prompt_table, BundleRecipe
-    from converters.prompts import load_prompt_file
+    from converters.prompt_files import load_prompt_file
     from converters.reference import REFERENCE_INPUT_SPEC, build_reference_model, load_reference
 
     if weights.suffix == ".pt":

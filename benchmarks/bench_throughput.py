@@ -115,9 +115,9 @@ def bench_screen(args, bundle: Path, photos: list[Path], work: Path) -> dict:
     research = None
     if not args.skip_research:
         from edge_retina.bench.parity import bundle_prompt_table
-        from edge_retina.bench.research import ResearchPipeline
+        from converters.research_baseline import ResearchPipeline
         from edge_retina.bundle import load_bundle
-        from converters.parity import bundle_teacher
+        from converters.parity_references import bundle_teacher
 
         loaded = load_bundle(bundle)
         teacher = bundle_teacher(loaded.manifest, None)

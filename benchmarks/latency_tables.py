@@ -9,7 +9,7 @@ import statistics
 import sys
 from pathlib import Path
 
-STAGES = ("decode", "preprocess", "inference", "lookup", "total")
+from edge_retina.screener import STAGES
 
 
 def latency_table(report: dict) -> list[str]:

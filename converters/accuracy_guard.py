@@ -39,7 +39,7 @@ from converters.quantize.policy import QUANTIZED_OP_TYPES
 from edge_retina.bench.labels import LabelledImages
 from edge_retina.bench.metrics import cosine_similarity, decision_agreement, distribution, paired_bootstrap_delta
 from edge_retina.errors import EdgeRetinaError
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 DEFAULT_EXCLUSION_STEPS = (1, 2, 4, 8)
 #: Revision of the fallback ladder (part of the converter's engine cache key: a changed ladder

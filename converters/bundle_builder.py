@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from edge_retina.bundle import EngineEntry, Manifest, pack_bundle, write_bundle
-from edge_retina.bundle.manifest import ModelInfo, PromptsEntry, Provenance, StudentInfo
+from edge_retina.bundle.manifest import PROMPTS_FILE, ModelInfo, PromptsEntry, Provenance, StudentInfo
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 from .export.onnx_fp32 import export_onnx
 from .export.openvino_ir import onnx_to_openvino_ir
-from .prompt_tables import PROMPTS_FILE, condition_entries, embed_conditions
-from .prompts import DEFAULT_PROMPT_FILE, Condition, load_prompt_file
+from .prompt_tables import condition_entries, embed_conditions
+from .prompt_files import DEFAULT_PROMPT_FILE, Condition, load_prompt_file
 from .selftest_files import selftest_files
 from .teachers import Teacher
 

@@ -41,7 +41,7 @@ from converters.engine_build import (
     save_engine,
 )
 from converters.export.onnx_fp32 import OPSET, export_onnx
-from converters.parity import TEACHER_NAME, torch_embeddings
+from converters.parity_references import TEACHER_NAME, torch_embeddings
 from converters.quantize.qat import QatArtefacts, QatConfig, cached_qat
 from converters.quantize.registry import builder_revision
 from converters.prompt_tables import DEFAULT_THRESHOLD
@@ -54,7 +54,7 @@ from edge_retina.bench.parity import compare_embeddings, prepare_tensors
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.files import sha256_file
 from edge_retina.preprocess import InputSpec, Preprocessor, pixels_key
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 PARITY_REPORT = "reports/parity.json"
 FP32_REFERENCE = "fp32 onnx"

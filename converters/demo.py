@@ -27,7 +27,7 @@ from converters.labelled_sets import (
     shared_dataset_labels,
     training_images,
 )
-from converters.parity import bundle_student, teacher_embedder
+from converters.parity_references import bundle_student, teacher_embedder
 from converters.reference.data import load_records
 from converters.reference.evaluate import TASKS
 from converters.teachers import Teacher, load_teacher
@@ -40,8 +40,7 @@ from edge_retina.bench.latency import (
 from edge_retina.bench.parity import bundle_parity
 from edge_retina.bench.parity import parity_tables as parity_tables_rows
 from edge_retina.bundle import load_bundle
-from edge_retina.cli.bench import rich_table
-from edge_retina.cli.screen import print_results, summarise
+from edge_retina.console_tables import parity_console_tables, print_results, rich_table, summarise
 from edge_retina.errors import BundleError
 from edge_retina.screener import Screener
 
@@ -109,9 +108,15 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
         if dropped:
             console.print(f"conditions without validation data, left out of the default bundle: {', '.join(dropped)}")
     convert(recipe, bundle_dir, settings, archive=archive,
-            command="edge-retina demo", progress=lambda message: console.print(message, highlight=False))
+            command="edge-retina demo", progress=lambda message: say(console, message))
     console.print(f"default bundle: {bundle_dir} (built; archive {archive.name})")
     return bundle_dir
+
+
+def say(console: Console, message: str) -> None:
+    """A progress line wrapped to the terminal counting bytes, not characters (a "ΔAUROC" check name
+    is one column but two bytes), so no printed line is wider than the terminal by any count."""
+    console.print(message, highlight=False, width=console.width - (len(message.encode()) - len(message)))
 
 
 def sample_images(workdir: Path, datasets: Path | None) -> list[Path]:
@@ -148,9 +153,10 @@ def latency_tables(bundle_dir: Path, images: list[Path], rounds: int, console: C
     with console.status(f"latency: {len(engines)} engines x {len(images)} images x {rounds} rounds, interleaved"):
         report = run_latency(bundle_dir, engines, images, iterations=rounds, streams=2, cold_runs=0).to_dict()
     headers, rows = system_table_rows(report)  # its first three columns: no cold-start runs here
-    return [rich_table(f"Latency per stage, median ({len(report['images'])} images x {rounds} rounds, engines "
-                       "interleaved)", *latency_table_rows(report)),
-            rich_table("Throughput", headers[:3], [r[:3] for r in rows])]
+    return [rich_table(f"Latency per stage, median ms ({len(report['images'])} images x {rounds} rounds, engines "
+                       f"interleaved); speed-up against {report['baseline']}", *latency_table_rows(report),
+                       width=console.width, details="edge-retina bench latency --json"),
+            rich_table("Throughput", headers[:3], [r[:3] for r in rows], width=console.width)]
 
 
 def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int, console: Console) -> list[Table]:
@@ -165,15 +171,16 @@ def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int
             report = bundle_parity(bundle_dir, labelled, reference=teacher_embedder(teacher),
                                    host_models=[student] if student else [],
                                    progress=lambda n: progress.advance(task, n))
-        for title, headers, rows in parity_tables_rows(report):
-            tables.append(rich_table(f"{dataset} (held-out test split) - {title}", headers, rows))
+        titled = [(f"{dataset} (held-out test split) - {title}", headers, rows)
+                  for title, headers, rows in parity_tables_rows(report)]
+        tables += parity_console_tables(titled, width=console.width, details="edge-retina bench parity --json")
     return tables
 
 
 def run_demo(config: DemoConfig) -> dict:
     console = Console()
     teacher = load_teacher("reference")
-    console.print(f"teacher: reference model {teacher.name} (sha256 {teacher.checkpoint_sha256[:12]}…), "
+    console.print(f"teacher: reference model {teacher.name} (sha256 {teacher.checkpoint_sha256[:12]}), "
                   f"input {teacher.input_spec.size[0]}x{teacher.input_spec.size[1]}; default student: "
                   f"{STUDENT_WEIGHTS.name} (distilled from it)")
     bundle_dir = default_bundle(teacher, config.workdir / "default-bundle", config.datasets, console, config.rebuild)

@@ -23,11 +23,10 @@ from edge_retina.backends import create_runner
 from edge_retina.bench.metrics import auroc
 from edge_retina.bundle import CalibrationInfo, EngineEntry
 from edge_retina.bundle.manifest import engine_from_dict, engine_to_dict
-from edge_retina.prompts import PromptTable
+from edge_retina.engines import BACKENDS, PRECISIONS
+from edge_retina.prompt_table import PromptTable
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-#: FP32 is the reference and ships unguarded; FP16 and INT8 go through the accuracy guard.
-PRECISIONS = ("fp32", "fp16", "int8")
+# FP32 is the reference and ships unguarded; FP16 and INT8 (of PRECISIONS) go through the accuracy guard.
 #: Where the guard falls back to, per backend, in order, after INT8 layer exclusion. ONNX Runtime's
 #: CPU provider goes straight to FP32: it runs an FP16 graph by casting around the ops it has no FP16
 #: kernel for, slower than FP32 (the default student here: 4.6 ms against 2.0 ms per image).

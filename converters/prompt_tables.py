@@ -17,13 +17,13 @@ from edge_retina.bundle import (
     load_bundle,
     write_bundle,
 )
-from edge_retina.prompts import PromptTable
+from edge_retina.bundle.manifest import PROMPTS_FILE
+from edge_retina.prompt_table import PromptTable
 
-from .prompts import Condition, normal_class
+from .prompt_files import Condition, normal_class
 from .teachers import Teacher
 
 DEFAULT_THRESHOLD = 0.5
-PROMPTS_FILE = "prompts.npz"
 
 
 def embed_conditions(embed_texts: Callable[[list[str]], np.ndarray], conditions: Sequence[Condition],

@@ -127,7 +127,7 @@ def _latency_section(latency: dict[str, Any]) -> str:
         f"{machine['usable_cores']} usable cores, flags {html.escape(' '.join(machine['cpu_flags']))}, "
         f"load average {machine['load_average_1min']}; {html.escape(libraries)}.</p>",
         '<div class="figures">' + _latency_figure(latency, "total") + _latency_figure(latency, "inference") + "</div>",
-        _table("Per stage, median", *latency_table_rows(latency)),
+        _table(f"Per stage, median ms; speed-up against {latency['baseline']}", *latency_table_rows(latency)),
         _table("Throughput, cold start, memory", *system_table_rows(latency)),
     ]
     return "\n".join(parts)

@@ -14,13 +14,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from edge_retina.files import user_cache_dir
+
 #: Bump when a step's output format changes, so old cache entries are not reused.
 CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edge-retina" / "convert"
+    """``$XDG_CACHE_HOME/edge-retina/convert`` (``edge_retina.files.user_cache_dir``)."""
+    return user_cache_dir("convert")
 
 
 class StepCache:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_retina.bench.metrics import sensitivity_specificity
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 DEFAULT_TARGET_SENSITIVITY = 0.90
 

@@ -10,7 +10,6 @@ import json
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from devices.profiles import DeviceProfile, get_profile
-from edge_retina.bundle.manifest import EngineEntry
 
 
 class PlannedEngine(NamedTuple):
@@ -51,20 +50,3 @@ def build_plan(profiles: Iterable[DeviceProfile | str], *, role: str = "student"
                 )
     return list(planned.values())
 
-
-def missing_from_bundle(plan: Iterable[PlannedEngine], engines: Iterable[EngineEntry]) -> list[PlannedEngine]:
-    """The planned artefacts a bundle's ``engines`` lack (empty: the bundle is what the plan asked for).
-
-    An engine satisfies a planned one with the same backend, role and device profile, and either
-    the same precision or an accuracy-guard ``fallback`` recorded in place of it.
-    """
-    engines = list(engines)
-
-    def satisfied(planned: PlannedEngine) -> bool:
-        return any(
-            (e.backend, e.role, e.device_profile) == (planned.backend, planned.role, planned.device_profile)
-            and (e.precision == planned.precision or e.fallback is not None)
-            for e in engines
-        )
-
-    return [planned for planned in plan if not satisfied(planned)]

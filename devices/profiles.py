@@ -16,14 +16,15 @@ from typing import Any, Mapping
 
 import jsonschema
 
-from edge_retina.errors import EdgeRetinaError
-
 PROFILE_DIR = Path(__file__).parent / "profiles"
 SCHEMA_PATH = Path(__file__).parent / "profile.schema.json"
 
 
-class ProfileError(EdgeRetinaError):
-    """A profile file that does not follow the schema, or a profile name that does not exist."""
+class ProfileError(ValueError):
+    """A profile file that does not follow the schema, or a profile name that does not exist.
+
+    A ValueError, not an EdgeRetinaError: the runtime depends on this package, not the reverse, and
+    turns it into its own error where it resolves a profile (``edge_retina.engines``)."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """edge-retina: retinal vision-language foundation models on screening devices.
 
-The device runtime lives in this package (with the device profiles of ``devices``) and never imports
-torch; host-side tools live in the sibling packages ``converters`` and ``calibration``.
+The device runtime lives in this package and never imports torch. Of our packages it uses only the
+device profiles of ``devices``; ``firmware_bridge`` and the host-side tools (``converters``,
+``calibration``) use it, never the reverse (pyproject.toml's import-linter contracts, README "Layout").
 """
 __version__ = "0.1.0"

@@ -20,14 +20,19 @@ import numpy as np
 
 import devices
 
+from . import engines
 from .adapt.overlay import bundle_scoring
 from .backends import Runner, available_backends, create_runner
-from .bundle import Bundle, default_cache_dir, load_bundle
+from .bundle import Bundle, load_bundle
 from .errors import EdgeRetinaError, ImageError
+from .files import user_cache_dir
 from .preprocess import Preprocessor
-from .prompts import PromptTable
+from .prompt_table import PromptTable
 
 logger = logging.getLogger(__name__)
+
+#: The stages of ``Result.timings_ms``, in order (results files, summaries and benchmarks use it).
+STAGES = ("decode", "preprocess", "inference", "lookup", "total")
 
 
 @dataclass
@@ -97,23 +102,7 @@ def engine_cache_dir(bundle: Bundle) -> Path:
     Kept outside the bundle, which may sit on read-only storage or be a shared archive extraction,
     and keyed by the manifest's bytes, which pin every file of the bundle.
     """
-    return default_cache_dir().parent / "engines" / hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
-
-
-def _device_profile(
-    bundle: Bundle, device: str | None, backend: str | None, precision: str | None
-) -> "devices.DeviceProfile | None":
-    """The profile ``device`` names ("auto": this machine's), or without one the detected profile when
-    several of the bundle's engines qualify (None when only one does: detection is skipped)."""
-    if device == "auto":
-        return devices.detect().profile
-    if device is not None:
-        return devices.get_profile(device)
-    qualifying = {
-        (e.backend, e.precision) for e in bundle.manifest.engines
-        if (backend is None or e.backend == backend) and (precision is None or e.precision == precision)
-    }
-    return devices.detect().profile if len(qualifying) > 1 else None
+    return user_cache_dir("engines") / hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
 
 
 class Screener:
@@ -161,12 +150,12 @@ class Screener:
         preference picks among them (and the backend device it names, e.g. an Intel GPU).
         """
         bundle = load_bundle(Path(path))
-        profile = _device_profile(bundle, device, backend, precision)
+        profile = engines.device_profile(bundle.manifest.engines, device, backend, precision)
         options: dict[str, Any] = {}
         if profile is None:
             engine = bundle.select_engine(backend=backend, precision=precision)
         else:
-            selection = devices.select_engine_for_profile(
+            selection = engines.select_engine_for_profile(
                 bundle.manifest.engines, profile, available_backends(),
                 backend=backend, precision=precision, apply_settings=device is not None,
             )
@@ -184,7 +173,7 @@ class Screener:
         )
         applied = profile if device is not None else None
         if applied is not None:
-            memory = devices.memory_report(applied)
+            memory = engines.memory_report(applied)
             if not memory["within_budget"]:
                 logger.warning("after loading %s the process uses %.0f MiB, over the %s profile's budget of %d MiB",
                                engine.describe(), memory["rss_mib"], applied.name, applied.memory_budget_mib)
@@ -208,7 +197,7 @@ class Screener:
         info = self.runner.info()
         if self.device_profile is not None:
             info["device_profile"] = self.device_profile.name
-            info.update(devices.memory_report(self.device_profile))
+            info.update(engines.memory_report(self.device_profile))
         return info
 
     def screen(self, source: "str | Path | bytes | np.ndarray", *, name: str | None = None) -> Result:

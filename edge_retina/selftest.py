@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edge_retina.bundle import Bundle, EngineEntry
-from edge_retina.bundle.manifest import PRECISIONS, ROLES
+from edge_retina.engines import PRECISIONS, ROLES
 from edge_retina.errors import BundleError
 from edge_retina.screener import Screener
 
@@ -150,6 +150,33 @@ def selftest_screener(screener: Screener, *, start: float | None = None) -> Self
         return _failed(f"{type(exc).__name__}: {exc}", engine_name, start)
     return _compare(expected.references[engine.role].embedding, actual, expected.min_cosine[engine.precision],
                     engine_name, start)
+
+
+def synthetic_selftest(screener: Screener) -> dict[str, Any]:
+    """Run a generated fundus-like image (bright disc on black) through preprocessing, the engine and
+    the prompt table, past the quality gate, and check the probabilities are finite. It proves the
+    pipeline runs end to end, not that the model is the right one: a bundle with a recorded golden
+    embedding is checked with that instead (:func:`bundle_selftest`)."""
+    size = 256
+    yy, xx = np.mgrid[:size, :size]
+    image = np.zeros((size, size, 3), np.uint8)
+    image[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.45 * size) ** 2] = (170, 80, 40)
+    image[(yy - 128) ** 2 + (xx - 170) ** 2 < 15 ** 2] = (250, 220, 150)  # an optic-disc-like spot
+    tensor = screener.preprocessor.prepare(image).tensor
+    embedding = screener.runner.infer(tensor)[0]
+    probabilities = screener.prompt_table.score(embedding).class_probabilities
+    passed = bool(np.isfinite(embedding).all() and np.isfinite(probabilities).all()
+                  and np.isclose(probabilities.sum(), 1.0, atol=1e-3))
+    return {"passed": passed, "check": "synthetic-image"}
+
+
+def bundle_selftest(screener: Screener) -> dict[str, Any]:
+    """The bundle's own self-test (its golden image must give its recorded embedding, on the engine
+    the screener runs) when the bundle carries one; the synthetic pipeline check otherwise. What the
+    firmware bridge's SELFTEST runs."""
+    if EXPECTED_FILE not in screener.bundle.manifest.files:
+        return synthetic_selftest(screener)
+    return {**selftest_screener(screener).to_dict(), "check": "golden-image"}
 
 
 def _running_engine(screener: Screener) -> EngineEntry:

@@ -15,19 +15,15 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import math
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-
 from edge_retina import __version__
-from edge_retina.preprocess.raw import PIXEL_FORMATS, RawFrame, frame_size
+from edge_retina.preprocess.raw import PIXEL_FORMATS, RawFrame
 from edge_retina.screener import Screener
-from edge_retina.selftest import EXPECTED_FILE, selftest_screener
+from edge_retina.selftest import bundle_selftest
 
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -42,15 +38,12 @@ from .protocol import (
     encode_message,
     error_message,
 )
-from .store import ResultStore, StoredRequest, parse_time
+from .screen_request import IMAGE_FORMATS, validate_screen
+from .store import ResultStore, StoredRequest
 from .transports import Listener, Stream
 
 log = logging.getLogger("edge_retina.bridge")
 
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-IMAGE_FORMATS = ("jpeg", "png", "raw")
-EYES = ("left", "right", "unknown")
-MAX_TEXT_FIELD = 64
 
 
 @dataclass
@@ -112,32 +105,6 @@ class _ConnectionGuard:
 def bundle_id(screener: Screener) -> str:
     manifest = screener.bundle.manifest
     return f"{manifest.model.name}@{hashlib.sha256(manifest.canonical_bytes()).hexdigest()[:12]}"
-
-
-def synthetic_selftest(screener: Screener) -> dict[str, Any]:
-    """Run a generated fundus-like image (bright disc on black) through preprocessing, the engine and
-    the prompt table, past the quality gate, and check the probabilities are finite. It proves the
-    pipeline runs end to end, not that the model is the right one: a bundle with a recorded golden
-    embedding is checked with that instead (:func:`bundle_selftest`)."""
-    size = 256
-    yy, xx = np.mgrid[:size, :size]
-    image = np.zeros((size, size, 3), np.uint8)
-    image[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.45 * size) ** 2] = (170, 80, 40)
-    image[(yy - 128) ** 2 + (xx - 170) ** 2 < 15 ** 2] = (250, 220, 150)  # an optic-disc-like spot
-    tensor = screener.preprocessor.prepare(image).tensor
-    embedding = screener.runner.infer(tensor)[0]
-    probabilities = screener.prompt_table.score(embedding).class_probabilities
-    passed = bool(np.isfinite(embedding).all() and np.isfinite(probabilities).all()
-                  and np.isclose(probabilities.sum(), 1.0, atol=1e-3))
-    return {"passed": passed, "check": "synthetic-image"}
-
-
-def bundle_selftest(screener: Screener) -> dict[str, Any]:
-    """The bundle's own self-test (its golden image must give its recorded embedding, on the engine
-    the screener runs) when the bundle carries one; the synthetic pipeline check otherwise."""
-    if EXPECTED_FILE not in screener.bundle.manifest.files:
-        return synthetic_selftest(screener)
-    return {**selftest_screener(screener).to_dict(), "check": "golden-image"}
 
 
 @dataclass
@@ -419,72 +386,6 @@ class BridgeServer:
                        "error_code": "internal"}
         outcome["bundle_id"] = self.bundle_id
         return outcome
-
-
-def validate_screen(meta: dict[str, Any], body: bytes) -> dict[str, Any]:
-    """The SCREEN metadata, checked and with defaults filled in (what gets journaled)."""
-    request_id = meta.get("request_id")
-    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "request_id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
-
-    def bad(text: str) -> ProtocolError:
-        return ProtocolError(ErrorCode.BAD_REQUEST, text, request_id=request_id)
-
-    image_format = meta.get("format")
-    if image_format not in IMAGE_FORMATS:
-        raise bad(f"format must be one of {list(IMAGE_FORMATS)}")
-    if not body:
-        raise bad("SCREEN carries no image")
-    clean: dict[str, Any] = {"request_id": request_id, "format": image_format}
-    if image_format == "raw" and "pixel_format" in meta:
-        clean.update(raw_frame_fields(meta, len(body), bad))
-    elif image_format == "raw":
-        shape = meta.get("shape")
-        if (not isinstance(shape, list) or len(shape) not in (2, 3)
-                or not all(type(s) is int and s > 0 for s in shape)  # JSON true is a Python int too
-                or (len(shape) == 3 and shape[2] not in (1, 3))):
-            raise bad("raw images need shape [height, width] or [height, width, 1|3] (uint8, RGB)")
-        if math.prod(shape) != len(body):
-            raise bad(f"raw shape {shape} needs {math.prod(shape)} bytes, got {len(body)}")
-        clean["shape"] = shape
-    eye = meta.get("eye", "unknown")
-    if eye not in EYES:
-        raise bad(f"eye must be one of {list(EYES)}")
-    clean["eye"] = eye
-    patient = meta.get("patient")
-    if patient is not None:
-        if not isinstance(patient, str) or not REQUEST_ID.fullmatch(patient):
-            raise bad("patient must be a pseudonymous id: 1-64 characters of A-Z a-z 0-9 . _ : -")
-        clean["patient"] = patient
-    captured = meta.get("captured_at")
-    if captured is not None:
-        try:
-            if not isinstance(captured, str) or len(captured) > MAX_TEXT_FIELD:
-                raise ValueError
-            parse_time(captured)
-        except ValueError:
-            raise bad("captured_at must be an ISO-8601 time") from None
-        clean["captured_at"] = captured
-    return clean
-
-
-def raw_frame_fields(meta: dict[str, Any], body_size: int, bad: Callable[[str], ProtocolError]) -> dict[str, Any]:
-    """The checked layout of a protocol 1.1 raw frame: pixel_format, width, height, stride."""
-    fields = {k: meta.get(k) for k in ("pixel_format", "width", "height", "stride")}
-    if not all(isinstance(fields[k], int) and not isinstance(fields[k], bool) and fields[k] > 0
-               for k in ("width", "height")):
-        raise bad("raw frames need width and height (positive integers)")
-    stride = fields["stride"]
-    if stride is not None and (not isinstance(stride, int) or isinstance(stride, bool)):
-        raise bad("stride must be an integer (bytes per row)")
-    try:
-        fields["stride"], size = frame_size(fields["pixel_format"], fields["width"], fields["height"], stride)
-    except ValueError as exc:
-        raise bad(str(exc)) from None
-    if size != body_size:
-        raise bad(f"a {fields['width']}x{fields['height']} {fields['pixel_format']} frame with stride "
-                  f"{fields['stride']} is {size} bytes, got {body_size}")
-    return fields
 
 
 def image_source(meta: dict[str, Any], image: bytes) -> bytes | RawFrame:

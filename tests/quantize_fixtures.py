@@ -6,9 +6,13 @@ and the tiny bundle's FP32 ONNX encoder as the model to quantize: mechanics, not
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
+
+from converters.quantize.policy import QUANTIZED_OP_TYPES
 
 CLASSES = ("normal", "cataract", "glaucoma", "diabetic_retinopathy")
 
@@ -55,3 +59,20 @@ def tiny_spec(tiny_bundle: Path):
     from edge_retina.bundle import load_bundle
 
     return load_bundle(tiny_bundle).manifest.input
+
+
+# What the ViT-safe policy (converters.quantize.policy) means for a graph, checked on quantized models.
+
+def dequantized_input_consumers(model: onnx.ModelProto) -> Counter:
+    """Op types that take a DequantizeLinear output as an input, with counts (the policy says: only
+    Conv/MatMul/Gemm, and Q/DQ pairs feeding each other)."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return Counter(node.op_type for node in model.graph.node
+                   if node.op_type != "QuantizeLinear" and dequantized.intersection(node.input))
+
+
+def quantized_node_names(model: onnx.ModelProto) -> set[str]:
+    """Names of the Conv/MatMul/Gemm nodes that take at least one dequantized input."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return {node.name for node in model.graph.node
+            if node.op_type in QUANTIZED_OP_TYPES and dequantized.intersection(node.input)}

@@ -18,7 +18,7 @@ from converters.accuracy_guard import (
 from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
 from converters.thresholds import choose_thresholds, threshold_for_sensitivity
 from edge_retina.bench.metrics import sensitivity_specificity
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 RNG = np.random.default_rng(0)
 DIM = 8

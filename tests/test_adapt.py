@@ -19,7 +19,7 @@ from edge_retina.bundle import MANIFEST_NAME, load_bundle, verify_bundle
 from edge_retina.bundle.signing import TrustedKeys, check_signature, generate_key_pair, load_private_key, sign_bundle
 from edge_retina.cli.main import cli
 from edge_retina.errors import BundleError, EdgeRetinaError
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 from edge_retina.screener import Screener
 
 

@@ -301,8 +301,23 @@ def test_engine_path_layout(tmp_path):
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    from edge_retina.files import user_cache_dir
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert engine_cache.default_cache_dir() == tmp_path / "edge-retina" / "tensorrt"
+    # A relative XDG_CACHE_HOME is invalid (XDG Base Directory spec) and ignored, by every cache.
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert engine_cache.default_cache_dir() == tmp_path / "home" / ".cache" / "edge-retina" / "tensorrt"
+    assert user_cache_dir("convert") == tmp_path / "home" / ".cache" / "edge-retina" / "convert"
+
+
+def test_trtexec_recipe_is_strongly_typed_on_tensorrt_10_and_int8_fp16_on_8_5(tmp_path):
+    modern = engine_cache.trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "t.cache")
+    assert "--stronglyTyped" in modern and not {"--int8", "--fp16"} & set(modern)
+    assert "--maxShapes=image:8x3x224x224" in modern
+    xavier = engine_cache.trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "t.cache", tensorrt_major=8)
+    assert {"--int8", "--fp16"} <= set(xavier) and "--stronglyTyped" not in xavier
 
 
 def test_stored_engine_matches_only_its_target_and_onnx(tmp_path):

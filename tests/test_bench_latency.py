@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from converters.research_baseline import ResearchPipeline
 from edge_retina.bench import latency
 from edge_retina.bench.parity import bundle_prompt_table
-from edge_retina.bench.research import ResearchPipeline
 from edge_retina.bundle import load_bundle
 from edge_retina.cli.bench import bench
 from edge_retina.errors import MissingExtraError
@@ -81,7 +81,7 @@ def test_run_latency_on_the_tiny_bundle(tiny_bundle, images, tmp_path):
         assert 30 < cold["peak_rss_mb"] < 4000
     assert data["pipelines"]["onnxruntime/fp32/teacher"]["speedup_vs_baseline"] == 1.0
     headers, rows = latency.latency_table_rows(data)
-    assert len(rows) == 2 and len(rows[0]) == len(headers) and rows[0][-1] == "1.00x / 1.00x"
+    assert len(rows) == 2 and len(rows[0]) == len(headers) and rows[0][2] == "1.00x / 1.00x"
     headers, rows = latency.system_table_rows(data)
     assert len(rows) == 2 and all(cell != "-" for cell in rows[0])
     from converters.report_html import write_report
@@ -105,9 +105,12 @@ def test_research_baseline_is_compared_with_the_engine(tiny_bundle, images):
 
 
 def test_research_baseline_without_torch_names_the_extra(monkeypatch):
+    from edge_retina.extras import import_for
+
     monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.delitem(sys.modules, "converters.research_baseline")
     with pytest.raises(MissingExtraError, match=r"'convert' extra .*pip install 'edge-retina\[convert\]'"):
-        ResearchPipeline(object(), None, None)
+        import_for("converters.research_baseline", "the research-code baseline")
 
 
 def test_latency_command_json(tiny_bundle, retina_jpeg, tmp_path):

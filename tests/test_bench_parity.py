@@ -14,7 +14,7 @@ from edge_retina.bench import parity as parity_module
 from edge_retina.bench.labels import LabelledImages, read_labels_csv, write_labels_csv
 from edge_retina.cli.bench import bench
 from edge_retina.errors import EdgeRetinaError
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 
 def two_class_table() -> PromptTable:
@@ -197,3 +197,18 @@ def test_a_reference_with_its_own_input_spec_sees_images_prepared_its_way(tiny_b
     bundle_parity(tiny_bundle, labelled, reference=("same-size reference", embed), replicates=10)
     assert seen_shapes[0] == (2, 3, 128, 128)  # its own spec, not the bundle's 96x96
     assert seen_shapes[1] == (2, 3, 96, 96)
+
+
+def test_label_columns_that_are_not_conditions_are_ignored_and_listed(tiny_bundle, labelled_folder, tmp_path):
+    """docs/LABELS.md: metadata columns (here an image width) are ignored, not refused, and the report names them."""
+    rows = (labelled_folder / "labels.csv").read_text().splitlines()
+    with_width = [rows[0] + ",width"] + [row + ",3072" for row in rows[1:]]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(with_width).replace("img", str(labelled_folder / "img")) + "\n")
+    result = invoke("parity", "--bundle", tiny_bundle, "--labels", labels, "--reference", "fp32",
+                    "--replicates", "200", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ignored_label_columns"] == ["width"]
+    assert {c["condition"] for c in data["conditions"]} == {"glaucoma", "cataract"}
+    assert "ignored label columns (not conditions of this bundle): width" in result.stderr

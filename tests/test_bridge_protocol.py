@@ -162,3 +162,12 @@ def test_magic_split_across_reads_is_not_lost():
     parser.feed(GOOD[1:])
     assert parser.next() == Message(MessageType.STATUS)
     assert MAGIC == b"ER"
+
+
+def test_the_screen_request_schema_is_the_documented_one():
+    from pathlib import Path
+
+    from firmware_bridge.screen_request import IMAGE_FORMATS, SCHEMA_PATH
+
+    documented = Path(__file__).parents[1] / "docs" / "bridge_screen_request.schema.json"
+    assert documented.resolve() == SCHEMA_PATH.resolve() and IMAGE_FORMATS == ("jpeg", "png", "raw")

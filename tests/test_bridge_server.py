@@ -69,7 +69,7 @@ def test_every_message_round_trips(transport, screener, jpeg, retina_rgb, tmp_pa
 
 def test_selftest_uses_the_bundles_golden_image_when_it_has_one(screener, tmp_path):
     from edge_retina.bundle.writer import write_bundle
-    from firmware_bridge.server import bundle_selftest
+    from edge_retina.selftest import bundle_selftest
 
     bundle = screener.bundle
     assert "selftest/expected.json" in bundle.manifest.files  # the builder puts one in every bundle

@@ -626,3 +626,20 @@ def test_spec_example_manifest_is_valid_and_canonical():
 def test_bundle_package_imports_without_host_libraries():
     code = "import sys, edge_retina.bundle; sys.exit(sorted({'torch', 'onnx'} & set(sys.modules)) != [])"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_json_schema_is_the_documented_one_and_names_what_the_runtime_knows():
+    import jsonschema
+
+    from edge_retina import engines
+    from edge_retina.bundle.manifest import SCHEMA_PATH
+    from edge_retina.prompt_table import ENSEMBLING_RULES
+
+    assert (Path(__file__).parents[1] / "docs" / "bundle.schema.json").resolve() == SCHEMA_PATH.resolve()
+    schema = json.loads(SCHEMA_PATH.read_text())
+    engine = schema["$defs"]["engine"]["properties"]
+    assert (engine["backend"]["enum"], engine["precision"]["enum"], engine["role"]["enum"]) == (
+        list(engines.BACKENDS), list(engines.PRECISIONS), list(engines.ROLES))
+    assert schema["properties"]["prompts"]["properties"]["ensembling"]["enum"] == list(ENSEMBLING_RULES)
+    # A firmware team's validator needs nothing of ours: plain jsonschema accepts a valid manifest.
+    jsonschema.validate(full_manifest_dict(), schema)

@@ -19,7 +19,7 @@ from calibration import (
     stratified_sample,
 )
 from calibration.calibration_set import MANIFEST_NAME, TENSORS_NAME
-from calibration.cli import calibrate
+from converters.commands.calibrate import calibrate
 from edge_retina.files import sha256_file
 from edge_retina.preprocess import InputSpec, Preprocessor
 from edge_retina.quality import REASONS

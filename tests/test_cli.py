@@ -137,3 +137,17 @@ def test_screen_heimed_folder_writes_a_row_per_image(tiny_bundle, shared_dataset
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == expected == 169
     assert sum(r["status"] == "error" for r in rows) == 0
+
+
+def test_a_missing_teacher_option_is_one_line_naming_the_fix(tmp_path):
+    """FLAIR needs its local text tower: the message says which --teacher-option, without a traceback
+    (which -v shows)."""
+    checkpoint = tmp_path / "flair_resnet.pth"
+    checkpoint.write_bytes(b"")
+    args = ["convert", "--family", "flair", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "bundle")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "--teacher-option text_model_path=" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    verbose = CliRunner().invoke(cli, ["-v", *args])
+    assert verbose.exit_code == 1 and isinstance(verbose.exception, TypeError)

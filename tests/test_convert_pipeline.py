@@ -18,7 +18,7 @@ from converters.convert_pipeline import (
     EngineTarget,
     convert,
 )
-from converters.prompts import load_prompt_file
+from converters.prompt_files import load_prompt_file
 from edge_retina.bench.labels import LabelledImages, read_labels_csv
 from edge_retina.bundle import load_bundle
 from edge_retina.preprocess import InputSpec
@@ -186,6 +186,7 @@ def test_cli_refuses_an_unknown_int8_backend(tmp_path):
 
 def test_convert_for_devices_emits_exactly_what_each_profile_needs(image_sets, tmp_path):
     import devices
+    from device_plans import missing_from_bundle
 
     profiles = ["x86-64-avx512-vnni", "arm64-cpu", "jetson-orin-nano"]
     targets = EngineTarget.for_devices(profiles, role="teacher")
@@ -193,7 +194,7 @@ def test_convert_for_devices_emits_exactly_what_each_profile_needs(image_sets, t
     engines = load_bundle(bundle_dir).manifest.engines
     for name in profiles:
         plan = devices.build_plan([name], role="teacher")
-        assert devices.missing_from_bundle(plan, engines) == [], name
+        assert missing_from_bundle(plan, engines) == [], name
     assert len(engines) == len(targets)  # nothing a profile did not ask for
     assert {e.device_profile for e in engines} == {t.device_profile for t in targets}
 

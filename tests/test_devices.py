@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import devices
+from device_plans import missing_from_bundle
 from devices.profiles import PROFILE_DIR, ProfileError, load_profile_file, parse_profile
+from edge_retina import engines
 from edge_retina.bundle import EngineEntry
 from edge_retina.cli.devices import devices_group
 from edge_retina.errors import BackendError, EdgeRetinaError
@@ -208,9 +210,9 @@ def test_a_bundle_is_checked_against_its_plan():
                  replace(engine("onnxruntime", "fp32", "teacher", "x86-64-avx2"),  # the guard fell back from int8
                          fallback={"asked": "int8", "why": "auroc drop"}),
                  engine("onnxruntime", "fp32", "teacher")]
-    missing = devices.missing_from_bundle(plan, converted)
+    missing = missing_from_bundle(plan, converted)
     assert [(m.backend, m.precision, m.profiles) for m in missing] == [("tensorrt", "int8", ("jetson-orin-nano",))]
-    assert devices.missing_from_bundle(plan, converted + [engine("tensorrt", "int8", "teacher", "jetson-orin-nano")]) == []
+    assert missing_from_bundle(plan, converted + [engine("tensorrt", "int8", "teacher", "jetson-orin-nano")]) == []
 
 
 def test_plan_refuses_an_unknown_profile():
@@ -231,46 +233,46 @@ MIXED = [engine("onnxruntime", "fp32", "teacher"), engine("openvino", "fp32", "t
 
 def test_selection_follows_the_profile_among_what_the_bundle_has_and_what_is_installed():
     vnni = devices.get_profile("x86-64-avx512-vnni")
-    pick = devices.select_engine_for_profile(MIXED, vnni, ["onnxruntime", "openvino"])
+    pick = engines.select_engine_for_profile(MIXED, vnni, ["onnxruntime", "openvino"])
     assert (pick.engine.backend, pick.engine.precision, pick.engine.role) == ("openvino", "int8", "student")
     assert pick.runner_options == {"device": "CPU"}
-    without_openvino = devices.select_engine_for_profile(MIXED, vnni, ["onnxruntime"])
+    without_openvino = engines.select_engine_for_profile(MIXED, vnni, ["onnxruntime"])
     assert (without_openvino.engine.backend, without_openvino.engine.precision) == ("onnxruntime", "int8")
-    fp32_only = devices.select_engine_for_profile(MIXED, vnni, ["onnxruntime", "openvino"], precision="fp32")
+    fp32_only = engines.select_engine_for_profile(MIXED, vnni, ["onnxruntime", "openvino"], precision="fp32")
     assert (fp32_only.engine.backend, fp32_only.engine.role) == ("onnxruntime", "student")
 
 
 def test_selection_falls_back_to_the_bundle_preference():
     jetson_only = [engine("tensorrt", "int8"), engine("onnxruntime", "fp16"), engine("openvino", "fp16")]
-    pick = devices.select_engine_for_profile(jetson_only, devices.get_profile("arm64-cpu"), ["onnxruntime", "openvino"])
+    pick = engines.select_engine_for_profile(jetson_only, devices.get_profile("arm64-cpu"), ["onnxruntime", "openvino"])
     assert (pick.engine.backend, pick.engine.precision) == ("onnxruntime", "fp16")
     assert "using the bundle's preferred onnxruntime/fp16/student" in pick.reasons[0]
     with pytest.raises(BackendError, match="no engine of this bundle can run here .* installed backends: onnxruntime"):
-        devices.select_engine_for_profile(jetson_only[:1], devices.get_profile("arm64-cpu"), ["onnxruntime"])
+        engines.select_engine_for_profile(jetson_only[:1], devices.get_profile("arm64-cpu"), ["onnxruntime"])
 
 
 def test_selection_applies_the_profile_settings():
-    arm = devices.select_engine_for_profile(MIXED, devices.get_profile("arm64-cpu"), ["onnxruntime"])
+    arm = engines.select_engine_for_profile(MIXED, devices.get_profile("arm64-cpu"), ["onnxruntime"])
     assert arm.runner_options == {"threads": 4}
-    assert devices.select_engine_for_profile(
+    assert engines.select_engine_for_profile(
         MIXED, devices.get_profile("arm64-cpu"), ["onnxruntime"], apply_settings=False).runner_options == {}
-    jetson = devices.select_engine_for_profile(
+    jetson = engines.select_engine_for_profile(
         [engine("tensorrt", "int8"), engine("onnxruntime", "fp32")], devices.get_profile("jetson-agx-orin"),
         ["onnxruntime", "tensorrt"])
     assert jetson.runner_options == {"device": "GPU", "workspace_bytes": 4096 << 20, "dla_core": 0,
                                      "gpu_fallback": True}
     assert any("DLA core 0, with GPU fallback" in r for r in jetson.reasons)
-    igpu = devices.select_engine_for_profile(
+    igpu = engines.select_engine_for_profile(
         [engine("openvino", "fp16"), engine("openvino", "int8")], devices.get_profile("intel-igpu"), ["openvino"])
     assert (igpu.engine.precision, igpu.runner_options) == ("fp16", {"device": "GPU"})
 
 
 def test_selection_prefers_an_engine_built_for_the_profile():
-    engines = [engine("onnxruntime", "int8", profile="x86-64-avx2"), engine("onnxruntime", "int8"),
-               engine("onnxruntime", "int8", profile="arm64-cpu")]
-    pick = devices.select_engine_for_profile(engines, devices.get_profile("arm64-cpu"), ["onnxruntime"])
+    built = [engine("onnxruntime", "int8", profile="x86-64-avx2"), engine("onnxruntime", "int8"),
+             engine("onnxruntime", "int8", profile="arm64-cpu")]
+    pick = engines.select_engine_for_profile(built, devices.get_profile("arm64-cpu"), ["onnxruntime"])
     assert pick.engine.device_profile == "arm64-cpu"
-    pick = devices.select_engine_for_profile(engines[:2], devices.get_profile("arm64-cpu"), ["onnxruntime"])
+    pick = engines.select_engine_for_profile(built[:2], devices.get_profile("arm64-cpu"), ["onnxruntime"])
     assert pick.engine.device_profile is None
 
 

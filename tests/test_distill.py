@@ -257,7 +257,7 @@ def test_distill_command(tiny_teacher, photo_dir, tmp_path, monkeypatch):
 def test_parity_of_a_student_identical_to_its_teacher(tiny_teacher, photo_dir):
     from converters.distill.report import format_markdown, student_parity
     from converters.prompt_tables import embed_conditions
-    from converters.prompts import load_prompt_file
+    from converters.prompt_files import load_prompt_file
     from edge_retina.bench.labels import LabelledImages
     from edge_retina.bench.metrics import retention
 
@@ -305,7 +305,7 @@ def test_parity_finds_a_student_bundles_pytorch_student_and_refuses_other_weight
     from types import SimpleNamespace
 
     from converters.distill.bundling import student_recipe
-    from converters.parity import STUDENT_NAME, bundle_student
+    from converters.parity_references import STUDENT_NAME, bundle_student
     from edge_retina.errors import EdgeRetinaError
 
     result = distill(tiny_teacher, photos(photo_dir), tmp_path / "run", TINY, max_epochs_this_run=1, progress=False)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edge_retina.errors import BundleError
-from edge_retina.prompts import PromptTable, ensemble, l2_normalise
+from edge_retina.prompt_table import PromptTable, ensemble, l2_normalise
 
 
 def _table(rule="mean_renormalised", scale=100.0):

@@ -14,7 +14,7 @@ from converters.quantize.registry import build_engine
 from converters.step_cache import StepCache
 from edge_retina.backends import create_runner
 from edge_retina.preprocess import InputSpec
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 SIZE = (32, 32)
 DIM = 8

@@ -6,16 +6,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from quantize_fixtures import SHAPE_ONLY, tiny_onnx
+from quantize_fixtures import (
+    SHAPE_ONLY,
+    dequantized_input_consumers,
+    quantized_node_names,
+    tiny_onnx,
+)
 
 from calibration import ArrayCalibrationReader
 from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
-from converters.quantize.policy import (
-    QUANTIZED_OP_TYPES,
-    dequantized_input_consumers,
-    quantizable_nodes,
-    quantized_node_names,
-)
+from converters.quantize.policy import QUANTIZED_OP_TYPES, quantizable_nodes
 from edge_retina.backends import create_runner
 
 

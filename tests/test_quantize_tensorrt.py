@@ -15,15 +15,12 @@ import pytest
 if importlib.util.find_spec("modelopt") is None:
     pytest.skip("nvidia-modelopt (convert extra) not installed", allow_module_level=True)
 
-from quantize_fixtures import SHAPE_ONLY, tiny_onnx  # noqa: E402
+from quantize_fixtures import SHAPE_ONLY, dequantized_input_consumers, tiny_onnx  # noqa: E402
 
-from converters.quantize.policy import QUANTIZED_OP_TYPES, dequantized_input_consumers  # noqa: E402
-from converters.quantize.tensorrt_modelopt import (  # noqa: E402
-    build_engine_on_device,
-    quantize_tensorrt_qdq,
-    trtexec_command,
-)
+from converters.quantize.policy import QUANTIZED_OP_TYPES  # noqa: E402
+from converters.quantize.tensorrt_modelopt import quantize_tensorrt_qdq  # noqa: E402
 from edge_retina.backends import create_runner  # noqa: E402
+from edge_retina.backends.tensorrt_engine_cache import build_engine_on_device  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +48,6 @@ def test_polygraphy_runs_the_qdq_onnx_with_onnxruntime(qdq_onnx):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASSED" in proc.stdout + proc.stderr
-
-
-def test_trtexec_recipe_is_strongly_typed_on_tensorrt_10_and_int8_fp16_on_8_5(tmp_path):
-    modern = trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "t.cache")
-    assert "--stronglyTyped" in modern and not {"--int8", "--fp16"} & set(modern)
-    assert "--maxShapes=image:8x3x224x224" in modern
-    xavier = trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "t.cache", tensorrt_major=8)
-    assert {"--int8", "--fp16"} <= set(xavier) and "--stronglyTyped" not in xavier
 
 
 def test_engine_build_on_the_device(qdq_onnx, tmp_path):

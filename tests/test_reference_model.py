@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from converters.prompts import DEFAULT_PROMPT_FILE, load_prompt_file, normal_class  # noqa: E402
+from converters.prompt_files import DEFAULT_PROMPT_FILE, load_prompt_file, normal_class  # noqa: E402
 from converters.reference.captions import (  # noqa: E402
     FindingClass,
     caption_table,

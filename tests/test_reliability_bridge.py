@@ -28,7 +28,8 @@ from firmware_bridge.protocol import (
     encode_message,
     encode_payload,
 )
-from firmware_bridge.server import BridgeServer, validate_screen
+from firmware_bridge.screen_request import validate_screen
+from firmware_bridge.server import BridgeServer
 from firmware_bridge.store import ResultStore
 
 NESTED = b"[" * 30_000 + b"]" * 30_000  # 60 KB: under the metadata limit, deeper than json can recurse

@@ -46,7 +46,7 @@ def _hash_text_embeddings(texts: list[str]) -> np.ndarray:
 
 def build_tiny_bundle(out_dir: Path, *, archive: Path | None = None, size: int = 96) -> Path:
     from converters.bundle_builder import BundleRecipe, build_bundle
-    from converters.prompts import load_prompt_file
+    from converters.prompt_files import load_prompt_file
     from edge_retina.preprocess.spec import InputSpec
 
     recipe = BundleRecipe(

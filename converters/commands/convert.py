@@ -11,7 +11,7 @@ import click
 
 from converters.commands.options import TEACHER_OPTION
 from converters.commands.options import teacher_options as parse_teacher_options
-from converters.prompts import DEFAULT_PROMPT_FILE
+from converters.prompt_files import DEFAULT_PROMPT_FILE
 from converters.teachers import list_families
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from converters.commands.options import default_datasets
+from edge_retina.bench.shared_datasets import shared_datasets_dir
 
 
 @click.command()
@@ -21,7 +21,7 @@ def demo(workdir: Path, datasets: Path | None, rebuild: bool, parity_limit: int)
     screen sample images, and print latency and parity tables."""
     from converters.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(workdir=workdir, datasets=datasets or default_datasets(), rebuild=rebuild,
+    run_demo(DemoConfig(workdir=workdir, datasets=datasets or shared_datasets_dir(), rebuild=rebuild,
                         parity_limit=parity_limit))
 
 

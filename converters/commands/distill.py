@@ -5,10 +5,11 @@ from pathlib import Path
 
 import click
 
-from converters.commands.options import TEACHER_OPTION, default_datasets
+from converters.commands.options import TEACHER_OPTION
 from converters.commands.options import teacher_options as parse_teacher_options
-from converters.prompts import DEFAULT_PROMPT_FILE
+from converters.prompt_files import DEFAULT_PROMPT_FILE
 from converters.teachers import list_families
+from edge_retina.bench.shared_datasets import shared_datasets_dir
 
 _DEFAULTS_NOTE = "default: the recipe's (converters.distill.train.DistillConfig)"
 
@@ -89,7 +90,7 @@ def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ..
     if image_dirs:
         images = _image_files(image_dirs)
     else:
-        datasets = datasets or default_datasets()
+        datasets = datasets or shared_datasets_dir()
         if datasets is None:
             raise click.UsageError("no --images given and no shared datasets found: pass --images or --datasets")
         images = _train_split(datasets)

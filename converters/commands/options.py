@@ -1,12 +1,7 @@
 """Options shared by the host commands."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
-
-_REPO_SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 
 def teacher_options(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -25,8 +20,3 @@ TEACHER_OPTION = click.option(
     help="Option for the teacher adapter, repeatable (e.g. text_model_path=DIR for FLAIR's local text tower).",
 )
 
-
-def default_datasets() -> Path | None:
-    """``$EDGE_RETINA_DATASETS``, else ../shared/datasets beside the checkout, when present."""
-    candidate = Path(os.environ.get("EDGE_RETINA_DATASETS", _REPO_SHARED))
-    return candidate if (candidate / "README.md").is_file() else None

@@ -22,7 +22,7 @@ def show(source: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from converters.prompts import load_prompt_file
+    from converters.prompt_files import load_prompt_file
     from edge_retina.bundle import load_bundle
 
     if source.suffix == ".json":
@@ -56,7 +56,7 @@ def build(bundle_path: Path, prompt_file: Path, family: str, checkpoint: Path | 
           teacher_options: tuple[str, ...]) -> None:
     """Write a copy of a bundle with its prompt table rebuilt from an edited prompt file."""
     from converters.prompt_tables import rebuild_bundle_prompts
-    from converters.prompts import load_prompt_file
+    from converters.prompt_files import load_prompt_file
     from converters.teachers import load_teacher
 
     try:

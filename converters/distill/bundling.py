@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from converters.bundle_builder import BundleRecipe
-from converters.prompts import DEFAULT_PROMPT_FILE
+from converters.prompt_files import DEFAULT_PROMPT_FILE
 from converters.teachers import Teacher
 from converters.teachers.checkpoints import checkpoint_sha256
 from edge_retina.bundle.manifest import StudentInfo

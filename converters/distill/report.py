@@ -27,9 +27,9 @@ import torch
 
 from converters.export.onnx_fp32 import export_onnx
 from converters.labelled_sets import SHARED_DATASETS, shared_dataset_labels
-from converters.parity import torch_embeddings
+from converters.parity_references import torch_embeddings
 from converters.prompt_tables import DEFAULT_THRESHOLD, embed_conditions
-from converters.prompts import DEFAULT_PROMPT_FILE, load_prompt_file
+from converters.prompt_files import DEFAULT_PROMPT_FILE, load_prompt_file
 from converters.teachers import Teacher, load_teacher
 from edge_retina.backends import create_runner
 from edge_retina.bench import metrics
@@ -38,7 +38,7 @@ from edge_retina.bench.machine import machine_info
 from edge_retina.bench.parity import ParityReport, prepare_tensors
 from edge_retina.preprocess import Preprocessor
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 from .student import StudentEncoder, count_flops, count_parameters, load_student
 
@@ -198,7 +198,7 @@ def format_markdown(parity: StudentParity, profile: dict | None = None, split: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from converters.commands.options import default_datasets
+    from edge_retina.bench.shared_datasets import shared_datasets_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", type=Path, required=True, help="student .safetensors (with its .json sidecar)")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    datasets = args.datasets or default_datasets()
+    datasets = args.datasets or shared_datasets_dir()
     if datasets is None:
         parser.error("no shared datasets found: pass --datasets")
     teacher = load_teacher(args.family, args.checkpoint)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from converters.backbones.trunk_cache import TrunkRunner, cached_trunk_features
 from converters.prompt_tables import embed_conditions
-from converters.prompts import DEFAULT_PROMPT_FILE, load_prompt_file
+from converters.prompt_files import DEFAULT_PROMPT_FILE, load_prompt_file
 from converters.teachers import Teacher
 from edge_retina.preprocess import Preprocessor, pixels_key
 from edge_retina.preprocess.spec import InputSpec

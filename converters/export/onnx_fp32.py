@@ -16,7 +16,8 @@ import onnxruntime as ort
 import torch
 from onnx_ir.passes.common import NameFixPass
 
-INPUT_NAME = "image"
+from edge_retina.backends.base import INPUT_NAME
+
 OUTPUT_NAME = "embedding"
 OPSET = 18
 

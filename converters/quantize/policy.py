@@ -11,8 +11,6 @@ The ops after the Conv still compute in float.
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import onnx
 
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
@@ -27,18 +25,3 @@ def is_transformer(model: onnx.ModelProto) -> bool:
 def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes the policy allows to run in INT8, in graph order."""
     return [node.name for node in model.graph.node if node.op_type in QUANTIZED_OP_TYPES]
-
-
-def dequantized_input_consumers(model: onnx.ModelProto) -> Counter:
-    """Op types that take a DequantizeLinear output as an input, with counts (the policy says: only
-    Conv/MatMul/Gemm, and Q/DQ pairs feeding each other)."""
-    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    return Counter(node.op_type for node in model.graph.node
-                   if node.op_type != "QuantizeLinear" and dequantized.intersection(node.input))
-
-
-def quantized_node_names(model: onnx.ModelProto) -> set[str]:
-    """Names of the Conv/MatMul/Gemm nodes that take at least one dequantized input."""
-    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    return {node.name for node in model.graph.node
-            if node.op_type in QUANTIZED_OP_TYPES and dequantized.intersection(node.input)}

@@ -35,12 +35,12 @@ import torch
 from calibration.calibration_set import CalibrationSet
 from converters.distill.loss import DistillLoss
 from converters.export.onnx_fp32 import INPUT_NAME, OUTPUT_NAME
-from converters.parity import torch_embeddings
+from converters.parity_references import torch_embeddings
 from converters.quantize.policy import is_transformer, quantizable_nodes
 from converters.step_cache import StepCache, encoder_fingerprint, files_fingerprint
 from edge_retina.bench.parity import prepare_tensors
 from edge_retina.preprocess import InputSpec, Preprocessor
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 QAT_ONNX = "qat-qdq.onnx"
 QAT_IR = "qat.xml"

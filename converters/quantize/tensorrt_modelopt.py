@@ -1,5 +1,5 @@
-"""FP32 ONNX -> Q/DQ ONNX for TensorRT explicit quantization (NVIDIA ModelOpt ONNX PTQ), and the
-engine-build recipe that runs on the device.
+"""FP32 ONNX -> Q/DQ ONNX for TensorRT explicit quantization (NVIDIA ModelOpt ONNX PTQ). The engine
+is built on the device (``edge_retina.backends.tensorrt_engine_cache``).
 
 ModelOpt calibrates on the CPU here (``calibration_eps=["cpu"]``) and writes Q/DQ nodes on
 Conv/MatMul/Gemm inputs only (the ViT-safe policy). TensorRT engines are specific to a GPU model
@@ -10,7 +10,7 @@ calibrators are deprecated since TensorRT 10.1 and gone in 11; nothing here uses
 
 Jetson Xavier (JetPack 5.1, TensorRT 8.5) has no strongly typed networks: the same Q/DQ ONNX builds
 there with ``--int8 --fp16`` (explicit quantization has existed since TensorRT 8.0), layers outside
-Q/DQ pairs then run in FP16 at the builder's choice, as ``trtexec_command`` spells out.
+Q/DQ pairs then run in FP16 at the builder's choice, as the runtime's ``trtexec_command`` spells out.
 """
 from __future__ import annotations
 
@@ -81,34 +81,3 @@ def build_int8(fp32_onnx: Path, out_dir: Path, calibration: np.ndarray, exclusio
     """The registry's builder (``converters.quantize.registry``); option ``high_precision``."""
     return [quantize_tensorrt_qdq(fp32_onnx, Path(out_dir) / "model.onnx", calibration, nodes_to_exclude=exclusions,
                                   high_precision=options.get("high_precision", "fp32"))]
-
-
-def build_engine_on_device(qdq_onnx: Path, *, cache_dir: Path | None = None, device: str = "GPU",
-                           max_batch: int = 8) -> Path:
-    """On the device: build (or reuse) the engine for the local GPU and TensorRT version; its path.
-
-    The runtime's TensorRT runner does the build and caching; this only asks it to.
-    """
-    from edge_retina.backends import create_runner
-
-    with create_runner("tensorrt", qdq_onnx, precision="int8", device=device, cache_dir=cache_dir,
-                       max_batch=max_batch) as runner:
-        return Path(runner.info()["engine_path"])
-
-
-def trtexec_command(qdq_onnx: Path, engine: Path, timing_cache: Path, *, tensorrt_major: int = 10,
-                    max_batch: int = 8, input_shape: tuple[int, int, int] = (3, 224, 224)) -> list[str]:
-    """The same build with ``trtexec`` (devices without TensorRT's Python bindings).
-
-    TensorRT >= 10: a strongly typed network, precisions from the Q/DQ nodes, no precision flags.
-    TensorRT 8.5 (Jetson Xavier, JetPack 5.1): no strongly typed mode; ``--int8 --fp16`` let the
-    builder use the Q/DQ scales and run the rest in FP16.
-    """
-    shape = "x".join(str(d) for d in input_shape)
-    command = [
-        "trtexec", f"--onnx={qdq_onnx}", f"--saveEngine={engine}", f"--timingCacheFile={timing_cache}",
-        f"--minShapes={INPUT_NAME}:1x{shape}", f"--optShapes={INPUT_NAME}:1x{shape}",
-        f"--maxShapes={INPUT_NAME}:{max_batch}x{shape}",
-    ]
-    command += ["--stronglyTyped"] if tensorrt_major >= 10 else ["--int8", "--fp16"]
-    return command

@@ -1,7 +1,7 @@
 """Training text: the graders' own diagnostic keywords where a dataset has them (ODIR-5K), and
 report-style captions written from the labels of the datasets that have only labels.
 
-Both are the *training* text family. The zero-shot prompts (converters/prompts/*.json) are a separate
+Both are the *training* text family. The zero-shot prompts (converters/prompt_files/*.json) are a separate
 family, written independently: a caption never equals a prompt (tests check it), otherwise zero-shot
 accuracy would only measure string lookup.
 

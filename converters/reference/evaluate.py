@@ -21,7 +21,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from converters.prompt_tables import embed_conditions
-from converters.prompts import (
+from converters.prompt_files import (
     DEFAULT_PROMPT_FILE,
     Condition,
     load_prompt_file,
@@ -30,7 +30,7 @@ from converters.reference.captions import FindingClass as FC
 from converters.reference.data import Record, build_pixel_cache, load_records
 from converters.reference.model import REFERENCE_INPUT_SPEC, ImageEncoder, TextEncoder
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 DEFAULT_DATASETS = Path(os.environ.get("EDGE_RETINA_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets"))
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "runs" / "cache"
@@ -97,7 +97,7 @@ def embed_images(encoder: ImageEncoder, pixels: np.ndarray, spec: InputSpec, bat
 
 def prompt_table(text_model: TextEncoder, logit_scale: torch.Tensor, conditions: list[Condition]) -> PromptTable:
     """The zero-shot table the bundle ships, built here from the model being trained or evaluated: the
-    same scoring as on the device (``edge_retina.prompts``), so validation measures what screening does."""
+    same scoring as on the device (``edge_retina.prompt_table``), so validation measures what screening does."""
     def embed_texts(texts: list[str]) -> np.ndarray:
         return text_model(texts).numpy()
 

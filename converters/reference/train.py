@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from converters.backbones.trunk_cache import TrunkRunner, cached_trunk_features
 from converters.distill.augment import AugmentConfig, FundusAugment, make_view
-from converters.prompts import DEFAULT_PROMPT_FILE, load_prompt_file
+from converters.prompt_files import DEFAULT_PROMPT_FILE, load_prompt_file
 from converters.reference.captions import caption_variants, keyword_texts
 from converters.reference.data import Record, build_pixel_cache, load_records, split_hash
 from converters.reference.evaluate import (

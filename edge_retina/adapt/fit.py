@@ -10,7 +10,7 @@ from edge_retina.adapt.heads import ZERO_SHOT
 from edge_retina.adapt.selection import choose_head
 from edge_retina.adapt.thresholds import MIN_POSITIVES, site_threshold
 from edge_retina.bundle.manifest import AdaptedCondition
-from edge_retina.prompts import PromptTable, l2_normalise
+from edge_retina.prompt_table import PromptTable, l2_normalise
 
 DEFAULT_TARGET_SENSITIVITY = 0.9
 

@@ -2,7 +2,7 @@
 
 A bundle scores condition c against the normal class n with the logit difference
 ``s(x) = logit_scale * x . (t_c - t_n)`` of the normalised image embedding x and the class
-embeddings t (edge_retina.prompts). A head replaces the direction ``u0 = logit_scale * (t_c - t_n)``
+embeddings t (edge_retina.prompt_table). A head replaces the direction ``u0 = logit_scale * (t_c - t_n)``
 by ``u`` and adds a bias ``b``: ``s(x) = x . u + b``. Every head starts from the text direction, so
 with no evidence it is the zero-shot scorer:
 

@@ -18,7 +18,7 @@ import numpy as np
 from edge_retina.bundle import ARCHIVE_SUFFIX, Bundle, load_bundle, pack_bundle, write_bundle
 from edge_retina.bundle.manifest import ADAPTATION_SCHEMA_VERSION, AdaptationEntry, AdaptedCondition, Manifest
 from edge_retina.errors import BundleError
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 HEAD_FILE = "adaptation/head.npz"
 

@@ -14,6 +14,7 @@ from rich.text import Text
 from edge_retina.archive_screening.run import ArchiveProgress, screen_archive
 from edge_retina.archive_screening.sources import expand_sources
 from edge_retina.archive_screening.summary import summarise_results
+from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 
 #: Without a terminal (a batch job's log), a progress line this often.
@@ -51,8 +52,8 @@ def _duration(seconds: float | None) -> str:
               help="Inference threads (and CPUs reserved) per actor.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Photographs per batch sent to an actor.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default=None)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None)
+@click.option("--backend", type=click.Choice(BACKENDS), default=None)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None)
 @click.option("--recursive/--no-recursive", default=True, help="Descend into sub-folders (default: yes).")
 def screen_command(sources, bundle_path, out, address, workers, threads, batch_size, backend, precision,
                    recursive) -> None:

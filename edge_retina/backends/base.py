@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_retina.engines import PRECISIONS
 from edge_retina.errors import BackendError
 
-#: Precisions a bundle's model can be exported in. The runner uses it to pick device settings
-#: (e.g. OpenVINO must be told to keep "fp32" in f32); it never converts the model itself.
-PRECISIONS = ("fp32", "fp16", "int8")
+#: The name of a bundle model's input (the converter exports it so; TensorRT build profiles name it).
+INPUT_NAME = "image"
 
 #: One dimension of a model input: a size, or None where the model leaves it symbolic.
 Dim = int | None
@@ -48,6 +48,8 @@ class Runner(abc.ABC):
             raise BackendError(f"{self.name}: model path is not a file: {model_path}")
         if model_path.stat().st_size == 0:
             raise BackendError(f"{self.name}: model file is empty: {model_path}")
+        # The precision picks device settings (OpenVINO must be told to keep "fp32" in f32); the
+        # runner never converts the model itself.
         if precision not in PRECISIONS:
             raise BackendError(f"{self.name}: precision must be one of {PRECISIONS}, got {precision!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_retina.backends.base import Runner
+from edge_retina.engines import BACKENDS
 from edge_retina.errors import BackendError
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 
 # backend -> (runner module, runner class)
 _RUNNERS = {

@@ -1,24 +1,26 @@
-"""Where TensorRT engines are cached and when a cached engine may be reused.
+"""Where TensorRT engines are cached, when a cached engine may be reused, and building one on the
+device ahead of time (through the runner, or the same recipe for ``trtexec``).
 
 A TensorRT engine is only valid for the GPU model and TensorRT version that built it, so engines are
 built on the device from the bundle's ONNX and cached as
 ``<cache_dir>/<gpu-name-slug>_trt<version>/<onnx-sha256-prefix>.engine`` beside a JSON sidecar that
 records what the engine was built for. An engine whose sidecar does not match the local GPU,
 TensorRT version and source ONNX is never loaded: it is rebuilt. Everything here is plain Python
-(no TensorRT, no CUDA) so the rules are testable on any machine.
+(no TensorRT, no CUDA, no torch) so the rules are testable on any machine and a device imports it
+without the host toolchain.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_retina.files import sha256_file, write_atomically
+from edge_retina.backends.base import INPUT_NAME
+from edge_retina.files import sha256_file, user_cache_dir, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ ONNX_SHA_PREFIX_LENGTH = 16
 ENGINE_SUFFIX = ".engine"
 SIDECAR_SUFFIX = ".json"
 TIMING_CACHE_NAME = "timing.cache"
+#: The largest batch an engine's optimisation profile accepts unless the caller says otherwise.
+DEFAULT_MAX_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,7 @@ class EngineTarget:
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/edge-retina/tensorrt`` (``~/.cache/...`` by default): bundles may be read-only."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edge-retina" / "tensorrt"
+    return user_cache_dir("tensorrt")
 
 
 def slugify(text: str) -> str:
@@ -167,3 +170,34 @@ def ensure_engine(
     log("building TensorRT engine %s from %s: %s", engine, onnx_path, reason)
     store_engine(engine, build(onnx_path), target, onnx_sha256)
     return engine
+
+
+def build_engine_on_device(qdq_onnx: Path, *, cache_dir: Path | None = None, device: str = "GPU",
+                           max_batch: int = DEFAULT_MAX_BATCH) -> Path:
+    """On the device: build (or reuse) the engine for the local GPU and TensorRT version; its path.
+
+    The TensorRT runner does the build and caching; this only asks it to (ahead of the first image).
+    """
+    from edge_retina.backends import create_runner
+
+    with create_runner("tensorrt", qdq_onnx, precision="int8", device=device, cache_dir=cache_dir,
+                       max_batch=max_batch) as runner:
+        return Path(runner.info()["engine_path"])
+
+
+def trtexec_command(qdq_onnx: Path, engine: Path, timing_cache: Path, *, tensorrt_major: int = 10,
+                    max_batch: int = DEFAULT_MAX_BATCH, input_shape: tuple[int, int, int] = (3, 224, 224)) -> list[str]:
+    """The same build with ``trtexec`` (devices without TensorRT's Python bindings).
+
+    TensorRT >= 10: a strongly typed network, precisions from the Q/DQ nodes, no precision flags.
+    TensorRT 8.5 (Jetson Xavier, JetPack 5.1): no strongly typed mode; ``--int8 --fp16`` let the
+    builder use the Q/DQ scales and run the rest in FP16.
+    """
+    shape = "x".join(str(d) for d in input_shape)
+    command = [
+        "trtexec", f"--onnx={qdq_onnx}", f"--saveEngine={engine}", f"--timingCacheFile={timing_cache}",
+        f"--minShapes={INPUT_NAME}:1x{shape}", f"--optShapes={INPUT_NAME}:1x{shape}",
+        f"--maxShapes={INPUT_NAME}:{max_batch}x{shape}",
+    ]
+    command += ["--stronglyTyped"] if tensorrt_major >= 10 else ["--int8", "--fp16"]
+    return command

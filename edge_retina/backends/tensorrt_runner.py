@@ -23,6 +23,7 @@ except ImportError:  # cuda-python before 12.6 exposed the runtime API as cuda.c
     from cuda import cudart
 
 from edge_retina.backends import tensorrt_engine_cache as engine_cache
+from edge_retina.backends.tensorrt_engine_cache import DEFAULT_MAX_BATCH
 from edge_retina.backends.base import Dim, Runner
 from edge_retina.errors import BackendError
 
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 _TRT_LOGGER = trt.Logger(trt.Logger.WARNING)
 ENGINE_SUFFIXES = (".engine", ".plan")
-DEFAULT_MAX_BATCH = 8
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 
 

@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
@@ -22,12 +23,19 @@ class LabelledImages:
 
     paths: list[Path]
     labels: dict[str, np.ndarray]
+    #: Columns of the CSV that were not read as conditions (metadata such as a width, or conditions
+    #: the model does not have): ignored, as docs/LABELS.md says, and listed in the parity report.
+    ignored_columns: tuple[str, ...] = ()
 
     def subset(self, indices: list[int]) -> "LabelledImages":
-        return LabelledImages([self.paths[i] for i in indices], {c: y[indices] for c, y in self.labels.items()})
+        return LabelledImages([self.paths[i] for i in indices], {c: y[indices] for c, y in self.labels.items()},
+                              self.ignored_columns)
 
 
-def read_labels_csv(path: str | os.PathLike[str]) -> LabelledImages:
+def read_labels_csv(path: str | os.PathLike[str], conditions: Collection[str] | None = None) -> LabelledImages:
+    """The CSV at ``path``. With ``conditions`` (a bundle's), only those columns are read as labels and
+    any other column is ignored (its values unchecked) and named in ``ignored_columns``; without,
+    every column but ``file`` is a condition."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -41,17 +49,18 @@ def read_labels_csv(path: str | os.PathLike[str]) -> LabelledImages:
                               f"(found columns {columns}); see docs/LABELS.md")
     if not rows:
         raise EdgeRetinaError(f"{path}: no rows")
-    conditions = [c for c in columns if c != "file"]
-    labels = {c: np.full(len(rows), np.nan) for c in conditions}
+    labelled = [c for c in columns if c != "file" and (conditions is None or c in conditions)]
+    ignored = tuple(c for c in columns if c != "file" and c not in labelled)
+    labels = {c: np.full(len(rows), np.nan) for c in labelled}
     for i, row in enumerate(rows):
-        for c in conditions:
+        for c in labelled:
             value = (row[c] or "").strip()
             if value not in ("", "0", "1"):
                 raise EdgeRetinaError(f"{path}: row {i + 2}, column {c!r}: expected 0, 1 or blank, got {value!r}")
             if value:
                 labels[c][i] = float(value)
     paths = [Path(r["file"]) if Path(r["file"]).is_absolute() else path.parent / r["file"] for r in rows]
-    return LabelledImages(paths, labels)
+    return LabelledImages(paths, labels, ignored)
 
 
 def _portable_name(image: Path, folder: Path) -> str:

@@ -28,9 +28,7 @@ from edge_retina.bench.machine import machine_info
 from edge_retina.bundle import EngineEntry, load_bundle
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.pipeline import ScreeningPipeline, usable_cores
-from edge_retina.screener import Screener
-
-STAGES = ("decode", "preprocess", "inference", "lookup", "total")
+from edge_retina.screener import STAGES, Screener
 
 
 class Pipeline(Protocol):
@@ -309,31 +307,32 @@ def run_latency(
 
 
 def latency_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows) of the per-stage median table from ``LatencyReport.to_dict()`` (or its JSON):
-    shared by the CLI, the HTML report and the demo."""
-    baseline = report["baseline"]
-    headers = ["pipeline", *(f"{s} ms" for s in STAGES), "total p90", "total p99", "total CPU ms", "engine alone ms",
-               "runtime overhead over engine", f"speed-up vs {baseline} (wall / CPU)"]
+    """(headers, rows) of the per-stage median table (ms) from ``LatencyReport.to_dict()`` (or its
+    JSON): shared by the CLI, the HTML report and the demo. Columns go most telling first, so a
+    terminal that cannot show them all keeps total and speed-up (against ``report["baseline"]``)."""
+    stages_shown = ("inference", *(s for s in STAGES if s not in ("inference", "total")))
+    headers = ["pipeline", "total", "speed-up wall/CPU", *stages_shown, "total p90",
+               "total p99", "CPU", "engine alone", "overhead over engine"]
     rows = []
     for name, p in report["pipelines"].items():
         stages = p["stages_ms"]
-        cells = [f"{stages[s]['median']:.2f}" if s in stages else "-" for s in STAGES]
+        cells = [f"{stages[s]['median']:.2f}" if s in stages else "-" for s in stages_shown]
         engine = p.get("engine_ms")
         overhead = p.get("runtime_overhead_over_engine")
-        rows.append([name, *cells, f"{stages['total']['p90']:.2f}", f"{stages['total']['p99']:.2f}",
+        rows.append([name, f"{stages['total']['median']:.2f}",
+                     f"{p['speedup_vs_baseline']:.2f}x / {p['cpu_speedup_vs_baseline']:.2f}x", *cells,
+                     f"{stages['total']['p90']:.2f}", f"{stages['total']['p99']:.2f}",
                      f"{p['cpu_ms']['median']:.2f}" if "cpu_ms" in p else "-",
                      f"{engine['median']:.2f}" if engine else "-",
-                     f"{overhead * 100:+.1f} %" if overhead is not None else "-",
-                     f"{p['speedup_vs_baseline']:.2f}x / {p['cpu_speedup_vs_baseline']:.2f}x"])
+                     f"{overhead * 100:+.1f} %" if overhead is not None else "-"])
     return headers, rows
 
 
 def system_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(headers, rows): throughput, cold start and peak RSS per pipeline, from ``LatencyReport.to_dict()``."""
     streams = report["streams"]
-    headers = ["pipeline", "batch-1 images/s", f"{streams} streams images/s",
-               f"pipeline, {report.get('workers')} workers, images/s", "bundle load to first result ms",
-               "process start to first result ms", "peak RSS MB"]
+    headers = ["pipeline", "batch 1 img/s", f"{streams} streams img/s", f"{report.get('workers')} workers img/s",
+               "load to 1st result ms", "start to 1st result ms", "peak RSS MB"]
     rows = []
     for name, p in report["pipelines"].items():
         throughput = p.get("throughput_images_per_s", {})

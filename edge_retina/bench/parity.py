@@ -3,7 +3,7 @@
 Every image is preprocessed once with the runtime's own Preprocessor; the same tensor then goes to
 the reference and to every engine, so differences come from the models alone. The reference is
 either the bundle's own FP32 engine (this module alone: runs on a device) or the PyTorch teacher
-(its embeddings come from ``converters.parity`` on the host); other host models (a distilled
+(its embeddings come from ``converters.parity_references`` on the host); other host models (a distilled
 student in PyTorch) can stand beside the engines, so teacher, student and engines share one table.
 
 Per condition and model: zero-shot AUROC, ΔAUROC against the reference with a paired bootstrap 95 %
@@ -27,7 +27,7 @@ from edge_retina.bench.labels import LabelledImages
 from edge_retina.bundle import Bundle, EngineEntry, load_bundle
 from edge_retina.errors import EdgeRetinaError, ImageError
 from edge_retina.preprocess import InputSpec, Preprocessor
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 from edge_retina.screener import engine_cache_dir
 
 ProgressCallback = Callable[[int], None]  # called with the number of images just prepared
@@ -316,8 +316,8 @@ def parity_tables(report: ParityReport) -> list[tuple[str, list[str], list[list[
                  "" if name == report.reference else _ratio(m.retention), _percent(m.sensitivity),
                  _percent(m.specificity), _percent(m.agreement)] for name, m in c.models.items()]
         tables.append((f"{c.condition}: {c.n_pos} positives / {c.n_neg} negatives, {threshold}",
-                       ["model", "AUROC", "ΔAUROC [95 % CI] DeLong p", "retention", "sensitivity", "specificity",
-                        "decisions as reference"], rows))
+                       ["model", "AUROC", "ΔAUROC [95% CI] DeLong p", "retention", "sensitivity", "specificity",
+                        "agreement"], rows))
     cosine_rows = [[name, *(f"{v:.6f}" for v in metrics.distribution(values).values())]
                    for name, values in report.cosine.items()]
     tables.append((f"Embedding cosine to {report.reference} ({report.n_images} images)",

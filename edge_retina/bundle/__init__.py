@@ -12,10 +12,6 @@ from edge_retina.bundle.loader import (
     verify_bundle,
 )
 from edge_retina.bundle.manifest import (
-    BACKENDS,
-    ENSEMBLING,
-    PRECISIONS,
-    ROLES,
     SCHEMA_VERSION,
     AdaptationEntry,
     AdaptedCondition,
@@ -34,11 +30,7 @@ from edge_retina.bundle.writer import pack_bundle, write_bundle
 
 __all__ = [
     "ARCHIVE_SUFFIX",
-    "BACKENDS",
-    "ENSEMBLING",
     "MANIFEST_NAME",
-    "PRECISIONS",
-    "ROLES",
     "SCHEMA_VERSION",
     "AdaptationEntry",
     "AdaptedCondition",

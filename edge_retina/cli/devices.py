@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.table import Table
 
 import devices
-from edge_retina.errors import EdgeRetinaError
 
 
 @click.group("devices")
@@ -26,7 +25,7 @@ def detect(root: Path, as_json: bool) -> None:
     """Name the best device profile for this machine, with the reasons."""
     try:
         detection = devices.detect(root)
-    except EdgeRetinaError as exc:
+    except devices.ProfileError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(detection.to_dict(), indent=2))
@@ -65,6 +64,6 @@ def show(name: str) -> None:
     """Show one profile as its data file says it (JSON)."""
     try:
         profile = devices.get_profile(name)
-    except EdgeRetinaError as exc:
+    except devices.ProfileError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(profile.to_dict(), indent=2))

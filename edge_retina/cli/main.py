@@ -8,11 +8,17 @@ traceback.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import sys
 
 import click
 
 from edge_retina import __version__
-from edge_retina.errors import EdgeRetinaError
+from edge_retina.errors import EdgeRetinaError, MissingExtraError
+from edge_retina.extras import import_for, missing_extra
+
+VERBOSE_KEY = "edge_retina.verbose"
 
 # name -> ("module:attribute", extra that module needs, or None for the runtime)
 COMMANDS: dict[str, tuple[str, str | None]] = {
@@ -27,12 +33,8 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "convert": ("converters.commands.convert:convert", "convert"),
     "prompts": ("converters.commands.prompts:prompts", "convert"),
     "distill": ("converters.commands.distill:distill", "convert"),
-    "calibrate": ("calibration.cli:calibrate", "convert"),
+    "calibrate": ("converters.commands.calibrate:calibrate", "convert"),
 }
-
-# Modules whose absence means "the extra is not installed" rather than a bug.
-_EXTRA_MODULES = {"torch", "onnx", "onnxscript", "nncf", "openvino", "safetensors", "timm", "sklearn", "skimage",
-                  "modelopt", "transformers", "open_clip", "matplotlib", "tqdm", "ray", "pyarrow"}
 
 
 class LazyGroup(click.Group):
@@ -46,53 +48,78 @@ class LazyGroup(click.Group):
             return None
         target, extra = COMMANDS[name]
         module_name, attribute = target.split(":")
+        if extra is None:
+            return getattr(importlib.import_module(module_name), attribute)
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if extra and _is_extra_module(exc):
-                return _missing_extra_command(name, extra, exc.name)
-            raise
-        command = getattr(module, attribute)
-        return _guarded(command, name, extra) if extra else command
+            module = import_for(module_name, f"'edge-retina {name}'", extra)
+        except MissingExtraError as exc:
+            return _missing_extra_command(name, extra, exc)
+        return _guarded(getattr(module, attribute), name, extra)
 
 
-def _is_extra_module(exc: ModuleNotFoundError) -> bool:
-    return bool(exc.name) and exc.name.split(".")[0] in _EXTRA_MODULES
-
-
-def _missing_extra_message(name: str, extra: str, missing: str) -> str:
-    return (f"'edge-retina {name}' runs on the host and needs the '{extra}' extra ({missing} is not installed): "
-            f"pip install 'edge-retina[{extra}]'")
-
-
-def _missing_extra_command(name: str, extra: str, missing: str) -> click.Command:
+def _missing_extra_command(name: str, extra: str, error: MissingExtraError) -> click.Command:
     @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
                    help=f"(needs the '{extra}' extra: pip install 'edge-retina[{extra}]')")
     def unavailable(**_: object) -> None:
-        raise click.ClickException(_missing_extra_message(name, extra, missing))
+        raise click.ClickException(str(error))
 
     return unavailable
 
 
 def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
     """Host commands import their heavy dependencies when they run: turn a missing one into the
-    "install the extra" message there too."""
+    "install the extra" message there too, and a user's mistake (EdgeRetinaError) into one line.
+    Their libraries' INFO logging (NNCF's steps, a quantizer's notes) would interleave with the
+    command's own progress lines: it is silenced unless -v."""
     invoke = command.invoke
 
     def guarded_invoke(ctx: click.Context):
+        import onnxruntime  # a base dependency, imported when a host command runs rather than at every start
+
+        verbose = _verbose(ctx)
+        if not verbose:
+            # logging.disable, not logger levels: NNCF resets its logger's level when imported.
+            logging.disable(logging.INFO)
+            # ONNX Runtime's own (C++) warnings bypass Python logging: errors only.
+            onnxruntime.set_default_logger_severity(3)
         try:
             return invoke(ctx)
         except ModuleNotFoundError as exc:
-            if _is_extra_module(exc):
-                raise click.ClickException(_missing_extra_message(name, extra, exc.name)) from None
-            raise
+            error = missing_extra(exc, f"'edge-retina {name}'", extra)
+            if error is None:
+                raise
+            raise click.ClickException(str(error)) from None
+        except EdgeRetinaError as exc:
+            if verbose:
+                raise
+            raise click.ClickException(str(exc)) from None
+        finally:
+            logging.disable(logging.NOTSET)
+            onnxruntime.set_default_logger_severity(2)  # its default: warnings
 
     command.invoke = guarded_invoke  # type: ignore[method-assign]
     return command
 
 
+def _verbose(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().meta.get(VERBOSE_KEY))
+
+
+def _set_verbosity(ctx: click.Context, _: click.Parameter, verbose: bool) -> None:
+    """Runs while the options are parsed, before a host command's modules are imported: model-loading
+    progress bars (Hugging Face) read their switch at import time."""
+    ctx.meta[VERBOSE_KEY] = verbose
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-retina")
+@click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbosity,
+              help="Show libraries' log messages, and a traceback with every error.")
 def cli() -> None:
     """Retinal foundation models on screening devices: convert on the host, screen offline on the device."""
 
@@ -101,5 +128,7 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except EdgeRetinaError as exc:  # an error raised outside a command's own handling
+        if "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+            raise
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from edge_retina.preprocess.dicom import IDENTIFIERS
-from edge_retina.screener import Result
+from edge_retina.screener import STAGES, Result
 
-STAGES = ("decode", "preprocess", "inference", "lookup", "total")
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
 
 

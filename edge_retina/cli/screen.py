@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -16,72 +15,23 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from edge_retina.cli.inputs import expand_inputs
-from edge_retina.cli.results_io import STAGES, ResultWriter, result_format
+from edge_retina.cli.results_io import ResultWriter, result_format
+from edge_retina.console_tables import print_results, summarise
+from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.pipeline import ScreeningPipeline
 from edge_retina.screener import Result, Screener
-
-
-def summarise(results: list[Result]) -> dict:
-    statuses = ["no-referral", "refer", "ungradable", "error"]
-    counts = {s: sum(r.status == s for r in results) for s in statuses}
-    latency = {}
-    for stage in STAGES:
-        values = [r.timings_ms[stage] for r in results if stage in r.timings_ms and r.gradable]
-        if values:
-            latency[stage] = {"median_ms": round(statistics.median(values), 3), "n": len(values)}
-    return {"images": len(results), **counts, "latency": latency}
-
-
-def _shown(text: str) -> str:
-    """``text`` printable on any terminal: a file name that is not UTF-8 (its bytes arrive as lone
-    surrogates) is shown with escapes, as the CSV and JSON results write it."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def print_results(console: Console, results: list[Result], conditions: tuple[str, ...], summary: dict) -> None:
-    table = Table(title="Screening results", show_lines=False)
-    table.add_column("image", overflow="fold")
-    table.add_column("status")
-    for c in conditions:
-        table.add_column(c, justify="right")
-    table.add_column("ms", justify="right")
-    styles = {"refer": "bold red", "no-referral": "green", "ungradable": "yellow", "error": "magenta"}
-    for r in results:
-        cells = []
-        for c in conditions:
-            p = r.probabilities.get(c)
-            cells.append("" if p is None else (f"[bold]{p:.2f}*[/]" if r.referral.get(c) else f"{p:.2f}"))
-        detail = r.status
-        if r.status == "ungradable":
-            detail += f" ({r.ungradable_reason})"
-        elif r.status == "error":
-            detail += f" ({r.error_code})"
-        total = r.timings_ms.get("total")
-        table.add_row(_shown(Path(r.source).name if r.screened else r.source), f"[{styles[r.status]}]{detail}[/]",
-                      *cells, "" if total is None else f"{total:.1f}")
-    console.print(table)
-    console.print("* = over the bundle's referral threshold")
-    for r in results:
-        if r.error:
-            console.print(f"[magenta]error[/] {_shown(r.source)}: {_shown(r.error)}", soft_wrap=True)
-    lat = ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in summary["latency"].items())
-    console.print(
-        f"{summary['images']} images: {summary['no-referral']} no referral, {summary['refer']} refer, "
-        f"{summary['ungradable']} ungradable, {summary['error']} errors. Median latency: {lat or 'n/a'}"
-    )
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
               help="Bundle directory or archive.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Inference backend (default: the bundle's preferred engine available here).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None)
 @click.option("--device", default=None, metavar="PROFILE|auto",
               help="Device profile (see 'edge-retina devices list'); default: detect this machine.")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the backend's).")

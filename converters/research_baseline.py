@@ -2,8 +2,8 @@
 
 PIL decodes the whole photograph, resizes it to the teacher's native input size (no field-of-view
 crop), normalises it (the runtime's own arithmetic, in numpy), and the PyTorch FP32 teacher embeds
-it; the prompt lookup is the same scaled-cosine softmax, in torch. torch and Pillow are imported
-only here, when asked for.
+it; the prompt lookup is the same scaled-cosine softmax, in torch. Host code: ``bench latency
+--baseline research`` imports it only when asked for.
 """
 from __future__ import annotations
 
@@ -12,21 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 
-from edge_retina.errors import MissingExtraError
 from edge_retina.preprocess.resize import normalise
 from edge_retina.preprocess.spec import InputSpec
-from edge_retina.prompts import PromptTable
+from edge_retina.prompt_table import PromptTable
 
 NAME = "research (PIL + PyTorch fp32)"
-
-
-def _import_torch() -> Any:
-    try:
-        import torch
-    except ModuleNotFoundError as exc:
-        raise MissingExtraError("the research-code baseline (--baseline research)", "convert", exc.name) from None
-    return torch
 
 
 class ResearchPipeline:
@@ -35,44 +28,40 @@ class ResearchPipeline:
     name = NAME
 
     def __init__(self, encoder: Any, spec: InputSpec, prompt_table: PromptTable, threads: int | None = None):
-        self.torch = _import_torch()
-        from PIL import Image
-
-        self.image_module = Image
         if threads:
-            self.torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
         self.encoder = encoder.eval().float()
         self.spec = spec
-        self.class_embeddings = self.torch.from_numpy(prompt_table.class_embeddings)
+        self.class_embeddings = torch.from_numpy(prompt_table.class_embeddings)
         self.logit_scale = prompt_table.logit_scale
 
     def _tensor(self, image: Any) -> Any:
-        resized = image.resize((self.spec.width, self.spec.height), self.image_module.BILINEAR)
-        return self.torch.from_numpy(normalise(np.asarray(resized), self.spec))
+        resized = image.resize((self.spec.width, self.spec.height), Image.BILINEAR)
+        return torch.from_numpy(normalise(np.asarray(resized), self.spec))
 
     def run(self, image: Path) -> dict[str, float]:
         start = time.perf_counter()
-        with self.image_module.open(image) as opened:
+        with Image.open(image) as opened:
             decoded = opened.convert("RGB")
         t_decode = time.perf_counter()
         tensor = self._tensor(decoded)
         t_pre = time.perf_counter()
-        with self.torch.inference_mode():
+        with torch.inference_mode():
             embedding = self.encoder(tensor)
             t_infer = time.perf_counter()
-            logits = self.logit_scale * self.torch.nn.functional.normalize(embedding, dim=-1) @ self.class_embeddings.T
+            logits = self.logit_scale * torch.nn.functional.normalize(embedding, dim=-1) @ self.class_embeddings.T
             logits.softmax(dim=-1).numpy()
         end = time.perf_counter()
         return {"decode": (t_decode - start) * 1e3, "preprocess": (t_pre - t_decode) * 1e3,
                 "inference": (t_infer - t_pre) * 1e3, "lookup": (end - t_infer) * 1e3, "total": (end - start) * 1e3}
 
     def prepared_tensor(self, image: Path) -> np.ndarray:
-        with self.image_module.open(image) as opened:
+        with Image.open(image) as opened:
             return self._tensor(opened.convert("RGB")).numpy()
 
     def run_engine(self, tensor: np.ndarray) -> None:
-        with self.torch.inference_mode():
-            self.encoder(self.torch.from_numpy(tensor))
+        with torch.inference_mode():
+            self.encoder(torch.from_numpy(tensor))
 
     def close(self) -> None:
         """Nothing to release: the module is garbage-collected with the pipeline."""

@@ -1,0 +1,141 @@
+"""Tables for people on a terminal: the screening results, a run's summary, and titled tables of
+text cells. JSON and the HTML report carry the full detail; these are sized to be read: a table
+keeps the leading columns that fit the terminal (80 columns is the floor we design for) and names
+the ones left out, instead of wrapping every cell a character or two per line.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Callable
+
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.markup import escape
+from rich.table import Table
+
+from edge_retina.screener import STAGES, Result
+
+
+# The head rule in ASCII: a terminal's byte-counting tools (and 80-column checks) see one byte a column.
+ASCII_SIMPLE_HEAD = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
+
+
+def fit_columns(make: Callable[[int, str | None], Table], headers: list[str], width: int | None = None,
+                details: str = "--json", note: str | None = None, lines: list[list[str]] = ()) -> Table:
+    """The table ``make(n, caption)`` builds from the first ``n`` columns, for the largest ``n`` (at
+    least 1) that fits ``width`` (default: the terminal's); the caption names the columns left out
+    and where they are (``details``), then ``note``. ``lines`` (header and rows as text) may hold
+    characters of more than one UTF-8 byte (ΔAUROC): the fit leaves room for them, so byte-counting
+    tools see no line wider than ``width`` either."""
+    width = (width or Console().width) - max((len("".join(c).encode()) - len("".join(c)) for c in lines), default=0)
+    wide = Console(width=10_000)
+    for shown in range(len(headers), 0, -1):
+        left_out = headers[shown:]
+        parts = [f"more in {details}: {', '.join(left_out)}" if left_out else "", note or ""]
+        table = make(shown, "; ".join(p for p in parts if p) or None)
+        if Measurement.get(wide, wide.options, table).maximum <= width:
+            break
+    return table
+
+
+def _table(title: str, caption: str | None) -> Table:
+    return Table(title=escape(title), caption=escape(caption) if caption else None, box=ASCII_SIMPLE_HEAD,
+                 caption_justify="left", pad_edge=False)
+
+
+def rich_table(title: str, headers: list[str], rows: list[list[str]], *, width: int | None = None,
+               details: str = "--json", note: str | None = None) -> Table:
+    """A table of text cells, first column left-aligned, cut to the columns that fit (``fit_columns``)."""
+
+    def make(shown: int, caption: str | None) -> Table:
+        table = _table(title, caption)
+        for i, h in enumerate(headers[:shown]):
+            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row[:shown]))
+        return table
+
+    return fit_columns(make, headers, width, details, note, [headers, *rows])
+
+
+def identical_rows(rows: list[list[str]], keep: int = 1) -> tuple[list[list[str]], list[str]]:
+    """``rows`` without those whose cells after the name equal an earlier row's, and one note per
+    group ("a, b: same as c"): engines that compute exactly what their FP32 model does say so once.
+    The first ``keep`` rows (the reference) are never folded into."""
+    kept: list[list[str]] = []
+    alike: dict[int, list[str]] = {}
+    for row in rows:
+        match = next((i for i, k in enumerate(kept) if i >= keep and k[1:] == row[1:]), None)
+        if match is None:
+            kept.append(row)
+        else:
+            alike.setdefault(match, []).append(row[0])
+    return kept, [f"{', '.join(names)}: same numbers as {kept[i][0]}" for i, names in alike.items()]
+
+
+def parity_console_tables(tables: list[tuple[str, list[str], list[list[str]]]], *, width: int | None = None,
+                          details: str = "--json") -> list[Table]:
+    """``edge_retina.bench.parity.parity_tables`` for a terminal: rows whose numbers are identical to an
+    earlier row's (an engine computing exactly what its FP32 model does) folded into a note."""
+    fitted = []
+    for title, headers, rows in tables:
+        kept, notes = identical_rows(rows)
+        fitted.append(rich_table(title, headers, kept, width=width, details=details, note="; ".join(notes) or None))
+    return fitted
+
+
+def summarise(results: list[Result]) -> dict:
+    statuses = ["no-referral", "refer", "ungradable", "error"]
+    counts = {s: sum(r.status == s for r in results) for s in statuses}
+    latency = {}
+    for stage in STAGES:
+        values = [r.timings_ms[stage] for r in results if stage in r.timings_ms and r.gradable]
+        if values:
+            latency[stage] = {"median_ms": round(statistics.median(values), 3), "n": len(values)}
+    return {"images": len(results), **counts, "latency": latency}
+
+
+def _shown(text: str) -> str:
+    """``text`` printable on any terminal: a file name that is not UTF-8 (its bytes arrive as lone
+    surrogates) is shown with escapes, as the CSV and JSON results write it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def print_results(console: Console, results: list[Result], conditions: tuple[str, ...], summary: dict) -> None:
+    styles = {"refer": "bold red", "no-referral": "green", "ungradable": "yellow", "error": "magenta"}
+    headers = ["image", "status", *conditions, "ms"]
+    rows = []
+    for r in results:
+        cells = []
+        for c in conditions:
+            p = r.probabilities.get(c)
+            cells.append("" if p is None else (f"[bold]{p:.2f}*[/]" if r.referral.get(c) else f"{p:.2f}"))
+        detail = r.status
+        if r.status == "ungradable":
+            detail += f" ({r.ungradable_reason})"
+        elif r.status == "error":
+            detail += f" ({r.error_code})"
+        total = r.timings_ms.get("total")
+        rows.append([escape(_shown(Path(r.source).name if r.screened else r.source)),
+                     f"[{styles[r.status]}]{detail}[/]", *cells, "" if total is None else f"{total:.1f}"])
+
+    def make(shown: int, caption: str | None) -> Table:
+        table = _table("Screening results", caption)
+        for i, h in enumerate(headers[:shown]):
+            table.add_column(h, justify="right" if i >= 2 else "left", no_wrap=i > 0, overflow="fold")
+        for row in rows:
+            table.add_row(*row[:shown])
+        return table
+
+    console.print(fit_columns(make, headers, console.width, details="--json and --out"))
+    console.print("* = over the bundle's referral threshold")
+    for r in results:
+        if r.error:
+            console.print(f"[magenta]error[/] {_shown(r.source)}: {_shown(r.error)}", soft_wrap=True)
+    lat = ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in summary["latency"].items())
+    console.print(
+        f"{summary['images']} images: {summary['no-referral']} no referral, {summary['refer']} refer, "
+        f"{summary['ungradable']} ungradable, {summary['error']} errors. Median latency: {lat or 'n/a'}"
+    )

@@ -1,0 +1,43 @@
+"""Terminal tables fit 80 columns: columns that do not fit are named, identical rows folded."""
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from edge_retina.console_tables import identical_rows, parity_console_tables, rich_table
+
+HEADERS = ["pipeline", "total", "speed-up wall/CPU", "decode", "preprocess", "inference", "lookup", "total p90",
+           "total p99", "CPU", "engine alone", "overhead over engine"]
+ROWS = [["research (PIL + PyTorch fp32)", "123.45", "1.00x / 1.00x", "12.34", "45.67", "60.12", "0.12", "130.00",
+         "140.00", "200.00", "55.00", "+10.0 %"],
+        ["openvino/fp16/student", "23.45", "5.27x / 4.10x", "12.34", "5.67", "6.12", "0.12", "30.00", "40.00",
+         "20.00", "5.00", "+10.0 %"]]
+
+
+def printed(table, width=80) -> list[str]:
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text().splitlines()
+
+
+def test_a_wide_table_keeps_the_leading_columns_that_fit_and_names_the_rest():
+    lines = printed(rich_table("Latency per stage, median ms (4 images x 10 rounds)", HEADERS, ROWS, width=80))
+    assert max(len(line.encode()) for line in lines) <= 80
+    text = " ".join(" ".join(lines).split())  # the caption wraps
+    assert "research (PIL + PyTorch fp32)" in text and "5.27x / 4.10x" in text  # never folded mid-cell
+    assert "more in --json:" in text and "overhead over engine" in text
+    wide = "\n".join(printed(rich_table("t", HEADERS, ROWS, width=200), width=200))
+    assert "more in" not in wide and "+10.0 %" in wide
+
+
+def test_rows_with_the_numbers_of_an_earlier_row_are_folded_into_a_note():
+    rows = [["teacher (PyTorch fp32)", "0.9000", "(reference)"], ["student (PyTorch fp32)", "0.8800", "-0.0200"],
+            ["onnxruntime/fp32/student", "0.8800", "-0.0200"], ["openvino/fp32/student", "0.8800", "-0.0200"],
+            ["openvino/int8/student", "0.8700", "-0.0300"]]
+    kept, notes = identical_rows(rows)
+    assert [r[0] for r in kept] == ["teacher (PyTorch fp32)", "student (PyTorch fp32)", "openvino/int8/student"]
+    assert notes == ["onnxruntime/fp32/student, openvino/fp32/student: same numbers as student (PyTorch fp32)"]
+    [table] = parity_console_tables([("glaucoma", ["model", "AUROC", "ΔAUROC"], rows)], width=80)
+    text = " ".join(" ".join(printed(table)).split())  # the note wraps
+    assert "same numbers as student (PyTorch fp32)" in text and text.count("onnxruntime/fp32/student") == 1
