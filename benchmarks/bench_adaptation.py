@@ -7,11 +7,14 @@ For every task of the reference model's evaluation (converters/reference/evaluat
 "site" is that task's collection: K positives and K negatives (K in --shots) are drawn from its
 train split, ``fit_site_adaptation`` (what ``edge-retina adapt`` runs) adapts the bundle to them,
 and the result is scored on the task's test split against the bundle's zero-shot scores and
-thresholds; --draws seeded draws per K. The same is done on the odir/ folder
-(converters.labelled_sets.unseen_site_labels), whose photos and patients the reference model
-never trained on: the leave-one-dataset-out case. The photos are embedded once by the bundle's
-preferred engine through the Screener (ungradable photos are left out, as on the device) and
-cached under artifacts/bench_adaptation/.
+thresholds; --draws seeded draws per K. The photos are embedded once by the bundle's preferred
+engine through the Screener (ungradable photos are left out, as on the device) and cached under
+artifacts/bench_adaptation/.
+
+There is no leave-one-dataset-out case for a model whose teacher trained on every shared dataset
+(reference-v3 does: converters/reference/data.py reads all five folders), and the shots come from
+photos the model trained on: the JSON gives each task's zero-shot AUROC on its shot pool beside
+the test split's, to show how much easier the shots are than a new site's photos.
 
 Per task, K and method: test AUROC, sensitivity and specificity at the adapted thresholds,
 specificity at the target sensitivity (the test split's own threshold: the ROC curve at that
@@ -35,7 +38,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from converters.labelled_sets import UNSEEN_SITE, unseen_site_labels  # noqa: E402
 from converters.reference.data import load_records  # noqa: E402
 from converters.reference.evaluate import TASKS  # noqa: E402
 from edge_retina.adapt import bundle_scoring, fit_site_adaptation  # noqa: E402
@@ -51,27 +53,20 @@ DEFAULT_DATASETS = REPO.parent / "shared" / "datasets"
 METHODS = ("threshold", "auto", "head")
 
 
-def site_tasks(root: Path) -> list[dict]:
-    """Each task: name, condition, and (paths, 0/1 labels) of its train and test splits."""
+def site_tasks(root: Path, splits: tuple[str, ...] = ("train", "test")) -> list[dict]:
+    """Each task: name, condition, and (paths, 0/1 labels) of each of ``splits``; positives and
+    negatives both from the task's own dataset folder (Task.applies_to), as in the reference's evaluation."""
     records = load_records(root)
     tasks = []
     for task in TASKS:
-        splits = {}
-        for split in ("train", "test"):
-            chosen = [(r.path(root), 1) for r in records if r.split == split and task.is_positive(r)]
-            chosen += [(r.path(root), 0) for r in records if r.split == split and task.is_negative(r)]
-            splits[split] = ([p for p, _ in chosen], np.array([y for _, y in chosen]))
-        source = next(r.source for r in records if task.is_positive(r))
-        tasks.append({"name": f"{source} {task.condition}", "condition": task.condition, "unseen": False, **splits})
-    for condition in ("diabetic_retinopathy", "amd"):
-        splits = {}
-        for split in ("train", "test"):
-            labelled = unseen_site_labels(root, split)
-            y = labelled.labels[condition]
-            keep = ~np.isnan(y)
-            splits[split] = ([p for p, k in zip(labelled.paths, keep) if k], y[keep].astype(int))
-        tasks.append({"name": f"{UNSEEN_SITE} (unseen) {condition}", "condition": condition, "unseen": True,
-                      **splits})
+        mine = [r for r in records if task.applies_to(r)]
+        labelled = {}
+        for split in splits:
+            chosen = [(r.path(root), int(task.is_positive(r))) for r in mine if r.split == split]
+            labelled[split] = ([p for p, _ in chosen], np.array([y for _, y in chosen]))
+        source = next(r.source for r in mine if task.is_positive(r))
+        name = task.dataset if source == task.dataset else f"{task.dataset} ({source})"
+        tasks.append({"name": f"{name} {task.condition}", "condition": task.condition, **labelled})
     return tasks
 
 
@@ -132,10 +127,13 @@ def run_simulation(task: dict, embeddings: dict[str, np.ndarray], table, thresho
     x_train, y_train = arrays("train")
     x_test, y_test = arrays("test")
     condition = task["condition"]
-    out = {"name": task["name"], "condition": condition, "unseen": task["unseen"],
+    out = {"name": task["name"], "condition": condition,
            "train_pool": [int((y_train == 1).sum()), int((y_train == 0).sum())],
            "test": [int((y_test == 1).sum()), int((y_test == 0).sum())],
-           "zero_shot": evaluate(table, thresholds, condition, x_test, y_test, target), "runs": []}
+           "zero_shot": evaluate(table, thresholds, condition, x_test, y_test, target),
+           "zero_shot_auroc_on_shot_pool": metrics.auroc(y_train,
+                                                         table.score(x_train).condition_probabilities[condition]),
+           "runs": []}
     for k in shots:
         for draw in range(draws):
             seed = int(hashlib.sha256(f"{task['name']}|{k}|{draw}".encode()).hexdigest()[:8], 16)
@@ -168,9 +166,9 @@ def time_adapt(bundle: Path, task: dict, photos: int, repeats: int) -> dict:
                                   Path(work) / "site.csv")
         for i in range(repeats):
             start = time.perf_counter()
-            adapt_bundle(bundle, labels, Path(work) / f"adapted-{i}")
+            report = adapt_bundle(bundle, labels, Path(work) / f"adapted-{i}")
             seconds.append(time.perf_counter() - start)
-    return {"task": task["name"], "photos": len(chosen), "seconds": seconds,
+    return {"task": task["name"], "photos": len(chosen), "engine": report.engine, "seconds": seconds,
             "median_seconds": statistics.median(seconds)}
 
 
