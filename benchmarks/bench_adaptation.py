@@ -1,12 +1,14 @@
 """Site adaptation, simulated with the shared datasets: K labelled photos per class, then the test split.
 
-    .venv/bin/python benchmarks/bench_adaptation.py --bundle artifacts/demo/default-bundle \
-        --json bench_adaptation.json
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_adaptation.py \
+        --bundle artifacts/demo/default-bundle --json bench_adaptation.json
+
+(One BLAS thread: the fits are many tiny matrix products, which threads only slow down on a busy machine.)
 
 For every task of the reference model's evaluation (converters/reference/evaluate.py, TASKS) the
 "site" is that task's collection: K positives and K negatives (K in --shots) are drawn from its
-train split, ``fit_site_adaptation`` (what ``edge-retina adapt`` runs) adapts the bundle to them,
-and the result is scored on the task's test split against the bundle's zero-shot scores and
+train split (--shot-split), ``fit_site_adaptation`` (what ``edge-retina adapt`` runs) adapts the
+bundle to them, and the result is scored on the task's test split against the bundle's zero-shot scores and
 thresholds; --draws seeded draws per K. The photos are embedded once by the bundle's preferred
 engine through the Screener (ungradable photos are left out, as on the device) and cached under
 artifacts/bench_adaptation/.
@@ -14,7 +16,9 @@ artifacts/bench_adaptation/.
 There is no leave-one-dataset-out case for a model whose teacher trained on every shared dataset
 (reference-v3 does: converters/reference/data.py reads all five folders), and the shots come from
 photos the model trained on: the JSON gives each task's zero-shot AUROC on its shot pool beside
-the test split's, to show how much easier the shots are than a new site's photos.
+the test split's, to show how much easier the shots are than a new site's photos. With
+--shot-split val the shots are validation photos instead, which the model never trained on (the
+teacher's epoch was chosen on them); the pools are smaller.
 
 Per task, K and method: test AUROC, sensitivity and specificity at the adapted thresholds,
 specificity at the target sensitivity (the test split's own threshold: the ROC curve at that
@@ -124,25 +128,25 @@ def run_simulation(task: dict, embeddings: dict[str, np.ndarray], table, thresho
         kept = [i for i, p in enumerate(paths) if str(p) in embeddings]
         return np.stack([embeddings[str(paths[i])] for i in kept]), y[kept]
 
-    x_train, y_train = arrays("train")
+    x_shots, y_shots = arrays("shots")
     x_test, y_test = arrays("test")
     condition = task["condition"]
     out = {"name": task["name"], "condition": condition,
-           "train_pool": [int((y_train == 1).sum()), int((y_train == 0).sum())],
+           "shot_pool": [int((y_shots == 1).sum()), int((y_shots == 0).sum())],
            "test": [int((y_test == 1).sum()), int((y_test == 0).sum())],
            "zero_shot": evaluate(table, thresholds, condition, x_test, y_test, target),
-           "zero_shot_auroc_on_shot_pool": metrics.auroc(y_train,
-                                                         table.score(x_train).condition_probabilities[condition]),
+           "zero_shot_auroc_on_shot_pool": metrics.auroc(y_shots,
+                                                         table.score(x_shots).condition_probabilities[condition]),
            "runs": []}
     for k in shots:
         for draw in range(draws):
             seed = int(hashlib.sha256(f"{task['name']}|{k}|{draw}".encode()).hexdigest()[:8], 16)
             rng = np.random.default_rng(seed)
-            chosen = np.concatenate([rng.choice(np.flatnonzero(y_train == c), size=min(k, int((y_train == c).sum())),
+            chosen = np.concatenate([rng.choice(np.flatnonzero(y_shots == c), size=min(k, int((y_shots == c).sum())),
                                                 replace=False) for c in (1, 0)])
             for method in methods:
                 start = time.perf_counter()
-                adaptation = fit_site_adaptation(table, x_train[chosen], {condition: y_train[chosen].astype(float)},
+                adaptation = fit_site_adaptation(table, x_shots[chosen], {condition: y_shots[chosen].astype(float)},
                                                  thresholds, method=method, target_sensitivity=target, seed=draw)
                 fit_seconds = time.perf_counter() - start
                 adapted = adaptation.conditions[condition]
@@ -156,7 +160,7 @@ def run_simulation(task: dict, embeddings: dict[str, np.ndarray], table, thresho
 
 def time_adapt(bundle: Path, task: dict, photos: int, repeats: int) -> dict:
     """``adapt_bundle`` end to end (embedding included) on ``photos`` labelled photos of one task."""
-    paths, y = task["train"]
+    paths, y = task["shots"]
     half = photos // 2
     chosen = list(np.flatnonzero(y == 1)[:half]) + list(np.flatnonzero(y == 0)[:photos - half])
     seconds = []
@@ -211,7 +215,10 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--target-sensitivity", type=float, default=0.9)
-    parser.add_argument("--pool", type=int, default=300, help="Train-split photos per class the draws come from.")
+    parser.add_argument("--shot-split", choices=("train", "val"), default="train",
+                        help="The split the shots are drawn from: val holds photos the model never trained on "
+                             "(fewer of them).")
+    parser.add_argument("--pool", type=int, default=300, help="Photos per class the draws come from.")
     parser.add_argument("--adapt-photos", type=int, default=100, help="Photos of the end-to-end `adapt` timing "
                         "(0: skip).")
     parser.add_argument("--adapt-repeats", type=int, default=3)
@@ -224,14 +231,14 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     table, thresholds = bundle_scoring(bundle, adapted=False)
     tasks = []
-    for task in site_tasks(args.datasets):
+    for task in site_tasks(args.datasets, (args.shot_split, "test")):
         if task["condition"] in table.conditions:
             tasks.append(task)
         else:
             print(f"left out: {task['name']} (the bundle has no condition {task['condition']!r})", file=sys.stderr)
     for task in tasks:
-        task["train"] = limit_pool(*task["train"], args.pool, seed=0)
-    all_paths = [p for t in tasks for split in ("train", "test") for p in t[split][0]]
+        task["shots"] = limit_pool(*task.pop(args.shot_split), args.pool, seed=0)
+    all_paths = [p for t in tasks for split in ("shots", "test") for p in t[split][0]]
     manifest_sha = hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
     embeddings = embed_all(args.bundle, all_paths, args.cache / f"embeddings-{manifest_sha}.npz")
 
@@ -244,8 +251,8 @@ def main() -> None:
     model = bundle.manifest.model
     report = {"bundle": str(args.bundle), "model": model.name,
               "student": model.student.name if model.student else None, "manifest_sha256_16": manifest_sha,
-              "target_sensitivity": args.target_sensitivity, "draws": args.draws, "shots": args.shots,
-              "machine": machine_info(),
+              "target_sensitivity": args.target_sensitivity, "shot_split": args.shot_split, "draws": args.draws,
+              "shots": args.shots, "machine": machine_info(),
               "python": platform.python_version(), "tasks": results, "adapt_end_to_end": timing}
     print("\n".join(summary_rows(results, args.methods)))
     if timing:
