@@ -1,17 +1,24 @@
 """Site adaptation, simulated with the shared datasets: K labelled photos per class, then the test split.
 
-    .venv/bin/python benchmarks/bench_adaptation.py --bundle artifacts/demo/default-bundle \
-        --json bench_adaptation.json
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_adaptation.py \
+        --bundle artifacts/demo/default-bundle --json bench_adaptation.json
+
+(One BLAS thread: the fits are many tiny matrix products, which threads only slow down on a busy machine.)
 
 For every task of the reference model's evaluation (converters/reference/evaluate.py, TASKS) the
 "site" is that task's collection: K positives and K negatives (K in --shots) are drawn from its
-train split, ``fit_site_adaptation`` (what ``edge-retina adapt`` runs) adapts the bundle to them,
-and the result is scored on the task's test split against the bundle's zero-shot scores and
-thresholds; --draws seeded draws per K. The same is done on the odir/ folder
-(converters.labelled_sets.unseen_site_labels), whose photos and patients the reference model
-never trained on: the leave-one-dataset-out case. The photos are embedded once by the bundle's
-preferred engine through the Screener (ungradable photos are left out, as on the device) and
-cached under artifacts/bench_adaptation/.
+train split (--shot-split), ``fit_site_adaptation`` (what ``edge-retina adapt`` runs) adapts the
+bundle to them, and the result is scored on the task's test split against the bundle's zero-shot scores and
+thresholds; --draws seeded draws per K. The photos are embedded once by the bundle's preferred
+engine through the Screener (ungradable photos are left out, as on the device) and cached under
+artifacts/bench_adaptation/.
+
+There is no leave-one-dataset-out case for a model whose teacher trained on every shared dataset
+(reference-v3 does: converters/reference/data.py reads all five folders), and the shots come from
+photos the model trained on: the JSON gives each task's zero-shot AUROC on its shot pool beside
+the test split's, to show how much easier the shots are than a new site's photos. With
+--shot-split val the shots are validation photos instead, which the model never trained on (the
+teacher's epoch was chosen on them); the pools are smaller.
 
 Per task, K and method: test AUROC, sensitivity and specificity at the adapted thresholds,
 specificity at the target sensitivity (the test split's own threshold: the ROC curve at that
@@ -35,7 +42,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from converters.labelled_sets import UNSEEN_SITE, unseen_site_labels  # noqa: E402
 from converters.reference.data import load_records  # noqa: E402
 from converters.reference.evaluate import TASKS  # noqa: E402
 from edge_retina.adapt import bundle_scoring, fit_site_adaptation  # noqa: E402
@@ -51,27 +57,20 @@ DEFAULT_DATASETS = REPO.parent / "shared" / "datasets"
 METHODS = ("threshold", "auto", "head")
 
 
-def site_tasks(root: Path) -> list[dict]:
-    """Each task: name, condition, and (paths, 0/1 labels) of its train and test splits."""
+def site_tasks(root: Path, splits: tuple[str, ...] = ("train", "test")) -> list[dict]:
+    """Each task: name, condition, and (paths, 0/1 labels) of each of ``splits``; positives and
+    negatives both from the task's own dataset folder (Task.applies_to), as in the reference's evaluation."""
     records = load_records(root)
     tasks = []
     for task in TASKS:
-        splits = {}
-        for split in ("train", "test"):
-            chosen = [(r.path(root), 1) for r in records if r.split == split and task.is_positive(r)]
-            chosen += [(r.path(root), 0) for r in records if r.split == split and task.is_negative(r)]
-            splits[split] = ([p for p, _ in chosen], np.array([y for _, y in chosen]))
-        source = next(r.source for r in records if task.is_positive(r))
-        tasks.append({"name": f"{source} {task.condition}", "condition": task.condition, "unseen": False, **splits})
-    for condition in ("diabetic_retinopathy", "amd"):
-        splits = {}
-        for split in ("train", "test"):
-            labelled = unseen_site_labels(root, split)
-            y = labelled.labels[condition]
-            keep = ~np.isnan(y)
-            splits[split] = ([p for p, k in zip(labelled.paths, keep) if k], y[keep].astype(int))
-        tasks.append({"name": f"{UNSEEN_SITE} (unseen) {condition}", "condition": condition, "unseen": True,
-                      **splits})
+        mine = [r for r in records if task.applies_to(r)]
+        labelled = {}
+        for split in splits:
+            chosen = [(r.path(root), int(task.is_positive(r))) for r in mine if r.split == split]
+            labelled[split] = ([p for p, _ in chosen], np.array([y for _, y in chosen]))
+        source = next(r.source for r in mine if task.is_positive(r))
+        name = task.dataset if source == task.dataset else f"{task.dataset} ({source})"
+        tasks.append({"name": f"{name} {task.condition}", "condition": task.condition, **labelled})
     return tasks
 
 
@@ -129,22 +128,25 @@ def run_simulation(task: dict, embeddings: dict[str, np.ndarray], table, thresho
         kept = [i for i, p in enumerate(paths) if str(p) in embeddings]
         return np.stack([embeddings[str(paths[i])] for i in kept]), y[kept]
 
-    x_train, y_train = arrays("train")
+    x_shots, y_shots = arrays("shots")
     x_test, y_test = arrays("test")
     condition = task["condition"]
-    out = {"name": task["name"], "condition": condition, "unseen": task["unseen"],
-           "train_pool": [int((y_train == 1).sum()), int((y_train == 0).sum())],
+    out = {"name": task["name"], "condition": condition,
+           "shot_pool": [int((y_shots == 1).sum()), int((y_shots == 0).sum())],
            "test": [int((y_test == 1).sum()), int((y_test == 0).sum())],
-           "zero_shot": evaluate(table, thresholds, condition, x_test, y_test, target), "runs": []}
+           "zero_shot": evaluate(table, thresholds, condition, x_test, y_test, target),
+           "zero_shot_auroc_on_shot_pool": metrics.auroc(y_shots,
+                                                         table.score(x_shots).condition_probabilities[condition]),
+           "runs": []}
     for k in shots:
         for draw in range(draws):
             seed = int(hashlib.sha256(f"{task['name']}|{k}|{draw}".encode()).hexdigest()[:8], 16)
             rng = np.random.default_rng(seed)
-            chosen = np.concatenate([rng.choice(np.flatnonzero(y_train == c), size=min(k, int((y_train == c).sum())),
+            chosen = np.concatenate([rng.choice(np.flatnonzero(y_shots == c), size=min(k, int((y_shots == c).sum())),
                                                 replace=False) for c in (1, 0)])
             for method in methods:
                 start = time.perf_counter()
-                adaptation = fit_site_adaptation(table, x_train[chosen], {condition: y_train[chosen].astype(float)},
+                adaptation = fit_site_adaptation(table, x_shots[chosen], {condition: y_shots[chosen].astype(float)},
                                                  thresholds, method=method, target_sensitivity=target, seed=draw)
                 fit_seconds = time.perf_counter() - start
                 adapted = adaptation.conditions[condition]
@@ -158,7 +160,7 @@ def run_simulation(task: dict, embeddings: dict[str, np.ndarray], table, thresho
 
 def time_adapt(bundle: Path, task: dict, photos: int, repeats: int) -> dict:
     """``adapt_bundle`` end to end (embedding included) on ``photos`` labelled photos of one task."""
-    paths, y = task["train"]
+    paths, y = task["shots"]
     half = photos // 2
     chosen = list(np.flatnonzero(y == 1)[:half]) + list(np.flatnonzero(y == 0)[:photos - half])
     seconds = []
@@ -168,9 +170,9 @@ def time_adapt(bundle: Path, task: dict, photos: int, repeats: int) -> dict:
                                   Path(work) / "site.csv")
         for i in range(repeats):
             start = time.perf_counter()
-            adapt_bundle(bundle, labels, Path(work) / f"adapted-{i}")
+            report = adapt_bundle(bundle, labels, Path(work) / f"adapted-{i}")
             seconds.append(time.perf_counter() - start)
-    return {"task": task["name"], "photos": len(chosen), "seconds": seconds,
+    return {"task": task["name"], "photos": len(chosen), "engine": report.engine, "seconds": seconds,
             "median_seconds": statistics.median(seconds)}
 
 
@@ -213,7 +215,10 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--target-sensitivity", type=float, default=0.9)
-    parser.add_argument("--pool", type=int, default=300, help="Train-split photos per class the draws come from.")
+    parser.add_argument("--shot-split", choices=("train", "val"), default="train",
+                        help="The split the shots are drawn from: val holds photos the model never trained on "
+                             "(fewer of them).")
+    parser.add_argument("--pool", type=int, default=300, help="Photos per class the draws come from.")
     parser.add_argument("--adapt-photos", type=int, default=100, help="Photos of the end-to-end `adapt` timing "
                         "(0: skip).")
     parser.add_argument("--adapt-repeats", type=int, default=3)
@@ -226,14 +231,14 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     table, thresholds = bundle_scoring(bundle, adapted=False)
     tasks = []
-    for task in site_tasks(args.datasets):
+    for task in site_tasks(args.datasets, (args.shot_split, "test")):
         if task["condition"] in table.conditions:
             tasks.append(task)
         else:
             print(f"left out: {task['name']} (the bundle has no condition {task['condition']!r})", file=sys.stderr)
     for task in tasks:
-        task["train"] = limit_pool(*task["train"], args.pool, seed=0)
-    all_paths = [p for t in tasks for split in ("train", "test") for p in t[split][0]]
+        task["shots"] = limit_pool(*task.pop(args.shot_split), args.pool, seed=0)
+    all_paths = [p for t in tasks for split in ("shots", "test") for p in t[split][0]]
     manifest_sha = hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
     embeddings = embed_all(args.bundle, all_paths, args.cache / f"embeddings-{manifest_sha}.npz")
 
@@ -246,8 +251,8 @@ def main() -> None:
     model = bundle.manifest.model
     report = {"bundle": str(args.bundle), "model": model.name,
               "student": model.student.name if model.student else None, "manifest_sha256_16": manifest_sha,
-              "target_sensitivity": args.target_sensitivity, "draws": args.draws, "shots": args.shots,
-              "machine": machine_info(),
+              "target_sensitivity": args.target_sensitivity, "shot_split": args.shot_split, "draws": args.draws,
+              "shots": args.shots, "machine": machine_info(),
               "python": platform.python_version(), "tasks": results, "adapt_end_to_end": timing}
     print("\n".join(summary_rows(results, args.methods)))
     if timing:

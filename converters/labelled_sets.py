@@ -5,7 +5,6 @@ The labels-CSV format itself (docs/LABELS.md) is read and written by the runtime
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 from pathlib import Path
 
@@ -62,45 +61,3 @@ def training_images(root: Path, *, every: int = 1) -> list[Path]:
     records = [r for r in load_records(root) if r.split == "train"]
     return [r.path(root) for r in records[::every]]
 
-
-# The ODIR-5K photos of the shared odir/ folder: never in the reference model's training data
-# (load_records reads heimed, rimone and eye4class only), a new site for site-adaptation benchmarks.
-# Keywords -> condition; negatives are eyes whose only keyword is "normal fundus".
-UNSEEN_SITE = "odir"
-_UNSEEN_SITE_POSITIVES = {
-    "diabetic_retinopathy": ("moderate non proliferative retinopathy", "severe nonproliferative retinopathy",
-                             "proliferative diabetic retinopathy", "severe proliferative diabetic retinopathy"),
-    "amd": ("dry age-related macular degeneration", "wet age-related macular degeneration",
-            "age-related macular degeneration"),
-}
-_UNSEEN_SITE_NORMAL = "normal fundus"
-
-
-def unseen_site_labels(root: Path, split: str, *, test_fraction: float = 0.3) -> LabelledImages:
-    """The odir/ folder as a site the reference model never saw: referable DR and AMD vs normal fundus.
-
-    Patients who also have photos in eye4class (a training source) are left out, so no eye of a
-    training patient is evaluated; the rest are split by patient into "train" (the site's labelled
-    shots) and "test".
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be train or test, got {split!r}")
-    seen = {r.group.split(":", 1)[1] for r in load_records(root) if r.group.startswith("odir:")}
-    folder = root / UNSEEN_SITE
-    with open(folder / "labels.csv", newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["patient"] not in seen]
-    paths, columns = [], {c: [] for c in _UNSEEN_SITE_POSITIVES}
-    for row in rows:
-        u = int(hashlib.sha256(f"{UNSEEN_SITE}:{row['patient']}".encode()).hexdigest()[:12], 16) / 16**12
-        if ("test" if u < test_fraction else "train") != split:
-            continue
-        keywords = {k.strip() for k in row["keywords"].split(",")}
-        normal = keywords == {_UNSEEN_SITE_NORMAL}
-        labels = {c: 1.0 if keywords & set(p) else 0.0 if normal else np.nan
-                  for c, p in _UNSEEN_SITE_POSITIVES.items()}
-        if all(np.isnan(v) for v in labels.values()):
-            continue
-        paths.append(folder / row["file"])
-        for c, v in labels.items():
-            columns[c].append(v)
-    return LabelledImages(paths, {c: np.array(v) for c, v in columns.items()})
