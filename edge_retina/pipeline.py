@@ -192,8 +192,9 @@ class ScreeningPipeline:
 
     def _complete(self, batch: list[_Entry], name: Callable[[T], str] | None) -> list[Result]:
         if not self.contain_errors:
+            staged = [entry.future.result() for entry in batch]  # not under the lock: they may still be decoding
             with self._engine_lock:
-                return self.screener.complete([entry.future.result() for entry in batch])
+                return self.screener.complete(staged)
         staged = []
         for entry in batch:
             try:
