@@ -19,8 +19,14 @@ Measured, every variant interleaved round by round (rotating order) because the 
   whether batching pays for this engine;
 - **bridge**: one camera over a Unix socket, each photo sent as its 12 MP JPEG, as a 3 MP RGB8 raw
   frame (the same canvas resized to 2000x1500) and as the RGGB mosaic of that frame, in rotating
-  order, fresh request ids; per-photo round trip (client send to RESULT) and the server's screening
-  time;
+  order, fresh request ids; per-photo round trip (client send to RESULT), the server's screening
+  time and the CPU time a request costs the server and the client; with ``--baseline-repo``, the
+  server of that checkout too, in the same rotation (a before/after);
+- **bridge costs**: where a request's time goes, each part alone in this process, the 12 MP JPEG and
+  the 3 MP RGB8 frame interleaved: frame transfer over a socket pair (client write to parsed message,
+  CRC and body sha256 included), journalling the image (pending row with the image, then its drop:
+  what a request waiting longer than ``journal_after`` costs), committing a result without a journal
+  row, and screening (decode to result);
 - **memory**: peak RSS (VmHWM) of ``screen`` on ``--rss-photos`` photos.
 """
 from __future__ import annotations
@@ -28,6 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import threading
 import statistics
 import subprocess
 import sys
@@ -37,6 +45,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -47,6 +56,11 @@ from bench_preprocess import make_12mp_jpeg  # noqa: E402
 from bridge_support import ServerProcess, connect  # noqa: E402
 
 from edge_retina.bench.machine import machine_info  # noqa: E402
+from edge_retina.preprocess.raw import RawFrame  # noqa: E402
+from firmware_bridge.client import BridgeClient  # noqa: E402
+from firmware_bridge.protocol import FrameParser, Message, MessageType  # noqa: E402
+from firmware_bridge.store import ResultStore  # noqa: E402
+from firmware_bridge.transports import SocketStream  # noqa: E402
 from edge_retina.pipeline import ScreeningPipeline  # noqa: E402
 from edge_retina.screener import Screener  # noqa: E402
 
@@ -180,39 +194,120 @@ def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
         mosaic = rgb[:, :, 1].copy()  # what an RGGB sensor records: R and B on alternate sites of alternate rows
         mosaic[0::2, 0::2], mosaic[1::2, 1::2] = rgb[0::2, 0::2, 0], rgb[1::2, 1::2, 2]
         mosaics.append(mosaic.tobytes())
-    server = ServerProcess(bundle, work / "bridge.sqlite3", transport=("--socket", str(work / "bridge.sock")))
-    samples: dict[str, list[float]] = {"jpeg 12 MP": [], "raw rgb8 3 MP": [], "raw bayer_rggb8 3 MP": []}
+    checkouts = {"": REPO, **({"baseline ": args.baseline_repo} if args.baseline_repo else {})}
+    servers = {label: ServerProcess(bundle, work / f"bridge{i}.sqlite3", repo=root,
+                                    transport=("--socket", str(work / f"bridge{i}.sock")))
+               for i, (label, root) in enumerate(checkouts.items())}
+    formats = ("jpeg 12 MP", "raw rgb8 3 MP", "raw bayer_rggb8 3 MP")
+    label_of = {label + f: label for label in servers for f in formats}  # variant -> its server
+    samples: dict[str, list[float]] = {name: [] for name in label_of}
     server_ms: dict[str, list[float]] = {k: [] for k in samples}
+    # CPU time per request (server process, user + system; client, this process): the work a request
+    # costs, which a loaded machine stretches in wall time but does not change.
+    cpu_ms: dict[str, list[float]] = {k: [] for k in samples}
+    client_cpu_ms: dict[str, list[float]] = {k: [] for k in samples}
     probabilities: list[float] = []
     try:
-        with connect(server.address, timeout=120) as client:
+        processes = {label: psutil.Process(server.process.pid) for label, server in servers.items()}
+        clients = {label: connect(server.address, timeout=120) for label, server in servers.items()}
+        for label, client in clients.items():
             client.screen("warm-up", jpegs[0])
-            for r in range(args.bridge_rounds):
-                i = r % len(photos)
-                sends = {"jpeg 12 MP": lambda: client.screen(f"j{r}", jpegs[i]),
-                         "raw rgb8 3 MP": lambda: client.screen_raw(f"r{r}", frames[i], width=2000, height=1500),
-                         "raw bayer_rggb8 3 MP": lambda: client.screen_raw(f"b{r}", mosaics[i], width=2000, height=1500,
-                                                                           pixel_format="bayer_rggb8")}
-                replies = {}
-                for name in rotated(list(sends), r):
-                    start = time.perf_counter()
-                    replies[name] = sends[name]()
-                    samples[name].append((time.perf_counter() - start) * 1e3)
-                    server_ms[name].append(replies[name]["result"]["timings_ms"]["total"])
-                a, b = (replies[n]["result"]["probabilities"] for n in ("jpeg 12 MP", "raw rgb8 3 MP"))
-                probabilities.append(max(abs(a[c] - b[c]) for c in a))
+        for r in range(args.bridge_rounds):
+            i = r % len(photos)
+            sends = {}
+            for label, client in clients.items():
+                sends.update({
+                    label + formats[0]: lambda c=client: c.screen(f"j{r}", jpegs[i]),
+                    label + formats[1]: lambda c=client: c.screen_raw(f"r{r}", frames[i], width=2000, height=1500),
+                    label + formats[2]: lambda c=client: c.screen_raw(f"b{r}", mosaics[i], width=2000, height=1500,
+                                                                      pixel_format="bayer_rggb8")})
+            replies = {}
+            for name in rotated(list(sends), r):
+                process = processes[label_of[name]]
+                cpu, client_cpu, start = sum(process.cpu_times()[:2]), time.process_time(), time.perf_counter()
+                replies[name] = sends[name]()
+                samples[name].append((time.perf_counter() - start) * 1e3)
+                client_cpu_ms[name].append((time.process_time() - client_cpu) * 1e3)
+                cpu_ms[name].append((sum(process.cpu_times()[:2]) - cpu) * 1e3)
+                server_ms[name].append(replies[name]["result"]["timings_ms"]["total"])
+            a, b = (replies[n]["result"]["probabilities"] for n in formats[:2])
+            probabilities.append(max(abs(a[c] - b[c]) for c in a))
+        for client in clients.values():
+            client.close()
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
     medians = {n: statistics.median(s) for n, s in samples.items()}
+    jpeg_of = {n: label + formats[0] for n, label in label_of.items()}  # the same server's JPEG variant
     return {"round_trip_ms": samples, "median_round_trip_ms": medians,
             "median_server_screening_ms": {n: statistics.median(s) for n, s in server_ms.items()},
-            "speedup_vs_jpeg": {n: medians["jpeg 12 MP"] / m for n, m in medians.items()},
-            "speedup_vs_jpeg_paired": {n: statistics.median(j / x for j, x in zip(samples["jpeg 12 MP"], s))
+            "mean_server_cpu_ms": {n: statistics.fmean(s) for n, s in cpu_ms.items()},  # 10 ms ticks: a mean
+            "mean_client_cpu_ms": {n: statistics.fmean(s) for n, s in client_cpu_ms.items()},
+            "speedup_vs_jpeg": {n: medians[jpeg_of[n]] / m for n, m in medians.items()},
+            "speedup_vs_jpeg_paired": {n: statistics.median(j / x for j, x in zip(samples[jpeg_of[n]], s))
                                        for n, s in samples.items()},
             "max_probability_difference_raw_vs_jpeg": max(probabilities), "frame_bytes": {
                 "jpeg 12 MP": statistics.median(len(j) for j in jpegs), "raw rgb8 3 MP": len(frames[0]),
                 "raw bayer_rggb8 3 MP": len(mosaics[0])},
+            "baseline_repo": str(args.baseline_repo) if args.baseline_repo else None,
             "load_average": load()}
+
+
+def transfer_ms(message: Message) -> float:
+    """Client write to parsed message (CRCs and the body's sha256 included) over a Unix socket pair."""
+    ours, theirs = socket.socketpair()
+    stream, parsed = SocketStream(theirs, "bench"), {}
+
+    def receive() -> None:
+        parser = FrameParser(1 << 30)
+        while True:
+            parser.feed(stream.read() or b"")
+            if (got := parser.next()) is not None:
+                parsed["at"], parsed["sha"] = time.perf_counter(), got.body_sha256
+                return
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    start = time.perf_counter()
+    client = BridgeClient(ours)
+    client.send(message)
+    receiver.join()
+    client.close()
+    stream.close()
+    return (parsed["at"] - start) * 1e3
+
+
+def bench_bridge_costs(args, bundle: Path, photos: list[Path], work: Path) -> dict:
+    jpeg = photos[0].read_bytes()
+    rgb = cv2.resize(cv2.cvtColor(cv2.imread(str(photos[0])), cv2.COLOR_BGR2RGB), (2000, 1500),
+                     interpolation=cv2.INTER_AREA)
+    frame = np.ascontiguousarray(rgb).tobytes()
+    inputs = {"jpeg 12 MP": ({"format": "jpeg"}, jpeg, jpeg),
+              "raw rgb8 3 MP": ({"format": "raw", "pixel_format": "rgb8", "width": 2000, "height": 1500}, frame,
+                                RawFrame(frame, "rgb8", 2000, 1500))}
+    store = ResultStore(work / "costs.sqlite3")
+    screener = Screener.from_bundle(bundle)
+    costs: dict[str, dict[str, list[float]]] = {n: {"transfer": [], "journal and drop": [], "commit result": [],
+                                                    "screening": []} for n in inputs}
+    for r in range(args.bridge_rounds):
+        for name in rotated(list(inputs), r):
+            meta, body, source = inputs[name]
+            timed = costs[name]
+            timed["transfer"].append(transfer_ms(Message(MessageType.SCREEN, {"request_id": "c", **meta}, body)))
+            start = time.perf_counter()
+            store.accept(f"{name}-j{r}", "0" * 64, meta, body)
+            store.complete(f"{name}-j{r}", {"status": "no-referral"})
+            timed["journal and drop"].append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            store.settle(f"{name}-s{r}", "0" * 64, meta, 0, {"status": "no-referral"})
+            timed["commit result"].append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            assert screener.screen(source).error is None
+            timed["screening"].append((time.perf_counter() - start) * 1e3)
+    screener.close()
+    store.close()
+    return {"median_ms": {n: {part: round(statistics.median(v), 2) for part, v in c.items()} for n, c in costs.items()},
+            "samples_ms": costs, "load_average": load()}
 
 
 def bench_memory(args, bundle: Path, photos: list[Path], work: Path) -> dict:
@@ -229,9 +324,11 @@ def main() -> None:
     parser.add_argument("--folder-size", type=int, default=64)
     parser.add_argument("--bridge-rounds", type=int, default=24)
     parser.add_argument("--rss-photos", type=int, default=1000)
+    parser.add_argument("--baseline-repo", type=Path, default=None,
+                        help="Bridge step: also run the server of this checkout (e.g. the previous main), interleaved.")
     parser.add_argument("--skip-research", action="store_true", help="No host extras: leave the research baseline out.")
-    parser.add_argument("--only", nargs="+", choices=["screen", "variants", "bridge", "memory"],
-                        default=["screen", "variants", "bridge", "memory"])
+    parser.add_argument("--only", nargs="+", choices=["screen", "variants", "bridge", "bridge-costs", "memory"],
+                        default=["screen", "variants", "bridge", "bridge-costs", "memory"])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -244,11 +341,11 @@ def main() -> None:
         work = Path(tmp)
         photos = [make_12mp_jpeg(o, work / f"12mp-{i}.jpg") for i, o in enumerate(originals)]
         steps = {"screen": bench_screen, "variants": bench_pipeline_variants, "bridge": bench_bridge,
-                 "memory": bench_memory}
+                 "bridge-costs": bench_bridge_costs, "memory": bench_memory}
         for name in args.only:
             print(f"-- {name}", file=sys.stderr)
             report[name] = steps[name](args, args.bundle, photos, work)
-            print(json.dumps({k: v for k, v in report[name].items() if "median" in k or "ratio" in k or "speedup" in k
+            print(json.dumps({k: v for k, v in report[name].items() if "median" in k or "mean" in k or "ratio" in k or "speedup" in k
                               or k in ("peak_rss_mb", "images_per_s")}, indent=1), file=sys.stderr)
     report["load_average_end"] = load()
     if args.json:

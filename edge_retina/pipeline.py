@@ -18,11 +18,15 @@ memory per worker (measured in BENCHMARKS.md "Throughput").
 
 Memory stays bounded whatever the input's length: at most ``queue_limit`` photos are in flight
 (being read, prepared, or waiting for the engine); the feeder waits for a slot before it takes the
-next input. Bad input stays per photo: it becomes that photo's error Result.
+next input. Bad input stays per photo: it becomes that photo's error Result; with
+``contain_errors`` (a server, where one request must never take the others down) so does any other
+exception while a photo is prepared or screened.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import os
 import threading
 import time
@@ -34,6 +38,8 @@ from .preprocess.decode import ImageSource
 from .screener import Result, Screener, Staged
 
 T = TypeVar("T")
+
+log = logging.getLogger("edge_retina.pipeline")
 
 #: How long the feeder waits for a free slot before checking whether the run was abandoned.
 _SLOT_POLL_SECONDS = 0.1
@@ -85,7 +91,10 @@ class ScreeningPipeline:
     """Screens streams of photos with one :class:`Screener` (see the module docstring)."""
 
     def __init__(self, screener: Screener, *, workers: int | None = None, max_batch: int = 1,
-                 queue_limit: int | None = None):
+                 queue_limit: int | None = None, contain_errors: bool = False,
+                 engine_lock: threading.Lock | None = None):
+        """``engine_lock``: held around each engine call, for a caller that also runs the screener's
+        engine from another thread (the bridge's self-test)."""
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if max_batch < 1:
@@ -95,6 +104,8 @@ class ScreeningPipeline:
         self.max_batch = max_batch
         # Enough photos in flight to keep every worker busy while a batch waits for the engine.
         self.queue_limit = max(queue_limit or 2 * self.workers + max_batch, max_batch)
+        self.contain_errors = contain_errors
+        self._engine_lock = engine_lock or contextlib.nullcontext()
         self.throughput: Throughput | None = None
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="edge-retina-prepare")
 
@@ -125,11 +136,15 @@ class ScreeningPipeline:
 
         def feed() -> None:
             try:
-                for item in items:
+                inputs = iter(items)
+                while True:
+                    # A slot first, then the item: an input that is a queue of its own (the bridge's)
+                    # keeps what the pipeline has no room for.
                     while not slots.acquire(timeout=_SLOT_POLL_SECONDS):
                         if abandoned.is_set():
                             return
-                    if abandoned.is_set():
+                    item = next(inputs, _END)
+                    if item is _END or abandoned.is_set():
                         return
                     clock.setdefault("start", time.perf_counter())
                     post(_Entry(item, self._pool.submit(self._stage, item, source, name)))
@@ -160,7 +175,7 @@ class ScreeningPipeline:
                         if not isinstance(follower, _Entry) or not follower.future.done():
                             break
                         batch.append(pending.popleft())
-                results = self.screener.complete([entry.future.result() for entry in batch])
+                results = self._complete(batch, name)
                 for entry, result in zip(batch, results):
                     slots.release()
                     count += 1
@@ -174,6 +189,30 @@ class ScreeningPipeline:
                         entry.future.cancel()
             if count:
                 self.throughput = Throughput(count, clock["end"] - clock["start"])
+
+    def _complete(self, batch: list[_Entry], name: Callable[[T], str] | None) -> list[Result]:
+        if not self.contain_errors:
+            staged = [entry.future.result() for entry in batch]  # not under the lock: they may still be decoding
+            with self._engine_lock:
+                return self.screener.complete(staged)
+        staged = []
+        for entry in batch:
+            try:
+                staged.append(entry.future.result())
+            except Exception as exc:  # noqa: BLE001 -- this item's result, not the run's end
+                staged.append(Staged(self._failure(entry.item, name, exc), None, time.perf_counter()))
+        try:
+            with self._engine_lock:
+                return self.screener.complete(staged)
+        except Exception as exc:  # noqa: BLE001 -- the engine failed on this batch: its items' results
+            return [s.result if s.tensor is None else self._failure(entry.item, name, exc)
+                    for entry, s in zip(batch, staged)]
+
+    @staticmethod
+    def _failure(item: T, name: Callable[[T], str] | None, exc: Exception) -> Result:
+        label = name(item) if name is not None else str(item)
+        log.error("screening %s failed", label, exc_info=exc)
+        return Result(label, error=f"{type(exc).__name__}: {exc}", error_code="internal")
 
     def _stage(self, item: T, source: Callable[[T], ImageSource | Result] | None,
                name: Callable[[T], str] | None) -> Staged:

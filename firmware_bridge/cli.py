@@ -81,10 +81,12 @@ def bridge() -> None:
 @click.option("--idle-timeout", default=120.0, show_default=True, help="Seconds a silent connection is kept.")
 @click.option("--backend", default=None, help="Engine backend of the bundle (default: its best).")
 @click.option("--threads", type=int, default=None, help="Inference threads.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Threads decoding and preprocessing queued images [default: the device profile's, else one per core].")
 @click.option("--allow-remote", is_flag=True, help="Allow a TCP address other than loopback.")
 def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, queue_capacity, request_timeout,
           frame_timeout, max_frame_mb, max_connections, max_inflight_mb, idle_timeout, backend, threads,
-          allow_remote) -> None:
+          workers, allow_remote) -> None:
     """Serve camera requests until SIGTERM/SIGINT."""
     from .server import BridgeConfig, BridgeServer
     from .transports import (
@@ -102,7 +104,7 @@ def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, que
     config = BridgeConfig(queue_capacity=queue_capacity, request_timeout=request_timeout, frame_timeout=frame_timeout,
                           max_payload=int(max_frame_mb * 2**20), max_connections=max_connections,
                           max_inflight_bytes=None if max_inflight_mb is None else int(max_inflight_mb * 2**20),
-                          idle_timeout=idle_timeout)
+                          idle_timeout=idle_timeout, workers=workers)
     _return_freed_frames_to_the_os()
     screener = _open_screener(bundle_path, backend, threads)
     server = BridgeServer(screener, ResultStore(store), config)

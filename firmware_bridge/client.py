@@ -8,7 +8,7 @@ import socket
 import time
 from typing import Any
 
-from .protocol import ErrorCode, FrameParser, Message, MessageType, encode_message
+from .protocol import ErrorCode, FrameParser, Message, MessageType, frame_writes
 from .transports import parse_tcp_address
 
 
@@ -48,8 +48,23 @@ class BridgeClient:
 
     def request(self, message: Message) -> Message:
         """Send one message and return the reply (an ERROR reply is returned, not raised)."""
-        self.sock.sendall(encode_message(message))
+        self.send(message)
         return self.receive()
+
+    def send(self, message: Message) -> None:
+        """Write one message's frame (without copying its body)."""
+        for write in frame_writes(message):
+            self._send_all(write)
+
+    def _send_all(self, parts: list[bytes | memoryview]) -> None:
+        """One gathering write of ``parts``, resumed where the socket stopped taking bytes."""
+        views = [memoryview(part) for part in parts]
+        while views:
+            sent = self.sock.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if views:
+                views[0] = views[0][sent:]
 
     def receive(self) -> Message:
         while True:
@@ -77,7 +92,7 @@ class BridgeClient:
     def selftest(self) -> dict[str, Any]:
         return self.call(Message(MessageType.SELFTEST))
 
-    def screen(self, request_id: str, image: bytes, *, image_format: str = "jpeg", busy_retries: int = 100,
+    def screen(self, request_id: str, image: bytes | memoryview, *, image_format: str = "jpeg", busy_retries: int = 100,
                **meta: Any) -> dict[str, Any]:
         """SCREEN one image; on BUSY wait ``retry_after_ms`` and send it again (same request id)."""
         message = Message(MessageType.SCREEN, {"request_id": request_id, "format": image_format, **meta}, image)
@@ -97,4 +112,4 @@ class BridgeClient:
         padding) of ``pixel_format`` pixels (``edge_retina.preprocess.raw.PIXEL_FORMATS``)."""
         layout = {"pixel_format": pixel_format, "width": width, "height": height,
                   **({} if stride is None else {"stride": stride})}
-        return self.screen(request_id, bytes(frame), image_format="raw", **layout, **meta)
+        return self.screen(request_id, frame, image_format="raw", **layout, **meta)

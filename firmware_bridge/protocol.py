@@ -22,13 +22,15 @@ SCREEN carries a body (the image).
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 import json
 import struct
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 MAGIC = b"ER"
 VERSION = 1
@@ -86,7 +88,8 @@ class ProtocolError(Exception):
 class Message:
     type: MessageType
     meta: dict[str, Any] = field(default_factory=dict)
-    body: bytes = b""
+    body: bytes | memoryview = b""  # a received SCREEN's body is a view of the frame it came in
+    body_sha256: str | None = field(default=None, compare=False)  # set by FrameParser as the body arrives
 
 
 def crc32(data: bytes | memoryview) -> int:
@@ -104,8 +107,32 @@ def encode_frame(msg_type: int, payload: bytes, *, version: int = VERSION) -> by
     return b"".join((header, struct.pack(">I", crc32(header)), payload, struct.pack(">I", crc32(payload))))
 
 
+#: Bytes of a body per write of :func:`frame_writes`.
+WRITE_CHUNK = 1 << 20
+
+
+def frame_writes(message: Message, *, chunk: int = WRITE_CHUNK) -> Iterator[list[bytes | memoryview]]:
+    """The frame of ``message`` as successive gathering writes (``socket.sendmsg``): the header with
+    the metadata, then the body in ``chunk``-byte views, the last one with the trailer. Nothing is
+    copied, and the payload CRC is computed chunk by chunk as they are written, so the sender's
+    checksum of a megabyte raw frame overlaps the receiver's work instead of preceding it."""
+    prefix = encode_payload(message.meta)
+    body = memoryview(message.body).cast("B")
+    header = HEADER.pack(MAGIC, VERSION, int(message.type), len(prefix) + len(body))
+    payload_crc = zlib.crc32(prefix)
+    write: list[bytes | memoryview] = [header, struct.pack(">I", crc32(header)), prefix]
+    for start in range(0, len(body), chunk):
+        piece = body[start: start + chunk]
+        payload_crc = zlib.crc32(piece, payload_crc)
+        write.append(piece)
+        if start + chunk < len(body):
+            yield write
+            write = []
+    yield [*write, struct.pack(">I", payload_crc & 0xFFFFFFFF)]
+
+
 def encode_message(message: Message) -> bytes:
-    return encode_frame(message.type, encode_payload(message.meta, message.body))
+    return b"".join(part for write in frame_writes(message) for part in write)
 
 
 def error_message(code: ErrorCode, text: str, *, request_id: str | None = None, **extra: Any) -> Message:
@@ -134,7 +161,7 @@ def decode_payload(msg_type: int, payload: bytes | memoryview) -> Message:
         raise ProtocolError(ErrorCode.MALFORMED, "metadata nests too deeply") from None
     if not isinstance(meta, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "metadata must be a JSON object")
-    return Message(kind, meta, bytes(payload[4 + meta_len:]))
+    return Message(kind, meta, payload[4 + meta_len:])
 
 
 class ByteBudget:
@@ -180,6 +207,13 @@ class FrameParser:
         self._buffer = bytearray()
         self._skip = 0  # payload bytes of a refused (oversized) frame still to discard
         self._reserved = 0  # bytes of the budget held by the frame being received
+        # CRC-32 of the first ``_checked`` payload bytes of the frame being received, and sha256 of
+        # its body (the payload from ``_body_start``): computed as the bytes arrive, while the sender
+        # is still sending, not all at once at the end (a raw frame is megabytes).
+        self._checked = 0
+        self._crc = 0
+        self._body_start: int | None = None
+        self._body_sha = hashlib.sha256()
 
     def feed(self, data: bytes) -> None:
         if self._skip:
@@ -200,6 +234,8 @@ class FrameParser:
         self._give_back()
 
     def _give_back(self) -> None:
+        self._checked = self._crc = 0  # the frame is over, whatever became of it
+        self._body_start, self._body_sha = None, hashlib.sha256()
         if self._reserved:
             self.budget.release(self._reserved)
             self._reserved = 0
@@ -230,27 +266,46 @@ class FrameParser:
                 self._skip_bytes(length + TRAILER_SIZE)
                 raise ProtocolError(ErrorCode.BUSY, "the server is receiving too many bytes at once")
             self._reserved = length
+        self._check_arrived(buf, length)
         end = HEADER_SIZE + length + TRAILER_SIZE
         if len(buf) < end:
             return None
+        # The frame's buffer becomes the message's: its body is a view of it, never copied (a raw
+        # frame is megabytes). What follows the frame (at most one read's worth) moves to a new buffer.
+        self._buffer = buf[end:]
+        computed_crc, body_sha = self._crc & 0xFFFFFFFF, self._body_sha.hexdigest()
         try:
-            return self._complete_frame(version, msg_type, length)
+            message = self._complete_frame(memoryview(buf)[:end], version, msg_type, length, computed_crc)
         finally:
-            del buf[:end]
             self._give_back()
+        return dataclasses.replace(message, body_sha256=body_sha)
 
-    def _complete_frame(self, version: int, msg_type: int, length: int) -> Message:
-        # A view, not a copy: a large payload is copied once, into the message body.
-        with memoryview(self._buffer) as view, view[HEADER_SIZE: HEADER_SIZE + length] as payload:
-            (payload_crc,) = struct.unpack_from(">I", view, HEADER_SIZE + length)
-            if version not in SUPPORTED_VERSIONS:
-                raise ProtocolError(
-                    ErrorCode.UNSUPPORTED_VERSION,
-                    f"protocol version {version} is not supported (supported: {list(SUPPORTED_VERSIONS)})",
-                )
-            if crc32(payload) != payload_crc:
-                raise ProtocolError(ErrorCode.BAD_CHECKSUM, "payload checksum mismatch")
-            return decode_payload(msg_type, payload)
+    def _check_arrived(self, buf: bytearray, length: int) -> None:
+        """Fold the payload bytes that arrived since the last call into the CRC and the body's sha256."""
+        arrived = min(len(buf), HEADER_SIZE + length) - HEADER_SIZE
+        if arrived <= self._checked:
+            return
+        if self._body_start is None and arrived >= 4:
+            (meta_len,) = struct.unpack_from(">I", buf, HEADER_SIZE)
+            self._body_start = min(4 + meta_len, length)  # a length that does not fit is refused later
+        with memoryview(buf) as view, view[HEADER_SIZE: HEADER_SIZE + arrived] as payload:
+            self._crc = zlib.crc32(payload[self._checked:], self._crc)
+            if self._body_start is not None and arrived > self._body_start:
+                self._body_sha.update(payload[max(self._checked, self._body_start):])
+        self._checked = arrived
+
+    @staticmethod
+    def _complete_frame(frame: memoryview, version: int, msg_type: int, length: int, computed_crc: int) -> Message:
+        payload = frame[HEADER_SIZE: HEADER_SIZE + length]
+        (payload_crc,) = struct.unpack_from(">I", frame, HEADER_SIZE + length)
+        if version not in SUPPORTED_VERSIONS:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {version} is not supported (supported: {list(SUPPORTED_VERSIONS)})",
+            )
+        if computed_crc != payload_crc:
+            raise ProtocolError(ErrorCode.BAD_CHECKSUM, "payload checksum mismatch")
+        return decode_payload(msg_type, payload)
 
     def _resync(self, start: int) -> None:
         """Drop bytes up to the next possible frame start at or after ``start``."""

@@ -1,14 +1,24 @@
 """The bridge server: camera requests in, screening results out, nothing accepted ever lost.
 
-Threads: one per connection (reads frames, answers them in order), one screening worker (the
-engine already uses every core for one image, so a second worker would only add contention), and
-the listener. Memory is bounded: at most ``queue_capacity`` images wait in the queue (further
-SCREENs get BUSY), the frames being received on all connections together hold at most
+Threads: one per connection (reads frames, answers them in order), the screening pipeline
+(``edge_retina.pipeline``: decode and preprocessing of queued requests on ``workers`` threads, the
+engine on one, results in order, every failure that request's result), the journal writer and the
+listener. Memory is bounded: at most ``queue_capacity`` images wait in the queue (further SCREENs
+get BUSY) and at most the pipeline's ``queue_limit`` are being screened; the frames being received
+on all connections together hold at most
 ``max_inflight_bytes`` (a frame that does not fit gets BUSY from its header), and at most
 ``max_connections`` connections are served (further ones get BUSY and are closed). A connection
 that sends nothing within ``handshake_timeout``, stays silent for ``idle_timeout`` or sends
 ``max_consecutive_errors`` bad frames in a row is closed, so idle or hostile peers cannot hold the
 connection slots or turn junk into a flood of ERROR replies.
+
+Durability without a disk write on the way of every image: a request's result is committed before
+its RESULT is sent, and the request itself (metadata and image) is journalled by the journal writer
+when it is not screened within ``journal_after`` seconds of its acceptance, and in any case before a
+TIMEOUT (which tells the camera "it stays queued") or a shutdown leaves it unscreened. A crash can
+therefore only lose a request the server never answered, which the camera sends again (same id). A
+request screened in time is never journalled: a 9 MB raw frame's journal and drop cost more than
+its screening (BENCHMARKS.md "Throughput").
 """
 from __future__ import annotations
 
@@ -18,9 +28,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from edge_retina import __version__
+from edge_retina.pipeline import ScreeningPipeline
 from edge_retina.preprocess.raw import PIXEL_FORMATS, RawFrame
 from edge_retina.screener import Screener
 from edge_retina.selftest import bundle_selftest
@@ -39,7 +50,7 @@ from .protocol import (
     error_message,
 )
 from .screen_request import IMAGE_FORMATS, validate_screen
-from .store import ResultStore, StoredRequest
+from .store import ResultStore, StoredRequest, now_us
 from .transports import Listener, Stream
 
 log = logging.getLogger("edge_retina.bridge")
@@ -58,6 +69,8 @@ class BridgeConfig:
     handshake_timeout: float = 10.0  # seconds a new connection has to start sending
     idle_timeout: float = 120.0  # seconds a connection may stay silent between requests
     max_consecutive_errors: int = 8  # bad frames in a row before a socket is closed (serial: ERRORs stop)
+    workers: int | None = None  # decode/preprocess threads; None: the device profile's or one per core
+    journal_after: float = 0.5  # seconds an accepted request may go unscreened before it is journalled
 
     @property
     def inflight_limit(self) -> int:
@@ -111,7 +124,11 @@ def bundle_id(screener: Screener) -> str:
 class _Job:
     request_id: str
     meta: dict[str, Any]
-    image: bytes
+    image: bytes | memoryview
+    image_sha256: str
+    accepted_us: int = field(default_factory=now_us)
+    journalled: bool = False  # its pending row (with the image) is committed
+    accepted_at: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     stored: StoredRequest | None = None
 
@@ -133,21 +150,26 @@ class BridgeServer:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._queue: collections.deque[_Job] = collections.deque()
-        self._inflight: dict[str, _Job] = {}
+        self._inflight: dict[str, _Job] = {}  # accepted, result not committed yet
+        self._to_journal: collections.deque[_Job] = collections.deque()  # accepted, oldest first
         self._screen_lock = threading.Lock()  # the runner is used by one thread at a time
         self._stop = threading.Event()
         self._connections = 0
         self.inflight = ByteBudget(self.config.inflight_limit)
         self._started = time.monotonic()
         self.processed = 0
+        self._pipeline = ScreeningPipeline(screener, workers=self.config.workers, contain_errors=True,
+                                           engine_lock=self._screen_lock)
         self._worker = threading.Thread(target=self._work_loop, name="bridge-worker", daemon=True)
+        self._journal = threading.Thread(target=self._journal_loop, name="bridge-journal", daemon=True)
         # Accepted before a crash and not screened yet: screen them first (a capacity overshoot of
         # at most one queue is accepted here, they are already on disk).
         for row in store.pending():
-            job = _Job(row.request_id, row.meta, row.image or b"")
+            job = _Job(row.request_id, row.meta, row.image or b"", row.image_sha256, row.accepted_us, journalled=True)
             self._inflight[job.request_id] = job
             self._queue.append(job)
         self._worker.start()
+        self._journal.start()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def serve(self, listeners: list[Listener]) -> None:
@@ -180,8 +202,11 @@ class BridgeServer:
         return self._stop.is_set()
 
     def close(self) -> None:
+        """Stop; what is being screened is finished, what still waits is journalled (screened at the next start)."""
         self.stop()
         self._worker.join()
+        self._journal.join()
+        self._pipeline.close()
 
     # -- connections ---------------------------------------------------------------------------
     def _accept_loop(self, listener: Listener) -> None:
@@ -308,7 +333,7 @@ class BridgeServer:
     def status(self) -> dict[str, Any]:
         with self._lock:
             depth, inflight, connections = len(self._queue), len(self._inflight), self._connections
-        worker_alive = self._worker.is_alive()
+        worker_alive = self._worker.is_alive() and self._journal.is_alive()
         return {
             "health": "ok" if worker_alive and not self._stop.is_set() else "degraded",
             "bundle_id": self.bundle_id,
@@ -330,26 +355,28 @@ class BridgeServer:
     def _screen(self, message: Message) -> Message:
         meta = validate_screen(message.meta, message.body)
         request_id = meta["request_id"]
-        sha = hashlib.sha256(message.body).hexdigest()
+        sha = message.body_sha256 or hashlib.sha256(message.body).hexdigest()
         with self._lock:
-            stored = self.store.get(request_id)
-            if stored is not None and stored.image_sha256 != sha:
+            job = self._inflight.get(request_id)
+            stored = self.store.get(request_id) if job is None else None
+            known_sha = job.image_sha256 if job is not None else stored.image_sha256 if stored is not None else sha
+            if known_sha != sha:
                 raise ProtocolError(ErrorCode.ID_CONFLICT,
                                     f"request id {request_id!r} was already used for a different image",
                                     request_id=request_id)
             if stored is not None and stored.state == "done":
                 return result_message(stored, duplicate=True)
-            job = self._inflight.get(request_id)
             duplicate = job is not None
             if job is None:
                 if len(self._queue) >= self.config.queue_capacity:
                     raise ProtocolError(ErrorCode.BUSY, "the screening queue is full", request_id=request_id)
-                self.store.accept(request_id, sha, meta, message.body)
-                job = _Job(request_id, meta, message.body)
+                job = _Job(request_id, meta, message.body, sha)
                 self._inflight[request_id] = job
                 self._queue.append(job)
-                self._work.notify()
+                self._to_journal.append(job)
+                self._work.notify_all()
         if not job.done.wait(self.config.request_timeout):
+            self._wait_journalled(job)
             raise ProtocolError(
                 ErrorCode.TIMEOUT,
                 f"not screened within {self.config.request_timeout:g} s; it stays queued: retry the same request id",
@@ -359,7 +386,8 @@ class BridgeServer:
         return result_message(job.stored, duplicate=duplicate)
 
     # -- the worker ----------------------------------------------------------------------------
-    def _work_loop(self) -> None:
+    def _jobs(self) -> Iterator[_Job]:
+        """Queued jobs, oldest first, as the pipeline takes them (on its feeder thread), until stop."""
         while True:
             with self._work:
                 while not self._queue and not self._stop.is_set():
@@ -367,25 +395,57 @@ class BridgeServer:
                 if self._stop.is_set():
                     return
                 job = self._queue.popleft()
-            result = self._screen_job(job)
-            stored = self.store.complete(job.request_id, result)
-            with self._lock:
+            yield job
+
+    def _work_loop(self) -> None:
+        screened = self._pipeline.run(self._jobs(), source=lambda job: image_source(job.meta, job.image),
+                                      name=lambda job: job.request_id)
+        for job, result in screened:
+            outcome = {**result.to_dict(), "bundle_id": self.bundle_id}
+            stored = self.store.settle(job.request_id, job.image_sha256, job.meta, job.accepted_us, outcome)
+            with self._work:
                 self._inflight.pop(job.request_id, None)
                 self.processed += 1
-            job.stored = stored
-            job.done.set()
+                job.stored = stored
+                job.done.set()
+                self._work.notify_all()  # the journal writer may be waiting on this job
 
-    def _screen_job(self, job: _Job) -> dict[str, Any]:
-        try:
-            source = image_source(job.meta, job.image)
-            with self._screen_lock:
-                outcome = self.screener.screen(source, name=job.request_id).to_dict()
-        except Exception as exc:  # stored as this request's result: a poison image must not loop for ever
-            log.exception("screening %s failed", job.request_id)
-            outcome = {"source": job.request_id, "status": "error", "error": f"{type(exc).__name__}: {exc}",
-                       "error_code": "internal"}
-        outcome["bundle_id"] = self.bundle_id
-        return outcome
+    # -- the journal writer ----------------------------------------------------------------------
+    def _journal_loop(self) -> None:
+        """Journal each accepted request not screened within ``journal_after`` (all of them at stop)."""
+        while True:
+            with self._work:
+                job = self._next_to_journal()
+                if job is None:
+                    return
+            if self.store.accept(job.request_id, job.image_sha256, job.meta, job.image, accepted_us=job.accepted_us):
+                log.info("%s: not screened within %g s: journalled", job.request_id, self.config.journal_after)
+            with self._work:
+                job.journalled = True
+                self._work.notify_all()
+
+    def _next_to_journal(self) -> _Job | None:
+        """(Called holding the lock.) The next job to write, once it is due; None when stopped and done."""
+        while True:
+            while self._to_journal and self._to_journal[0].done.is_set():
+                self._to_journal.popleft()  # screened in time: never written
+            stopping = self._stop.is_set()
+            if not self._to_journal:
+                if stopping:
+                    return None
+                self._work.wait(timeout=0.2)
+                continue
+            head = self._to_journal[0]
+            wait = head.accepted_at + self.config.journal_after - time.monotonic()
+            if wait <= 0 or stopping:
+                return self._to_journal.popleft()
+            self._work.wait(timeout=min(wait, 0.2))
+
+    def _wait_journalled(self, job: _Job) -> None:
+        """Until ``job`` is on disk (journalled or its result committed)."""
+        with self._work:
+            while not (job.journalled or job.done.is_set()) and self._journal.is_alive():
+                self._work.wait(timeout=0.2)
 
 
 def image_source(meta: dict[str, Any], image: bytes) -> bytes | RawFrame:

@@ -2,8 +2,9 @@
 
 A request goes through two committed states:
 
-- ``pending``: accepted. Its image and metadata are on disk, so a crash before it is screened loses
-  nothing: the next start queues it again.
+- ``pending``: accepted and journalled. Its image and metadata are on disk, so a crash before it is
+  screened loses nothing: the next start queues it again. (The bridge journals a request only when
+  it is not screened within ``journal_after``; one screened sooner goes straight to ``done``.)
 - ``done``: its result is committed (exactly once: a row leaves ``pending`` in one transaction, and
   a ``done`` row is never written again) before the RESULT is sent. The image is dropped then.
 
@@ -127,14 +128,15 @@ class ResultStore:
             row = self._db.execute(_SELECT + " WHERE request_id = ?", (request_id,)).fetchone()
         return None if row is None else _row(row)
 
-    def accept(self, request_id: str, image_sha256: str, meta: dict[str, Any], image: bytes | None,
-               *, origin: str = "bridge") -> bool:
-        """Journal a new pending request; False if the id is already known (nothing written)."""
+    def accept(self, request_id: str, image_sha256: str, meta: dict[str, Any], image: bytes | memoryview | None,
+               *, origin: str = "bridge", accepted_us: int | None = None) -> bool:
+        """Journal a new pending request; False if the id is already known (nothing written): in
+        particular a request whose result was committed first is never made pending again."""
         with self._lock:
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO requests (request_id, image_sha256, meta, image, origin, state, accepted_us)"
                 " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                (request_id, image_sha256, json.dumps(meta), image, origin, now_us()),
+                (request_id, image_sha256, json.dumps(meta), image, origin, now_us() if accepted_us is None else accepted_us),
             )
             return cursor.rowcount == 1
 
@@ -145,6 +147,22 @@ class ResultStore:
                 "UPDATE requests SET state = 'done', result = ?, completed_us = ?, image = NULL"
                 " WHERE request_id = ? AND state = 'pending'",
                 (json.dumps(result), now_us(), request_id),
+            )
+            row = self._db.execute(_SELECT + " WHERE request_id = ?", (request_id,)).fetchone()
+        return _row(row)
+
+    def settle(self, request_id: str, image_sha256: str, meta: dict[str, Any], accepted_us: int,
+               result: dict[str, Any], *, origin: str = "bridge") -> StoredRequest:
+        """Commit the result of a request journalled or not (the bridge journals an image only when
+        its screening is slow, see server.py): a pending row becomes done, else a done row is
+        written; one transaction, once. Returns the stored row."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO requests (request_id, image_sha256, meta, origin, state, accepted_us, completed_us, result)"
+                " VALUES (?, ?, ?, ?, 'done', ?, ?, ?)"
+                " ON CONFLICT (request_id) DO UPDATE SET state = 'done', result = excluded.result,"
+                " completed_us = excluded.completed_us, image = NULL WHERE state = 'pending'",
+                (request_id, image_sha256, json.dumps(meta), origin, accepted_us, now_us(), json.dumps(result)),
             )
             row = self._db.execute(_SELECT + " WHERE request_id = ?", (request_id,)).fetchone()
         return _row(row)

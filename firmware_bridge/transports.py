@@ -16,7 +16,7 @@ from typing import Iterator, Protocol
 #: How long a read waits before the connection loop gets control back (to notice a stalled frame
 #: or a stop request).
 POLL_SECONDS = 0.2
-_READ_SIZE = 64 * 1024
+_READ_SIZE = 256 * 1024
 
 
 class Stream(Protocol):

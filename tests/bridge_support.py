@@ -64,12 +64,16 @@ def connect(address: str, **kwargs):
 class ServerProcess:
     """``edge-retina bridge serve`` in a child process, for crash tests (kill -9) and the C client."""
 
-    def __init__(self, bundle: Path, store: Path, *extra: str, transport: tuple[str, str] = ("--tcp", "127.0.0.1:0")):
+    def __init__(self, bundle: Path, store: Path, *extra: str, transport: tuple[str, str] = ("--tcp", "127.0.0.1:0"),
+                 repo: Path = REPO):
+        """``repo``: the checkout whose server runs (another one: a benchmark's before/after)."""
         code = "import sys; from firmware_bridge.cli import bridge; bridge(sys.argv[1:])"
-        args = [sys.executable, "-c", code, "serve", "--bundle", str(bundle), "--store", str(store),
+        args = [sys.executable, "-c", code, "serve", "--bundle", str(Path(bundle).resolve()), "--store", str(Path(store).resolve()),
                 *transport, *extra]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        env = {**os.environ, "PYTHONPATH": str(repo)}
+        # cwd too: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH.
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                                        cwd=repo)
         self.address = self._wait_listening()
 
     def _wait_listening(self, timeout: float = 60.0) -> str:

@@ -1,6 +1,8 @@
 """Wire protocol v1: frame codec and the incremental parser, including a property-based fuzz test."""
 from __future__ import annotations
 
+import hashlib
+import itertools
 import struct
 
 import pytest
@@ -171,3 +173,30 @@ def test_the_screen_request_schema_is_the_documented_one():
 
     documented = Path(__file__).parents[1] / "docs" / "bridge_screen_request.schema.json"
     assert documented.resolve() == SCHEMA_PATH.resolve() and IMAGE_FORMATS == ("jpeg", "png", "raw")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=2000), st.lists(st.integers(1, 700), min_size=1, max_size=8), st.integers(0, 2000))
+def test_checksum_and_body_digest_computed_as_the_bytes_arrive(body, reads, flip):
+    """The CRC and the body's sha256 are folded in read by read: any split of the frame gives the
+    whole body's digest, and a damaged payload byte is still refused."""
+    frame = bytearray(encode_message(Message(MessageType.SCREEN, {"request_id": "d"}, body)))
+    for damaged in (False, True):
+        stream = bytearray(frame)
+        if damaged:
+            stream[HEADER_SIZE + flip % (len(frame) - HEADER_SIZE - 4)] ^= 0x01
+        parser, start, got = FrameParser(), 0, None
+        for size in itertools.cycle(reads):
+            parser.feed(bytes(stream[start:start + size]))
+            start += size
+            try:
+                got = parser.next()
+            except ProtocolError as exc:
+                got = exc
+            if got is not None or start >= len(stream):
+                break
+        if damaged:
+            assert isinstance(got, ProtocolError) and got.code is ErrorCode.BAD_CHECKSUM
+        else:
+            assert got.body == body and got.body_sha256 == hashlib.sha256(body).hexdigest()
+            assert parser.pending == 0

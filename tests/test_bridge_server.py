@@ -144,8 +144,8 @@ def test_malformed_frames_get_errors_and_the_server_lives_on(screener, tmp_path)
 
 def test_retried_request_is_never_screened_twice(screener, jpeg, tmp_path, monkeypatch):
     calls = []
-    original = screener.screen
-    monkeypatch.setattr(screener, "screen", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = screener.preprocess
+    monkeypatch.setattr(screener, "preprocess", lambda *a, **k: calls.append(1) or original(*a, **k))
     with running_server(screener, tmp_path / "r.sqlite3") as (_, address):
         with connect(address) as first:
             result = first.screen("again-1", jpeg)
@@ -160,7 +160,7 @@ def test_retried_request_is_never_screened_twice(screener, jpeg, tmp_path, monke
 
 
 class GatedScreener:
-    """Blocks every screening until released: makes queue states deterministic."""
+    """Blocks every preparation until released: makes queue states deterministic."""
 
     def __init__(self, screener):
         self._screener = screener
@@ -169,41 +169,81 @@ class GatedScreener:
     def __getattr__(self, name):
         return getattr(self._screener, name)
 
-    def screen(self, *args, **kwargs):
+    def preprocess(self, *args, **kwargs):
         assert self.gate.wait(30)
-        return self._screener.screen(*args, **kwargs)
+        return self._screener.preprocess(*args, **kwargs)
 
 
 def test_full_queue_answers_busy_and_slow_requests_time_out(screener, jpeg, tmp_path):
     gated = GatedScreener(screener)
-    with running_server(gated, tmp_path / "r.sqlite3", queue_capacity=1, request_timeout=0.5) as (server, address):
-        clients = [connect(address) for _ in range(3)]
+    config = {"queue_capacity": 1, "request_timeout": 0.5, "workers": 1}
+    with running_server(gated, tmp_path / "r.sqlite3", **config) as (server, address):
+        screening = server._pipeline.queue_limit  # taken by the pipeline before any waits in the queue
+        clients = [connect(address) for _ in range(screening + 2)]
         replies: dict[int, Message] = {}
 
         def send(i):
             replies[i] = clients[i].request(Message(MessageType.SCREEN, {"request_id": f"q{i}", "format": "jpeg"}, jpeg))
 
-        first = threading.Thread(target=send, args=(0,))
-        first.start()
+        senders = [threading.Thread(target=send, args=(i,)) for i in range(screening + 1)]
         deadline = time.monotonic() + 10
-        while server.status()["queue_depth"] or not server.status()["in_flight"]:  # q0 taken by the worker
+        for i, sender in enumerate(senders):
+            sender.start()
+            while server.status()["in_flight"] <= i:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        while server.status()["queue_depth"] < 1:  # the last one waits: the pipeline is full
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        second = threading.Thread(target=send, args=(1,))
-        second.start()
-        while server.status()["queue_depth"] < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        send(2)  # the queue (capacity 1) is full
-        assert replies[2].meta["code"] == "busy" and replies[2].meta["retry_after_ms"] > 0
-        first.join(), second.join()
-        assert replies[0].meta["code"] == replies[1].meta["code"] == "timeout"
+        send(screening + 1)  # the queue (capacity 1) is full
+        assert replies[screening + 1].meta["code"] == "busy" and replies[screening + 1].meta["retry_after_ms"] > 0
+        for sender in senders:
+            sender.join()
+        assert {replies[i].meta["code"] for i in range(screening + 1)} == {"timeout"}
+        # A timed-out request is journalled: it stays queued even across a crash.
+        assert server.store.counts()["pending"] == screening + 1
         gated.gate.set()
-        # Timed out is not lost: the retry gets the result of the one screening.
-        assert clients[0].screen("q0", jpeg)["result"]["status"] != "error"
-        assert clients[1].screen("q1", jpeg)["result"]["status"] != "error"
+        # Timed out is not lost: the retry gets the result of the one screening (retried again while
+        # it still takes longer than the 0.5 s timeout, as a camera does).
+        for i in range(screening + 1):
+            for _ in range(100):
+                try:
+                    assert clients[i].screen(f"q{i}", jpeg)["result"]["status"] != "error"
+                    break
+                except BridgeError as exc:
+                    assert exc.code == "timeout"
+            else:
+                raise AssertionError(f"q{i} was never screened")
         for client in clients:
             client.close()
+
+
+@pytest.mark.parametrize("journal_after", [30.0, 0.0])
+def test_an_image_is_journalled_only_when_its_screening_waits(screener, jpeg, tmp_path, monkeypatch, journal_after):
+    """Screened within journal_after: its result is committed and its image never written. Waiting
+    longer: journalled (pending, with the image) while it waits, then completed."""
+    gated = GatedScreener(screener)
+    with running_server(gated, tmp_path / "r.sqlite3", journal_after=journal_after) as (server, address):
+        journalled = []
+        accept = server.store.accept
+        monkeypatch.setattr(server.store, "accept", lambda *a, **k: journalled.append(a[0]) or accept(*a, **k))
+        replies = []
+        sender = threading.Thread(target=lambda: replies.append(connect(address).screen("j1", jpeg)))
+        if journal_after:
+            gated.gate.set()
+        sender.start()
+        deadline = time.monotonic() + 10
+        while not journal_after and server.store.counts()["pending"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gated.gate.set()
+        sender.join()
+        assert replies[0]["result"]["status"] != "error"
+        assert journalled == ([] if journal_after else ["j1"])
+        assert server.store.counts() == {"pending": 0, "done": 1}
+        # A journal write that loses the race with the result never makes it pending again.
+        assert not accept("j1", replies[0]["image_sha256"], {}, jpeg)
+        assert server.store.get("j1").state == "done"
 
 
 def test_load_eight_clients_with_bounded_queue_and_memory(screener, jpeg, tmp_path):

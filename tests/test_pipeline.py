@@ -102,3 +102,27 @@ def test_arrays_and_bytes_are_screened_too(screener, retina_rgb):
 
 def test_throughput_line():
     assert Throughput(120, 2.0).describe() == "120 images in 2.00 s, 60.0 images/s"
+
+
+def test_contained_errors_cost_only_their_own_item(screener, photos, monkeypatch):
+    """With contain_errors (the bridge), an exception while preparing one item, or from the engine,
+    becomes those items' error Results; the run and the other items go on."""
+    original = screener.preprocess
+
+    def preprocess(source, **kwargs):
+        if source == photos[1]:
+            raise ValueError("a poison image")
+        return original(source, **kwargs)
+
+    monkeypatch.setattr(screener, "preprocess", preprocess)
+    with ScreeningPipeline(screener, workers=2, contain_errors=True) as pipeline:
+        results = list(pipeline.screen(photos[:3]))
+    assert [r.error_code for r in results] == [None, "internal", None]
+    assert "ValueError: a poison image" in results[1].error and results[1].source == photos[1]
+
+    monkeypatch.setattr(screener, "complete", lambda staged: (_ for _ in ()).throw(RuntimeError("engine lost")))
+    with ScreeningPipeline(screener, workers=2, contain_errors=True) as pipeline:
+        results = list(pipeline.screen([photos[0], photos[3]]))  # a photo and a corrupt file
+    assert [r.error_code for r in results] == ["internal", "corrupt"]
+    with ScreeningPipeline(screener, workers=2) as pipeline, pytest.raises(RuntimeError, match="engine lost"):
+        list(pipeline.screen(photos[:1]))
