@@ -46,10 +46,12 @@ def resaved(path: Path, quality: int) -> bytes:
     return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 
-def latency(engines: dict[str, tuple[str, Path, str]], tensor: np.ndarray, rounds: int) -> dict[str, float]:
+def latency(engines: dict[str, tuple[str, Path, str]], tensor: np.ndarray, rounds: int,
+            threads: int = 1) -> dict[str, float]:
+    """Median ms per engine (name -> (backend, path, precision)) on ``tensor``, interleaved rounds."""
     from edge_retina.backends import create_runner
 
-    runners = {name: create_runner(backend, path, precision=precision, threads=1)
+    runners = {name: create_runner(backend, path, precision=precision, threads=threads)
                for name, (backend, path, precision) in engines.items()}
     times: dict[str, list[float]] = {name: [] for name in runners}
     for runner in runners.values():

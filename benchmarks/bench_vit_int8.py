@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 
 from bench_int8 import REPO, embed, machine
+from bench_int8_floor import latency
 
 #: ViT-B/16 at 224 px with a 512-d projection: the tower of RET-CLIP / ViLReF and open_clip's ViT-B-16.
 VIT_B16 = dict(layers=12, width=768, head_width=64, patch_size=16, image_size=224)
@@ -84,7 +83,6 @@ def main() -> None:
     from converters.quantize.registry import build_engine
     from converters.reference.data import load_records
     from converters.teachers.clip import clip_input_spec
-    from edge_retina.backends import create_runner
     from edge_retina.bench.metrics import cosine_similarity, distribution
     from edge_retina.bench.parity import prepare_tensors
     from edge_retina.preprocess import Preprocessor
@@ -130,21 +128,7 @@ def main() -> None:
 
     # Latency: batch 1, 2 threads, interleaved in rotating order so load drifts hit every engine alike.
     engines = {"onnxruntime fp32": ("onnxruntime", fp32_onnx, "fp32"), **engines}
-    one = sets["eval"][:1]
-    runners = {name: create_runner(b, p, precision=prec, threads=2) for name, (b, p, prec) in engines.items()}
-    names = list(runners)
-    timings: dict[str, list[float]] = {name: [] for name in names}
-    for name in names:  # warm-up
-        for _ in range(3):
-            runners[name].infer(one)
-    for i in range(args.repeats):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            t = time.perf_counter()
-            runners[name].infer(one)
-            timings[name].append((time.perf_counter() - t) * 1000)
-    for runner in runners.values():
-        runner.close()
-    medians = {name: statistics.median(v) for name, v in timings.items()}
+    medians = latency(engines, sets["eval"][:1], args.repeats, threads=2)
     results["latency_ms"] = {name: {"median": medians[name], "speedup_vs_ort_fp32": medians["onnxruntime fp32"] / m}
                              for name, m in medians.items()}
     print(json.dumps(results["latency_ms"], indent=1), flush=True)
