@@ -13,16 +13,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from quantize_fixtures import SHAPE_ONLY
+from quantize_fixtures import SHAPE_ONLY, dequantized_input_consumers, quantized_node_names
 
 from converters.export.onnx_fp32 import export_onnx
-from converters.quantize.policy import (
-    QUANTIZED_OP_TYPES,
-    dequantized_input_consumers,
-    is_transformer,
-    quantizable_nodes,
-    quantized_node_names,
-)
+from converters.quantize.policy import QUANTIZED_OP_TYPES, is_transformer, quantizable_nodes
 from converters.quantize.registry import build_engine
 from converters.teachers.clip import NormalisedImageEncoder, build_openai_vit
 
