@@ -80,6 +80,24 @@ def embed(backend: str, path: Path, precision: str, tensors: np.ndarray, threads
         return np.concatenate([runner.infer(tensors[s:s + 16]) for s in range(0, len(tensors), 16)])
 
 
+def interleaved_ms(runners: dict, tensor: np.ndarray, rounds: int, warmup: int = 10) -> dict[str, list[float]]:
+    """Per runner, ms per ``infer(tensor)`` over ``rounds`` rounds in rotating order (drift on a shared
+    machine hits every engine alike), after ``warmup`` calls each; closes the runners."""
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:
+        for _ in range(warmup):
+            runners[name].infer(tensor)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            runners[name].infer(tensor)
+            times[name].append((time.perf_counter() - start) * 1000)
+    for runner in runners.values():
+        runner.close()
+    return times
+
+
 def markdown(results: dict) -> str:
     """The BENCHMARKS.md tables of a results JSON."""
     lines = ["| calibration images | engine | quantize s | mean cosine | p1 cosine | min cosine | "
@@ -205,18 +223,8 @@ def main() -> None:
         "onnxruntime int8": ("onnxruntime", last["ort"], "int8"),
     }
     runners = {name: create_runner(b, p, precision=prec, threads=2) for name, (b, p, prec) in variants.items()}
-    timings = {name: [] for name in runners}
+    timings = interleaved_ms(runners, one, args.repeats, warmup=5)
     names = list(runners)
-    for name in names:  # warm-up
-        for _ in range(5):
-            runners[name].infer(one)
-    for i in range(args.repeats):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            t = time.perf_counter()
-            runners[name].infer(one)
-            timings[name].append((time.perf_counter() - t) * 1000)
-    for runner in runners.values():
-        runner.close()
     medians = {name: statistics.median(v) for name, v in timings.items()}
     results["latency_ms"] = {name: {"median": medians[name], "p90": float(np.percentile(timings[name], 90)),
                                     "speedup_vs_ort_fp32": medians["onnxruntime fp32"] / medians[name]}

@@ -23,13 +23,12 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from bench_int8 import REPO, machine
+from bench_int8 import REPO, interleaved_ms, machine
 
 
 def logit_noise(table, before: np.ndarray, after: np.ndarray) -> dict[str, float]:
@@ -53,19 +52,7 @@ def latency(engines: dict[str, tuple[str, Path, str]], tensor: np.ndarray, round
 
     runners = {name: create_runner(backend, path, precision=precision, threads=threads)
                for name, (backend, path, precision) in engines.items()}
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for runner in runners.values():
-        for _ in range(10):
-            runner.infer(tensor)
-    names = list(runners)
-    for r in range(rounds):  # rotating order: drift on a shared machine hits every engine alike
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            runners[name].infer(tensor)
-            times[name].append(time.perf_counter() - start)
-    for runner in runners.values():
-        runner.close()
-    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+    return {name: statistics.median(ms) for name, ms in interleaved_ms(runners, tensor, rounds).items()}
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_int8 import interleaved_ms
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,17 +91,7 @@ def run(args: argparse.Namespace) -> dict:
         runners["openvino int8 (QAT IR)"] = create_runner("openvino", qat_dir / QAT_IR, precision="int8",
                                                           threads=args.threads)
     names = list(runners)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for name in names:
-        for _ in range(10):
-            runners[name].infer(tensor)
-    for i in range(args.rounds):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            t = time.perf_counter()
-            runners[name].infer(tensor)
-            times[name].append((time.perf_counter() - t) * 1000)
-    for runner in runners.values():
-        runner.close()
+    times = interleaved_ms(runners, tensor, args.rounds)
     medians = {n: statistics.median(v) for n, v in times.items()}
     baseline = next(n for n in names if n.startswith("onnxruntime/fp32"))
     latency = {n: {"median_ms": medians[n], "p90_ms": float(np.percentile(times[n], 90)),

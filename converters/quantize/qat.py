@@ -61,6 +61,10 @@ class QatConfig:
         return asdict(self)
 
 
+#: NNCF's torch op names for what the quantization policy quantizes (Conv, MatMul, Gemm in ONNX).
+_TORCH_QUANTIZABLE = ("conv1d", "conv2d", "conv3d", "linear", "matmul", "addmm", "bmm")
+
+
 def _torch_node_names(encoder: torch.nn.Module, fp32_onnx: Path, excluded_nodes: Sequence[str],
                       input_size: tuple[int, int]) -> list[str]:
     """NNCF's names (in the torch graph) of the FP32 ONNX's ``excluded_nodes``: the exporter keeps the
@@ -75,10 +79,6 @@ def _torch_node_names(encoder: torch.nn.Module, fp32_onnx: Path, excluded_nodes:
         raise ValueError(f"cannot keep {list(excluded_nodes)} in float: the ONNX graph has {len(onnx_order)} "
                          f"Conv/MatMul/Gemm ops and the torch graph {len(torch_order)}")
     return [torch_order[onnx_order.index(name)] for name in excluded_nodes]
-
-
-#: NNCF's torch op names for what the quantization policy quantizes (Conv, MatMul, Gemm in ONNX).
-_TORCH_QUANTIZABLE = ("conv1d", "conv2d", "conv3d", "linear", "matmul", "addmm", "bmm")
 
 
 def quantization_aware_distill(encoder: torch.nn.Module, calibration: np.ndarray, table: PromptTable,
