@@ -11,6 +11,12 @@ multiply u8 activations by s8 weights into 16-bit sums that saturate. Measured o
 student here, the zero-shot score noise of all-INT8 was 0.42 of the scores' spread with 8-bit weights,
 0.30 with NNCF's default (7 bits in the first layer only) and 0.24 with 7 bits everywhere. A VNNI
 device's profile can ask for ``first_layer_only`` or ``disable`` to keep the eighth bit.
+
+Biases are corrected with NNCF's full bias correction (``fast_bias_correction=False``: each layer's
+output shift measured with the layers before it already quantized), not the fast per-layer estimate.
+Measured on the default student here (1,000 guard photos, 4 layers in float, overflow fix on): mean
+cosine to FP32 0.9973 -> 0.9978, worst score noise 0.075 -> 0.065 of the spread, glaucoma's referral
+agreement 0.972 -> 0.987; the quantization takes a few seconds longer.
 """
 from __future__ import annotations
 
@@ -76,7 +82,7 @@ def quantize_openvino(
     if overflow_fix not in OVERFLOW_FIXES:
         raise ValueError(f"overflow_fix must be one of {OVERFLOW_FIXES}, got {overflow_fix!r}")
     common = dict(subset_size=len(calibration_tensors), model_type=model_type,
-                  ignored_scope=_ignored_scope(ignored_nodes),
+                  ignored_scope=_ignored_scope(ignored_nodes), fast_bias_correction=False,
                   advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix)))
     if accuracy_control is None:
         quantized = nncf.quantize(model, calibration, **common)

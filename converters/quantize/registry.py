@@ -37,7 +37,7 @@ _BUILDERS = {
 #: Revision of what each builder makes: part of the converter's engine cache key, so a changed
 #: recipe rebuilds cached engines. Bump it when a builder's output changes.
 BUILDER_REVISIONS = {("onnxruntime", "int8"): 2,  # 2: ReLU/Clip folded into Conv outputs
-                     ("openvino", "int8"): 2}  # 2: NNCF's overflow fix in every layer
+                     ("openvino", "int8"): 3}  # 2: NNCF's overflow fix in every layer; 3: full bias correction
 #: The library that made an engine, beside the common toolchain, recorded in its manifest entry.
 _QUANTIZERS = {("openvino", "int8"): "nncf", ("tensorrt", "int8"): "nvidia-modelopt"}
 #: Where this host runs each backend's artefacts to check them: a TensorRT engine is built on the
