@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from narrow_terminal import COLUMNS, narrow_runner, widest_line
 
 from edge_retina.cli.main import cli
 
@@ -90,6 +91,18 @@ def test_bundle_inspect_and_verify(tiny_bundle, tmp_path):
     prompts.write_bytes(bytes(data))
     res = run("bundle", "verify", tampered)
     assert res.exit_code == 1 and "prompts.npz" in res.output
+
+
+def test_device_bundle_and_prompt_tables_fit_80_columns(tiny_bundle):
+    """Free text (a profile's title, a threshold's source, prompts) wraps in its column; the rest stays whole."""
+    runner = narrow_runner()
+    for args, shown in ((["devices", "list"], ["jetson-orin-nano", "Raspberry"]),
+                        (["bundle", "inspect", tiny_bundle], ["glaucoma", "onnxruntime"]),
+                        (["prompts", "show", tiny_bundle], ["glaucoma", "- a fundus photograph"])):
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert widest_line(result.output) <= COLUMNS, result.output
+        assert all(text in result.output for text in shown), result.output
 
 
 def without(*modules: str) -> str:
