@@ -164,3 +164,13 @@ def test_a_missing_teacher_option_is_one_line_naming_the_fix(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
     verbose = CliRunner().invoke(cli, ["-v", *args])
     assert verbose.exit_code == 1 and isinstance(verbose.exception, TypeError)
+
+
+@pytest.mark.parametrize("family, checkpoint, fix", [("reference", "missing.pth", "checkpoint file not found"),
+                                                     ("open_clip", "missing.pt", "open_clip checkpoint not found"),
+                                                     ("open_clip", None, "--checkpoint PATH")])
+def test_a_missing_or_unnamed_checkpoint_is_one_line(tmp_path, family, checkpoint, fix):
+    args = ["convert", "--family", family, "--out", str(tmp_path / "bundle")]
+    args += [] if checkpoint is None else ["--checkpoint", str(tmp_path / checkpoint)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and fix in result.output and len(result.output.strip().splitlines()) == 1
