@@ -50,7 +50,9 @@ start(root, on_step=hook)
 def build_reference_bundle(out: Path) -> Path:
     import torch
 
-    from converters.bundle_builder import BundleRecipe, build_bundle
+    from converters.bundle_builder import BundleRecipe
+    from converters.convert_pipeline import ConvertSettings, convert
+    from converters.engine_build import EngineTarget
     from converters.prompt_files import load_prompt_file
     from converters.reference.model import REFERENCE_INPUT_SPEC, build_reference_model
 
@@ -66,7 +68,9 @@ def build_reference_bundle(out: Path) -> Path:
         conditions=load_prompt_file(), ensembling="mean_renormalised", logit_scale=float(model.logit_scale.exp()),
         family="reference", name="reference-random-init", teacher_checkpoint_sha256="0" * 64,
     )
-    return build_bundle(recipe, out, backends=["onnxruntime"], command="benchmarks/bench_install.py")
+    with tempfile.TemporaryDirectory(prefix="bench-install-cache-") as cache:
+        return convert(recipe, out, ConvertSettings([EngineTarget("onnxruntime", "fp32")], cache_dir=Path(cache)),
+                       command="benchmarks/bench_install.py")
 
 
 def with_selftest(bundle_dir: Path, out: Path, *, broken: bool = False) -> Path:

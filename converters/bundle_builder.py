@@ -1,10 +1,6 @@
-"""Assemble a bundle from an image encoder, its input spec and its embedded prompt table (host side).
-
-``build_bundle`` is the FP32 path: export the encoder to ONNX, write the engines each requested
-backend loads (ONNX Runtime takes the ONNX file; OpenVINO gets an FP32 IR), embed the prompts with
-the teacher's text tower, and write a verified bundle (directory, optionally also packed as one
-archive). ``assemble_bundle`` writes a bundle from engines built elsewhere (the INT8 pipeline of
-``converters.convert_pipeline`` uses it).
+"""Assemble a bundle from an image encoder's recipe (input spec, prompts embedded by the teacher's text
+tower) and engines built by ``converters.convert_pipeline``, the one route to a bundle: write a
+verified bundle (directory, optionally also packed as one archive).
 """
 from __future__ import annotations
 
@@ -22,15 +18,10 @@ from edge_retina.bundle.manifest import PROMPTS_FILE, ModelInfo, PromptsEntry, P
 from edge_retina.preprocess.spec import InputSpec
 from edge_retina.prompt_table import PromptTable
 
-from .export.onnx_fp32 import export_onnx
-from .export.openvino_ir import onnx_to_openvino_ir
 from .prompt_tables import condition_entries, embed_conditions
 from .prompt_files import DEFAULT_PROMPT_FILE, Condition, load_prompt_file
 from .selftest_files import selftest_files
 from .teachers import Teacher
-
-FP32_BACKENDS = ("onnxruntime", "openvino")
-
 
 @dataclass
 class BundleRecipe:
@@ -95,21 +86,6 @@ def engine_stem(role: str, backend: str, precision: str) -> str:
     return f"engines/{role}-{backend}-{precision}"
 
 
-def fp32_engine(role: str, backend: str, onnx_path: Path, work: Path, toolchain: dict[str, str]) -> BuiltEngine:
-    """The FP32 engine ``backend`` loads, made from the exported ONNX (an IR for OpenVINO) under ``work``."""
-    if backend not in FP32_BACKENDS:
-        raise ValueError(f"FP32 bundles can hold {FP32_BACKENDS} engines, not {backend!r}")
-    stem = engine_stem(role, backend, "fp32")
-    if backend == "onnxruntime":
-        files = {f"{stem}.onnx": Path(onnx_path)}
-    else:
-        xml, binary = onnx_to_openvino_ir(onnx_path, Path(work) / f"openvino-{role}-fp32" / "model.xml")
-        files = {f"{stem}.xml": xml, f"{stem}.bin": binary}
-    entry = EngineEntry(backend=backend, precision="fp32", role=role, files=list(files),
-                        device_profile=None, toolchain=toolchain, calibration=None)
-    return BuiltEngine(entry, files)
-
-
 def recipe_prompt_table(recipe: BundleRecipe) -> PromptTable:
     """The recipe's prompts embedded by its text tower (what the bundle's prompts.npz holds)."""
     return embed_conditions(recipe.embed_texts, recipe.conditions, recipe.ensembling, recipe.logit_scale)
@@ -162,26 +138,3 @@ def assemble_bundle(
     if archive is not None:
         pack_bundle(bundle_dir, archive)
     return bundle_dir
-
-
-def build_bundle(
-    recipe: BundleRecipe,
-    out_dir: Path,
-    *,
-    backends: Sequence[str] = FP32_BACKENDS,
-    archive: Path | None = None,
-    command: str | None = None,
-) -> Path:
-    """Write an FP32 bundle for ``backends`` to ``out_dir`` (and ``archive`` if given); returns ``out_dir``.
-
-    INT8 engines, calibration, the accuracy guard and thresholds: ``converters.convert_pipeline``.
-    """
-    unknown = set(backends) - set(FP32_BACKENDS)
-    if unknown:
-        raise ValueError(f"FP32 bundles can hold {FP32_BACKENDS} engines, not {sorted(unknown)}")
-    toolchain = toolchain_versions()
-    with tempfile.TemporaryDirectory(prefix="edge-retina-build-") as tmp:
-        work = Path(tmp)
-        onnx_path = export_onnx(recipe.encoder, recipe.input_spec.size, work / "encoder.onnx")
-        engines = [fp32_engine(recipe.role, backend, onnx_path, work, toolchain) for backend in backends]
-        return assemble_bundle(recipe, engines, out_dir, archive=archive, command=command)

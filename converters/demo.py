@@ -116,7 +116,7 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
 def say(console: Console, message: str) -> None:
     """A progress line wrapped to the terminal counting bytes, not characters (a "ΔAUROC" check name
     is one column but two bytes), so no printed line is wider than the terminal by any count."""
-    console.print(message, highlight=False, width=console.width - (len(message.encode()) - len(message)))
+    console.print(message, highlight=False, markup=False, width=console.width - (len(message.encode()) - len(message)))
 
 
 def sample_images(workdir: Path, datasets: Path | None) -> list[Path]:

@@ -20,6 +20,8 @@ from edge_retina.screener import STAGES, Result
 
 # The head rule in ASCII: a terminal's byte-counting tools (and 80-column checks) see one byte a column.
 ASCII_SIMPLE_HEAD = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
+#: The narrowest a wrapping column of free text gets (``rich_table(wrap_last=True)``).
+WRAP_MIN = 20
 
 
 def fit_columns(make: Callable[[int, str | None], Table], headers: list[str], width: int | None = None,
@@ -46,18 +48,31 @@ def _table(title: str, caption: str | None) -> Table:
 
 
 def rich_table(title: str, headers: list[str], rows: list[list[str]], *, width: int | None = None,
-               details: str = "--json", note: str | None = None) -> Table:
-    """A table of text cells, first column left-aligned, cut to the columns that fit (``fit_columns``)."""
+               details: str = "--json", note: str | None = None, wrap_last: bool = False) -> Table:
+    """A table of text cells, first column left-aligned, cut to the columns that fit (``fit_columns``).
 
-    def make(shown: int, caption: str | None) -> Table:
+    ``wrap_last``: the last column is free text (a title, a note) that wraps in the room the others
+    leave, when that is at least ``WRAP_MIN`` columns; with less it is left out like any other."""
+    width = width or Console().width
+
+    def make(shown: int, caption: str | None, last_width: int | None = None) -> Table:
         table = _table(title, caption)
         for i, h in enumerate(headers[:shown]):
-            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+            wraps = wrap_last and i == len(headers) - 1
+            table.add_column(h, justify="left" if i == 0 or wraps else "right", no_wrap=not wraps,
+                             max_width=last_width if wraps else None)
         for row in rows:
             table.add_row(*(escape(cell) for cell in row[:shown]))
         return table
 
-    return fit_columns(make, headers, width, details, note, [headers, *rows])
+    last_width = None
+    if wrap_last:
+        # The table with the last column one character wide, then that column given the rest.
+        wide = Console(width=10_000)
+        narrowest = Measurement.get(wide, wide.options, make(len(headers), None, 1)).maximum
+        last_width = max(WRAP_MIN, 1 + width - narrowest)
+    return fit_columns(lambda shown, caption: make(shown, caption, last_width), headers, width, details, note,
+                       [headers, *rows])
 
 
 def identical_rows(rows: list[list[str]], keep: int = 1) -> tuple[list[list[str]], list[str]]:

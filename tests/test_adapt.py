@@ -6,7 +6,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from narrow_terminal import COLUMNS, narrow_runner, widest_line
 
 from edge_retina.adapt import bundle_scoring, fit_site_adaptation, remove_adaptation
 from edge_retina.adapt.heads import ZERO_SHOT, fit_linear_probe, fit_prototype_blend
@@ -234,15 +234,17 @@ def test_unreadable_photos_are_listed_and_left_out(tiny_bundle, site_labels, tmp
 
 
 def test_adapt_command_inspect_and_parity_against_the_base(tiny_bundle, site_labels, tmp_path):
-    runner = CliRunner()
+    runner = narrow_runner()
     out = tmp_path / "adapted"
     result = runner.invoke(cli, ["adapt", "--bundle", str(tiny_bundle), "--labels", str(site_labels),
                                  "--out", str(out), "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["conditions"]["glaucoma"]["threshold_source"] == "site"
+    assert widest_line(result.stderr) <= COLUMNS and "glaucoma" in result.stderr, result.stderr  # the table
     inspected = runner.invoke(cli, ["bundle", "inspect", str(out)], catch_exceptions=False)
     assert "site adaptation" in inspected.output and "glaucoma" in inspected.output
+    assert widest_line(inspected.output) <= COLUMNS, inspected.output
     parity = runner.invoke(cli, ["bench", "parity", "--bundle", str(out), "--labels", str(site_labels),
                                  "--reference", "base", "--backend", "onnxruntime", "--replicates", "200",
                                  "--max-drop", "1", "--json"], catch_exceptions=False)

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from narrow_terminal import COLUMNS, narrow_runner, widest_line
 
 pytest.importorskip("ray")
 
@@ -107,8 +108,8 @@ def test_archive_screen_on_local_ray_then_rerun_then_summary(tiny_bundle, photos
         assert s["photos"] == 7 and s["errors_by_code"] == {"not_an_image": 1, "not_found": 1}
         assert s["gradable"] + s["ungradable"] == 5 and set(s["referral"]) == {
             n[len("p_"):] for n in pq.read_schema(next(out.glob("part-*"))).names if n.startswith("p_")}
-        table_view = CliRunner().invoke(cli, ["archive", "summary", str(out)])
-        assert "not_found: 1" in table_view.output and max(map(len, table_view.output.splitlines())) <= 80
+        table_view = narrow_runner().invoke(cli, ["archive", "summary", str(out)])
+        assert "not_found: 1" in table_view.output and widest_line(table_view.output) <= COLUMNS
     finally:
         ray.shutdown()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from narrow_terminal import COLUMNS, narrow_runner, widest_line
 
 from edge_retina.cli.main import cli
 
@@ -92,6 +93,18 @@ def test_bundle_inspect_and_verify(tiny_bundle, tmp_path):
     assert res.exit_code == 1 and "prompts.npz" in res.output
 
 
+def test_device_bundle_and_prompt_tables_fit_80_columns(tiny_bundle):
+    """Free text (a profile's title, a threshold's source, prompts) wraps in its column; the rest stays whole."""
+    runner = narrow_runner()
+    for args, shown in ((["devices", "list"], ["jetson-orin-nano", "Raspberry"]),
+                        (["bundle", "inspect", tiny_bundle], ["glaucoma", "onnxruntime"]),
+                        (["prompts", "show", tiny_bundle], ["glaucoma", "- a fundus photograph"])):
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert widest_line(result.output) <= COLUMNS, result.output
+        assert all(text in result.output for text in shown), result.output
+
+
 def without(*modules: str) -> str:
     """A python -c program running the CLI as if ``modules`` were not installed."""
     return (
@@ -151,3 +164,13 @@ def test_a_missing_teacher_option_is_one_line_naming_the_fix(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
     verbose = CliRunner().invoke(cli, ["-v", *args])
     assert verbose.exit_code == 1 and isinstance(verbose.exception, TypeError)
+
+
+@pytest.mark.parametrize("family, checkpoint, fix", [("reference", "missing.pth", "checkpoint file not found"),
+                                                     ("open_clip", "missing.pt", "open_clip checkpoint not found"),
+                                                     ("open_clip", None, "--checkpoint PATH")])
+def test_a_missing_or_unnamed_checkpoint_is_one_line(tmp_path, family, checkpoint, fix):
+    args = ["convert", "--family", family, "--out", str(tmp_path / "bundle")]
+    args += [] if checkpoint is None else ["--checkpoint", str(tmp_path / checkpoint)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and fix in result.output and len(result.output.strip().splitlines()) == 1

@@ -41,3 +41,13 @@ def test_rows_with_the_numbers_of_an_earlier_row_are_folded_into_a_note():
     [table] = parity_console_tables([("glaucoma", ["model", "AUROC", "ΔAUROC"], rows)], width=80)
     text = " ".join(" ".join(printed(table)).split())  # the note wraps
     assert "same numbers as student (PyTorch fp32)" in text and text.count("onnxruntime/fp32/student") == 1
+
+
+def test_a_free_text_last_column_wraps_in_the_room_left_or_is_named_when_there_is_too_little():
+    rows = [["jetson-orin-nano", "int8", "2048", "NVIDIA Jetson Orin Nano (JetPack 6.x, TensorRT 10.3, no DLA)"]]
+    headers = ["name", "precision", "memory MiB", "title"]
+    lines = printed(rich_table("profiles", headers, rows, width=70, wrap_last=True), width=70)
+    assert max(len(line.encode()) for line in lines) <= 70 and "more in" not in " ".join(lines)
+    assert "no DLA)" in " ".join(lines) and sum("NVIDIA" in line for line in lines) == 1  # wrapped, whole
+    narrow = " ".join(printed(rich_table("profiles", headers, rows, width=45, wrap_last=True), width=45))
+    assert "more in --json: title" in narrow and "NVIDIA" not in narrow

@@ -7,33 +7,22 @@ from pathlib import Path
 
 import pytest
 from quantize_fixtures import CLASSES, eye4class_rows, write_csv
-from tiny_bundle import _hash_text_embeddings, _tiny_encoder
+from tiny_bundle import _tiny_encoder, tiny_recipe
 
 from converters import convert_pipeline
 from converters.accuracy_guard import GuardLimits
-from converters.bundle_builder import BundleRecipe
 from converters.convert_pipeline import (
     ConvertError,
     ConvertSettings,
     EngineTarget,
     convert,
 )
-from converters.prompt_files import load_prompt_file
 from edge_retina.bench.labels import LabelledImages, read_labels_csv
 from edge_retina.bundle import load_bundle
-from edge_retina.preprocess import InputSpec
 
 # TensorRT first: ModelOpt must not disturb the ONNX Runtime quantization that follows it.
 TARGETS = [EngineTarget("tensorrt", "int8"), EngineTarget("onnxruntime", "fp32"), EngineTarget("onnxruntime", "int8"),
            EngineTarget("openvino", "int8")]
-
-
-def _recipe() -> BundleRecipe:
-    return BundleRecipe(
-        encoder=_tiny_encoder(), input_spec=InputSpec(size=(64, 64), mean=(0.5, 0.3, 0.2), std=(0.25, 0.2, 0.15)),
-        embed_texts=_hash_text_embeddings, conditions=load_prompt_file(), ensembling="mean_renormalised",
-        logit_scale=50.0, family="test-tiny", name="tiny-random", teacher_checkpoint_sha256="0" * 64,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +48,7 @@ def _settings(image_sets, cache: Path, **overrides) -> ConvertSettings:
 
 def test_convert_builds_guarded_int8_with_thresholds_and_parity_then_resumes_from_cache(image_sets, tmp_path):
     first_log: list[str] = []
-    bundle_dir = convert(_recipe(), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache"),
+    bundle_dir = convert(tiny_recipe(64), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache"),
                          progress=first_log.append)
     manifest = load_bundle(bundle_dir).manifest
     engines = {(e.backend, e.precision if not e.fallback else e.fallback["requested"]): e for e in manifest.engines}
@@ -82,7 +71,7 @@ def test_convert_builds_guarded_int8_with_thresholds_and_parity_then_resumes_fro
     assert not any("cached" in line for line in first_log)
 
     second_log: list[str] = []
-    again = convert(_recipe(), tmp_path / "again", _settings(image_sets, tmp_path / "cache"),
+    again = convert(tiny_recipe(64), tmp_path / "again", _settings(image_sets, tmp_path / "cache"),
                     progress=second_log.append)
     for step in ("export", "calibration", "reference"):
         assert any(f"] {step}: cached" in line for line in second_log), second_log
@@ -100,12 +89,12 @@ def test_a_failing_step_is_named_and_a_rerun_resumes_after_it(image_sets, tmp_pa
     monkeypatch.setattr(convert_pipeline, "build_target", broken)
     settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "int8")], validation=None)
     with pytest.raises(ConvertError, match="step 'engines': quantizer crashed"):
-        convert(_recipe(), tmp_path / "bundle", settings)
+        convert(tiny_recipe(64), tmp_path / "bundle", settings)
     assert not (tmp_path / "bundle").exists()
 
     monkeypatch.setattr(convert_pipeline, "build_target", real_build)
     log: list[str] = []
-    bundle_dir = convert(_recipe(), tmp_path / "bundle", settings, progress=log.append)
+    bundle_dir = convert(tiny_recipe(64), tmp_path / "bundle", settings, progress=log.append)
     assert any("] calibration: cached" in line for line in log) and any("] export: cached" in line for line in log)
     engine = load_bundle(bundle_dir).manifest.engines[0]
     assert engine.backend == "onnxruntime" and engine.notes["accuracy_guard"]["images"] > 0
@@ -119,7 +108,7 @@ def test_guard_images_add_to_the_guard_but_not_to_thresholds_or_parity(image_set
                                            tmp_path / "guard.csv"))
     settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "int8")],
                          guard_images=candidates)
-    bundle_dir = convert(_recipe(), tmp_path / "bundle", settings)
+    bundle_dir = convert(tiny_recipe(64), tmp_path / "bundle", settings)
     guard = load_bundle(bundle_dir).manifest.engines[0].notes["accuracy_guard"]
     # The 12 validation images, and of the candidates only the one the calibration step rejected as
     # unusable: the 6 calibrated on and the 5 held out (quantization-aware distillation trains on them)
@@ -132,13 +121,13 @@ def test_guard_images_add_to_the_guard_but_not_to_thresholds_or_parity(image_set
 def test_int8_without_calibration_images_fails_at_the_calibration_step(tmp_path):
     settings = ConvertSettings(targets=[EngineTarget("openvino", "int8")], cache_dir=tmp_path / "cache")
     with pytest.raises(ConvertError, match="step 'calibration'.*--calibration"):
-        convert(_recipe(), tmp_path / "bundle", settings)
+        convert(tiny_recipe(64), tmp_path / "bundle", settings)
 
 
 def test_guard_limits_that_int8_cannot_meet_ship_fp32_and_say_so(image_sets, tmp_path):
     settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "int8")],
                          limits=GuardLimits(min_referral_agreement=0.9, min_mean_cosine=1.0 - 1e-9), qat="never")
-    engine = load_bundle(convert(_recipe(), tmp_path / "bundle", settings)).manifest.engines[0]
+    engine = load_bundle(convert(tiny_recipe(64), tmp_path / "bundle", settings)).manifest.engines[0]
     assert engine.precision == "fp32" and engine.calibration is None
     assert engine.fallback["requested"] == "int8" and engine.fallback["shipped"] == "fp32"
     assert engine.fallback["reason"].startswith("mean cosine")
@@ -153,7 +142,7 @@ def test_qat_always_runs_once_for_every_backend_and_is_recorded(image_sets, tmp_
     limits = GuardLimits(auroc_margin=1.0, min_referral_agreement=0.0, min_mean_cosine=0.98, min_p1_cosine=0.95)
     settings = _settings(image_sets, tmp_path / "cache", qat="always", qat_config=QatConfig(epochs=1), limits=limits,
                          targets=[EngineTarget("onnxruntime", "int8"), EngineTarget("openvino", "int8")])
-    engines = load_bundle(convert(_recipe(), tmp_path / "bundle", settings, progress=log.append)).manifest.engines
+    engines = load_bundle(convert(tiny_recipe(64), tmp_path / "bundle", settings, progress=log.append)).manifest.engines
     for engine in engines:
         assert engine.precision == "int8", (engine.describe(), engine.fallback)
         assert engine.notes["qat"]["config"]["epochs"] == 1
@@ -170,7 +159,7 @@ def test_targets_are_validated():
 
 def test_fp16_target_is_guarded_too(image_sets, tmp_path):
     settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "fp16")])
-    engine = load_bundle(convert(_recipe(), tmp_path / "bundle", settings)).manifest.engines[0]
+    engine = load_bundle(convert(tiny_recipe(64), tmp_path / "bundle", settings)).manifest.engines[0]
     assert engine.precision == "fp16" and engine.fallback is None
     assert engine.notes["accuracy_guard"]["passed"] and engine.notes["accuracy_guard"]["cosine"]["mean"] > 0.999
 
@@ -190,7 +179,7 @@ def test_convert_for_devices_emits_exactly_what_each_profile_needs(image_sets, t
 
     profiles = ["x86-64-avx512-vnni", "arm64-cpu", "jetson-orin-nano"]
     targets = EngineTarget.for_devices(profiles, role="teacher")
-    bundle_dir = convert(_recipe(), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache", targets=targets))
+    bundle_dir = convert(tiny_recipe(64), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache", targets=targets))
     engines = load_bundle(bundle_dir).manifest.engines
     for name in profiles:
         plan = devices.build_plan([name], role="teacher")
@@ -202,7 +191,7 @@ def test_convert_for_devices_emits_exactly_what_each_profile_needs(image_sets, t
 def test_convert_refuses_an_input_larger_than_a_device_allows(image_sets, tmp_path):
     target = EngineTarget("onnxruntime", "int8", device_profile="tiny-board", max_input_side=32)
     with pytest.raises(ConvertError, match="tiny-board allows"):
-        convert(_recipe(), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache", targets=[target]))
+        convert(tiny_recipe(64), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache", targets=[target]))
 
 
 def test_a_student_bundle_reports_teacher_student_and_engines_side_by_side(image_sets, tmp_path):
@@ -215,7 +204,7 @@ def test_a_student_bundle_reports_teacher_student_and_engines_side_by_side(image
     from converters.teachers import Teacher
     from edge_retina.bundle.manifest import StudentInfo
 
-    student = _recipe()
+    student = tiny_recipe(64)
     with torch.no_grad():  # the teacher: the same tiny network, slightly perturbed, at another size
         teacher_encoder = _tiny_encoder()
         for p in teacher_encoder.parameters():
@@ -248,10 +237,11 @@ def test_a_student_bundle_reports_teacher_student_and_engines_side_by_side(image
     assert profile["teacher"]["input_size"] == [80, 80] and profile["student"]["input_size"] == [64, 64]
     assert profile["teacher"]["median_ms"] > 0 and profile["speedup"] > 0
     # The report card is shown by `bundle inspect` (runtime side).
-    from click.testing import CliRunner
+    from narrow_terminal import COLUMNS, narrow_runner, widest_line
 
     from edge_retina.cli.main import cli
 
-    shown = CliRunner().invoke(cli, ["bundle", "inspect", str(bundle_dir)], catch_exceptions=False, terminal_width=200)
+    shown = narrow_runner().invoke(cli, ["bundle", "inspect", str(bundle_dir)], catch_exceptions=False)
     assert shown.exit_code == 0 and "student vs teacher on 12 held-out images" in shown.output
     assert "cataract" in shown.output and "retention" in shown.output
+    assert widest_line(shown.output) <= COLUMNS, shown.output

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from narrow_terminal import COLUMNS, narrow_runner, widest_line
 
 from converters.selftest_files import selftest_files
 from edge_retina.backends import create_runner
@@ -352,6 +353,8 @@ def test_cli_install_status_rollback(bundles, keys, tmp_path):
     assert "self-test passed" in result.output
     status = json.loads(runner.invoke(bundle_cli, ["status", "--root", str(root), "--json"]).output)
     assert (status["active"], status["previous"]) == ("b", "a")
+    table = narrow_runner().invoke(bundle_cli, ["status", "--root", str(root)]).output
+    assert widest_line(table) <= COLUMNS and "fallback" in table, table
     assert runner.invoke(bundle_cli, ["rollback", "--root", str(root)]).output.strip() == "active slot is now a"
     broken = runner.invoke(bundle_cli, ["install", str(bundles["broken"]), "--root", str(root),
                                         "--trusted-keys", str(keys / "trusted")])

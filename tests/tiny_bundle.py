@@ -1,4 +1,4 @@
-"""A bundle built through the real builder from a small randomly initialised encoder.
+"""A bundle built through the converter's pipeline from a small randomly initialised encoder.
 
 For testing mechanics only (loading, screening, CLI, bad input): its scores mean nothing. Accuracy
 is tested with the trained reference model.
@@ -6,6 +6,7 @@ is tested with the trained reference model.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +45,13 @@ def _hash_text_embeddings(texts: list[str]) -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
-def build_tiny_bundle(out_dir: Path, *, archive: Path | None = None, size: int = 96) -> Path:
-    from converters.bundle_builder import BundleRecipe, build_bundle
+def tiny_recipe(size: int = 96):
+    """The tiny encoder with hashed prompt embeddings, at ``size`` x ``size`` pixels."""
+    from converters.bundle_builder import BundleRecipe
     from converters.prompt_files import load_prompt_file
     from edge_retina.preprocess.spec import InputSpec
 
-    recipe = BundleRecipe(
+    return BundleRecipe(
         encoder=_tiny_encoder(),
         input_spec=InputSpec(size=(size, size), mean=(0.5, 0.3, 0.2), std=(0.25, 0.2, 0.15)),
         embed_texts=_hash_text_embeddings,
@@ -60,4 +62,14 @@ def build_tiny_bundle(out_dir: Path, *, archive: Path | None = None, size: int =
         name="tiny-random",
         teacher_checkpoint_sha256="0" * 64,
     )
-    return build_bundle(recipe, out_dir, archive=archive, command="tests: build_tiny_bundle")
+
+
+def build_tiny_bundle(out_dir: Path, *, archive: Path | None = None, size: int = 96) -> Path:
+    """ONNX Runtime and OpenVINO FP32 engines, made by the converter's own pipeline (a throwaway step cache)."""
+    from converters.convert_pipeline import ConvertSettings, convert
+    from converters.engine_build import EngineTarget
+
+    targets = [EngineTarget("onnxruntime", "fp32"), EngineTarget("openvino", "fp32")]
+    with tempfile.TemporaryDirectory(prefix="edge-retina-tiny-") as cache:
+        return convert(tiny_recipe(size), out_dir, ConvertSettings(targets, cache_dir=Path(cache)), archive=archive,
+                       command="tests: build_tiny_bundle")

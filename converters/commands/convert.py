@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from converters.commands.options import TEACHER_OPTION
 from converters.commands.options import teacher_options as parse_teacher_options
@@ -84,6 +85,7 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_wei
     from converters.bundle_builder import BundleRecipe
     from converters.convert_pipeline import ConvertError, ConvertSettings, EngineTarget
     from converters.convert_pipeline import convert as run_convert
+    from converters.demo import say
     from converters.step_cache import default_cache_dir
     from converters.teachers import load_teacher
     from edge_retina.bench.labels import read_labels_csv
@@ -118,9 +120,10 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_wei
             recipe = student_recipe(teacher, student_weights, prompt_file)
         except ValueError as exc:  # distilled from another teacher checkpoint
             raise click.BadParameter(str(exc), param_hint="--student") from None
+    stderr = Console(stderr=True)
     try:
         bundle = run_convert(recipe, out, settings, archive=archive,
-                             progress=lambda message: click.echo(message, err=True))
+                             progress=lambda message: say(stderr, message))
     except ConvertError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"bundle written to {bundle}" + (f" and {archive}" if archive else ""))

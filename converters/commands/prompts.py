@@ -20,10 +20,10 @@ def prompts() -> None:
 def show(source: Path) -> None:
     """Show the conditions and prompts of a prompt file (.json) or of a bundle."""
     from rich.console import Console
-    from rich.table import Table
 
     from converters.prompt_files import load_prompt_file
     from edge_retina.bundle import load_bundle
+    from edge_retina.console_tables import rich_table
 
     if source.suffix == ".json":
         rows = [(c.name, c.label, c.normal, None, c.prompts) for c in load_prompt_file(source)]
@@ -33,13 +33,10 @@ def show(source: Path) -> None:
         p = manifest.prompts
         rows = [(c.name, c.label, c.name == p.normal_class, c.threshold, c.prompts) for c in p.conditions]
         title = f"{source} (ensembling {p.ensembling}, logit scale {manifest.logit_scale:.4g})"
-    table = Table(title=title, show_lines=True)
-    for column in ("condition", "label", "threshold", "prompts"):
-        table.add_column(column)
-    for name, label, normal, threshold, texts in rows:
-        table.add_row(name + (" (normal)" if normal else ""), label,
-                      "" if threshold is None else f"{threshold:.3f}", "\n".join(texts))
-    Console().print(table)
+    cells = [[f"{name}{' (normal)' if normal else ''}\n{label}", "" if threshold is None else f"{threshold:.3f}",
+              "\n".join(f"- {text}" for text in texts)] for name, label, normal, threshold, texts in rows]
+    Console().print(rich_table(title, ["condition", "threshold", "prompts"], cells, details="the prompt file",
+                               wrap_last=True))
 
 
 @prompts.command()

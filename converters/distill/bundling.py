@@ -17,7 +17,7 @@ from .student import load_student
 
 
 def student_recipe(teacher: Teacher, student_weights: str | Path, prompt_file: Path = DEFAULT_PROMPT_FILE) -> BundleRecipe:
-    """``role="student"`` recipe for ``converters.bundle_builder.build_bundle`` (and the INT8 converters).
+    """``role="student"`` recipe for ``converters.convert_pipeline.convert``.
 
     Refused when the student was distilled from another teacher checkpoint: its embeddings would
     not live in the space of this teacher's prompt table.

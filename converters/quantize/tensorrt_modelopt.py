@@ -14,7 +14,9 @@ Q/DQ pairs then run in FP16 at the builder's choice, as the runtime's ``trtexec_
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,7 +33,12 @@ HIGH_PRECISION_TYPES = ("fp32", "fp16")
 
 
 def _quantize_in_this_process(fp32_onnx: str, out_path: str, tensors_file: str, nodes_to_exclude: list[str],
-                              high_precision: str, calibration_method: str) -> None:
+                              high_precision: str, calibration_method: str, output_file: str) -> None:
+    # Everything this worker prints (ONNX Runtime's calibrator prints, ModelOpt's tqdm bars, C++ logs)
+    # goes to ``output_file``: the parent logs it, so it shows with -v only (edge_retina.cli.library_output).
+    with open(output_file, "w") as output:
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
     from modelopt.onnx.quantization import quantize
 
     quantize(
@@ -61,18 +68,23 @@ def quantize_tensorrt_qdq(
 
     ModelOpt runs in a separate (spawned) process: importing it patches ONNX Runtime's quantization
     modules process-wide (``modelopt.onnx.quantization.ort_patching``), after which ONNX Runtime's own
-    ``quantize_static`` fails ("Quantization parameters are not specified for param image").
+    ``quantize_static`` fails ("Quantization parameters are not specified for param image"). What that
+    process prints is logged here at INFO, under "modelopt".
     """
     if high_precision not in HIGH_PRECISION_TYPES:
         raise ValueError(f"high_precision must be one of {HIGH_PRECISION_TYPES}, got {high_precision!r}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edge-retina-modelopt-") as tmp:
-        tensors_file = Path(tmp) / "calibration.npy"
+        tensors_file, output_file = Path(tmp) / "calibration.npy", Path(tmp) / "output.txt"
         np.save(tensors_file, np.ascontiguousarray(calibration_tensors, dtype=np.float32))
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pool.submit(_quantize_in_this_process, str(fp32_onnx), str(out_path), str(tensors_file),
-                        list(nodes_to_exclude), high_precision, calibration_method).result()
+        try:
+            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                pool.submit(_quantize_in_this_process, str(fp32_onnx), str(out_path), str(tensors_file),
+                            list(nodes_to_exclude), high_precision, calibration_method, str(output_file)).result()
+        finally:
+            if output_file.is_file() and output_file.stat().st_size:
+                logging.getLogger("modelopt").info("%s", output_file.read_text(errors="replace").rstrip())
     return out_path
 
 

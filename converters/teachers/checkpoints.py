@@ -27,16 +27,22 @@ class CheckpointLayoutError(EdgeRetinaError, ValueError):
     """A checkpoint does not have the key layout (names, shapes, nesting) of the family it is loaded as."""
 
 
+class CheckpointNotFoundError(EdgeRetinaError, FileNotFoundError, ValueError):
+    """A checkpoint (or a file its model directory needs) that is not where the user said, or was not
+    named at all: the user's to fix, so an EdgeRetinaError (the command line prints one line)."""
+
+
 def require_checkpoint(family: str, checkpoint: str | Path | None) -> Path:
     """The path of ``family``'s checkpoint (a file or a model directory), which must exist.
 
     Families without an embedded default get ``None`` when the user named no checkpoint.
     """
     if checkpoint is None:
-        raise ValueError(f"the {family} teacher has no embedded default: pass its checkpoint path")
+        raise CheckpointNotFoundError(f"the {family} teacher has no embedded default: give its checkpoint "
+                                      "(--checkpoint PATH)")
     path = Path(checkpoint)
     if not path.exists():
-        raise FileNotFoundError(f"{family} checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"{family} checkpoint not found: {path}")
     return path
 
 
@@ -75,7 +81,7 @@ def read_state_dict(path: str | Path, nesting: Iterable[str] = ()) -> dict[str, 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

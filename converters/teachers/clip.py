@@ -60,6 +60,7 @@ from edge_retina.preprocess.spec import InputSpec
 from . import Teacher, register_teacher
 from .checkpoints import (
     CheckpointLayoutError,
+    CheckpointNotFoundError,
     checkpoint_sha256,
     layout_error,
     load_exact,
@@ -269,10 +270,10 @@ def load_open_clip(
         if model_name is not None or pretrained_tag is not None:
             raise ValueError("open_clip: a model directory has its own config; drop model_name/pretrained_tag")
         if not (path / "open_clip_config.json").is_file():
-            raise FileNotFoundError(f"open_clip: {path} has no open_clip_config.json")
+            raise CheckpointNotFoundError(f"open_clip: {path} has no open_clip_config.json")
         weights = next((path / n for n in _OPEN_CLIP_WEIGHT_FILES if (path / n).is_file()), None)
         if weights is None:
-            raise FileNotFoundError(f"open_clip: no weights in {path} (looked for {_OPEN_CLIP_WEIGHT_FILES})")
+            raise CheckpointNotFoundError(f"open_clip: no weights in {path} (looked for {_OPEN_CLIP_WEIGHT_FILES})")
         identifier, preprocess_override = f"local-dir:{path}", None
         sha256 = checkpoint_sha256(path, ["open_clip_config.json", weights.name])
     else:
@@ -367,7 +368,7 @@ def load_hf_clip(checkpoint: str | Path | None = None) -> Teacher:
     from transformers import AutoConfig, AutoTokenizer, CLIPModel
 
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"hf_clip: {directory} is not a Hugging Face model directory (no config.json)")
+        raise CheckpointNotFoundError(f"hf_clip: {directory} is not a Hugging Face model directory (no config.json)")
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
     if config.model_type != "clip":
         raise CheckpointLayoutError(f"hf_clip: {directory} holds a {config.model_type!r} model, not 'clip'")

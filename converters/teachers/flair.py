@@ -53,6 +53,7 @@ from edge_retina.preprocess.spec import InputSpec
 from . import Teacher, register_teacher
 from .checkpoints import (
     CheckpointLayoutError,
+    CheckpointNotFoundError,
     checkpoint_sha256,
     load_exact,
     read_state_dict,
@@ -166,7 +167,7 @@ def load_text_config_and_tokenizer(text_model_path: str | Path):
     """The text tower's config and tokenizer from a local directory (never the hub)."""
     path = Path(text_model_path)
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"text_model_path {path} is not a directory; it must hold the text model's config.json "
             "and tokenizer files (e.g. Bio_ClinicalBERT's config.json and vocab.txt)"
         )

@@ -99,7 +99,9 @@ def remove_adaptation(bundle_path: str | Path, out: str | Path) -> Path:
     return write_overlay(base, Path(out), None)
 
 
-SUMMARY_HEADERS = ["condition", "head", "threshold [95 % CI] (source)", "bundle's", "pos/neg", "note"]
+#: Evidence first, free text last: on 80 columns the note wraps or moves to --json, with the
+#: threshold's source (site or bundle: a note says why the bundle's was kept).
+SUMMARY_HEADERS = ["condition", "pos/neg", "head", "threshold [95 % CI]", "bundle", "note"]
 
 
 def adaptation_summary(conditions: Mapping[str, AdaptedCondition]) -> list[list[str]]:
@@ -110,7 +112,6 @@ def adaptation_summary(conditions: Mapping[str, AdaptedCondition]) -> list[list[
         ci = report.get("threshold_ci95")
         interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else ""
         base = report.get("bundle_threshold", c.threshold)
-        rows.append([name, c.head, f"{c.threshold:.3f}{interval} ({c.threshold_source})",
-                     f"{base:.3f}" if isinstance(base, (int, float)) else "-",
-                     f"{report.get('n_pos')}/{report.get('n_neg')}", str(report.get("note", ""))])
+        rows.append([name, f"{report.get('n_pos')}/{report.get('n_neg')}", c.head, f"{c.threshold:.3f}{interval}",
+                     f"{base:.3f}" if isinstance(base, (int, float)) else "-", str(report.get("note", ""))])
     return rows

@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from rich.text import Text
 
 from edge_retina.archive_screening.run import ArchiveProgress, screen_archive
 from edge_retina.archive_screening.sources import expand_sources
 from edge_retina.archive_screening.summary import summarise_results
+from edge_retina.console_tables import rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 
@@ -113,14 +113,10 @@ def summary_command(results, as_json) -> None:
         return
     console = Console()
     for s in summaries:
-        table = Table(title=f"{s['bundle']} ({s['bundle_sha256'][:12]}): {s['photos']} photos")
-        table.add_column("condition")
-        table.add_column("referred", justify="right")
-        table.add_column("of gradable", justify="right")
-        for condition, r in s["referral"].items():
-            table.add_row(condition, str(r["referred"]), _percent(r["rate"]))
-        table.add_row("[bold]any[/]", str(s["refer"]), _percent(s["refer_rate"]))
-        console.print(table)
+        rows = [[condition, str(r["referred"]), _percent(r["rate"])] for condition, r in s["referral"].items()]
+        rows.append(["any", str(s["refer"]), _percent(s["refer_rate"])])
+        console.print(rich_table(f"{s['bundle']} ({s['bundle_sha256'][:12]}): {s['photos']} photos",
+                                 ["condition", "referred", "of gradable"], rows))
         console.print(f"ungradable: {s['ungradable']} ({_percent(s['ungradable_rate'])} of readable photos); "
                       f"errors: {s['errors']} ({_percent(s['error_rate'])})")
         for code, count in s["errors_by_code"].items():

@@ -76,5 +76,5 @@ def adapt(bundle_path, labels_csv, out, method, target_sensitivity, remove, back
                                               for name, c in adaptation.conditions.items()}}, indent=1))
     console.print(rich_table(f"site adaptation ({report.photos} photos, {adaptation.method}, target sensitivity "
                              f"{adaptation.target_sensitivity:.0%})", SUMMARY_HEADERS,
-                             adaptation_summary(adaptation.conditions)))
+                             adaptation_summary(adaptation.conditions), wrap_last=True))
     console.print(f"wrote {escape(str(report.out))} (unsigned: sign it with `edge-retina bundle sign`)")

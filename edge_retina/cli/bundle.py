@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_retina.bundle import load_bundle, verify_bundle
+from edge_retina.console_tables import rich_table
 from edge_retina.bundle.signing import (
     TrustedKeys,
     check_signature,
@@ -53,7 +54,7 @@ def inspect(path: Path, as_json: bool) -> None:
     m = manifest.to_dict()
     model = m["model"]
     console.print(f"[bold]{path}[/]  schema v{m['schema_version']}")
-    console.print(f"model: {model.get('family')} / {model.get('name')}  teacher sha256 {str(model.get('teacher_checkpoint_sha256'))[:16]}…"
+    console.print(f"model: {model.get('family')} / {model.get('name')}  teacher sha256 {str(model.get('teacher_checkpoint_sha256'))[:16]}"
                   + (f"  student {model['student'].get('name')}" if model.get("student") else ""))
     spec = m["input"]
     console.print(
@@ -61,23 +62,19 @@ def inspect(path: Path, as_json: bool) -> None:
         f"FoV crop {'on' if spec['fov_crop'] else 'off'}, {spec['colour_order']}, scale {spec['scale']:.6g}, "
         f"mean {spec['mean']}, std {spec['std']}"
     )
-    engines = Table(title="engines")
-    for col in ("backend", "precision", "role", "file", "device profile", "calibration"):
-        engines.add_column(col)
-    for e in m["engines"]:
-        calib = e.get("calibration") or {}
-        engines.add_row(e["backend"], e["precision"], e.get("role", ""), e["files"][0], e.get("device_profile") or "-",
-                        f"{calib.get('method', '')} n={calib.get('size')}" if calib else "-")
-    console.print(engines)
+    engines = [[e["backend"], e["precision"], e.get("role", ""), e.get("device_profile") or "-",
+                f"{(e.get('calibration') or {}).get('method')} n={(e.get('calibration') or {}).get('size')}"
+                if e.get("calibration") else "-", e["files"][0]] for e in m["engines"]]
+    console.print(rich_table("engines", ["backend", "precision", "role", "device profile", "calibration", "file"],
+                             engines))
     prompts = m["prompts"]
-    conditions = Table(title=f"conditions (ensembling: {prompts['ensembling']}, logit scale {m['logit_scale']:.4g})")
-    for col in ("condition", "prompts", "threshold", "threshold source"):
-        conditions.add_column(col)
+    conditions = []
     for c in prompts["conditions"]:
         normal = c["name"] == prompts["normal_class"]
-        conditions.add_row(c["name"] + (" (normal)" if normal else ""), str(len(c["prompts"])),
-                           "-" if normal else f"{c['threshold']:.3f}", "" if normal else c.get("threshold_source", ""))
-    console.print(conditions)
+        conditions.append([c["name"] + (" (normal)" if normal else ""), str(len(c["prompts"])),
+                           "-" if normal else f"{c['threshold']:.3f}", "" if normal else c.get("threshold_source", "")])
+    console.print(rich_table(f"conditions (ensembling: {prompts['ensembling']}, logit scale {m['logit_scale']:.4g})",
+                             ["condition", "prompts", "threshold", "threshold source"], conditions, wrap_last=True))
     distillation = (model.get("student") or {}).get("distillation") or {}
     if isinstance(distillation.get("conditions"), dict):  # free-form JSON: shown only in the shape convert writes
         console.print(_distillation_table(distillation))
@@ -92,15 +89,10 @@ def _adaptation_table(adaptation) -> Table:
     from edge_retina.adapt.overlay import SUMMARY_HEADERS, adaptation_summary
 
     made = adaptation.provenance
-    table = Table(title=f"site adaptation ({adaptation.method}, target sensitivity "
-                        f"{adaptation.target_sensitivity:.0%}; {made.get('photos_used')} photos of "
-                        f"{made.get('labels_file')} sha256 {str(made.get('labels_sha256'))[:12]}…, "
-                        f"{made.get('created')})")
-    for col in SUMMARY_HEADERS:
-        table.add_column(col, overflow="fold")
-    for row in adaptation_summary(adaptation.conditions):
-        table.add_row(*row)
-    return table
+    return rich_table(f"site adaptation ({adaptation.method}, target sensitivity "
+                      f"{adaptation.target_sensitivity:.0%}; {made.get('photos_used')} photos of "
+                      f"{made.get('labels_file')} sha256 {str(made.get('labels_sha256'))[:12]}, {made.get('created')})",
+                      SUMMARY_HEADERS, adaptation_summary(adaptation.conditions), wrap_last=True)
 
 
 def _distillation_table(report: dict) -> Table:
@@ -110,16 +102,16 @@ def _distillation_table(report: dict) -> Table:
 
     profile = report.get("profile") if isinstance(report.get("profile"), dict) else {}
     speed = f", {number(profile.get('speedup'), 1)}x faster (FP32, medians)" if profile.get("speedup") else ""
-    table = Table(title=f"student vs teacher on {report.get('held_out_images')} held-out images{speed}")
-    for col in ("condition", "pos/neg", "teacher AUROC", "student AUROC", "retention", "decisions as teacher"):
-        table.add_column(col)
+    rows = []
     for name, c in report["conditions"].items():
         c = c if isinstance(c, dict) else {}
         agreement = c.get("decision_agreement")
-        table.add_row(name, f"{c.get('n_pos')}/{c.get('n_neg')}", number(c.get("auroc_teacher")),
-                      number(c.get("auroc_student")), number(c.get("retention"), 2),
-                      f"{number(agreement * 100, 1)} %" if isinstance(agreement, (int, float)) else "-")
-    return table
+        rows.append([name, f"{c.get('n_pos')}/{c.get('n_neg')}", number(c.get("auroc_teacher")),
+                     number(c.get("auroc_student")), number(c.get("retention"), 2),
+                     f"{number(agreement * 100, 1)} %" if isinstance(agreement, (int, float)) else "-"])
+    return rich_table(f"student vs teacher on {report.get('held_out_images')} held-out images{speed}; AUROC, "
+                      "retention of its skill, decisions that agree with the teacher's",
+                      ["condition", "pos/neg", "teacher", "student", "retention", "agree"], rows)
 
 
 @bundle.command()
@@ -269,14 +261,13 @@ def status(root: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(state.to_dict(), indent=2, sort_keys=True))
         return
-    table = Table(title=f"{root}")
-    for col in ("slot", "role", "status", "manifest sha256", "key", "installed", "note"):
-        table.add_column(col)
+    rows = []
     for name, record in sorted(state.slots.items()):
         role = "active" if name == state.active else "fallback" if name == state.previous else ""
-        table.add_row(name, role, record.status, record.manifest_sha256[:16] + "…", record.key_id,
-                      record.installed, record.note)
-    Console().print(table)
+        rows.append([name, role, record.status, record.manifest_sha256[:16], record.key_id, record.installed,
+                     record.note])
+    Console().print(rich_table(f"{root}", ["slot", "role", "status", "manifest sha256", "key", "installed", "note"],
+                               rows, wrap_last=True))
 
 
 @bundle.command(name="rollback")

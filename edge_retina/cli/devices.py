@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 import devices
+from edge_retina.console_tables import rich_table
 
 
 @click.group("devices")
@@ -49,13 +49,10 @@ def list_profiles(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in profiles.values()], indent=2))
         return
-    table = Table(title="device profiles (edge-retina devices show NAME for the details)")
-    table.add_column("name", no_wrap=True)
-    for column in ("precision", "threads", "memory MiB", "title"):
-        table.add_column(column)
-    for p in profiles.values():
-        table.add_row(p.name, p.precision, str(p.threads or "default"), str(p.memory_budget_mib), p.title)
-    Console().print(table)
+    rows = [[p.name, p.precision, str(p.threads or "default"), str(p.memory_budget_mib), p.title]
+            for p in profiles.values()]
+    Console().print(rich_table("device profiles (edge-retina devices show NAME for the details)",
+                               ["name", "precision", "threads", "memory MiB", "title"], rows, wrap_last=True))
 
 
 @devices_group.command()

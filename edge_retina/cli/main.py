@@ -7,14 +7,14 @@ traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
-import logging
-import os
 import sys
 
 import click
 
 from edge_retina import __version__
+from edge_retina.cli import library_output
 from edge_retina.errors import EdgeRetinaError, MissingExtraError
 from edge_retina.extras import import_for, missing_extra
 
@@ -69,21 +69,14 @@ def _missing_extra_command(name: str, extra: str, error: MissingExtraError) -> c
 def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
     """Host commands import their heavy dependencies when they run: turn a missing one into the
     "install the extra" message there too, and a user's mistake (EdgeRetinaError) into one line.
-    Their libraries' INFO logging (NNCF's steps, a quantizer's notes) would interleave with the
-    command's own progress lines: it is silenced unless -v."""
+    Their libraries' logging and progress bars are silenced unless -v (``library_output``)."""
     invoke = command.invoke
 
     def guarded_invoke(ctx: click.Context):
-        import onnxruntime  # a base dependency, imported when a host command runs rather than at every start
-
         verbose = _verbose(ctx)
-        if not verbose:
-            # logging.disable, not logger levels: NNCF resets its logger's level when imported.
-            logging.disable(logging.INFO)
-            # ONNX Runtime's own (C++) warnings bypass Python logging: errors only.
-            onnxruntime.set_default_logger_severity(3)
         try:
-            return invoke(ctx)
+            with contextlib.nullcontext() if verbose else library_output.quiet_libraries():
+                return invoke(ctx)
         except ModuleNotFoundError as exc:
             error = missing_extra(exc, f"'edge-retina {name}'", extra)
             if error is None:
@@ -93,9 +86,6 @@ def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
             if verbose:
                 raise
             raise click.ClickException(str(exc)) from None
-        finally:
-            logging.disable(logging.NOTSET)
-            onnxruntime.set_default_logger_severity(2)  # its default: warnings
 
     command.invoke = guarded_invoke  # type: ignore[method-assign]
     return command
@@ -106,14 +96,8 @@ def _verbose(ctx: click.Context) -> bool:
 
 
 def _set_verbosity(ctx: click.Context, _: click.Parameter, verbose: bool) -> None:
-    """Runs while the options are parsed, before a host command's modules are imported: model-loading
-    progress bars (Hugging Face) read their switch at import time."""
     ctx.meta[VERBOSE_KEY] = verbose
-    if verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    else:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    library_output.configure(verbose)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
