@@ -14,10 +14,11 @@ Real photographs (../shared/datasets/heimed), three kinds of pair (JPEG, raw fra
   decode reduced to 2000x1500 with an area average (decoded at 1/4), as the bridge benchmark sends it.
 
 Per pair: the reduced pixels of both routes (mean and 99th percentile of the absolute difference),
-and the largest difference over the bundle's conditions between the screening probabilities. Then
-the model's sensitivity: the same probability difference when only a random 13 % of the values of
-the JPEG route's model input (uint8, before normalisation) move by one grey level, which is how far
-apart the two routes' inputs are (``--noise-draws`` draws per photo, the largest kept).
+and the largest difference over the bundle's conditions between the screening probabilities; both
+also for the raw route as it was before (``_before`` in the JSON: an area resize to the reduced
+size). Then the model's sensitivity: the same probability difference when only a random 13 % of the
+values of the JPEG route's model input (uint8, before normalisation) move by one grey level, which
+is how far apart the two routes' inputs are (``--noise-draws`` draws per photo, the largest kept).
 
 Timing (interleaved, median ms): the raw route's reduction as before this change (an area resize
 to the reduced size) and as now (block means on the JPEG's grid), on a 3 MP frame and a camera
@@ -26,6 +27,7 @@ original's frame.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -46,12 +48,28 @@ from bench_preprocess import make_12mp_jpeg  # noqa: E402
 
 from edge_retina.bench.machine import machine_info  # noqa: E402
 from edge_retina.preprocess import decode_image  # noqa: E402
+from edge_retina.preprocess.decode import DecodedImage, choose_reduction  # noqa: E402
 from edge_retina.preprocess.pipeline import ASSUMED_FOV_FRACTION  # noqa: E402
 from edge_retina.preprocess.raw import RawFrame, block_means  # noqa: E402
 from edge_retina.screener import Screener  # noqa: E402
 
 DEFAULT_DATASETS = Path(os.environ.get("EDGE_RETINA_DATASETS", REPO.parent / "shared" / "datasets"))
 FLIPPED_FRACTION = 0.13
+
+
+def area_resize(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """The raw route's reduction before block means: an area resize to the JPEG's reduced size."""
+    size = (-(-rgb.shape[1] // factor), -(-rgb.shape[0] // factor))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+class AreaReducedFrame(RawFrame):
+    """A raw frame decoded the way it was before block means (for the before/after comparison)."""
+
+    def decode(self, *, min_short_side: int = 0, **limits: int) -> DecodedImage:
+        decoded = RawFrame(self.data, self.pixel_format, self.width, self.height, self.stride).decode(**limits)
+        factor = choose_reduction(self.width, self.height, min_short_side) if min_short_side > 0 else 1
+        return dataclasses.replace(decoded, rgb=area_resize(decoded.rgb, factor), reduction=factor)
 
 
 def frame_of(rgb: np.ndarray) -> RawFrame:
@@ -65,41 +83,45 @@ def probabilities(screener: Screener, image: np.ndarray) -> np.ndarray:
 
 def compare(screener: Screener, jpeg: Path, frame: RawFrame, draws: int, rng: np.random.Generator) -> dict:
     need = math.ceil(max(screener.preprocessor.spec.size) / ASSUMED_FOV_FRACTION)  # what prepare asks for
-    from_jpeg, from_raw = (decode_image(jpeg, min_short_side=need).rgb,
-                           frame.decode(min_short_side=need).rgb)
-    pixels = np.abs(from_jpeg.astype(int) - from_raw.astype(int))
-    prepared_jpeg, prepared_raw = screener.preprocessor.prepare(jpeg), screener.preprocessor.prepare(frame)
+    from_jpeg = decode_image(jpeg, min_short_side=need).rgb
+    prepared_jpeg = screener.preprocessor.prepare(jpeg)
     reference = probabilities(screener, prepared_jpeg.image)
+    row = {"photo": jpeg.name}
+    before = AreaReducedFrame(frame.data, frame.pixel_format, frame.width, frame.height, frame.stride)
+    for suffix, raw in (("", frame), ("_before", before)):
+        pixels = np.abs(from_jpeg.astype(int) - raw.decode(min_short_side=need).rgb.astype(int))
+        prepared_raw = screener.preprocessor.prepare(raw)
+        row.update({f"reduced_mean_abs{suffix}": float(pixels.mean()),
+                    f"reduced_p99_abs{suffix}": float(np.percentile(pixels, 99)),
+                    f"probability_difference{suffix}": float(
+                        np.abs(probabilities(screener, prepared_raw.image) - reference).max())})
+        if not suffix:
+            row["input_fraction_differing"] = float((prepared_jpeg.image != prepared_raw.image).mean())
     noise = []
     for _ in range(draws):
-        step = (rng.random(prepared_jpeg.image.shape) < FLIPPED_FRACTION) * rng.choice([-1, 1], prepared_jpeg.image.shape)
+        shape = prepared_jpeg.image.shape
+        step = (rng.random(shape) < FLIPPED_FRACTION) * rng.choice([-1, 1], shape)
         moved = np.clip(prepared_jpeg.image.astype(int) + step, 0, 255).astype(np.uint8)
         noise.append(float(np.abs(probabilities(screener, moved) - reference).max()))
-    inputs = prepared_jpeg.image.astype(int) - prepared_raw.image.astype(int)
-    return {"photo": jpeg.name, "reduced_mean_abs": float(pixels.mean()), "reduced_p99_abs": float(np.percentile(pixels, 99)),
-            "input_fraction_differing": float((inputs != 0).mean()),
-            "probability_difference": float(np.abs(probabilities(screener, prepared_raw.image) - reference).max()),
-            "rounding_noise_difference": max(noise)}
+    return {**row, "rounding_noise_difference": max(noise)}
 
 
 def summary(rows: list[dict]) -> dict:
     out = {"photos": len(rows)}
     for key in ("reduced_mean_abs", "reduced_p99_abs", "input_fraction_differing", "probability_difference",
-                "rounding_noise_difference"):
+                "rounding_noise_difference", "reduced_mean_abs_before", "reduced_p99_abs_before",
+                "probability_difference_before"):
         values = np.array([r[key] for r in rows])
         out[key] = {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)),
                     "max": float(values.max())}
-    for key in ("probability_difference", "rounding_noise_difference"):
+    for key in ("probability_difference", "probability_difference_before", "rounding_noise_difference"):
         out[key]["over_0.02"] = int(sum(r[key] > 0.02 for r in rows))
     return out
 
 
 def reduction_ms(frames: dict[str, tuple[np.ndarray, int]], rounds: int) -> dict:
     """The raw route's reduction, before (area resize to the reduced size) and now, interleaved."""
-    def area(rgb, factor):
-        return cv2.resize(rgb, (-(-rgb.shape[1] // factor), -(-rgb.shape[0] // factor)), interpolation=cv2.INTER_AREA)
-
-    ways = {"area resize (before)": area, "block means (now)": block_means}
+    ways = {"area resize (before)": area_resize, "block means (now)": block_means}
     samples = {f"{name}, {way}": [] for name in frames for way in ways}
     for r in range(rounds):
         order = list(ways.items()) if r % 2 == 0 else list(ways.items())[::-1]

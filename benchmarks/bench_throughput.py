@@ -12,7 +12,7 @@ Measured, every variant interleaved round by round (rotating order) because the 
 
 - **screen**: ``edge-retina screen FOLDER --json --workers N`` in a fresh process per run, on a folder
   of ``--folder-size`` photos: its own throughput line (first photo to last result, start-up apart)
-  for N = 1 and N = each of ``--workers``;
+  for N = 1 and N = each of ``--workers``, the latter also with ``--max-batch 4``;
 - **sequential**: one photo at a time (``Screener.screen`` in a loop, what ``screen`` did before the
   pipeline: decode, preprocessing and engine one after the other), in this process, on the same folder,
   in the same rounds (``--workers 1`` is not that: its one worker decodes the next photo while the
@@ -23,8 +23,9 @@ Measured, every variant interleaved round by round (rotating order) because the 
   whether batching pays for this engine;
 - **bridge**: one camera over a Unix socket, each photo sent as its 12 MP JPEG, as a 3 MP RGB8 raw
   frame (the same canvas resized to 2000x1500), as the RGGB mosaic of that frame and as a 1000x750
-  RGB8 frame (what a camera sending a smaller frame would send), in rotating order, fresh request ids; per-photo round trip (client send to RESULT), the server's screening
-  time and the CPU time a request costs the server and the client; with ``--baseline-repo``, the
+  RGB8 frame (what a camera sending a smaller frame would send), in rotating order, fresh request
+  ids; per-photo round trip (client send to RESULT), the server's screening time and the CPU time a
+  request costs the server and the client; with ``--baseline-repo``, the
   server of that checkout too, in the same rotation (a before/after);
 - **bridge costs**: where a request's time goes, each part alone in this process, the 12 MP JPEG and
   the 3 MP RGB8 frame interleaved: frame transfer over a socket pair (client write to parsed message,
@@ -104,10 +105,10 @@ _SCREEN_REPORTING_PEAK_RSS = (
 )
 
 
-def run_screen(bundle: Path, folder: Path, workers: int) -> dict:
+def run_screen(bundle: Path, folder: Path, workers: int, max_batch: int = 1) -> dict:
     """One ``screen`` process: its throughput summary and its peak RSS."""
     command = [sys.executable, "-c", _SCREEN_REPORTING_PEAK_RSS, str(folder), "--bundle", str(bundle), "--json",
-               "--workers", str(workers)]
+               "--workers", str(workers), "--max-batch", str(max_batch)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode != 0:
         raise RuntimeError(f"screen exited with status {done.returncode}: {done.stderr[-2000:]}")
@@ -155,13 +156,14 @@ def bench_screen(args, bundle: Path, photos: list[Path], work: Path) -> dict:
         teacher = bundle_teacher(loaded.manifest, None)
         research = ResearchPipeline(teacher.image_encoder, teacher.input_spec, bundle_prompt_table(loaded), threads=1)
         research.run(photos[0])  # warm-up
-    variants = [("screen --workers 1", 1)] + [(f"screen --workers {w}", w) for w in args.workers]
-    samples: dict[str, list] = {name: [] for name, _ in variants}
+    variants = [("screen --workers 1", 1, 1)] + [(f"screen --workers {w}", w, 1) for w in args.workers] + [
+        (f"screen --workers {w} --max-batch 4", w, 4) for w in args.workers]
+    samples: dict[str, list] = {name: [] for name, *_ in variants}
     samples["research"], samples["sequential"] = [], []
     loads = []
     for r in range(args.rounds):
-        for name, workers in rotated(variants, r):
-            samples[name].append(run_screen(bundle, folder, workers))
+        for name, workers, max_batch in rotated(variants, r):
+            samples[name].append(run_screen(bundle, folder, workers, max_batch))
         samples["sequential"].append(sequential_throughput(sequential, sorted(folder.iterdir())))
         if research is not None:
             samples["research"].append(research_throughput(research, photos))
@@ -181,8 +183,8 @@ def bench_screen(args, bundle: Path, photos: list[Path], work: Path) -> dict:
     out["ratio_vs_sequential_paired"] = {
         n: statistics.median(s["images_per_s"] / b for s, b in zip(samples[n], samples["sequential"])) for n in medians}
     out["ratio_vs_workers_1_paired"] = {
-        n: statistics.median(s["images_per_s"] / b["images_per_s"] for s, b in zip(samples[n], samples["screen --workers 1"]))
-        for n in medians}
+        n: statistics.median(s["images_per_s"] / b["images_per_s"]
+                             for s, b in zip(samples[n], samples["screen --workers 1"])) for n in medians}
     if samples["research"]:
         base = statistics.median(samples["research"])
         out["research_images_per_s"] = base
@@ -252,7 +254,8 @@ def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
                     label + formats[1]: lambda c=client: c.screen_raw(f"r{r}", frames[i], width=2000, height=1500),
                     label + formats[2]: lambda c=client: c.screen_raw(f"b{r}", mosaics[i], width=2000, height=1500,
                                                                       pixel_format="bayer_rggb8"),
-                    label + formats[3]: lambda c=client: c.screen_raw(f"s{r}", small_frames[i], width=1000, height=750)})
+                    label + formats[3]: lambda c=client: c.screen_raw(f"s{r}", small_frames[i], width=1000,
+                                                                      height=750)})
             replies = {}
             for name in rotated(list(sends), r):
                 process = processes[label_of[name]]
@@ -294,7 +297,7 @@ def transfer_ms(message: Message) -> float:
         parser = FrameParser(1 << 30)
         while True:
             parser.feed(stream.read() or b"")
-            if (got := parser.next()) is not None:
+            if parser.next() is not None:
                 parsed["at"] = time.perf_counter()
                 return
 
@@ -339,15 +342,18 @@ def bench_bridge_costs(args, bundle: Path, photos: list[Path], work: Path) -> di
             timed(name, "body sha256", lambda: sha256_hex(body))
             timed(name, "journal and drop", lambda: (store.accept(f"{name}-j{r}", "0" * 64, meta, body),
                                                      store.complete(f"{name}-j{r}", {"status": "no-referral"})))
-            timed(name, "commit result", lambda: store.settle(f"{name}-s{r}", "0" * 64, meta, 0, {"status": "no-referral"}))
+            timed(name, "commit result",
+                  lambda: store.settle(f"{name}-s{r}", "0" * 64, meta, 0, {"status": "no-referral"}))
             result = timed(name, "screening", lambda: screener.screen(source))
             assert result.error is None
             for stage in ("decode", "preprocess", "inference"):
                 wall[name][f"screening: {stage}"].append(result.timings_ms[stage])
     screener.close()
     store.close()
-    return {"median_ms": {n: {part: round(statistics.median(v), 2) for part, v in c.items()} for n, c in wall.items()},
-            "median_cpu_ms": {n: {part: round(statistics.median(v), 2) for part, v in c.items()} for n, c in cpu.items()},
+    def medians(times: dict) -> dict:
+        return {n: {part: round(statistics.median(v), 2) for part, v in c.items()} for n, c in times.items()}
+
+    return {"median_ms": medians(wall), "median_cpu_ms": medians(cpu),
             "samples_ms": wall, "samples_cpu_ms": cpu, "load_average": load()}
 
 
