@@ -10,9 +10,10 @@ bench_preprocess.py ("12 MP camera JPEGs"); folders of hard links to them (disti
 
 Measured, every variant interleaved round by round (rotating order) because the machine is shared:
 
-- **screen**: ``edge-retina screen FOLDER --json --workers N`` in a fresh process per run, on a folder
-  of ``--folder-size`` photos: its own throughput line (first photo to last result, start-up apart)
-  for N = 1 and N = each of ``--workers``, the latter also with ``--max-batch 4``;
+- **screen**: ``edge-retina screen FOLDER --json --workers N --max-batch B`` in a fresh process per
+  run, on a folder of ``--folder-size`` photos: its own throughput line (first photo to last result,
+  start-up apart) for N = 1 and N = each of ``--workers`` with B = 1 (labelled without it), the
+  latter also with B = 4 (``screen``'s default);
 - **sequential**: one photo at a time (``Screener.screen`` in a loop, what ``screen`` did before the
   pipeline: decode, preprocessing and engine one after the other), in this process, on the same folder,
   in the same rounds (``--workers 1`` is not that: its one worker decodes the next photo while the
@@ -105,7 +106,7 @@ _SCREEN_REPORTING_PEAK_RSS = (
 )
 
 
-def run_screen(bundle: Path, folder: Path, workers: int, max_batch: int = 1) -> dict:
+def run_screen(bundle: Path, folder: Path, workers: int, max_batch: int) -> dict:
     """One ``screen`` process: its throughput summary and its peak RSS."""
     command = [sys.executable, "-c", _SCREEN_REPORTING_PEAK_RSS, str(folder), "--bundle", str(bundle), "--json",
                "--workers", str(workers), "--max-batch", str(max_batch)]
@@ -157,7 +158,7 @@ def bench_screen(args, bundle: Path, photos: list[Path], work: Path) -> dict:
         research = ResearchPipeline(teacher.image_encoder, teacher.input_spec, bundle_prompt_table(loaded), threads=1)
         research.run(photos[0])  # warm-up
     variants = [("screen --workers 1", 1, 1)] + [(f"screen --workers {w}", w, 1) for w in args.workers] + [
-        (f"screen --workers {w} --max-batch 4", w, 4) for w in args.workers]
+        (f"screen --workers {w} --max-batch 4", w, 4) for w in args.workers]  # (no --max-batch: 1)
     samples: dict[str, list] = {name: [] for name, *_ in variants}
     samples["research"], samples["sequential"] = [], []
     loads = []
@@ -359,7 +360,7 @@ def bench_bridge_costs(args, bundle: Path, photos: list[Path], work: Path) -> di
 
 def bench_memory(args, bundle: Path, photos: list[Path], work: Path) -> dict:
     folder = folder_of(work, "large", photos, args.rss_photos)
-    return {"photos": args.rss_photos, **run_screen(bundle, folder, max(args.workers)), "load_average": load()}
+    return {"photos": args.rss_photos, **run_screen(bundle, folder, max(args.workers), 4), "load_average": load()}
 
 
 def main() -> None:

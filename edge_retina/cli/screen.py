@@ -37,7 +37,9 @@ from edge_retina.screener import Result, Screener
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the backend's).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode/preprocessing threads (default: the device profile's, else one per core).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=1, show_default=True,
+# 4: with two workers on two cores, student-v3's OpenVINO engine screened 1.2-1.5x more photos a second
+# in batches of up to 4 than one at a time (BENCHMARKS.md "Throughput"); a batch never waits to fill.
+@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
               help="Run the engine on up to this many photos at once when they are ready together "
                    "(never waits for a batch to fill).")
 @click.option("--conditions", default=None, help="Comma-separated conditions to report (default: all).")
