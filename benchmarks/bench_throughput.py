@@ -10,28 +10,36 @@ bench_preprocess.py ("12 MP camera JPEGs"); folders of hard links to them (disti
 
 Measured, every variant interleaved round by round (rotating order) because the machine is shared:
 
-- **screen**: ``edge-retina screen FOLDER --json --workers N`` in a fresh process per run, on a folder
-  of ``--folder-size`` photos: its own throughput line (first photo to last result, start-up apart)
-  for N = 1 and N = each of ``--workers``;
+- **screen**: ``edge-retina screen FOLDER --json --workers N --max-batch B`` in a fresh process per
+  run, on a folder of ``--folder-size`` photos: its own throughput line (first photo to last result,
+  start-up apart) for N = 1 and N = each of ``--workers`` with B = 1 (labelled without it), the
+  latter also with B = 4 (``screen``'s default);
+- **sequential**: one photo at a time (``Screener.screen`` in a loop, what ``screen`` did before the
+  pipeline: decode, preprocessing and engine one after the other), in this process, on the same folder,
+  in the same rounds (``--workers 1`` is not that: its one worker decodes the next photo while the
+  engine runs);
 - **research**: the research-code way (PIL full decode + the PyTorch FP32 teacher, one torch thread,
   as in "Latency and parity") on the 8 distinct photos, in this process, in the same rounds;
 - **pipeline variants** (in this process): micro-batches (``max_batch``) and engine threads, to decide
   whether batching pays for this engine;
 - **bridge**: one camera over a Unix socket, each photo sent as its 12 MP JPEG, as a 3 MP RGB8 raw
-  frame (the same canvas resized to 2000x1500) and as the RGGB mosaic of that frame, in rotating
-  order, fresh request ids; per-photo round trip (client send to RESULT), the server's screening
-  time and the CPU time a request costs the server and the client; with ``--baseline-repo``, the
+  frame (the same canvas resized to 2000x1500), as the RGGB mosaic of that frame and as a 1000x750
+  RGB8 frame (what a camera sending a smaller frame would send), in rotating order, fresh request
+  ids; per-photo round trip (client send to RESULT), the server's screening time and the CPU time a
+  request costs the server and the client; with ``--baseline-repo``, the
   server of that checkout too, in the same rotation (a before/after);
 - **bridge costs**: where a request's time goes, each part alone in this process, the 12 MP JPEG and
   the 3 MP RGB8 frame interleaved: frame transfer over a socket pair (client write to parsed message,
-  CRC and body sha256 included), journalling the image (pending row with the image, then its drop:
-  what a request waiting longer than ``journal_after`` costs), committing a result without a journal
-  row, and screening (decode to result);
+  CRCs checked), the body's sha256 (which the server computes beside the screening), journalling
+  the image (pending row with the image, then its drop: what a request waiting longer than
+  ``journal_after`` costs), committing a result without a journal row, and screening (decode to
+  result);
 - **memory**: peak RSS (VmHWM) of ``screen`` on ``--rss-photos`` photos.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import socket
@@ -59,6 +67,7 @@ from edge_retina.bench.machine import machine_info  # noqa: E402
 from edge_retina.preprocess.raw import RawFrame  # noqa: E402
 from firmware_bridge.client import BridgeClient  # noqa: E402
 from firmware_bridge.protocol import FrameParser, Message, MessageType  # noqa: E402
+from firmware_bridge.server import sha256_hex  # noqa: E402
 from firmware_bridge.store import ResultStore  # noqa: E402
 from firmware_bridge.transports import SocketStream  # noqa: E402
 from edge_retina.pipeline import ScreeningPipeline  # noqa: E402
@@ -97,10 +106,10 @@ _SCREEN_REPORTING_PEAK_RSS = (
 )
 
 
-def run_screen(bundle: Path, folder: Path, workers: int) -> dict:
+def run_screen(bundle: Path, folder: Path, workers: int, max_batch: int) -> dict:
     """One ``screen`` process: its throughput summary and its peak RSS."""
     command = [sys.executable, "-c", _SCREEN_REPORTING_PEAK_RSS, str(folder), "--bundle", str(bundle), "--json",
-               "--workers", str(workers)]
+               "--workers", str(workers), "--max-batch", str(max_batch)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode != 0:
         raise RuntimeError(f"screen exited with status {done.returncode}: {done.stderr[-2000:]}")
@@ -117,15 +126,26 @@ def research_throughput(research, photos: list[Path]) -> float:
     return len(photos) / (time.perf_counter() - start)
 
 
-def pipeline_throughput(screener: Screener, photos: list[Path], workers: int, max_batch: int) -> float:
+def pipeline_throughput(screener: Screener, photos: list[Path], workers: int, max_batch: int) -> tuple[float, float]:
+    """Images/s, and this process's CPU ms per photo (every thread: decode, preprocessing, engine)."""
+    cpu = time.process_time()
     with ScreeningPipeline(screener, workers=workers, max_batch=max_batch) as pipeline:
         for result in pipeline.screen(photos):
             assert result.error is None, result.error
-        return pipeline.throughput.images_per_s
+        return pipeline.throughput.images_per_s, (time.process_time() - cpu) * 1e3 / len(photos)
+
+
+def sequential_throughput(screener: Screener, images: list[Path]) -> float:
+    start = time.perf_counter()
+    for image in images:
+        assert screener.screen(image).error is None
+    return len(images) / (time.perf_counter() - start)
 
 
 def bench_screen(args, bundle: Path, photos: list[Path], work: Path) -> dict:
     folder = folder_of(work, "folder", photos, args.folder_size)
+    sequential = Screener.from_bundle(bundle)
+    sequential.screen(photos[0])  # warm-up
     research = None
     if not args.skip_research:
         from edge_retina.bench.parity import bundle_prompt_table
@@ -137,13 +157,15 @@ def bench_screen(args, bundle: Path, photos: list[Path], work: Path) -> dict:
         teacher = bundle_teacher(loaded.manifest, None)
         research = ResearchPipeline(teacher.image_encoder, teacher.input_spec, bundle_prompt_table(loaded), threads=1)
         research.run(photos[0])  # warm-up
-    variants = [("screen --workers 1", 1)] + [(f"screen --workers {w}", w) for w in args.workers]
-    samples: dict[str, list] = {name: [] for name, _ in variants}
-    samples["research"] = []
+    variants = [("screen --workers 1", 1, 1)] + [(f"screen --workers {w}", w, 1) for w in args.workers] + [
+        (f"screen --workers {w} --max-batch 4", w, 4) for w in args.workers]  # (no --max-batch: 1)
+    samples: dict[str, list] = {name: [] for name, *_ in variants}
+    samples["research"], samples["sequential"] = [], []
     loads = []
     for r in range(args.rounds):
-        for name, workers in rotated(variants, r):
-            samples[name].append(run_screen(bundle, folder, workers))
+        for name, workers, max_batch in rotated(variants, r):
+            samples[name].append(run_screen(bundle, folder, workers, max_batch))
+        samples["sequential"].append(sequential_throughput(sequential, sorted(folder.iterdir())))
         if research is not None:
             samples["research"].append(research_throughput(research, photos))
         loads.append(load())
@@ -156,11 +178,18 @@ def bench_screen(args, bundle: Path, photos: list[Path], work: Path) -> dict:
            "ratio_vs_workers_1": {n: m / medians["screen --workers 1"] for n, m in medians.items()},
            "startup_s_median": {n: statistics.median(s["startup_s"] for s in runs) for n, runs in samples.items()
                                 if runs and isinstance(runs[0], dict)}}
+    sequential.close()
+    out["sequential_images_per_s"] = statistics.median(samples["sequential"])
+    # Ratios taken within each round (same load), then the median: steadier than a ratio of medians.
+    out["ratio_vs_sequential_paired"] = {
+        n: statistics.median(s["images_per_s"] / b for s, b in zip(samples[n], samples["sequential"])) for n in medians}
+    out["ratio_vs_workers_1_paired"] = {
+        n: statistics.median(s["images_per_s"] / b["images_per_s"]
+                             for s, b in zip(samples[n], samples["screen --workers 1"])) for n in medians}
     if samples["research"]:
         base = statistics.median(samples["research"])
         out["research_images_per_s"] = base
         out["ratio_vs_research"] = {n: m / base for n, m in medians.items()}
-        # Ratios taken within each round (same load), then the median: steadier than a ratio of medians.
         out["ratio_vs_research_paired"] = {
             n: statistics.median(s["images_per_s"] / b for s, b in zip(samples[n], samples["research"]))
             for n in medians}
@@ -173,24 +202,29 @@ def bench_pipeline_variants(args, bundle: Path, photos: list[Path], work: Path) 
     variants = [(f"workers {w}, max_batch {b}, {t}", w, b, t) for t in screeners for w in (1, max(args.workers))
                 for b in (1, 4)]
     samples: dict[str, list[float]] = {v[0]: [] for v in variants}
+    cpu_ms: dict[str, list[float]] = {v[0]: [] for v in variants}
     for screener in screeners.values():
         pipeline_throughput(screener, images[:4], 1, 1)  # warm-up
     for r in range(args.rounds):
         for name, workers, batch, threads in rotated(variants, r):
-            samples[name].append(pipeline_throughput(screeners[threads], images, workers, batch))
+            rate, cpu = pipeline_throughput(screeners[threads], images, workers, batch)
+            samples[name].append(rate)
+            cpu_ms[name].append(cpu)
     engine = screeners["default threads"].engine_info
     for screener in screeners.values():
         screener.close()
     return {"samples": samples, "median_images_per_s": {n: statistics.median(s) for n, s in samples.items()},
+            "median_cpu_ms_per_photo": {n: statistics.median(s) for n, s in cpu_ms.items()},
             "engine": f"{engine['backend']}/{engine['precision']}", "load_average": load()}
 
 
 def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
     jpegs = [p.read_bytes() for p in photos]
-    frames, mosaics = [], []
+    frames, mosaics, small_frames = [], [], []
     for p in photos:
         rgb = cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (2000, 1500), interpolation=cv2.INTER_AREA)
         frames.append(np.ascontiguousarray(rgb).tobytes())
+        small_frames.append(cv2.resize(rgb, (1000, 750), interpolation=cv2.INTER_AREA).tobytes())
         mosaic = rgb[:, :, 1].copy()  # what an RGGB sensor records: R and B on alternate sites of alternate rows
         mosaic[0::2, 0::2], mosaic[1::2, 1::2] = rgb[0::2, 0::2, 0], rgb[1::2, 1::2, 2]
         mosaics.append(mosaic.tobytes())
@@ -198,7 +232,7 @@ def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
     servers = {label: ServerProcess(bundle, work / f"bridge{i}.sqlite3", repo=root,
                                     transport=("--socket", str(work / f"bridge{i}.sock")))
                for i, (label, root) in enumerate(checkouts.items())}
-    formats = ("jpeg 12 MP", "raw rgb8 3 MP", "raw bayer_rggb8 3 MP")
+    formats = ("jpeg 12 MP", "raw rgb8 3 MP", "raw bayer_rggb8 3 MP", "raw rgb8 0.75 MP")
     label_of = {label + f: label for label in servers for f in formats}  # variant -> its server
     samples: dict[str, list[float]] = {name: [] for name in label_of}
     server_ms: dict[str, list[float]] = {k: [] for k in samples}
@@ -220,7 +254,9 @@ def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
                     label + formats[0]: lambda c=client: c.screen(f"j{r}", jpegs[i]),
                     label + formats[1]: lambda c=client: c.screen_raw(f"r{r}", frames[i], width=2000, height=1500),
                     label + formats[2]: lambda c=client: c.screen_raw(f"b{r}", mosaics[i], width=2000, height=1500,
-                                                                      pixel_format="bayer_rggb8")})
+                                                                      pixel_format="bayer_rggb8"),
+                    label + formats[3]: lambda c=client: c.screen_raw(f"s{r}", small_frames[i], width=1000,
+                                                                      height=750)})
             replies = {}
             for name in rotated(list(sends), r):
                 process = processes[label_of[name]]
@@ -248,13 +284,13 @@ def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
                                        for n, s in samples.items()},
             "max_probability_difference_raw_vs_jpeg": max(probabilities), "frame_bytes": {
                 "jpeg 12 MP": statistics.median(len(j) for j in jpegs), "raw rgb8 3 MP": len(frames[0]),
-                "raw bayer_rggb8 3 MP": len(mosaics[0])},
+                "raw bayer_rggb8 3 MP": len(mosaics[0]), "raw rgb8 0.75 MP": len(small_frames[0])},
             "baseline_repo": str(args.baseline_repo) if args.baseline_repo else None,
             "load_average": load()}
 
 
 def transfer_ms(message: Message) -> float:
-    """Client write to parsed message (CRCs and the body's sha256 included) over a Unix socket pair."""
+    """Client write to parsed message (both CRC-32s checked) over a Unix socket pair."""
     ours, theirs = socket.socketpair()
     stream, parsed = SocketStream(theirs, "bench"), {}
 
@@ -262,8 +298,8 @@ def transfer_ms(message: Message) -> float:
         parser = FrameParser(1 << 30)
         while True:
             parser.feed(stream.read() or b"")
-            if (got := parser.next()) is not None:
-                parsed["at"], parsed["sha"] = time.perf_counter(), got.body_sha256
+            if parser.next() is not None:
+                parsed["at"] = time.perf_counter()
                 return
 
     receiver = threading.Thread(target=receive)
@@ -278,6 +314,8 @@ def transfer_ms(message: Message) -> float:
 
 
 def bench_bridge_costs(args, bundle: Path, photos: list[Path], work: Path) -> dict:
+    """Each part of a request alone, wall and CPU time (this process, all threads: what the part costs
+    whatever the load), the 12 MP JPEG and the 3 MP frame interleaved."""
     jpeg = photos[0].read_bytes()
     rgb = cv2.resize(cv2.cvtColor(cv2.imread(str(photos[0])), cv2.COLOR_BGR2RGB), (2000, 1500),
                      interpolation=cv2.INTER_AREA)
@@ -287,32 +325,42 @@ def bench_bridge_costs(args, bundle: Path, photos: list[Path], work: Path) -> di
                                 RawFrame(frame, "rgb8", 2000, 1500))}
     store = ResultStore(work / "costs.sqlite3")
     screener = Screener.from_bundle(bundle)
-    costs: dict[str, dict[str, list[float]]] = {n: {"transfer": [], "journal and drop": [], "commit result": [],
-                                                    "screening": []} for n in inputs}
+    wall: dict[str, dict[str, list[float]]] = {n: collections.defaultdict(list) for n in inputs}
+    cpu: dict[str, dict[str, list[float]]] = {n: collections.defaultdict(list) for n in inputs}
+
+    def timed(name: str, part: str, work) -> object:
+        cpu_start, start = time.process_time(), time.perf_counter()
+        out = work()
+        wall[name][part].append((time.perf_counter() - start) * 1e3)
+        cpu[name][part].append((time.process_time() - cpu_start) * 1e3)
+        return out
+
     for r in range(args.bridge_rounds):
         for name in rotated(list(inputs), r):
             meta, body, source = inputs[name]
-            timed = costs[name]
-            timed["transfer"].append(transfer_ms(Message(MessageType.SCREEN, {"request_id": "c", **meta}, body)))
-            start = time.perf_counter()
-            store.accept(f"{name}-j{r}", "0" * 64, meta, body)
-            store.complete(f"{name}-j{r}", {"status": "no-referral"})
-            timed["journal and drop"].append((time.perf_counter() - start) * 1e3)
-            start = time.perf_counter()
-            store.settle(f"{name}-s{r}", "0" * 64, meta, 0, {"status": "no-referral"})
-            timed["commit result"].append((time.perf_counter() - start) * 1e3)
-            start = time.perf_counter()
-            assert screener.screen(source).error is None
-            timed["screening"].append((time.perf_counter() - start) * 1e3)
+            message = Message(MessageType.SCREEN, {"request_id": "c", **meta}, body)
+            timed(name, "transfer", lambda: transfer_ms(message))
+            timed(name, "body sha256", lambda: sha256_hex(body))
+            timed(name, "journal and drop", lambda: (store.accept(f"{name}-j{r}", "0" * 64, meta, body),
+                                                     store.complete(f"{name}-j{r}", {"status": "no-referral"})))
+            timed(name, "commit result",
+                  lambda: store.settle(f"{name}-s{r}", "0" * 64, meta, 0, {"status": "no-referral"}))
+            result = timed(name, "screening", lambda: screener.screen(source))
+            assert result.error is None
+            for stage in ("decode", "preprocess", "inference"):
+                wall[name][f"screening: {stage}"].append(result.timings_ms[stage])
     screener.close()
     store.close()
-    return {"median_ms": {n: {part: round(statistics.median(v), 2) for part, v in c.items()} for n, c in costs.items()},
-            "samples_ms": costs, "load_average": load()}
+    def medians(times: dict) -> dict:
+        return {n: {part: round(statistics.median(v), 2) for part, v in c.items()} for n, c in times.items()}
+
+    return {"median_ms": medians(wall), "median_cpu_ms": medians(cpu),
+            "samples_ms": wall, "samples_cpu_ms": cpu, "load_average": load()}
 
 
 def bench_memory(args, bundle: Path, photos: list[Path], work: Path) -> dict:
     folder = folder_of(work, "large", photos, args.rss_photos)
-    return {"photos": args.rss_photos, **run_screen(bundle, folder, max(args.workers)), "load_average": load()}
+    return {"photos": args.rss_photos, **run_screen(bundle, folder, max(args.workers), 4), "load_average": load()}
 
 
 def main() -> None:

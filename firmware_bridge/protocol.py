@@ -22,9 +22,7 @@ SCREEN carries a body (the image).
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
-import hashlib
 import json
 import struct
 import threading
@@ -89,7 +87,6 @@ class Message:
     type: MessageType
     meta: dict[str, Any] = field(default_factory=dict)
     body: bytes | memoryview = b""  # a received SCREEN's body is a view of the frame it came in
-    body_sha256: str | None = field(default=None, compare=False)  # set by FrameParser as the body arrives
 
 
 def crc32(data: bytes | memoryview) -> int:
@@ -207,13 +204,11 @@ class FrameParser:
         self._buffer = bytearray()
         self._skip = 0  # payload bytes of a refused (oversized) frame still to discard
         self._reserved = 0  # bytes of the budget held by the frame being received
-        # CRC-32 of the first ``_checked`` payload bytes of the frame being received, and sha256 of
-        # its body (the payload from ``_body_start``): computed as the bytes arrive, while the sender
-        # is still sending, not all at once at the end (a raw frame is megabytes).
+        # CRC-32 of the first ``_checked`` payload bytes of the frame being received: computed as the
+        # bytes arrive, while the sender is still sending, not all at once at the end (a raw frame is
+        # megabytes). (The body's sha256 is the server's business, off the receiving path.)
         self._checked = 0
         self._crc = 0
-        self._body_start: int | None = None
-        self._body_sha = hashlib.sha256()
 
     def feed(self, data: bytes) -> None:
         if self._skip:
@@ -235,7 +230,6 @@ class FrameParser:
 
     def _give_back(self) -> None:
         self._checked = self._crc = 0  # the frame is over, whatever became of it
-        self._body_start, self._body_sha = None, hashlib.sha256()
         if self._reserved:
             self.budget.release(self._reserved)
             self._reserved = 0
@@ -273,25 +267,19 @@ class FrameParser:
         # The frame's buffer becomes the message's: its body is a view of it, never copied (a raw
         # frame is megabytes). What follows the frame (at most one read's worth) moves to a new buffer.
         self._buffer = buf[end:]
-        computed_crc, body_sha = self._crc & 0xFFFFFFFF, self._body_sha.hexdigest()
+        computed_crc = self._crc & 0xFFFFFFFF
         try:
-            message = self._complete_frame(memoryview(buf)[:end], version, msg_type, length, computed_crc)
+            return self._complete_frame(memoryview(buf)[:end], version, msg_type, length, computed_crc)
         finally:
             self._give_back()
-        return dataclasses.replace(message, body_sha256=body_sha)
 
     def _check_arrived(self, buf: bytearray, length: int) -> None:
-        """Fold the payload bytes that arrived since the last call into the CRC and the body's sha256."""
+        """Fold the payload bytes that arrived since the last call into the CRC."""
         arrived = min(len(buf), HEADER_SIZE + length) - HEADER_SIZE
         if arrived <= self._checked:
             return
-        if self._body_start is None and arrived >= 4:
-            (meta_len,) = struct.unpack_from(">I", buf, HEADER_SIZE)
-            self._body_start = min(4 + meta_len, length)  # a length that does not fit is refused later
-        with memoryview(buf) as view, view[HEADER_SIZE: HEADER_SIZE + arrived] as payload:
-            self._crc = zlib.crc32(payload[self._checked:], self._crc)
-            if self._body_start is not None and arrived > self._body_start:
-                self._body_sha.update(payload[max(self._checked, self._body_start):])
+        with memoryview(buf) as view, view[HEADER_SIZE + self._checked: HEADER_SIZE + arrived] as fresh:
+            self._crc = zlib.crc32(fresh, self._crc)
         self._checked = arrived
 
     @staticmethod

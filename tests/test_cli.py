@@ -48,12 +48,13 @@ def test_screen_folder_writes_a_row_for_everything(tiny_bundle, mixed_folder, tm
 
 
 def test_screen_with_workers_keeps_the_input_order(tiny_bundle, mixed_folder):
-    res = run("screen", mixed_folder, "--bundle", tiny_bundle, "--json", "--workers", "3")
+    res = run("screen", mixed_folder, "--bundle", tiny_bundle, "--json", "--workers", "3", "--max-batch", "2")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert [Path(r["source"]).name for r in doc["results"]] == ["a.jpg", "broken.jpg", "b.jpg", "zero.png"]
     throughput = doc["summary"]["throughput"]
-    assert throughput["workers"] == 3 and throughput["images_per_s"] > 0 and throughput["startup_s"] > 0
+    assert throughput["workers"] == 3 and throughput["max_batch"] == 2 and throughput["images_per_s"] > 0
+    assert throughput["startup_s"] > 0
 
 
 def test_screen_json_output_and_conditions(tiny_bundle, retina_jpeg, tmp_path):

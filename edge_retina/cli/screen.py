@@ -37,12 +37,17 @@ from edge_retina.screener import Result, Screener
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the backend's).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode/preprocessing threads (default: the device profile's, else one per core).")
+# 4: with two workers on two cores, student-v3's OpenVINO engine screened 1.2-1.5x more photos a second
+# in batches of up to 4 than one at a time (BENCHMARKS.md "Throughput"); a batch never waits to fill.
+@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Run the engine on up to this many photos at once when they are ready together "
+                   "(never waits for a batch to fill).")
 @click.option("--conditions", default=None, help="Comma-separated conditions to report (default: all).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write results to .csv, .json or .jsonl (rows are flushed as they finish).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout instead of a table.")
 @click.option("--recursive/--no-recursive", default=True, help="Descend into sub-folders (default: yes).")
-def screen(paths, bundle_path, backend, precision, device, threads, workers, conditions, out, as_json,
+def screen(paths, bundle_path, backend, precision, device, threads, workers, max_batch, conditions, out, as_json,
            recursive) -> None:
     """Screen fundus photographs (files, folders, globs) offline.
 
@@ -77,7 +82,7 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, con
     progress = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, transient=True, disable=not err.is_terminal)
     engine = screener.engine_info
-    pipeline = ScreeningPipeline(screener, workers=workers)
+    pipeline = ScreeningPipeline(screener, workers=workers, max_batch=max_batch)
     startup_s = time.perf_counter() - started  # bundle load and verification, engine, listing the inputs
 
     def source(item):
@@ -97,7 +102,7 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, con
     summary = summarise(results)
     summary["engine"] = engine
     throughput = pipeline.throughput
-    summary["throughput"] = {"workers": pipeline.workers, "startup_s": round(startup_s, 3)}
+    summary["throughput"] = {"workers": pipeline.workers, "max_batch": max_batch, "startup_s": round(startup_s, 3)}
     if throughput:
         summary["throughput"].update(seconds=round(throughput.seconds, 3),
                                      images_per_s=round(throughput.images_per_s, 2))

@@ -6,10 +6,11 @@ rows of ``stride`` bytes each, the first ``width * bytes per pixel`` of which ar
 the row padding many sensors' DMA buffers have). Bayer mosaics are demosaiced by OpenCV (bilinear).
 
 :meth:`RawFrame.decode` behaves like the decode of a JPEG of the same frame: the same pixel limits,
-checked before any pixel is touched, and the same reduction (the factor libjpeg's DCT scaling would
-use, done with an area average, which is what DCT scaling computes up to rounding), so a raw frame
-and the JPEG made from it give the same model input (tests/test_bridge_raw.py) and the field-of-view
-fit runs on the same small image.
+checked before any pixel is touched, and the same reduction: the factor libjpeg's DCT scaling would
+use, computed as libjpeg computes it. Its reduced inverse DCTs output the mean of each 2x2, 4x4 or
+8x8 block of the full-size decode (IJG's jidctred.c derives them that way), so a raw frame and the
+JPEG made from it give the same pixels up to rounding (tests/test_bridge_raw.py) and the
+field-of-view fit runs on the same small image.
 """
 from __future__ import annotations
 
@@ -91,6 +92,29 @@ class RawFrame:
         rgb = self.rgb()
         reduction = choose_reduction(self.width, self.height, min_short_side) if min_short_side > 0 else 1
         if reduction > 1:
-            size = (-(-self.width // reduction), -(-self.height // reduction))  # rounded up, as libjpeg does
-            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            rgb = block_means(rgb, reduction)
         return DecodedImage(np.ascontiguousarray(rgb), header, reduction, NAME)
+
+
+def block_means(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each ``factor`` x ``factor`` block, as a JPEG decode at 1/``factor`` scale gives it.
+
+    The blocks sit on the same grid as the JPEG's: an edge block that the image only partly covers
+    is filled by repeating the last row or column (what JPEG encoders pad it with) and gives one
+    more output pixel, so the output is ceil(w / factor) x ceil(h / factor). An area resize to that
+    size instead would stretch the grid whenever a side is not a multiple of ``factor`` (half a
+    pixel by the far edge): on HEI-MED's 2196x1958 camera photos that tripled the difference from
+    the JPEG's pixels.
+    """
+    height, width = rgb.shape[:2]
+    whole_h, whole_w = height - height % factor, width - width % factor
+    # An integer-factor area resize is exactly the block mean (OpenCV's fast path for it).
+    means = cv2.resize(rgb[:whole_h, :whole_w], (whole_w // factor, whole_h // factor), interpolation=cv2.INTER_AREA)
+    if whole_w < width:
+        edge = cv2.copyMakeBorder(rgb[:whole_h, whole_w:], 0, 0, 0, factor - (width - whole_w), cv2.BORDER_REPLICATE)
+        means = np.hstack([means, cv2.resize(edge, (1, whole_h // factor), interpolation=cv2.INTER_AREA)])
+    if whole_h < height:
+        edge = cv2.copyMakeBorder(rgb[whole_h:], 0, factor - (height - whole_h), 0, -width % factor,
+                                  cv2.BORDER_REPLICATE)
+        means = np.vstack([means, cv2.resize(edge, (means.shape[1], 1), interpolation=cv2.INTER_AREA)])
+    return means
