@@ -118,11 +118,29 @@ def _shown(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def image_labels(sources: list[str]) -> list[str]:
+    """Each photo's file name, with as many parent folders as it takes to tell apart photos whose
+    names are alike (``full/0003.jpg`` and ``test/0003.jpg``): a screener must see which photo a row is."""
+    parts = [Path(s).parts for s in sources]
+    depth = [1] * len(sources)
+    while True:
+        labels = [str(Path(*p[-d:])) for p, d in zip(parts, depth)]
+        clashes = {label for label in labels if labels.count(label) > 1}
+        grown = False
+        for i, label in enumerate(labels):
+            if label in clashes and depth[i] < len(parts[i]):
+                depth[i] += 1
+                grown = True
+        if not grown:
+            return labels
+
+
 def print_results(console: Console, results: list[Result], conditions: tuple[str, ...], summary: dict) -> None:
     styles = {"refer": "bold red", "no-referral": "green", "ungradable": "yellow", "error": "magenta"}
     headers = ["image", "status", *conditions, "ms"]
+    labels = image_labels([r.source for r in results])
     rows = []
-    for r in results:
+    for r, label in zip(results, labels):
         cells = []
         for c in conditions:
             p = r.probabilities.get(c)
@@ -133,7 +151,7 @@ def print_results(console: Console, results: list[Result], conditions: tuple[str
         elif r.status == "error":
             detail += f" ({r.error_code})"
         total = r.timings_ms.get("total")
-        rows.append([escape(_shown(Path(r.source).name if r.screened else r.source)),
+        rows.append([escape(_shown(label if r.screened else r.source)),
                      f"[{styles[r.status]}]{detail}[/]", *cells, "" if total is None else f"{total:.1f}"])
 
     def make(shown: int, caption: str | None) -> Table:

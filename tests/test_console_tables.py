@@ -5,7 +5,7 @@ import io
 
 from rich.console import Console
 
-from edge_retina.console_tables import identical_rows, parity_console_tables, rich_table
+from edge_retina.console_tables import identical_rows, image_labels, parity_console_tables, rich_table
 
 HEADERS = ["pipeline", "total", "speed-up wall/CPU", "decode", "preprocess", "inference", "lookup", "total p90",
            "total p99", "CPU", "engine alone", "overhead over engine"]
@@ -51,3 +51,11 @@ def test_a_free_text_last_column_wraps_in_the_room_left_or_is_named_when_there_i
     assert "no DLA)" in " ".join(lines) and sum("NVIDIA" in line for line in lines) == 1  # wrapped, whole
     narrow = " ".join(printed(rich_table("profiles", headers, rows, width=45, wrap_last=True), width=45))
     assert "more in --json: title" in narrow and "NVIDIA" not in narrow
+
+
+def test_image_labels_tell_apart_photos_with_the_same_name():
+    sources = ["/data/heimed/full/0003.jpg", "/data/heimed/test/0003.jpg", "/data/palm/P1.jpg", "/x/a/b/P2.jpg",
+               "/y/a/b/P2.jpg", "0003.jpg"]
+    assert image_labels(sources) == ["full/0003.jpg", "test/0003.jpg", "P1.jpg", "x/a/b/P2.jpg", "y/a/b/P2.jpg",
+                                     "0003.jpg"]
+    assert image_labels(["/a/x.jpg", "/a/x.jpg"]) == ["/a/x.jpg", "/a/x.jpg"]  # the same photo twice
