@@ -166,7 +166,8 @@ def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int
     student = bundle_student(load_bundle(bundle_dir).manifest)  # None for a teacher bundle
     for dataset in SHARED_DATASETS:
         labelled = shared_dataset_labels(datasets, dataset, split="test", limit=limit)
-        with Progress(console=console, transient=True) as progress:
+        # Off when the output is not a terminal (a log file): a transient bar leaves a blank line there.
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task(f"parity on {dataset}", total=len(labelled.paths))
             report = bundle_parity(bundle_dir, labelled, reference=teacher_embedder(teacher),
                                    host_models=[student] if student else [],

@@ -56,7 +56,7 @@ def adapt(bundle_path, labels_csv, out, method, target_sensitivity, remove, back
             raise EdgeRetinaError("--labels is needed to adapt (or --remove to remove an adaptation)")
         from edge_retina.adapt.site import adapt_bundle
 
-        with Progress(console=console, transient=True) as progress:
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task("embedding the labelled photos", total=None)
             report = adapt_bundle(bundle_path, labels_csv, out, method=method,
                                   target_sensitivity=target_sensitivity, backend=backend, precision=precision,
