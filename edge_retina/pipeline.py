@@ -191,20 +191,20 @@ class ScreeningPipeline:
                 self.throughput = Throughput(count, clock["end"] - clock["start"])
 
     def _complete(self, batch: list[_Entry], name: Callable[[T], str] | None) -> list[Result]:
-        if not self.contain_errors:
-            staged = [entry.future.result() for entry in batch]  # not under the lock: they may still be decoding
-            with self._engine_lock:
-                return self.screener.complete(staged)
         staged = []
-        for entry in batch:
+        for entry in batch:  # not under the engine lock: they may still be decoding
             try:
                 staged.append(entry.future.result())
             except Exception as exc:  # noqa: BLE001 -- this item's result, not the run's end
+                if not self.contain_errors:
+                    raise
                 staged.append(Staged(self._failure(entry.item, name, exc), None, time.perf_counter()))
         try:
             with self._engine_lock:
                 return self.screener.complete(staged)
         except Exception as exc:  # noqa: BLE001 -- the engine failed on this batch: its items' results
+            if not self.contain_errors:
+                raise
             return [s.result if s.tensor is None else self._failure(entry.item, name, exc)
                     for entry, s in zip(batch, staged)]
 

@@ -98,10 +98,15 @@ def encode_payload(meta: dict[str, Any], body: bytes = b"") -> bytes:
     return struct.pack(">I", len(meta_bytes)) + meta_bytes + body
 
 
+def _checked_header(msg_type: int, length: int, version: int = VERSION) -> bytes:
+    """The frame header followed by its own CRC-32."""
+    header = HEADER.pack(MAGIC, version, int(msg_type), length)
+    return header + struct.pack(">I", crc32(header))
+
+
 def encode_frame(msg_type: int, payload: bytes, *, version: int = VERSION) -> bytes:
-    header = HEADER.pack(MAGIC, version, int(msg_type), len(payload))
     # One join, one copy of the payload (a raw frame is megabytes; chained + would copy it twice).
-    return b"".join((header, struct.pack(">I", crc32(header)), payload, struct.pack(">I", crc32(payload))))
+    return b"".join((_checked_header(msg_type, len(payload), version), payload, struct.pack(">I", crc32(payload))))
 
 
 #: Bytes of a body per write of :func:`frame_writes`.
@@ -115,9 +120,8 @@ def frame_writes(message: Message, *, chunk: int = WRITE_CHUNK) -> Iterator[list
     checksum of a megabyte raw frame overlaps the receiver's work instead of preceding it."""
     prefix = encode_payload(message.meta)
     body = memoryview(message.body).cast("B")
-    header = HEADER.pack(MAGIC, VERSION, int(message.type), len(prefix) + len(body))
     payload_crc = zlib.crc32(prefix)
-    write: list[bytes | memoryview] = [header, struct.pack(">I", crc32(header)), prefix]
+    write: list[bytes | memoryview] = [_checked_header(message.type, len(prefix) + len(body)), prefix]
     for start in range(0, len(body), chunk):
         piece = body[start: start + chunk]
         payload_crc = zlib.crc32(piece, payload_crc)

@@ -387,6 +387,10 @@ class BridgeServer:
             sha = sha256_hex(message.body)
             with self._lock:
                 job = self._inflight.get(request_id)
+            if job is not None:
+                job.image_sha256  # the first image's digest may still be computing: not under the lock
+            with self._lock:
+                job = self._inflight.get(request_id)
                 stored = self.store.get(request_id) if job is None else None
                 known_sha = job.image_sha256 if job is not None else stored.image_sha256 if stored is not None else sha
                 if known_sha != sha:
@@ -409,7 +413,10 @@ class BridgeServer:
         return result_message(job.stored, duplicate=duplicate)
 
     def _enqueue(self, request_id: str, meta: dict[str, Any], image: bytes | memoryview, sha: str | None) -> _Job:
-        """(Called holding the lock.) Queue a new request; BUSY when the queue is full."""
+        """(Called holding the lock.) Queue a new request; BUSY when the queue is full or the server is
+        stopping (its worker and journal are gone: the request would be neither screened nor stored)."""
+        if self._stop.is_set():
+            raise ProtocolError(ErrorCode.BUSY, "the server is stopping", request_id=request_id)
         if len(self._queue) >= self.config.queue_capacity:
             raise ProtocolError(ErrorCode.BUSY, "the screening queue is full", request_id=request_id)
         job = _Job(request_id, meta, image, known(sha) if sha is not None else self._digests.submit(sha256_hex, image))

@@ -329,3 +329,14 @@ def test_bridge_is_device_code_without_host_imports():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx', 'converters', 'openvino'}))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def test_a_request_parsed_after_stop_is_refused_busy_not_left_unscreened(screener, jpeg, tmp_path):
+    from firmware_bridge.protocol import ProtocolError
+
+    with running_server(screener, tmp_path / "r.sqlite3") as (server, _):
+        server.stop()  # a frame already read from a connection still reaches the handler
+        with pytest.raises(ProtocolError) as refused:
+            server._screen(Message(MessageType.SCREEN, {"request_id": "late-1", "format": "jpeg"}, jpeg))
+        assert refused.value.code == "busy"
+        assert server.store.get("late-1") is None and server.status()["in_flight"] == 0

@@ -14,7 +14,8 @@ encoder, batch 1, 2 threads; ``benchmarks/bench_ort_qdq_variants.py``, BENCHMARK
   ``QLinearConv`` with nothing in float between them. Measured on the default student
   (EfficientNet-Lite0, AMD EPYC without VNNI, batch 1, 1 thread; ``benchmarks/bench_int8_floor.py``'s
   score noise): all-INT8 noise 0.64 -> 0.27 of the scores' spread, engine 8.3 -> 6.1 ms (FP32 9.2).
-  Residual Add, pooling and the L2 norm still compute in float. Transformers keep the ViT-safe
+  A residual Add then sits between DequantizeLinear and QuantizeLinear nodes, which ORT's graph
+  optimiser fuses into ``QLinearAdd``; pooling and the L2 norm compute in float. Transformers keep the ViT-safe
   policy strictly (inputs only; ORT fuses an input-quantized MatMul into ``MatMulIntegerToFloat``), so
   LayerNorm, Softmax and GELU never see INT8.
 

@@ -107,6 +107,8 @@ def block_means(rgb: np.ndarray, factor: int) -> np.ndarray:
     the JPEG's pixels.
     """
     height, width = rgb.shape[:2]
+    # Padding the whole frame (copyMakeBorder, then one resize) gives the same pixels, but copies the
+    # frame: 3.9 against 3.2 ms for a 3 MP frame at 1/8 here. Only the partial edge blocks are padded.
     whole_h, whole_w = height - height % factor, width - width % factor
     # An integer-factor area resize is exactly the block mean (OpenCV's fast path for it).
     means = cv2.resize(rgb[:whole_h, :whole_w], (whole_w // factor, whole_h // factor), interpolation=cv2.INTER_AREA)
