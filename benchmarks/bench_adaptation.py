@@ -13,12 +13,14 @@ thresholds; --draws seeded draws per K. The photos are embedded once by the bund
 engine through the Screener (ungradable photos are left out, as on the device) and cached under
 artifacts/bench_adaptation/.
 
-There is no leave-one-dataset-out case for a model whose teacher trained on every shared dataset
-(reference-v3 does: converters/reference/data.py reads all five folders), and the shots come from
-photos the model trained on: the JSON gives each task's zero-shot AUROC on its shot pool beside
-the test split's, to show how much easier the shots are than a new site's photos. With
---shot-split val the shots are validation photos instead, which the model never trained on (the
-teacher's epoch was chosen on them); the pools are smaller.
+The default model's teacher (reference-v3) trained on every shared dataset's train split
+(converters/reference/data.py reads all five folders), so for it the shots come from photos the
+model trained on: the JSON gives each task's zero-shot AUROC on its shot pool beside the test
+split's, to show how much easier the shots are than a new site's photos. With --shot-split val the
+shots are validation photos instead, which the model never trained on (the teacher's epoch was
+chosen on them); the pools are smaller. The leave-one-dataset-out case takes a bundle whose teacher
+was trained without some folders (``converters.reference.train --leave-out``) and ``--sites`` those
+folders: their photos, train split included, are new to the model, as a new site's are.
 
 Per task, K and method: test AUROC, sensitivity and specificity at the adapted thresholds,
 specificity at the target sensitivity (the test split's own threshold: the ROC curve at that
@@ -42,7 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from converters.reference.data import load_records  # noqa: E402
+from converters.reference.data import SHARED_DATASETS, load_records  # noqa: E402
 from converters.reference.evaluate import TASKS  # noqa: E402
 from edge_retina.adapt import bundle_scoring, fit_site_adaptation  # noqa: E402
 from edge_retina.adapt.heads import ZERO_SHOT  # noqa: E402
@@ -70,7 +72,8 @@ def site_tasks(root: Path, splits: tuple[str, ...] = ("train", "test")) -> list[
             labelled[split] = ([p for p, _ in chosen], np.array([y for _, y in chosen]))
         source = next(r.source for r in mine if task.is_positive(r))
         name = task.dataset if source == task.dataset else f"{task.dataset} ({source})"
-        tasks.append({"name": f"{name} {task.condition}", "condition": task.condition, **labelled})
+        tasks.append({"name": f"{name} {task.condition}", "dataset": task.dataset, "condition": task.condition,
+                      **labelled})
     return tasks
 
 
@@ -218,6 +221,8 @@ def main() -> None:
     parser.add_argument("--shot-split", choices=("train", "val"), default="train",
                         help="The split the shots are drawn from: val holds photos the model never trained on "
                              "(fewer of them).")
+    parser.add_argument("--sites", nargs="+", choices=SHARED_DATASETS, default=None,
+                        help="Only the tasks of these dataset folders (e.g. those the bundle's teacher never saw).")
     parser.add_argument("--pool", type=int, default=300, help="Photos per class the draws come from.")
     parser.add_argument("--adapt-photos", type=int, default=100, help="Photos of the end-to-end `adapt` timing "
                         "(0: skip).")
@@ -232,6 +237,8 @@ def main() -> None:
     table, thresholds = bundle_scoring(bundle, adapted=False)
     tasks = []
     for task in site_tasks(args.datasets, (args.shot_split, "test")):
+        if args.sites and task["dataset"] not in args.sites:
+            continue
         if task["condition"] in table.conditions:
             tasks.append(task)
         else:
@@ -251,8 +258,8 @@ def main() -> None:
     model = bundle.manifest.model
     report = {"bundle": str(args.bundle), "model": model.name,
               "student": model.student.name if model.student else None, "manifest_sha256_16": manifest_sha,
-              "target_sensitivity": args.target_sensitivity, "shot_split": args.shot_split, "draws": args.draws,
-              "shots": args.shots, "machine": machine_info(),
+              "target_sensitivity": args.target_sensitivity, "shot_split": args.shot_split, "sites": args.sites,
+              "draws": args.draws, "shots": args.shots, "machine": machine_info(),
               "python": platform.python_version(), "tasks": results, "adapt_end_to_end": timing}
     print("\n".join(summary_rows(results, args.methods)))
     if timing:

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.reference.data import SPLITS, load_records
+from converters.reference.data import SHARED_DATASETS, SPLITS, load_records
 from converters.reference.evaluate import TASKS
 from edge_retina.bench.labels import LabelledImages
-
-SHARED_DATASETS = ("heimed", "rimone", "eye4class", "odir", "palm")
 
 
 def shared_dataset_labels(root: Path, dataset: str, split: str = "test", limit: int | None = None) -> LabelledImages:

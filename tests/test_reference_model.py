@@ -24,6 +24,7 @@ from converters.reference.model import (  # noqa: E402
 )
 from converters.reference.train import (  # noqa: E402
     finding_matrix,
+    rows_kept,
     soft_clip_loss,
     soft_targets,
     training_texts,
@@ -172,6 +173,19 @@ def test_training_texts_pair_each_record_with_its_own_words():
     assert {texts[i] for i in choices[0]} == set(keyword_texts(records[0].keywords))
     assert {texts[i] for i in choices[1]} == set(caption_variants(FindingClass.PATHOLOGICAL_MYOPIA))
     assert finding_matrix(records).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_a_left_out_dataset_contributes_no_photo():
+    """``--leave-out``: positions into the full split's feature cache, none of them a left-out photo."""
+    from converters.reference.data import Record
+
+    datasets = ["odir", "palm", "rimone", "odir", "palm", "heimed"]
+    records = [Record(d, d, f"{i}.jpg", ("normal",), "train", f"g{i}") for i, d in enumerate(datasets)]
+    train_idx = np.array([1, 2, 3, 4, 5])  # record 0 is in another split
+    kept = rows_kept(records, train_idx, ["palm", "rimone"])
+    assert kept.tolist() == [2, 4]  # records 3 (odir) and 5 (heimed)
+    assert {records[train_idx[j]].dataset for j in kept} == {"odir", "heimed"}
+    assert rows_kept(records, train_idx, []).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_soft_clip_loss_prefers_matching_pairs_and_shares_credit_by_findings():

@@ -31,6 +31,7 @@ from converters.reference.captions import FindingClass, keyword_findings
 from edge_retina.preprocess.spec import InputSpec
 
 SPLITS = ("train", "val", "test")
+SHARED_DATASETS = ("heimed", "rimone", "eye4class", "odir", "palm")  # folders of ../shared/datasets
 # (val, test) fractions for hash-split datasets. HEI-MED is small (169 images, 54 with exudates):
 # a larger test share keeps its test AUROC from resting on a handful of positives.
 # ODIR patients appear in eye4class/ and odir/: both use eye4class's fractions, so a patient's

@@ -4,6 +4,8 @@ report text.
     python -m converters.reference.train --out runs/ref            # full recipe
     python -m converters.reference.train --out runs/ref --resume   # continue from runs/ref/last.pt
     python -m converters.reference.train --out runs/ref --export-only  # stop early: ship runs/ref/best.pt
+    python -m converters.reference.train --out runs/lodo --leave-out palm --name reference-v3-without-palm
+        # a teacher that never sees one dataset: that dataset is a new site for it (site adaptation)
 
 Recipe:
 - Text: the graders' own diagnostic keywords for ODIR-5K eyes (real report phrases, alone and in
@@ -43,7 +45,7 @@ from converters.backbones.trunk_cache import TrunkRunner, cached_trunk_features
 from converters.distill.augment import AugmentConfig, FundusAugment, make_view
 from converters.prompt_files import DEFAULT_PROMPT_FILE, load_prompt_file
 from converters.reference.captions import caption_variants, keyword_texts
-from converters.reference.data import Record, build_pixel_cache, load_records, split_hash
+from converters.reference.data import SHARED_DATASETS, Record, build_pixel_cache, load_records, split_hash
 from converters.reference.evaluate import (
     DEFAULT_CACHE,
     DEFAULT_DATASETS,
@@ -73,6 +75,11 @@ RECIPE = {
 def record_key(record: Record) -> str:
     """A stable hex key per photo (seeds its views)."""
     return hashlib.sha256(f"{record.dataset}/{record.file}".encode()).hexdigest()
+
+
+def rows_kept(records: list[Record], indices: np.ndarray, leave_out: list[str]) -> np.ndarray:
+    """Positions in ``indices`` (into ``records``) of the photos whose dataset is not left out."""
+    return np.array([j for j, i in enumerate(indices) if records[i].dataset not in leave_out], dtype=int)
 
 
 def training_texts(records: list[Record]) -> tuple[list[str], list[np.ndarray]]:
@@ -136,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export-only", action="store_true",
                         help="skip training: write the safetensors from <out>/best.pt (history from last.pt)")
+    parser.add_argument("--leave-out", action="append", default=[], choices=SHARED_DATASETS, metavar="DATASET",
+                        help="train and select without this dataset's photos (repeatable): "
+                             + ", ".join(SHARED_DATASETS))
     args = parser.parse_args(argv)
 
-    recipe = dict(RECIPE, epochs=args.epochs)
+    recipe = dict(RECIPE, epochs=args.epochs, leave_out=sorted(set(args.leave_out)))
     torch.set_num_threads(2)
     torch.manual_seed(recipe["seed"])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -147,10 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     records = load_records(args.datasets)
     pixels = build_pixel_cache(records, args.datasets, REFERENCE_INPUT_SPEC, args.cache)
     print(f"pixel cache ready: {pixels.shape} in {time.time() - started:.0f}s", flush=True)
+    # The pixel and trunk-feature caches always cover every photo, so a run that leaves datasets out
+    # reuses the full run's caches; ``train_rows``/``val_rows`` pick the photos this run may use.
     train_idx = np.array([i for i, r in enumerate(records) if r.split == "train"])
     val_idx = np.array([i for i, r in enumerate(records) if r.split == "val"])
-    train_records = [records[i] for i in train_idx]
-    val_records = [records[i] for i in val_idx]
+    train_rows = rows_kept(records, train_idx, recipe["leave_out"])
+    val_rows = rows_kept(records, val_idx, recipe["leave_out"])
+    train_records = [records[train_idx[j]] for j in train_rows]
+    val_records = [records[val_idx[j]] for j in val_rows]
 
     model = build_reference_model(pretrained=True)
     encoder = model.vision_model
@@ -158,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     texts, text_choices = training_texts(train_records)
     text_features = model.text_model.sentence_features(texts)
     findings = finding_matrix(train_records)
-    print(f"{len(texts)} training texts embedded; train {len(train_idx)}, val {len(val_idx)}", flush=True)
+    print(f"{len(texts)} training texts embedded; train {len(train_records)}, val {len(val_records)}"
+          + (f" (left out: {', '.join(recipe['leave_out'])})" if recipe["leave_out"] else ""), flush=True)
 
     # Frozen-trunk features: every view of every training photo, the clean validation photos.
     views = recipe["views"]
     augment = FundusAugment(AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in recipe["augment"].items()}))
-    keys = [record_key(r) for r in train_records]
+    keys = [record_key(records[i]) for i in train_idx]
     runner = TrunkRunner(encoder.model, encoder.frozen_blocks, REFERENCE_INPUT_SPEC)
     describe = {"arch": IMAGE_ARCH, "frozen_blocks": encoder.frozen_blocks, "spec": REFERENCE_INPUT_SPEC.to_dict()}
     feature_start = time.time()
@@ -180,11 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         return advance
 
     train_features = cached_trunk_features(
-        _features_path(args.cache, "train", train_records, views, recipe), runner, len(train_idx) * views,
+        _features_path(args.cache, "train", [records[i] for i in train_idx], views, recipe), runner,
+        len(train_idx) * views,
         lambda i: make_view(augment, pixels[train_idx[i // views]], recipe["seed"], keys[i // views], i % views),
         {**describe, "views": views}, report(len(train_idx) * views, "train views"))
     val_features = cached_trunk_features(
-        _features_path(args.cache, "val", val_records, 1, recipe), runner, len(val_idx),
+        _features_path(args.cache, "val", [records[i] for i in val_idx], 1, recipe), runner, len(val_idx),
         lambda i: pixels[val_idx[i]], describe, report(len(val_idx), "val"))
     feature_seconds = time.time() - feature_start
     print(f"trunk features ready in {feature_seconds:.0f}s", flush=True)
@@ -212,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     set_of = torch.tensor([set_ids[r.findings] for r in train_records])
     sample_weights = torch.bincount(set_of).float()[set_of] ** -recipe["class_balance_power"]
     batch_size = recipe["batch_size"]
-    steps_per_epoch = len(train_idx) // batch_size
+    steps_per_epoch = len(train_records) // batch_size
     total_steps = steps_per_epoch * recipe["epochs"]
     warmup_steps = max(1, int(recipe["warmup_fraction"] * total_steps))
 
@@ -240,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         running = 0.0
         for b in range(steps_per_epoch):
             sl = slice(b * batch_size, (b + 1) * batch_size)
-            rows = order[sl] * views + view_of[sl]
+            rows = train_rows[order[sl]] * views + view_of[sl]
             features = torch.from_numpy(train_features[np.sort(rows)].astype(np.float32))
             # np.sort for sequential reads of the memory map; put the samples back in draw order.
             features = features[torch.from_numpy(np.argsort(np.argsort(rows)))]
@@ -263,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         encoder.eval()
         with torch.no_grad():
-            val_emb = torch.cat([encoder.embed_trunk_features(torch.from_numpy(val_features[i:i + 256].astype(np.float32)))
-                                 for i in range(0, len(val_idx), 256)])
+            val_emb = torch.cat([encoder.embed_trunk_features(torch.from_numpy(
+                val_features[val_rows[i:i + 256]].astype(np.float32))) for i in range(0, len(val_rows), 256)])
         rows = zero_shot_auroc(val_emb, val_records, model.text_model, model.logit_scale.detach(), conditions)
         score = mean_auroc(rows)
         history.append({"epoch": epoch + 1, "train_loss": running / steps_per_epoch, "val_mean_auroc": score,
@@ -293,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         "trunk_feature_seconds_last_invocation": round(feature_seconds, 1),
         "train_seconds_all_epochs": round(sum(h["seconds"] for h in history), 1),
         "wall_seconds_last_invocation": round(wall, 1),
-        "n_train": len(train_idx),
-        "n_val": len(val_idx),
+        "n_train": len(train_records),
+        "n_val": len(val_records),
     })
     print(f"wrote {out} (best epoch {best_state['epoch'] + 1}, val mean AUROC {best:.4f}); wall {wall / 60:.1f} min",
           flush=True)
