@@ -12,7 +12,11 @@ calibrated on):
    changes no screening programme would call a different photo.
 
 For each: per-condition referral agreement at the bundle's thresholds, and the score noise: the SD
-of the change in each condition's logit over the SD of that logit across photos. Then engine-alone
+of the change in each condition's logit over the SD of that logit across photos. For INT8 also the
+agreement on the *reproducible* referrals only: the (photo, condition) pairs whose FP32 referral
+stays the same when the photo is re-saved (both qualities; not the mirror, which makes a right eye
+look like a left one). A referral that a re-save flips is one the FP32 model itself does not make
+reproducibly; this shows how much of INT8's disagreement lies elsewhere. Then engine-alone
 latency, batch 1, 1 thread, interleaved rounds, against ONNX Runtime FP32. Usage::
 
     .venv/bin/python benchmarks/bench_int8_floor.py --bundle artifacts/demo/default-bundle --json floor.json
@@ -91,11 +95,25 @@ def main() -> None:
 
     rows = []
 
+    def referrals(embeddings: np.ndarray) -> dict[str, np.ndarray]:
+        probabilities = table.score(embeddings).condition_probabilities
+        return {c: probabilities[c] >= t for c, t in thresholds.items()}
+
+    reference_referrals = referrals(reference)
+    reproducible = {c: np.ones(len(photos), bool) for c in thresholds}  # narrowed by each re-save
+
     def record(name: str, embeddings: np.ndarray) -> None:
         check = check_against_fp32(reference, embeddings, table=table, thresholds=thresholds)
         agreement = {c: v["referral_agreement"] for c, v in check.conditions.items()}
         rows.append({"variant": name, "mean_cosine": check.cosine["mean"], "referral_agreement": agreement,
                      "logit_noise": logit_noise(table, reference, embeddings)})
+        if name.startswith("FP32, photo re-saved"):
+            for c, referred in referrals(embeddings).items():
+                reproducible[c] &= referred == reference_referrals[c]
+        elif not name.startswith("FP32"):
+            rows[-1]["agreement_on_reproducible"] = {
+                c: float(np.mean(referred[reproducible[c]] == reference_referrals[c][reproducible[c]]))
+                for c, referred in referrals(embeddings).items()}
         print(f"{name:34s} agreement min {min(agreement.values()):.3f} "
               f"noise max {max(rows[-1]['logit_noise'].values()):.3f}", flush=True)
 
@@ -128,12 +146,21 @@ def main() -> None:
     for row in rows:
         cells = " | ".join(f"{row['referral_agreement'][c]:.3f}" for c in conditions)
         print(f"| {row['variant']} | {cells} | {max(row['logit_noise'].values()):.3f} |")
+    print(f"\nOn the reproducible referrals only (FP32's referral unchanged by both re-saves):\n"
+          f"\n| variant | {' | '.join(conditions)} |\n|---|{'---|' * len(conditions)}")
+    print(f"| reproducible pairs | {' | '.join(f'{reproducible[c].mean():.3f}' for c in conditions)} |")
+    for row in rows:
+        if "agreement_on_reproducible" in row:
+            cells = " | ".join(f"{row['agreement_on_reproducible'][c]:.3f}" for c in conditions)
+            print(f"| {row['variant']} | {cells} |")
     print("\n| engine alone (batch 1, 1 thread) | median ms | vs ORT FP32 |\n|---|---|---|")
     for name, ms in medians.items():
         print(f"| {name} | {ms:.2f} | {base / ms:.2f}x |")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "photos": len(photos), "ranking": ranked,
-                                         "rows": rows, "latency_ms": medians}, indent=2))
+                                         "rows": rows, "latency_ms": medians,
+                                         "reproducible_share": {c: float(m.mean()) for c, m in reproducible.items()}},
+                                        indent=2))
 
 
 if __name__ == "__main__":
