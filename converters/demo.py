@@ -40,7 +40,7 @@ from edge_retina.bench.latency import (
 from edge_retina.bench.parity import bundle_parity
 from edge_retina.bench.parity import parity_tables as parity_tables_rows
 from edge_retina.bundle import load_bundle
-from edge_retina.console_tables import parity_console_tables, print_results, rich_table, summarise
+from edge_retina.console_tables import parity_console_tables, print_results, print_wrapped, rich_table, summarise
 from edge_retina.errors import BundleError
 from edge_retina.screener import Screener
 
@@ -108,15 +108,9 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
         if dropped:
             console.print(f"conditions without validation data, left out of the default bundle: {', '.join(dropped)}")
     convert(recipe, bundle_dir, settings, archive=archive,
-            command="edge-retina demo", progress=lambda message: say(console, message))
+            command="edge-retina demo", progress=lambda message: print_wrapped(console, message))
     console.print(f"default bundle: {bundle_dir} (built; archive {archive.name})")
     return bundle_dir
-
-
-def say(console: Console, message: str) -> None:
-    """A progress line wrapped to the terminal counting bytes, not characters (a "ΔAUROC" check name
-    is one column but two bytes), so no printed line is wider than the terminal by any count."""
-    console.print(message, highlight=False, markup=False, width=console.width - (len(message.encode()) - len(message)))
 
 
 def sample_images(workdir: Path, datasets: Path | None) -> list[Path]:

@@ -1,7 +1,8 @@
-"""Tables for people on a terminal: the screening results, a run's summary, and titled tables of
-text cells. JSON and the HTML report carry the full detail; these are sized to be read: a table
-keeps the leading columns that fit the terminal (80 columns is the floor we design for) and names
-the ones left out, instead of wrapping every cell a character or two per line.
+"""Tables for people on a terminal: the screening results, a run's summary, titled tables of text
+cells, and lines of text wrapped to it. JSON and the HTML report carry the full detail; these are
+sized to be read: a table keeps the leading columns that fit the terminal (80 columns is the floor
+we design for) and names the ones left out, instead of wrapping every cell a character or two per
+line.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from edge_retina.screener import STAGES, Result
 
@@ -73,6 +75,15 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]], *, width: 
         last_width = max(WRAP_MIN, 1 + width - narrowest)
     return fit_columns(lambda shown, caption: make(shown, caption, last_width), headers, width, details, note,
                        [headers, *rows])
+
+
+def print_wrapped(console: Console, message: str | Text) -> None:
+    """A line for people (a progress line, an error naming a long path) wrapped to the terminal counting
+    bytes, not characters (a "ΔAUROC" check name is one column but two bytes), so no printed line is
+    wider than the terminal by any count; a word longer than a line (a path) is folded, never cut.
+    A str is printed as it is (no markup); style parts of a line with a Text."""
+    plain = message.plain if isinstance(message, Text) else message
+    console.print(message, highlight=False, markup=False, width=console.width - (len(plain.encode()) - len(plain)))
 
 
 def identical_rows(rows: list[list[str]], keep: int = 1) -> tuple[list[list[str]], list[str]]:

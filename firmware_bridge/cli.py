@@ -35,6 +35,18 @@ def _stop_on_signals(stop) -> None:
         signal.signal(signum, lambda *_: stop())
 
 
+def _log_to_stderr() -> None:
+    """Our log lines on stderr, timestamped: the bridge's INFO lines (a capture screened, a client
+    gone) are its output. A library's (pydicom's about a damaged DICOM, which the result reports
+    already) only with -v: ``edge-retina -v`` configures logging for every logger first
+    (edge_retina.cli.library_output), and then this does nothing. Every logger of ours is named
+    under edge_retina."""
+    handler = logging.StreamHandler()
+    handler.addFilter(lambda record: record.name.partition(".")[0] == "edge_retina")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[handler])
+
+
 def _open_screener(bundle: Path, backend: str | None, threads: int | None) -> Screener:
     try:
         return Screener.from_bundle(bundle, backend=backend, threads=threads)
@@ -100,7 +112,7 @@ def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, que
     chosen = [x for x in (socket_path, tcp_address, serial_device) if x]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --socket, --tcp, --serial")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     config = BridgeConfig(queue_capacity=queue_capacity, request_timeout=request_timeout, frame_timeout=frame_timeout,
                           max_payload=int(max_frame_mb * 2**20), max_connections=max_connections,
                           max_inflight_bytes=None if max_inflight_mb is None else int(max_inflight_mb * 2**20),
@@ -171,7 +183,7 @@ def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threa
     """Screen each new capture written to FOLDER once; write IMAGE.result.json beside it."""
     from .hotfolder import HotFolder
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     screener = _open_screener(bundle_path, backend, threads)
     result_store = ResultStore(store or folder / ".edge-retina" / "journal.sqlite3")
     watcher = HotFolder(screener, result_store, folder, settle_seconds=settle, workers=workers)

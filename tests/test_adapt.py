@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -231,6 +233,32 @@ def test_unreadable_photos_are_listed_and_left_out(tiny_bundle, site_labels, tmp
                               tmp_path / "labels.csv")
     report = adapt_bundle(tiny_bundle, labels, tmp_path / "out", method="threshold")
     assert report.photos == 24 and len(report.skipped) == 1 and "broken.jpg" in report.skipped[0]
+
+
+def test_adapt_messages_fit_80_columns_and_name_photos_as_listed(tiny_bundle, site_labels, tmp_path):
+    """A site folder deep enough that its path alone is wider than the terminal: every message wraps
+    to 80 columns, keeps the labels CSV's path whole (lines joined), and names a photo once, as the
+    CSV lists it."""
+    folder = tmp_path.joinpath(*["a-site-folder-whose-path-alone-runs-past-the-terminal"] * 2)
+    folder.mkdir(parents=True)
+    photos = [Path(shutil.copy(p, folder)) for p in sorted(site_labels.parent.glob("photo*.png"))]
+    broken = folder / "a-photo-from-the-old-camera-that-cannot-be-read.jpg"
+    broken.write_bytes(b"not a photo")
+    y = np.array([1.0, 0.0] * 12)
+
+    def run(labelled: LabelledImages) -> tuple[int, str]:
+        labels = write_labels_csv(labelled, folder / "labels.csv")
+        result = narrow_runner().invoke(cli, ["adapt", "--bundle", str(tiny_bundle), "--labels", str(labels),
+                                              "--out", str(tmp_path / "out"), "--method", "threshold"])
+        assert widest_line(result.stderr) <= COLUMNS, result.stderr
+        return result.exit_code, "".join(result.stderr.splitlines())  # a folded path is whole again
+
+    code, refused = run(LabelledImages(photos + photos[:1], {"glaucoma": np.r_[y, 1.0]}))
+    assert code == 2 and f"{folder / 'labels.csv'}: the same photo" in refused, refused
+    assert "rows 2 and 26 (photo00.png)" in refused, refused
+    code, left_out = run(LabelledImages(photos + [broken], {"glaucoma": np.r_[y, 1.0]}))
+    assert code == 0 and f"left out {broken.name}: not an image file" in left_out, left_out
+    assert str(folder) not in left_out
 
 
 def test_adapt_command_inspect_and_parity_against_the_base(tiny_bundle, site_labels, tmp_path):

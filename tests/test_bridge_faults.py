@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
-from bridge_support import ServerProcess, connect, small_jpeg
+from bridge_support import REPO, ServerProcess, connect, small_jpeg
 from click.testing import CliRunner
 
 from edge_retina.screener import Screener
@@ -179,6 +182,34 @@ def test_hotfolder_command_once(tiny_bundle, retina_rgb, tmp_path):
     assert "1 sidecar(s) written" in first.output
     assert (tmp_path / ".edge-retina" / "journal.sqlite3").is_file()
     assert "0 sidecar(s) written" in CliRunner().invoke(bridge, args).output
+
+
+def test_bridge_logs_its_own_lines_and_libraries_only_with_v(tiny_bundle, retina_rgb, tmp_path):
+    """A damaged DICOM makes pydicom log a warning the result already reports: shown with -v only,
+    while the bridge's own INFO lines always show (the whole command, as a device runs it)."""
+    pytest.importorskip("pydicom")
+    from dicom_support import jpeg_to_dicom
+
+    jpeg = tmp_path / "a.jpg"
+    jpeg.write_bytes(small_jpeg(retina_rgb))
+    whole = jpeg_to_dicom(jpeg, tmp_path / "whole.dcm").read_bytes()
+
+    def stderr(*verbose: str) -> str:
+        folder = tmp_path / f"captures{''.join(verbose)}"  # a folder of its own: a run screens each capture once
+        folder.mkdir()
+        (folder / "a.jpg").write_bytes(jpeg.read_bytes())
+        (folder / "damaged.dcm").write_bytes(whole[: len(whole) * 2 // 3])  # ends inside the pixel data
+        command = [sys.executable, "-m", "edge_retina", *verbose, "bridge", "hotfolder", str(folder), "--bundle",
+                   str(tiny_bundle), "--once", "--settle", "0", "--backend", "onnxruntime"]
+        run = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return run.stderr
+
+    quiet = stderr()
+    assert "edge_retina.bridge.hotfolder" in quiet and "damaged.dcm -> error" in quiet, quiet
+    assert "pydicom" not in quiet, quiet
+    assert "pydicom" in stderr("-v")
 
 
 def test_serve_needs_exactly_one_transport_and_loopback_by_default(tiny_bundle, tmp_path):

@@ -85,10 +85,10 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_wei
     from converters.bundle_builder import BundleRecipe
     from converters.convert_pipeline import ConvertError, ConvertSettings, EngineTarget
     from converters.convert_pipeline import convert as run_convert
-    from converters.demo import say
     from converters.step_cache import default_cache_dir
     from converters.teachers import load_teacher
     from edge_retina.bench.labels import read_labels_csv
+    from edge_retina.console_tables import print_wrapped
     from edge_retina.errors import EdgeRetinaError
 
     try:
@@ -123,7 +123,7 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_wei
     stderr = Console(stderr=True)
     try:
         bundle = run_convert(recipe, out, settings, archive=archive,
-                             progress=lambda message: say(stderr, message))
+                             progress=lambda message: print_wrapped(stderr, message))
     except ConvertError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"bundle written to {bundle}" + (f" and {archive}" if archive else ""))

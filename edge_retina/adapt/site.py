@@ -21,7 +21,7 @@ import numpy as np
 from edge_retina import __version__
 from edge_retina.adapt.fit import DEFAULT_TARGET_SENSITIVITY, SiteAdaptation, fit_site_adaptation
 from edge_retina.adapt.overlay import HEAD_FILE, bundle_scoring, check_output, head_bytes, write_overlay
-from edge_retina.bench.labels import LabelledImages, read_labels_csv
+from edge_retina.bench.labels import LabelledImages, listed_name, read_labels_csv
 from edge_retina.bundle import AdaptationEntry, Bundle
 from edge_retina.bundle.manifest import CREATED_FORMAT
 from edge_retina.errors import EdgeRetinaError
@@ -50,20 +50,20 @@ class AdaptReport:
     engine: dict[str, Any]
 
 
-def check_site_labels(labelled: LabelledImages, bundle: Bundle, source: str) -> None:
-    """Refuse labels that cannot adapt this bundle, naming what is wrong."""
+def check_site_labels(labelled: LabelledImages, bundle: Bundle, labels_csv: Path) -> None:
+    """Refuse the labels of ``labels_csv`` when they cannot adapt this bundle, naming what is wrong."""
     prompts = bundle.manifest.prompts
     referable = [c.name for c in prompts.referable]
     unknown = [c for c in labelled.labels if c not in referable]
     if unknown:
         raise EdgeRetinaError(
-            f"{source}: column(s) {unknown} are not conditions this bundle refers for ({', '.join(referable)}); "
+            f"{labels_csv}: column(s) {unknown} are not conditions this bundle refers for ({', '.join(referable)}); "
             "rename or drop them (negatives are 0 in a condition's column, not a separate column)")
     for condition, y in labelled.labels.items():
         n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
         if n_pos == 0 or n_neg == 0:
             raise EdgeRetinaError(
-                f"{source}: condition {condition!r} has {n_pos} positives and {n_neg} negatives; adapting needs "
+                f"{labels_csv}: condition {condition!r} has {n_pos} positives and {n_neg} negatives; adapting needs "
                 "photos of both classes (label negatives with 0, or drop the column)")
     seen: dict[str, int] = {}
     duplicates = []
@@ -73,23 +73,26 @@ def check_site_labels(labelled: LabelledImages, bundle: Bundle, source: str) -> 
         except OSError:
             continue  # unreadable: reported when it is embedded
         if digest in seen:
-            duplicates.append(f"rows {seen[digest]} and {row} ({path})")
+            duplicates.append(f"rows {seen[digest]} and {row} ({listed_name(path, labels_csv)})")
         seen.setdefault(digest, row)
     if duplicates:
         raise EdgeRetinaError(
-            f"{source}: the same photo is listed more than once ({'; '.join(duplicates)}); keep one row per photo "
+            f"{labels_csv}: the same photo is listed more than once ({'; '.join(duplicates)}); keep one row per photo "
             "(a duplicate would count twice and leak between cross-validation folds)")
 
 
-def embed_site_photos(screener: Screener, labelled: LabelledImages,
+def embed_site_photos(screener: Screener, labelled: LabelledImages, labels_csv: Path,
                       progress: ProgressCallback | None = None) -> SitePhotos:
+    """Each photo is named as ``labels_csv`` lists it in the reasons it was left out."""
     kept, embeddings, skipped = [], [], []
     for i, path in enumerate(labelled.paths):
         result = screener.screen(path)
+        name = listed_name(path, labels_csv)
         if result.error is not None:
-            skipped.append(f"{path}: {result.error}")
+            # The decoder's message starts with the photo's full path: name the photo once, as listed.
+            skipped.append(f"{name}: {result.error.removeprefix(f'{path}: ')}")
         elif not result.gradable:
-            skipped.append(f"{path}: ungradable ({result.ungradable_reason})")
+            skipped.append(f"{name}: ungradable ({result.ungradable_reason})")
         else:
             kept.append(i)
             embeddings.append(result.embedding)
@@ -124,8 +127,8 @@ def adapt_bundle(
     with Screener.from_bundle(bundle_path, backend=backend, precision=precision, threads=threads,
                               keep_embeddings=True) as screener:
         bundle = screener.bundle
-        check_site_labels(labelled, bundle, str(labels_csv))
-        photos = embed_site_photos(screener, labelled, progress)
+        check_site_labels(labelled, bundle, labels_csv)
+        photos = embed_site_photos(screener, labelled, labels_csv, progress)
     table, thresholds = bundle_scoring(bundle, adapted=False)  # always from the zero-shot baseline
     adaptation = fit_site_adaptation(table, photos.embeddings, photos.labelled.labels, thresholds, method=method,
                                      target_sensitivity=target_sensitivity, seed=seed)

@@ -63,6 +63,16 @@ def read_labels_csv(path: str | os.PathLike[str], conditions: Collection[str] | 
     return LabelledImages(paths, labels, ignored)
 
 
+def listed_name(image: Path, labels_csv: Path) -> str:
+    """``image`` as the labels CSV at ``labels_csv`` lists it (relative to the CSV's folder unless it
+    is listed with an absolute path): messages name a row's photo the way its author wrote it, and
+    stay short when the folder's own path is long."""
+    try:
+        return image.relative_to(labels_csv.parent).as_posix()
+    except ValueError:
+        return str(image)
+
+
 def _portable_name(image: Path, folder: Path) -> str:
     """``image`` relative to ``folder`` when they share more than the filesystem root (so a CSV next
     to its images moves with them), else absolute."""

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import Progress
+from rich.text import Text
 
 from edge_retina.adapt.fit import DEFAULT_TARGET_SENSITIVITY
 from edge_retina.adapt.overlay import SUMMARY_HEADERS, adaptation_summary, remove_adaptation
 from edge_retina.adapt.selection import METHODS
 from edge_retina.adapt.thresholds import MIN_POSITIVES
-from edge_retina.console_tables import rich_table
+from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 
@@ -50,7 +50,7 @@ def adapt(bundle_path, labels_csv, out, method, target_sensitivity, remove, back
     try:
         if remove:
             written = remove_adaptation(bundle_path, out)
-            console.print(f"wrote {escape(str(written))} without the site adaptation")
+            print_wrapped(console, f"wrote {written} without the site adaptation")
             return
         if labels_csv is None:
             raise EdgeRetinaError("--labels is needed to adapt (or --remove to remove an adaptation)")
@@ -62,10 +62,10 @@ def adapt(bundle_path, labels_csv, out, method, target_sensitivity, remove, back
                                   target_sensitivity=target_sensitivity, backend=backend, precision=precision,
                                   threads=threads, seed=seed, progress=lambda n: progress.advance(task, n))
     except EdgeRetinaError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        print_wrapped(console, Text.assemble(("error:", "red"), f" {exc}"))
         sys.exit(2)
     for why in report.skipped:
-        console.print(f"[yellow]left out[/] {escape(why)}", soft_wrap=True)
+        print_wrapped(console, Text.assemble(("left out", "yellow"), f" {why}"))
     adaptation = report.adaptation
     if as_json:
         click.echo(json.dumps({"out": str(report.out), "photos": report.photos, "skipped": report.skipped,
@@ -77,4 +77,4 @@ def adapt(bundle_path, labels_csv, out, method, target_sensitivity, remove, back
     console.print(rich_table(f"site adaptation ({report.photos} photos, {adaptation.method}, target sensitivity "
                              f"{adaptation.target_sensitivity:.0%})", SUMMARY_HEADERS,
                              adaptation_summary(adaptation.conditions), wrap_last=True))
-    console.print(f"wrote {escape(str(report.out))} (unsigned: sign it with `edge-retina bundle sign`)")
+    print_wrapped(console, f"wrote {report.out} (unsigned: sign it with `edge-retina bundle sign`)")

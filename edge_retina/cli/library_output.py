@@ -4,6 +4,9 @@ A host command's own progress lines are its output. NNCF's progress bars and INF
 Runtime's C++ warnings and Hugging Face's download bars would interleave with them (and run past 80
 columns); ``-v`` shows them all, with Python logging at INFO. This module is the one place that
 decides it: ``configure`` when the options are parsed, ``quiet_libraries`` around a host command.
+The bridge's commands log lines of their own, so they pass only our loggers' records to stderr
+(firmware_bridge.cli, which may not import this module); with -v, ``configure`` has set up logging
+for every logger before they run.
 """
 from __future__ import annotations
 
