@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from edge_retina.preprocess.resize import normalise
 from edge_retina.preprocess.spec import InputSpec
@@ -58,6 +58,17 @@ class ResearchPipeline:
     def prepared_tensor(self, image: Path) -> np.ndarray:
         with Image.open(image) as opened:
             return self._tensor(opened.convert("RGB")).numpy()
+
+    def unusable(self, image: Path) -> str | None:
+        """Why the research code cannot run ``image`` (PIL cannot open or decode it: a DICOM, which
+        the runtime reads, say), or None."""
+        try:
+            self.prepared_tensor(image)
+        except UnidentifiedImageError:  # its message names the file again
+            return f"{image}: the research baseline cannot read it (not a format PIL opens)"
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+            return f"{image}: the research baseline cannot read it (PIL: {exc})"
+        return None
 
     def run_engine(self, tensor: np.ndarray) -> None:
         with torch.inference_mode():

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from edge_retina.errors import named_once
 from edge_retina.screener import STAGES, Result
 
 
@@ -162,7 +163,9 @@ def print_results(console: Console, results: list[Result], conditions: tuple[str
         elif r.status == "error":
             detail += f" ({r.error_code})"
         total = r.timings_ms.get("total")
-        rows.append([escape(_shown(label if r.screened else r.source)),
+        # An error's row too: the line under the table names its full path, which in the table
+        # would widen the first column until no other fits.
+        rows.append([escape(_shown(label)),
                      f"[{styles[r.status]}]{detail}[/]", *cells, "" if total is None else f"{total:.1f}"])
 
     def make(shown: int, caption: str | None) -> Table:
@@ -177,7 +180,7 @@ def print_results(console: Console, results: list[Result], conditions: tuple[str
     console.print("* = over the bundle's referral threshold")
     for r in results:
         if r.error:
-            console.print(f"[magenta]error[/] {_shown(r.source)}: {_shown(r.error)}", soft_wrap=True)
+            print_wrapped(console, Text.assemble(("error", "magenta"), f" {_shown(named_once(r.source, r.error))}"))
     lat = ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in summary["latency"].items())
     console.print(
         f"{summary['images']} images: {summary['no-referral']} no referral, {summary['refer']} refer, "

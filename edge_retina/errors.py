@@ -45,6 +45,13 @@ class ImageError(EdgeRetinaError):
         self.code = code
 
 
+def named_once(source: object, message: str, *, shown: object | None = None) -> str:
+    """``message`` about ``source`` as one line that names it once, as ``shown`` (default: ``source``):
+    an ImageError's message (so a Result's error) already starts with "<source>: ", an input
+    problem's may or may not, and a line that also put the name in front would say it twice."""
+    return f"{source if shown is None else shown}: {message.removeprefix(f'{source}: ')}"
+
+
 class BundleError(EdgeRetinaError):
     """A bundle is missing, malformed, or fails verification (a file's sha256, the schema...)."""
 

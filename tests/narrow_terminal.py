@@ -1,6 +1,8 @@
 """Commands as an 80-column terminal shows them (``COLUMNS=80``, the width tables for people fit)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
 COLUMNS = 80
@@ -13,3 +15,11 @@ def narrow_runner() -> CliRunner:
 def widest_line(text: str) -> int:
     """In bytes, not characters: byte-counting tools see no line wider than the terminal either."""
     return max((len(line.encode()) for line in text.splitlines()), default=0)
+
+
+def folder_wider_than_the_terminal(parent: Path) -> Path:
+    """A new folder under ``parent`` whose path alone is wider than the terminal: a message naming a
+    photo in it must wrap, and should name it once."""
+    folder = parent.joinpath(*["a-site-folder-whose-path-alone-runs-past-the-terminal"] * 2)
+    folder.mkdir(parents=True)
+    return folder

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from narrow_terminal import COLUMNS, narrow_runner, widest_line
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, widest_line
 
 from edge_retina.adapt import bundle_scoring, fit_site_adaptation, remove_adaptation
 from edge_retina.adapt.heads import ZERO_SHOT, fit_linear_probe, fit_prototype_blend
@@ -239,8 +239,7 @@ def test_adapt_messages_fit_80_columns_and_name_photos_as_listed(tiny_bundle, si
     """A site folder deep enough that its path alone is wider than the terminal: every message wraps
     to 80 columns, keeps the labels CSV's path whole (lines joined), and names a photo once, as the
     CSV lists it."""
-    folder = tmp_path.joinpath(*["a-site-folder-whose-path-alone-runs-past-the-terminal"] * 2)
-    folder.mkdir(parents=True)
+    folder = folder_wider_than_the_terminal(tmp_path)
     photos = [Path(shutil.copy(p, folder)) for p in sorted(site_labels.parent.glob("photo*.png"))]
     broken = folder / "a-photo-from-the-old-camera-that-cannot-be-read.jpg"
     broken.write_bytes(b"not a photo")

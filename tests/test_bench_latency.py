@@ -3,12 +3,15 @@ the research baseline, and `edge-retina bench latency`."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, widest_line
 
 from converters.research_baseline import ResearchPipeline
 from edge_retina.bench import latency
@@ -104,6 +107,45 @@ def test_research_baseline_is_compared_with_the_engine(tiny_bundle, images):
     assert report.speedup("onnxruntime/fp32/teacher") > 0
 
 
+def test_an_image_the_research_baseline_cannot_read_is_left_out_of_every_pipeline(tiny_bundle, retina_jpeg,
+                                                                                  tmp_path):
+    """The runtime reads a DICOM, PIL does not: no traceback, and both sides are timed on the same images."""
+    pytest.importorskip("pydicom")
+    from dicom_support import jpeg_to_dicom
+    from tiny_bundle import _tiny_encoder
+
+    dicom = jpeg_to_dicom(retina_jpeg, tmp_path / "capture.dcm")
+    bundle = load_bundle(tiny_bundle)
+    research = ResearchPipeline(_tiny_encoder(), bundle.manifest.input, bundle_prompt_table(bundle), threads=1)
+    engines = latency.select_engines(tiny_bundle, backend="onnxruntime")
+    report = latency.run_latency(tiny_bundle, engines, [retina_jpeg, dicom], iterations=1, streams=1, cold_runs=0,
+                                 extra_pipelines=[research])
+    assert report.images == [str(retina_jpeg)]
+    assert report.left_out == [f"{dicom}: the research baseline cannot read it (not a format PIL opens)"]
+    assert {len(p.stages_ms["total"]) for p in report.pipelines.values()} == {1}
+
+
+def test_latency_command_names_left_out_images_once_in_80_columns(tiny_bundle, retina_jpeg, tmp_path):
+    """The title counts the images timed, not those given; a left-out image's line wraps to the
+    terminal and names it once, as the JSON does."""
+    folder = folder_wider_than_the_terminal(tmp_path)
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(retina_jpeg, folder / name)
+    broken = folder / "a-photo-from-the-old-camera.jpg"
+    broken.write_bytes(retina_jpeg.read_bytes()[:5000])
+    out = tmp_path / "latency.json"
+    result = narrow_runner().invoke(bench, ["latency", "--bundle", str(tiny_bundle), "--images", str(folder),
+                                            "--backend", "openvino", "--iterations", "1", "--streams", "1",
+                                            "--cold-runs", "0", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0 and widest_line(result.output) <= COLUMNS, result.output
+    said = "".join(result.output.splitlines())  # a folded path is whole again
+    assert re.search(r"\(2 images x 1 rounds", said), result.output
+    assert f"left out {broken}: truncated JPEG" in said and said.count(str(broken)) == 1, result.output
+    left_out = json.loads(out.read_text())["left_out"]
+    assert len(left_out) == 1 and left_out[0].startswith(f"{broken}: truncated JPEG") and left_out[0].count(
+        str(broken)) == 1
+
+
 def test_research_baseline_without_torch_names_the_extra(monkeypatch):
     from edge_retina.extras import import_for
 
@@ -125,4 +167,4 @@ def test_latency_command_json(tiny_bundle, retina_jpeg, tmp_path):
     assert bad.exit_code == 2 and "none.jpg" in bad.output
     bad = CliRunner().invoke(bench, ["latency", "--bundle", str(tiny_bundle), "--images", str(retina_jpeg),
                                      "--baseline", "tensorrt/fp16/teacher"])
-    assert bad.exit_code == 2 and "neither 'research' nor one of the engines" in bad.output
+    assert bad.exit_code == 2 and "neither 'research' nor one of the engines" in "".join(bad.output.splitlines())

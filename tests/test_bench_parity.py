@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, widest_line
 
 from edge_retina.bench import parity as parity_module
 from edge_retina.bench.labels import LabelledImages, read_labels_csv, write_labels_csv
@@ -136,6 +138,28 @@ def test_parity_gate_fails_with_exit_1(tiny_bundle, labelled_folder, monkeypatch
                   "fp32", "--max-drop", "0.9").exit_code == 0
 
 
+def test_parity_names_a_skipped_image_once_in_80_columns(tiny_bundle, labelled_folder, retina_jpeg, tmp_path):
+    """A labelled photo that cannot be read, deep in a folder: its "skipped" line wraps to the terminal
+    and names it once (the decoder's message starts with its path), as the JSON does."""
+    folder = folder_wider_than_the_terminal(tmp_path)
+    for image in labelled_folder.glob("*.jpg"):
+        shutil.copy(image, folder)
+    broken = folder / "a-photo-from-the-old-camera.jpg"
+    broken.write_bytes(retina_jpeg.read_bytes()[:5000])
+    labels = folder / "labels.csv"
+    labels.write_text((labelled_folder / "labels.csv").read_text() + f"{broken.name},1,0\n")
+    out = tmp_path / "parity.json"
+    result = narrow_runner().invoke(bench, ["parity", "--bundle", str(tiny_bundle), "--labels", str(labels),
+                                            "--reference", "fp32", "--replicates", "100", "--out", str(out)],
+                                    catch_exceptions=False)
+    assert result.exit_code == 0 and widest_line(result.output) <= COLUMNS, result.output
+    said = "".join(result.output.splitlines())  # a folded path is whole again
+    assert f"skipped {broken}: truncated JPEG" in said and said.count(str(broken)) == 1, result.output
+    skipped = json.loads(out.read_text())["skipped"]
+    assert len(skipped) == 1 and skipped[0].startswith(f"{broken}: truncated JPEG") and skipped[0].count(
+        str(broken)) == 1
+
+
 def test_parity_cannot_run_exits_2(tiny_bundle, labelled_folder, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("image,glaucoma\na.jpg,1\n")
@@ -176,7 +200,8 @@ def test_fp32_parity_runs_on_a_device_and_host_options_name_the_extra(tiny_bundl
     for extra_args in (["--reference", "teacher"], ["--reference", "fp32", "--html", "r.html"]):
         proc = subprocess.run([sys.executable, "-c", DEVICE, *common, *extra_args], capture_output=True, text=True,
                               timeout=120)
-        assert proc.returncode == 2 and "pip install 'edge-retina[convert]'" in proc.stderr, proc.stderr
+        said = "".join(proc.stderr.splitlines())  # wrapped to 80 columns
+        assert proc.returncode == 2 and "pip install 'edge-retina[convert]'" in said, proc.stderr
 
 
 def test_a_reference_with_its_own_input_spec_sees_images_prepared_its_way(tiny_bundle, retina_jpeg):

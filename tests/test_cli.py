@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from narrow_terminal import COLUMNS, narrow_runner, widest_line
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, widest_line
 
 from edge_retina.cli.main import cli
 
@@ -77,6 +77,23 @@ def test_screen_exit_status_when_nothing_could_be_screened(tiny_bundle, tmp_path
 def test_screen_with_a_broken_bundle_says_so(tmp_path, retina_jpeg):
     res = run("screen", retina_jpeg, "--bundle", tmp_path / "no-bundle")
     assert res.exit_code == 2 and "error" in res.output
+
+
+def test_screen_errors_fit_80_columns_and_name_each_photo_once(tiny_bundle, retina_jpeg, tmp_path):
+    """A photo that cannot be read, deep in a folder: its error line wraps to the terminal and names
+    it once (the decoder's message starts with its path); its row shows the short name, so the
+    table keeps room for the status."""
+    folder = folder_wider_than_the_terminal(tmp_path)
+    shutil.copy(retina_jpeg, folder / "a.jpg")
+    broken = folder / "a-photo-from-the-old-camera.jpg"
+    broken.write_bytes(retina_jpeg.read_bytes()[:5000])
+    result = narrow_runner().invoke(cli, ["screen", str(folder), str(tmp_path / "missing.jpg"),
+                                          "--bundle", str(tiny_bundle)], catch_exceptions=False)
+    assert result.exit_code == 0 and widest_line(result.output) <= COLUMNS, result.output
+    said = "".join(result.output.splitlines())  # a folded path is whole again
+    assert f"error {broken}: truncated JPEG" in said and said.count(str(broken)) == 1, result.output
+    assert f"error {tmp_path / 'missing.jpg'}: no such file" in said and said.count("missing.jpg") == 2
+    assert re.search(r"a-photo-from-the-old-camera\.jpg +error \(corrupt\)", result.output), result.output
 
 
 def test_bundle_inspect_and_verify(tiny_bundle, tmp_path):

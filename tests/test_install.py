@@ -38,6 +38,7 @@ from edge_retina.install import (
     rollback,
     start,
 )
+from edge_retina.install.slots import STAGING_PREFIX
 from edge_retina.screener import Screener
 from edge_retina.selftest import (
     EXPECTED_FILE,
@@ -242,11 +243,37 @@ def test_untrusted_and_tampered_bundles_are_refused(root, bundles, keys, trusted
     assert start(root).slot == "b"
 
 
-def _archive_with(path: Path, bundle: Path, extra: tarfile.TarInfo, data: bytes = b"") -> Path:
+def test_a_refused_bundle_is_named_as_given_not_as_its_staging_copy(root, bundles, keys, trusted, tmp_path):
+    """The checks read the install's staging copy; the user knows the bundle by the path they gave."""
+    altered_file = shutil.copytree(bundles["v1"], tmp_path / "altered-file")
+    with open(altered_file / "prompts.npz", "r+b") as f:
+        f.write(b"X")
+    altered_manifest = shutil.copytree(bundles["v1"], tmp_path / "altered-manifest")
+    manifest = json.loads((altered_manifest / "manifest.json").read_text())
+    manifest["provenance"]["command"] = "tests: altered"
+    (altered_manifest / "manifest.json").write_text(json.dumps(manifest))
+    other_key = shutil.copytree(bundles["v1"], tmp_path / "other-key")
+    sign_bundle(other_key, load_private_key(keys / "other.key"))
+    archive = _archive_with(tmp_path / "altered.erb.tar", altered_file)
+    for source, says in [(altered_file, "prompts.npz: expected sha256"), (archive, "prompts.npz: expected sha256"),
+                         (altered_manifest, "signature does not match"), (other_key, "not trusted"),
+                         (bundles["unsigned"], "is not signed")]:
+        result = narrow_runner().invoke(bundle_cli, ["install", str(source), "--root", str(root),
+                                                     "--trusted-keys", str(keys / "trusted"), "--no-start"])
+        assert widest_line(result.output) <= COLUMNS, result.output
+        said = "".join(result.output.splitlines())  # a long path folded over lines is whole again
+        assert result.exit_code == 2 and says in said and str(source) in said, said
+        assert STAGING_PREFIX not in said, said
+    assert sorted(p.name for p in root.iterdir()) == [".lock", "slots", "state.json"]
+
+
+def _archive_with(path: Path, bundle: Path, extra: tarfile.TarInfo | None = None, data: bytes = b"") -> Path:
+    """An archive of the files of ``bundle`` as they are (pack_bundle would refuse an altered one), and ``extra``."""
     with tarfile.open(path, "w") as tar:
         for name in sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()):
             tar.add(bundle / name, arcname=name)
-        tar.addfile(extra, io.BytesIO(data) if extra.isreg() else None)
+        if extra is not None:
+            tar.addfile(extra, io.BytesIO(data) if extra.isreg() else None)
     return path
 
 

@@ -24,7 +24,7 @@ from edge_retina.adapt.overlay import HEAD_FILE, bundle_scoring, check_output, h
 from edge_retina.bench.labels import LabelledImages, listed_name, read_labels_csv
 from edge_retina.bundle import AdaptationEntry, Bundle
 from edge_retina.bundle.manifest import CREATED_FORMAT
-from edge_retina.errors import EdgeRetinaError
+from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.files import sha256_file
 from edge_retina.screener import Screener
 
@@ -89,8 +89,7 @@ def embed_site_photos(screener: Screener, labelled: LabelledImages, labels_csv: 
         result = screener.screen(path)
         name = listed_name(path, labels_csv)
         if result.error is not None:
-            # The decoder's message starts with the photo's full path: name the photo once, as listed.
-            skipped.append(f"{name}: {result.error.removeprefix(f'{path}: ')}")
+            skipped.append(named_once(path, result.error, shown=name))
         elif not result.gradable:
             skipped.append(f"{name}: ungradable ({result.ungradable_reason})")
         else:

@@ -26,7 +26,7 @@ import numpy as np
 
 from edge_retina.bench.machine import machine_info
 from edge_retina.bundle import EngineEntry, load_bundle
-from edge_retina.errors import EdgeRetinaError
+from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.pipeline import ScreeningPipeline, usable_cores
 from edge_retina.screener import STAGES, Screener
 
@@ -43,6 +43,9 @@ class Pipeline(Protocol):
     def run_engine(self, tensor: np.ndarray) -> None:
         """Run just the model on a prepared tensor."""
 
+    def unusable(self, image: Path) -> str | None:
+        """Why this pipeline cannot time ``image`` end to end ("<image>: <why>"), or None."""
+
     def close(self) -> None: ...
 
 
@@ -57,14 +60,14 @@ class DeployedPipeline:
     def run(self, image: Path) -> dict[str, float]:
         result = self.screener.screen(image)
         if result.error:
-            raise EdgeRetinaError(f"{image}: {result.error}")
+            raise EdgeRetinaError(named_once(image, result.error))
         return result.timings_ms
 
     def unusable(self, image: Path) -> str | None:
         """Why ``image`` cannot be timed end to end (unreadable, or ungradable: no inference), or None."""
         result = self.screener.screen(image)
         if result.error:
-            return f"{image}: {result.error}"
+            return named_once(image, result.error)
         return None if result.gradable else f"{image}: ungradable ({result.ungradable_reason})"
 
     def prepared_tensor(self, image: Path) -> np.ndarray:
@@ -229,7 +232,7 @@ def measure_pipeline_throughput(screener: Screener, images: Sequence[Path], work
     with ScreeningPipeline(screener, workers=workers) as pipeline:
         for result in pipeline.screen([image for _ in range(rounds) for image in images]):
             if result.error:
-                raise EdgeRetinaError(f"{result.source}: {result.error}")
+                raise EdgeRetinaError(named_once(result.source, result.error))
         return pipeline.throughput.images_per_s
 
 
@@ -273,9 +276,19 @@ def run_latency(
     deployed = [DeployedPipeline(bundle_path, e, threads) for e in engines]
     pipelines: list[Pipeline] = [*deployed, *extra_pipelines]
     try:
-        problems = [(Path(i), deployed[0].unusable(Path(i))) for i in images]
-        left_out = [why for _, why in problems if why]
-        images = [i for i, why in problems if why is None]
+        # Every pipeline times the same images, or its medians and the speed-ups would compare
+        # different work (a DICOM's decode, a large photo's): an image one of them cannot run (the
+        # research baseline's PIL opens no DICOM) is left out of all, with why. The engines share
+        # the runtime's decoder, so the first stands for them all.
+        judges = [deployed[0], *extra_pipelines]
+        left_out, timed = [], []
+        for image in map(Path, images):
+            why = next(filter(None, (p.unusable(image) for p in judges)), None)  # the first reason given
+            if why is None:
+                timed.append(image)
+            else:
+                left_out.append(why)
+        images = timed
         if not images:
             raise EdgeRetinaError("no image to benchmark: " + ("; ".join(left_out) or "none given"))
         results = measure_interleaved(pipelines, images, iterations)

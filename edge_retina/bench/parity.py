@@ -25,7 +25,7 @@ from edge_retina.backends import Runner, create_runner
 from edge_retina.bench import metrics
 from edge_retina.bench.labels import LabelledImages
 from edge_retina.bundle import Bundle, EngineEntry, load_bundle
-from edge_retina.errors import EdgeRetinaError, ImageError
+from edge_retina.errors import EdgeRetinaError, ImageError, named_once
 from edge_retina.preprocess import InputSpec, Preprocessor
 from edge_retina.prompt_table import PromptTable
 from edge_retina.screener import engine_cache_dir
@@ -181,7 +181,7 @@ def prepare_tensors(preprocessor: Preprocessor, paths: Sequence[Path],
         try:
             prepared = preprocessor.prepare(path)
         except ImageError as exc:  # an unreadable image is reported, not fatal, in a parity run
-            skipped.append(f"{path}: {exc}")
+            skipped.append(named_once(path, str(exc)))
         else:
             tensors.append(prepared.tensor[0])
             kept.append(i)

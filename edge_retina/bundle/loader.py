@@ -80,6 +80,13 @@ def load_bundle(
     return _open_directory(root, source, verify)
 
 
+def load_copy(copy: str | os.PathLike[str], source: str | os.PathLike[str]) -> Bundle:
+    """The bundle directory ``copy`` made of the bundle (directory or archive) at ``source``, verified
+    like ``load_bundle``'s; messages name ``source``, the bundle the user gave (an install checks
+    its staging copy, so what is checked is what is installed)."""
+    return _open_directory(Path(copy), Path(source), verify=True)
+
+
 def verify_bundle(path: str | os.PathLike[str]) -> VerificationReport:
     """Check a bundle directory or archive completely; reports problems instead of raising.
 
@@ -141,7 +148,7 @@ def _read_manifest_bytes(root: Path, source: Path) -> bytes:
 
 def _describe(root: Path, source: Path) -> str:
     """How to name the manifest in messages: inside the directory, or inside the archive."""
-    return str(root / MANIFEST_NAME) if root == source else f"{source}:{MANIFEST_NAME}"
+    return str(source / MANIFEST_NAME) if root == source or source.is_dir() else f"{source}:{MANIFEST_NAME}"
 
 
 def _locate(root: Path, files: Mapping[str, str]) -> tuple[dict[str, Path], dict[str, str]]:

@@ -220,59 +220,65 @@ def sign_bundle(path: str | os.PathLike[str], private_key: Ed25519PrivateKey) ->
     return signature
 
 
-def read_signed_parts(path: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
-    """(manifest.json bytes, manifest.sig bytes or None) of a bundle directory or archive."""
+def read_signed_parts(path: str | os.PathLike[str], *, name: str | os.PathLike[str] | None = None
+                      ) -> tuple[bytes, bytes | None]:
+    """(manifest.json bytes, manifest.sig bytes or None) of a bundle directory or archive; messages
+    name the bundle ``name`` (default: ``path``), e.g. the one an install's staging copy was made of."""
     path = Path(path)
+    shown = Path(name) if name is not None else path
     if path.is_dir():
         manifest_path, signature_path = path / MANIFEST_NAME, path / SIGNATURE_NAME
         if not manifest_path.is_file():
-            raise BundleError(f"{path} is not a bundle: it has no {MANIFEST_NAME}")
-        manifest = _read_bounded(manifest_path, MAX_MANIFEST_BYTES)
-        signature = _read_bounded(signature_path, MAX_SIGNATURE_BYTES) if signature_path.is_file() else None
+            raise BundleError(f"{shown} is not a bundle: it has no {MANIFEST_NAME}")
+        manifest = _read_bounded(manifest_path, MAX_MANIFEST_BYTES, shown / MANIFEST_NAME)
+        signature = (_read_bounded(signature_path, MAX_SIGNATURE_BYTES, shown / SIGNATURE_NAME)
+                     if signature_path.is_file() else None)
         return manifest, signature
     if not path.is_file():
-        raise BundleError(f"no bundle at {path}")
+        raise BundleError(f"no bundle at {shown}")
     members = read_small_members(path, {MANIFEST_NAME, SIGNATURE_NAME}, max_bytes=MAX_MANIFEST_BYTES)
     if MANIFEST_NAME not in members:
-        raise BundleError(f"{path} is not a bundle: the archive has no {MANIFEST_NAME}")
+        raise BundleError(f"{shown} is not a bundle: the archive has no {MANIFEST_NAME}")
     return members[MANIFEST_NAME], members.get(SIGNATURE_NAME)
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
+def _read_bounded(path: Path, limit: int, shown: Path) -> bytes:
     # A directory entry that is a symlink is refused like in archives: the signed parts are the bundle's own.
     if path.is_symlink():
-        raise BundleError(f"{path} is a symbolic link; a bundle's manifest and signature must be regular files")
+        raise BundleError(f"{shown} is a symbolic link; a bundle's manifest and signature must be regular files")
     with open(path, "rb") as stream:
         data = stream.read(limit + 1)
     if len(data) > limit:
-        raise BundleError(f"{path} is larger than {limit} bytes")
+        raise BundleError(f"{shown} is larger than {limit} bytes")
     return data
 
 
-def check_signature(path: str | os.PathLike[str], trusted: Mapping[str, Ed25519PublicKey]) -> str:
+def check_signature(path: str | os.PathLike[str], trusted: Mapping[str, Ed25519PublicKey], *,
+                    name: str | os.PathLike[str] | None = None) -> str:
     """Check that a bundle's manifest is signed by a trusted key; returns that key's id.
 
     Raises SignatureError naming what is wrong: unsigned, malformed signature, unknown key, or a
     signature that does not match (the manifest or the signature was altered, or another key
     signed). The files' hashes are checked separately (``load_bundle``/``verify_bundle``).
+    Messages name the bundle ``name`` (default: ``path``).
     """
-    path = Path(path)
-    manifest_bytes, signature_bytes = read_signed_parts(path)
+    manifest_bytes, signature_bytes = read_signed_parts(path, name=name)
+    shown = name if name is not None else path
     if signature_bytes is None:
-        raise SignatureError(f"{path} is not signed (no {SIGNATURE_NAME}); sign it with `edge-retina bundle sign`")
-    signature = BundleSignature.from_bytes(signature_bytes, source=f"{path}: {SIGNATURE_NAME}")
+        raise SignatureError(f"{shown} is not signed (no {SIGNATURE_NAME}); sign it with `edge-retina bundle sign`")
+    signature = BundleSignature.from_bytes(signature_bytes, source=f"{shown}: {SIGNATURE_NAME}")
     public_key = trusted.get(signature.key_id)
     if public_key is None:
         where = getattr(trusted, "source", "the trusted keys")
         raise SignatureError(
-            f"{path} is signed by key {signature.key_id}, which is not trusted here ({where} has "
+            f"{shown} is signed by key {signature.key_id}, which is not trusted here ({where} has "
             f"{', '.join(sorted(trusted)) or 'no keys'})"
         )
     try:
         public_key.verify(signature.signature, manifest_bytes)
     except InvalidSignature:
         raise SignatureError(
-            f"{path}: the signature does not match {MANIFEST_NAME} (the manifest or its signature was "
+            f"{shown}: the signature does not match {MANIFEST_NAME} (the manifest or its signature was "
             f"altered after signing, or it was not made by key {signature.key_id})"
         ) from None
     return signature.key_id

@@ -14,12 +14,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from edge_retina.bench.shared_datasets import shared_datasets_dir
 from edge_retina.cli.inputs import expand_inputs
-from edge_retina.console_tables import parity_console_tables, rich_table
+from edge_retina.console_tables import parity_console_tables, print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
-from edge_retina.errors import EdgeRetinaError
+from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.extras import import_for
 
 EXIT_GATE_FAILED = 1
@@ -27,7 +28,7 @@ EXIT_CANNOT_RUN = 2
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    print_wrapped(Console(stderr=True), Text.assemble(("error:", "red"), f" {message}"))
     sys.exit(EXIT_CANNOT_RUN)
 
 
@@ -52,7 +53,7 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
             raise EdgeRetinaError("no --images given and no shared datasets found (set EDGE_RETINA_DATASETS)")
         images = (str(shared / "heimed" / "full"),)
     items = expand_inputs(list(images))
-    problems = [f"{i.path}: {i.problem}" for i in items if i.problem]
+    problems = [named_once(i.path, i.problem) for i in items if i.problem]
     if problems:
         raise EdgeRetinaError("; ".join(problems))
     return [Path(i.path) for i in items][:limit]
@@ -112,12 +113,12 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     except EdgeRetinaError as exc:
         _fail(str(exc))
     data = report.to_dict()
-    console.print(rich_table(f"Latency per stage, median ms ({len(image_paths)} images x {iterations} rounds, "
+    console.print(rich_table(f"Latency per stage, median ms ({len(report.images)} images x {iterations} rounds, "
                              f"interleaved); speed-up against {data['baseline']}", *latency_table_rows(data),
                              width=console.width))
     console.print(rich_table("Throughput, cold start, memory", *system_table_rows(data), width=console.width))
     for why in report.left_out:
-        console.print(f"[yellow]left out[/] {escape(why)}", soft_wrap=True)
+        print_wrapped(console, Text.assemble(("left out", "yellow"), f" {why}"))
     machine = report.machine
     console.print(f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores, "
                   f"load average {machine['load_average_1min']}")
@@ -200,7 +201,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
     for table in parity_console_tables(parity_tables(report), width=console.width):
         console.print(table)
     for s in report.skipped:
-        console.print(f"[yellow]skipped[/] {escape(s)}", soft_wrap=True)
+        print_wrapped(console, Text.assemble(("skipped", "yellow"), f" {s}"))
     if labelled.ignored_columns:
         console.print(f"ignored label columns (not conditions of this bundle): "
                       f"{escape(', '.join(labelled.ignored_columns))}")
@@ -215,9 +216,10 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
                                  gate_baseline=gate_baseline)
         console.print(f"HTML report: {html}")
     if failures:
-        console.print("[red]parity gate FAILED:[/] " + escape("; ".join(failures)), soft_wrap=True)
+        print_wrapped(console, Text.assemble(("parity gate FAILED:", "red"), f" {'; '.join(failures)}"))
         sys.exit(EXIT_GATE_FAILED)
-    console.print(f"[green]parity gate passed[/] (every engine's ΔAUROC ≥ -{max_drop} against {escape(baseline)})")
+    print_wrapped(console, Text.assemble(("parity gate passed", "green"),
+                                         f" (every engine's ΔAUROC ≥ -{max_drop} against {baseline})"))
 
 
 @bench.command()

@@ -15,10 +15,11 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from edge_retina.cli.inputs import expand_inputs
 from edge_retina.cli.results_io import ResultWriter, result_format
-from edge_retina.console_tables import print_results, summarise
+from edge_retina.console_tables import print_results, print_wrapped, summarise
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.pipeline import ScreeningPipeline
@@ -69,14 +70,14 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
             conditions=[c.strip() for c in conditions.split(",")] if conditions else None,
         )
     except EdgeRetinaError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        print_wrapped(err, Text.assemble(("error:", "red"), f" {exc}"))
         sys.exit(2)
 
     items = expand_inputs(list(paths), recursive=recursive)
     try:
         writer = ResultWriter(out, screener.conditions) if out else None
     except OSError as exc:
-        err.print(f"[red]error:[/] cannot write results to {out}: {exc.strerror or exc}")
+        print_wrapped(err, Text.assemble(("error:", "red"), f" cannot write results to {out}: {exc.strerror or exc}"))
         sys.exit(2)
     results: list[Result] = []
     progress = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_retina.bundle import load_bundle
 from edge_retina.bundle.archive import extract_archive
+from edge_retina.bundle.loader import load_copy
 from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME
 from edge_retina.bundle.signing import check_signature, read_signed_parts
 from edge_retina.errors import BundleError
@@ -237,8 +238,8 @@ def _stage(source: Path, staging: Path, trusted: Mapping[str, Ed25519PublicKey],
     _fill_staging(source, staging)
     fsync_tree(staging)
     step("staging-written")
-    key_id = check_signature(staging, trusted)
-    manifest = load_bundle(staging, verify=True).manifest
+    key_id = check_signature(staging, trusted, name=source)
+    manifest = load_copy(staging, source).manifest
     if EXPECTED_FILE not in manifest.files:
         raise InstallError(
             f"{source} has no self-test ({EXPECTED_FILE}); a device only installs bundles it can test "
