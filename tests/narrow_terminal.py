@@ -17,6 +17,13 @@ def widest_line(text: str) -> int:
     return max((len(line.encode()) for line in text.splitlines()), default=0)
 
 
+def unwrapped(text: str) -> str:
+    """``text`` without whitespace, to look for a phrase in wrapped output: a line folds at a space or
+    inside a long path, and where depends on how long the (temporary) path is, so a plain join of the
+    lines would sometimes drop a space. Look for ``unwrapped(phrase)``."""
+    return "".join(text.split())
+
+
 def folder_wider_than_the_terminal(parent: Path) -> Path:
     """A new folder under ``parent`` whose path alone is wider than the terminal: a message naming a
     photo in it must wrap, and should name it once."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, widest_line
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, unwrapped, widest_line
 
 from edge_retina.adapt import bundle_scoring, fit_site_adaptation, remove_adaptation
 from edge_retina.adapt.heads import ZERO_SHOT, fit_linear_probe, fit_prototype_blend
@@ -250,18 +250,14 @@ def test_adapt_messages_fit_80_columns_and_name_photos_as_listed(tiny_bundle, si
         result = narrow_runner().invoke(cli, ["adapt", "--bundle", str(tiny_bundle), "--labels", str(labels),
                                               "--out", str(tmp_path / "out"), "--method", "threshold"])
         assert widest_line(result.stderr) <= COLUMNS, result.stderr
-        # Without whitespace: a line folds inside a path or at a space, which the join would drop.
-        return result.exit_code, squashed(result.stderr)
-
-    def squashed(text: str) -> str:
-        return "".join(text.split())
+        return result.exit_code, unwrapped(result.stderr)
 
     code, refused = run(LabelledImages(photos + photos[:1], {"glaucoma": np.r_[y, 1.0]}))
-    assert code == 2 and squashed(f"{folder / 'labels.csv'}: the same photo") in refused, refused
-    assert squashed("rows 2 and 26 (photo00.png)") in refused, refused
+    assert code == 2 and unwrapped(f"{folder / 'labels.csv'}: the same photo") in refused, refused
+    assert unwrapped("rows 2 and 26 (photo00.png)") in refused, refused
     code, left_out = run(LabelledImages(photos + [broken], {"glaucoma": np.r_[y, 1.0]}))
-    assert code == 0 and squashed(f"left out {broken.name}: not an image file") in left_out, left_out
-    assert squashed(str(folder)) not in left_out
+    assert code == 0 and unwrapped(f"left out {broken.name}: not an image file") in left_out, left_out
+    assert unwrapped(str(folder)) not in left_out
 
 
 def test_adapt_command_inspect_and_parity_against_the_base(tiny_bundle, site_labels, tmp_path):

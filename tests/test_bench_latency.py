@@ -3,7 +3,6 @@ the research baseline, and `edge-retina bench latency`."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, widest_line
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, unwrapped, widest_line
 
 from converters.research_baseline import ResearchPipeline
 from edge_retina.bench import latency
@@ -138,9 +137,9 @@ def test_latency_command_names_left_out_images_once_in_80_columns(tiny_bundle, r
                                             "--backend", "openvino", "--iterations", "1", "--streams", "1",
                                             "--cold-runs", "0", "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0 and widest_line(result.output) <= COLUMNS, result.output
-    said = "".join(result.output.splitlines())  # a folded path is whole again
-    assert re.search(r"\(2 images x 1 rounds", said), result.output
-    assert f"left out {broken}: truncated JPEG" in said and said.count(str(broken)) == 1, result.output
+    said = unwrapped(result.output)
+    assert unwrapped("(2 images x 1 rounds") in said, result.output
+    assert unwrapped(f"left out {broken}: truncated JPEG") in said and said.count(str(broken)) == 1, result.output
     left_out = json.loads(out.read_text())["left_out"]
     assert len(left_out) == 1 and left_out[0].startswith(f"{broken}: truncated JPEG") and left_out[0].count(
         str(broken)) == 1
@@ -167,4 +166,4 @@ def test_latency_command_json(tiny_bundle, retina_jpeg, tmp_path):
     assert bad.exit_code == 2 and "none.jpg" in bad.output
     bad = CliRunner().invoke(bench, ["latency", "--bundle", str(tiny_bundle), "--images", str(retina_jpeg),
                                      "--baseline", "tensorrt/fp16/teacher"])
-    assert bad.exit_code == 2 and "neither 'research' nor one of the engines" in "".join(bad.output.splitlines())
+    assert bad.exit_code == 2 and unwrapped("neither 'research' nor one of the engines") in unwrapped(bad.output)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, widest_line
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, unwrapped, widest_line
 
 from edge_retina.bench import parity as parity_module
 from edge_retina.bench.labels import LabelledImages, read_labels_csv, write_labels_csv
@@ -153,8 +153,8 @@ def test_parity_names_a_skipped_image_once_in_80_columns(tiny_bundle, labelled_f
                                             "--reference", "fp32", "--replicates", "100", "--out", str(out)],
                                     catch_exceptions=False)
     assert result.exit_code == 0 and widest_line(result.output) <= COLUMNS, result.output
-    said = "".join(result.output.splitlines())  # a folded path is whole again
-    assert f"skipped {broken}: truncated JPEG" in said and said.count(str(broken)) == 1, result.output
+    said = unwrapped(result.output)
+    assert unwrapped(f"skipped {broken}: truncated JPEG") in said and said.count(str(broken)) == 1, result.output
     skipped = json.loads(out.read_text())["skipped"]
     assert len(skipped) == 1 and skipped[0].startswith(f"{broken}: truncated JPEG") and skipped[0].count(
         str(broken)) == 1
@@ -200,8 +200,8 @@ def test_fp32_parity_runs_on_a_device_and_host_options_name_the_extra(tiny_bundl
     for extra_args in (["--reference", "teacher"], ["--reference", "fp32", "--html", "r.html"]):
         proc = subprocess.run([sys.executable, "-c", DEVICE, *common, *extra_args], capture_output=True, text=True,
                               timeout=120)
-        said = "".join(proc.stderr.splitlines())  # wrapped to 80 columns
-        assert proc.returncode == 2 and "pip install 'edge-retina[convert]'" in said, proc.stderr
+        assert proc.returncode == 2 and unwrapped("pip install 'edge-retina[convert]'") in unwrapped(proc.stderr), \
+            proc.stderr
 
 
 def test_a_reference_with_its_own_input_spec_sees_images_prepared_its_way(tiny_bundle, retina_jpeg):

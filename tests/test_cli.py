@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, widest_line
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, unwrapped, widest_line
 
 from edge_retina.cli.main import cli
 
@@ -90,9 +90,9 @@ def test_screen_errors_fit_80_columns_and_name_each_photo_once(tiny_bundle, reti
     result = narrow_runner().invoke(cli, ["screen", str(folder), str(tmp_path / "missing.jpg"),
                                           "--bundle", str(tiny_bundle)], catch_exceptions=False)
     assert result.exit_code == 0 and widest_line(result.output) <= COLUMNS, result.output
-    said = "".join(result.output.splitlines())  # a folded path is whole again
-    assert f"error {broken}: truncated JPEG" in said and said.count(str(broken)) == 1, result.output
-    assert f"error {tmp_path / 'missing.jpg'}: no such file" in said and said.count("missing.jpg") == 2
+    said = unwrapped(result.output)
+    assert unwrapped(f"error {broken}: truncated JPEG") in said and said.count(str(broken)) == 1, result.output
+    assert unwrapped(f"error {tmp_path / 'missing.jpg'}: no such file") in said and said.count("missing.jpg") == 2
     assert re.search(r"a-photo-from-the-old-camera\.jpg +error \(corrupt\)", result.output), result.output
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from narrow_terminal import COLUMNS, narrow_runner, widest_line
+from narrow_terminal import COLUMNS, narrow_runner, unwrapped, widest_line
 
 from converters.selftest_files import selftest_files
 from edge_retina.backends import create_runner
@@ -261,8 +261,8 @@ def test_a_refused_bundle_is_named_as_given_not_as_its_staging_copy(root, bundle
         result = narrow_runner().invoke(bundle_cli, ["install", str(source), "--root", str(root),
                                                      "--trusted-keys", str(keys / "trusted"), "--no-start"])
         assert widest_line(result.output) <= COLUMNS, result.output
-        said = "".join(result.output.splitlines())  # a long path folded over lines is whole again
-        assert result.exit_code == 2 and says in said and str(source) in said, said
+        said = unwrapped(result.output)
+        assert result.exit_code == 2 and unwrapped(says) in said and str(source) in said, said
         assert STAGING_PREFIX not in said, said
     assert sorted(p.name for p in root.iterdir()) == [".lock", "slots", "state.json"]
 
