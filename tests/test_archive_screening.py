@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from narrow_terminal import COLUMNS, narrow_runner, widest_line
+from narrow_terminal import COLUMNS, narrow_runner, unwrapped, widest_line
 
 pytest.importorskip("ray")
 
@@ -99,7 +99,8 @@ def test_archive_screen_on_local_ray_then_rerun_then_summary(tiny_bundle, photos
 
         rerun = CliRunner().invoke(cli, [*args, "--workers", "1"])
         assert rerun.exit_code == 0, rerun.output
-        assert "0 screened" in rerun.output and "7 already screened" in rerun.output
+        said = unwrapped(rerun.output)
+        assert unwrapped("0 screened") in said and unwrapped("7 already screened") in said
         assert sorted(p.name for p in out.iterdir()) == parts  # nothing written
 
         summary = CliRunner().invoke(cli, ["archive", "summary", str(out), "--json"])
@@ -109,7 +110,7 @@ def test_archive_screen_on_local_ray_then_rerun_then_summary(tiny_bundle, photos
         assert s["gradable"] + s["ungradable"] == 5 and set(s["referral"]) == {
             n[len("p_"):] for n in pq.read_schema(next(out.glob("part-*"))).names if n.startswith("p_")}
         table_view = narrow_runner().invoke(cli, ["archive", "summary", str(out)])
-        assert "not_found: 1" in table_view.output and widest_line(table_view.output) <= COLUMNS
+        assert unwrapped("not_found: 1") in unwrapped(table_view.output) and widest_line(table_view.output) <= COLUMNS
     finally:
         ray.shutdown()
 
@@ -120,4 +121,4 @@ def test_without_ray_the_command_names_the_extra(tiny_bundle, photos, tmp_path, 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ModuleNotFoundError
     run = CliRunner().invoke(cli, ["archive", "screen", str(photos), "--bundle", str(tiny_bundle),
                                    "--out", str(tmp_path / "r.parquet")])
-    assert run.exit_code != 0 and "pip install 'edge-retina[archive]'" in run.output
+    assert run.exit_code != 0 and unwrapped("pip install 'edge-retina[archive]'") in unwrapped(run.output)

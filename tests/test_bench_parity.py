@@ -133,7 +133,7 @@ def test_parity_gate_fails_with_exit_1(tiny_bundle, labelled_folder, monkeypatch
     result = invoke("parity", "--bundle", tiny_bundle, "--labels", labelled_folder / "labels.csv", "--reference",
                     "fp32", "--max-drop", "0.01")
     assert result.exit_code == 1
-    assert "parity gate FAILED" in result.output and "degraded" in result.output
+    assert unwrapped("parity gate FAILED") in unwrapped(result.output) and "degraded" in result.output
     assert invoke("parity", "--bundle", tiny_bundle, "--labels", labelled_folder / "labels.csv", "--reference",
                   "fp32", "--max-drop", "0.9").exit_code == 0
 
@@ -164,12 +164,13 @@ def test_parity_cannot_run_exits_2(tiny_bundle, labelled_folder, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("image,glaucoma\na.jpg,1\n")
     result = invoke("parity", "--bundle", tiny_bundle, "--labels", bad, "--reference", "fp32")
-    assert result.exit_code == 2 and "'file' column" in result.output
+    assert result.exit_code == 2 and unwrapped("'file' column") in unwrapped(result.output)
     result = invoke("parity", "--bundle", tmp_path / "nowhere", "--labels", labelled_folder / "labels.csv")
-    assert result.exit_code == 2 and "no bundle" in result.output
+    assert result.exit_code == 2 and unwrapped("no bundle") in unwrapped(result.output)
     # The tiny bundle's teacher family is not a real one: named, not a traceback.
     result = invoke("parity", "--bundle", tiny_bundle, "--labels", labelled_folder / "labels.csv")
-    assert result.exit_code == 2 and "cannot load the bundle's teacher (test-tiny)" in result.output
+    assert result.exit_code == 2
+    assert unwrapped("cannot load the bundle's teacher (test-tiny)") in unwrapped(result.output)
 
 
 def test_labels_command_writes_a_shared_dataset_split(shared_datasets, tmp_path):
@@ -236,4 +237,4 @@ def test_label_columns_that_are_not_conditions_are_ignored_and_listed(tiny_bundl
     data = json.loads(result.stdout)
     assert data["ignored_label_columns"] == ["width"]
     assert {c["condition"] for c in data["conditions"]} == {"glaucoma", "cataract"}
-    assert "ignored label columns (not conditions of this bundle): width" in result.stderr
+    assert unwrapped("ignored label columns (not conditions of this bundle): width") in unwrapped(result.stderr)

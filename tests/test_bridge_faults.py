@@ -20,6 +20,7 @@ from firmware_bridge.hotfolder import HotFolder, sidecar_path
 from firmware_bridge.protocol import Message, MessageType
 from firmware_bridge.server import BridgeServer
 from firmware_bridge.store import ResultStore
+from narrow_terminal import unwrapped
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def test_hotfolder_command_once(tiny_bundle, retina_rgb, tmp_path):
             "--backend", "onnxruntime"]
     first = CliRunner().invoke(bridge, args)
     assert first.exit_code == 0, first.output
-    assert "1 sidecar(s) written" in first.output
+    assert unwrapped("1 sidecar(s) written") in unwrapped(first.output)
     assert (tmp_path / ".edge-retina" / "journal.sqlite3").is_file()
     assert "0 sidecar(s) written" in CliRunner().invoke(bridge, args).output
 
@@ -216,6 +217,6 @@ def test_serve_needs_exactly_one_transport_and_loopback_by_default(tiny_bundle, 
     runner = CliRunner()
     store = ["--store", str(tmp_path / "s.sqlite3")]
     none = runner.invoke(bridge, ["serve", "--bundle", str(tiny_bundle), *store])
-    assert none.exit_code == 2 and "exactly one" in none.output
+    assert none.exit_code == 2 and unwrapped("exactly one") in unwrapped(none.output)
     remote = runner.invoke(bridge, ["serve", "--bundle", str(tiny_bundle), "--tcp", "0.0.0.0:0", *store])
     assert remote.exit_code == 2 and "--allow-remote" in remote.output

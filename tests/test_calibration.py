@@ -23,6 +23,7 @@ from converters.commands.calibrate import calibrate
 from edge_retina.files import sha256_file
 from edge_retina.preprocess import InputSpec, Preprocessor
 from edge_retina.quality import REASONS
+from narrow_terminal import unwrapped
 
 SPEC = InputSpec(size=(64, 64), mean=(0.5, 0.3, 0.2), std=(0.25, 0.2, 0.15))
 
@@ -148,8 +149,8 @@ def test_cli_writes_a_set(candidates_csv, tmp_path):
     result = CliRunner().invoke(calibrate, [str(candidates_csv), "--out", str(tmp_path / "cli"), "--size", "4",
                                             "--spec", str(spec_file), "--stratify", "label"])
     assert result.exit_code == 0, result.output
-    assert "calibration set of 4 images (stratified:label, seed 0)" in result.output
-    assert "ungradable or unreadable candidate(s) dropped" in result.output
+    assert unwrapped("calibration set of 4 images (stratified:label, seed 0)") in unwrapped(result.output)
+    assert unwrapped("ungradable or unreadable candidate(s) dropped") in unwrapped(result.output)
     assert load_calibration_set(tmp_path / "cli", spec=SPEC).size == 4
 
 

@@ -19,6 +19,7 @@ from converters.convert_pipeline import (
 )
 from edge_retina.bench.labels import LabelledImages, read_labels_csv
 from edge_retina.bundle import load_bundle
+from narrow_terminal import unwrapped
 
 # TensorRT first: ModelOpt must not disturb the ONNX Runtime quantization that follows it.
 TARGETS = [EngineTarget("tensorrt", "int8"), EngineTarget("onnxruntime", "fp32"), EngineTarget("onnxruntime", "int8"),
@@ -170,7 +171,7 @@ def test_cli_refuses_an_unknown_int8_backend(tmp_path):
     from converters.commands.convert import convert as convert_command
 
     result = CliRunner().invoke(convert_command, ["--out", str(tmp_path / "b"), "--int8", "coreml"])
-    assert result.exit_code == 2 and "unknown backend 'coreml'" in result.output
+    assert result.exit_code == 2 and unwrapped("unknown backend 'coreml'") in unwrapped(result.output)
 
 
 def test_convert_for_devices_emits_exactly_what_each_profile_needs(image_sets, tmp_path):
@@ -242,6 +243,6 @@ def test_a_student_bundle_reports_teacher_student_and_engines_side_by_side(image
     from edge_retina.cli.main import cli
 
     shown = narrow_runner().invoke(cli, ["bundle", "inspect", str(bundle_dir)], catch_exceptions=False)
-    assert shown.exit_code == 0 and "student vs teacher on 12 held-out images" in shown.output
+    assert shown.exit_code == 0 and unwrapped("student vs teacher on 12 held-out images") in unwrapped(shown.output)
     assert "cataract" in shown.output and "retention" in shown.output
     assert widest_line(shown.output) <= COLUMNS, shown.output

@@ -18,6 +18,7 @@ from edge_retina import engines
 from edge_retina.bundle import EngineEntry
 from edge_retina.cli.devices import devices_group
 from edge_retina.errors import BackendError, EdgeRetinaError
+from narrow_terminal import unwrapped
 
 REPO = Path(__file__).resolve().parents[1]
 BOARDS = Path(__file__).parent / "data" / "boards"
@@ -324,7 +325,7 @@ def test_cli_detect_on_a_board_tree():
     assert data["facts"]["machine"]["device_tree_model"] == "NVIDIA Jetson Xavier NX Developer Kit"
     human = run("detect", "--root", BOARDS / "raspberry-pi-5")
     assert human.exit_code == 0 and human.output.startswith("arm64-cpu:")
-    assert "CPU architecture aarch64" in human.output
+    assert unwrapped("CPU architecture aarch64") in unwrapped(human.output)
 
 
 def test_cli_list_and_show():
@@ -334,7 +335,7 @@ def test_cli_list_and_show():
     shown = run("show", "jetson-orin-nano")
     assert shown.exit_code == 0 and json.loads(shown.output) == profile_data("jetson-orin-nano")
     missing = run("show", "nope")
-    assert missing.exit_code == 1 and "unknown device profile 'nope'" in missing.output
+    assert missing.exit_code == 1 and unwrapped("unknown device profile 'nope'") in unwrapped(missing.output)
 
 
 def test_devices_and_the_runtime_never_import_torch_or_host_code():

@@ -26,6 +26,7 @@ from converters.distill.augment import FundusAugment
 from converters.distill.loss import DistillLoss
 from converters.teachers import Teacher
 from edge_retina.preprocess.spec import InputSpec
+from narrow_terminal import unwrapped
 
 EMBED_DIM = 24
 TINY = DistillConfig(arch="mobilenetv3_small_050", size=64, frozen_blocks=0, epochs=2, batch_size=3, seed=7)
@@ -249,7 +250,7 @@ def test_distill_command(tiny_teacher, photo_dir, tmp_path, monkeypatch):
         "--images", str(photo_dir), "--work-dir", str(tmp_path / "run"), "--out", str(out),
         "--arch", TINY.arch, "--size", "64", "--epochs", "1", "--batch-size", "3", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "student written to" in result.output
+    assert unwrapped("student written to") in unwrapped(result.output)
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["arch"] == TINY.arch and sidecar["n_images"] == 6 and len(sidecar["history"]) == 1
 

@@ -19,6 +19,7 @@ from edge_retina.cli.main import cli
 from edge_retina.errors import BundleError
 from edge_retina.install import install_bundle
 from edge_retina.install.state import SLOTS_DIR
+from narrow_terminal import unwrapped
 
 
 @pytest.fixture(scope="module")
@@ -84,5 +85,5 @@ def test_corrupt_prompt_table_with_a_matching_hash_is_a_refused_bundle(tiny_bund
     manifest["files"][prompts] = hashlib.sha256(content).hexdigest()
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     res = CliRunner().invoke(cli, ["screen", str(retina_jpeg), "--bundle", str(bundle)])
-    assert res.exit_code == 2 and "prompt table" in res.output, res.output
+    assert res.exit_code == 2 and unwrapped("prompt table") in unwrapped(res.output), res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)

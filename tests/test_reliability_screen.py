@@ -18,6 +18,7 @@ from edge_retina.cli.main import cli
 from edge_retina.errors import RESULT_ERROR_CODES, ImageError
 from edge_retina.preprocess.decode import MAX_FILE_BYTES, read_source
 from edge_retina.screener import Screener
+from narrow_terminal import unwrapped
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -110,7 +111,7 @@ def test_bad_out_path_is_a_message_not_a_traceback(tiny_bundle, retina_jpeg, tmp
     res = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--out", tmp_path / out)
     assert res.exit_code == 2, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
-    assert "--out" in res.output or "cannot write results" in res.output
+    assert "--out" in res.output or unwrapped("cannot write results") in unwrapped(res.output)
 
 
 @pytest.mark.parametrize("source", [None, 42, ["a.jpg"], "with\0nul.jpg"], ids=["none", "int", "list", "nul"])

@@ -31,6 +31,7 @@ from edge_retina.bundle.signing import (
 )
 from edge_retina.cli.bundle import bundle as bundle_cli
 from edge_retina.errors import BundleError
+from narrow_terminal import unwrapped
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_altered_file_passes_the_signature_but_fails_verification(signed, keys):
     check_signature(signed, trusted(keys))
     result = CliRunner().invoke(bundle_cli, ["verify", str(signed), "--public-key", str(keys["device"]["public"])])
     assert result.exit_code == 1
-    assert "prompts.npz: expected sha256" in result.output and "REFUSED" in result.output
+    assert unwrapped("prompts.npz: expected sha256") in unwrapped(result.output) and "REFUSED" in result.output
 
 
 def test_altered_signature_is_refused(signed, keys):
@@ -206,7 +207,7 @@ def test_cli_keygen_sign_verify(bundle_copy, tmp_path, keys):
     assert result.exit_code == 0, result.output
     assert runner.invoke(bundle_cli, ["sign", str(bundle_copy), "--key", str(tmp_path / "k.key")]).exit_code == 0
     ok = runner.invoke(bundle_cli, ["verify", str(bundle_copy), "--trusted-keys", str(tmp_path / "trust")])
-    assert ok.exit_code == 0 and "signed by trusted key" in ok.output, ok.output
+    assert ok.exit_code == 0 and unwrapped("signed by trusted key") in unwrapped(ok.output), ok.output
     wrong = runner.invoke(bundle_cli, ["verify", str(bundle_copy), "--json", "--public-key", str(keys["device"]["public"])])
     assert wrong.exit_code == 1
     assert "not trusted" in json.loads(wrong.output)["problems"][0]
