@@ -108,7 +108,7 @@ def test_bundle_inspect_and_verify(tiny_bundle, tmp_path):
     data[len(data) // 2] ^= 0xFF
     prompts.write_bytes(bytes(data))
     res = run("bundle", "verify", tampered)
-    assert res.exit_code == 1 and "prompts.npz" in res.output
+    assert res.exit_code == 1 and "prompts.npz" in unwrapped(res.output)
 
 
 def test_device_bundle_and_prompt_tables_fit_80_columns(tiny_bundle):
