@@ -16,6 +16,7 @@ import cv2
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from converters.bundle_builder import BundleRecipe
 from converters.convert_pipeline import ConvertSettings, EngineTarget, convert
@@ -91,10 +92,10 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
             student = manifest.model.student
             if manifest.model.teacher_checkpoint_sha256 == teacher.checkpoint_sha256 and student is not None \
                     and student.checkpoint_sha256 == recipe.student.checkpoint_sha256:
-                console.print(f"default bundle: {bundle_dir} (up to date; --rebuild to rebuild)")
+                print_wrapped(console, f"default bundle: {bundle_dir} (up to date; --rebuild to rebuild)")
                 return bundle_dir
         except BundleError as exc:
-            console.print(f"[yellow]rebuilding {bundle_dir}:[/] {exc}")
+            print_wrapped(console, Text.assemble((f"rebuilding {bundle_dir}:", "yellow"), f" {exc}"))
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
     archive = bundle_dir.with_suffix(".erb.tar")
@@ -106,10 +107,11 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
         dropped = [c.name for c in recipe.conditions if not c.normal and c.name not in validated]
         recipe.conditions = [c for c in recipe.conditions if c.normal or c.name in validated]
         if dropped:
-            console.print(f"conditions without validation data, left out of the default bundle: {', '.join(dropped)}")
+            print_wrapped(console, "conditions without validation data, left out of the default bundle: "
+                                   + ", ".join(dropped))
     convert(recipe, bundle_dir, settings, archive=archive,
             command="edge-retina demo", progress=lambda message: print_wrapped(console, message))
-    console.print(f"default bundle: {bundle_dir} (built; archive {archive.name})")
+    print_wrapped(console, f"default bundle: {bundle_dir} (built; archive {archive.name})")
     return bundle_dir
 
 
@@ -175,9 +177,9 @@ def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int
 def run_demo(config: DemoConfig) -> dict:
     console = Console()
     teacher = load_teacher("reference")
-    console.print(f"teacher: reference model {teacher.name} (sha256 {teacher.checkpoint_sha256[:12]}), "
-                  f"input {teacher.input_spec.size[0]}x{teacher.input_spec.size[1]}; default student: "
-                  f"{STUDENT_WEIGHTS.name} (distilled from it)")
+    print_wrapped(console, f"teacher: reference model {teacher.name} (sha256 {teacher.checkpoint_sha256[:12]}), "
+                           f"input {teacher.input_spec.size[0]}x{teacher.input_spec.size[1]}; default student: "
+                           f"{STUDENT_WEIGHTS.name} (distilled from it)")
     bundle_dir = default_bundle(teacher, config.workdir / "default-bundle", config.datasets, console, config.rebuild)
 
     images = sample_images(config.workdir, config.datasets)
@@ -193,5 +195,5 @@ def run_demo(config: DemoConfig) -> dict:
     else:
         for t in parity_tables(teacher, bundle_dir, config.datasets, config.parity_limit, console):
             console.print(t)
-    console.print(f"\nnext: edge-retina screen YOUR_FOLDER --bundle {bundle_dir}")
+    print_wrapped(console, f"\nnext: edge-retina screen YOUR_FOLDER --bundle {bundle_dir}")
     return summary

@@ -112,9 +112,12 @@ def test_bundle_inspect_and_verify(tiny_bundle, tmp_path):
 
 
 def test_device_bundle_and_prompt_tables_fit_80_columns(tiny_bundle):
-    """Free text (a profile's title, a threshold's source, prompts) wraps in its column; the rest stays whole."""
+    """Free text (a profile's title, a threshold's source, prompts) wraps in its column; the rest stays whole.
+    A detection's reasons (a sentence each) wrap as lines."""
     runner = narrow_runner()
     for args, shown in ((["devices", "list"], ["jetson-orin-nano", "Raspberry"]),
+                        (["devices", "detect", "--root", REPO / "tests/data/boards/agx-orin"],
+                         ["jetson-agx-orin", "tensorrt does not import"]),
                         (["bundle", "inspect", tiny_bundle], ["glaucoma", "onnxruntime"]),
                         (["prompts", "show", tiny_bundle], ["glaucoma", "- a fundus photograph"])):
         result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)

@@ -120,12 +120,12 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     for why in report.left_out:
         print_wrapped(console, Text.assemble(("left out", "yellow"), f" {why}"))
     machine = report.machine
-    console.print(f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores, "
-                  f"load average {machine['load_average_1min']}")
+    print_wrapped(console, f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores, "
+                           f"load average {machine['load_average_1min']}")
     _write_json(data, out, as_json)
     if report_html:
         report_html.write_report(html, latency=data)
-        console.print(f"HTML report: {html}")
+        print_wrapped(console, f"HTML report: {html}")
 
 
 def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int | None):
@@ -214,7 +214,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
         latency_data = json.loads(latency_json.read_text()) if latency_json else None
         report_html.write_report(html, parity=report, latency=latency_data, max_drop=max_drop,
                                  gate_baseline=gate_baseline)
-        console.print(f"HTML report: {html}")
+        print_wrapped(console, f"HTML report: {html}")
     if failures:
         print_wrapped(console, Text.assemble(("parity gate FAILED:", "red"), f" {'; '.join(failures)}"))
         sys.exit(EXIT_GATE_FAILED)

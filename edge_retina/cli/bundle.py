@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from edge_retina.bundle import load_bundle, verify_bundle
-from edge_retina.console_tables import rich_table
+from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.bundle.signing import (
     TrustedKeys,
     check_signature,
@@ -45,19 +46,20 @@ def inspect(path: Path, as_json: bool) -> None:
     try:
         manifest = load_bundle(path).manifest
     except BundleError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        sys.exit(2)
+        _fail(exc)
     if as_json:
         click.echo(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         return
     console = Console()
     m = manifest.to_dict()
     model = m["model"]
-    console.print(f"[bold]{path}[/]  schema v{m['schema_version']}")
-    console.print(f"model: {model.get('family')} / {model.get('name')}  teacher sha256 {str(model.get('teacher_checkpoint_sha256'))[:16]}"
-                  + (f"  student {model['student'].get('name')}" if model.get("student") else ""))
+    print_wrapped(console, Text.assemble((str(path), "bold"), f"  schema v{m['schema_version']}"))
+    print_wrapped(console, f"model: {model.get('family')} / {model.get('name')}  "
+                           f"teacher sha256 {str(model.get('teacher_checkpoint_sha256'))[:16]}"
+                           + (f"  student {model['student'].get('name')}" if model.get("student") else ""))
     spec = m["input"]
-    console.print(
+    print_wrapped(
+        console,
         f"input: {spec['size'][0]}x{spec['size'][1]} {spec['resize_mode']} ({spec['interpolation']}), "
         f"FoV crop {'on' if spec['fov_crop'] else 'off'}, {spec['colour_order']}, scale {spec['scale']:.6g}, "
         f"mean {spec['mean']}, std {spec['std']}"
@@ -81,7 +83,8 @@ def inspect(path: Path, as_json: bool) -> None:
     if manifest.adaptation is not None:
         console.print(_adaptation_table(manifest.adaptation))
     prov = m["provenance"]
-    console.print(f"built by {prov.get('tool')} {prov.get('tool_version')} on {prov.get('created')}: {prov.get('command')}")
+    print_wrapped(console, f"built by {prov.get('tool')} {prov.get('tool_version')} on {prov.get('created')}: "
+                           f"{prov.get('command')}")
 
 
 def _adaptation_table(adaptation) -> Table:
@@ -138,13 +141,13 @@ def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir
     else:
         console = Console()
         for name, sha in sorted(report.checked.items()):
-            console.print(f"  ok  {sha[:16]}…  {name}")
+            print_wrapped(console, f"  ok  {sha[:16]}…  {name}")
         for warning in report.warnings:
-            console.print(f"[yellow]  warning[/]  {warning}")
+            print_wrapped(console, Text.assemble(("  warning", "yellow"), f"  {warning}"))
         if signed_by is not None:
-            console.print(f"  ok  signed by trusted key {signed_by}")
+            print_wrapped(console, f"  ok  signed by trusted key {signed_by}")
         for problem in problems:
-            console.print(f"[red]  problem[/]  {problem}", highlight=False)
+            print_wrapped(console, Text.assemble(("  problem", "red"), f"  {problem}"))
         console.print("[green]bundle verified[/]" if ok else "[red]bundle REFUSED[/]")
     sys.exit(0 if ok else 1)
 
@@ -152,7 +155,7 @@ def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir
 # -- signatures ------------------------------------------------------------------------------------
 
 def _fail(exc: Exception, status: int = 2) -> None:
-    Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+    print_wrapped(Console(stderr=True), Text.assemble(("error:", "red"), f" {exc}"))
     sys.exit(status)
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 import devices
-from edge_retina.console_tables import rich_table
+from edge_retina.console_tables import print_wrapped, rich_table
 
 
 @click.group("devices")
@@ -31,14 +32,15 @@ def detect(root: Path, as_json: bool) -> None:
         click.echo(json.dumps(detection.to_dict(), indent=2))
         return
     console = Console()
-    console.print(f"[bold]{detection.profile.name}[/]: {detection.profile.title}")
+    print_wrapped(console, Text.assemble((detection.profile.name, "bold"), f": {detection.profile.title}"))
     for reason in detection.reasons:
-        console.print(f"  - {reason}", soft_wrap=True)
+        print_wrapped(console, f"  - {reason}")
     machine = detection.facts["machine"]
-    console.print(f"CPU: {machine['cpu_model'] or 'unknown'} ({machine['cpu_arch'] or 'unknown architecture'}, "
-                  f"{machine['cpu_count']} logical CPUs)", soft_wrap=True)
+    print_wrapped(console, f"CPU: {machine['cpu_model'] or 'unknown'} "
+                           f"({machine['cpu_arch'] or 'unknown architecture'}, {machine['cpu_count']} logical CPUs)")
     if machine["device_tree_model"] or machine["l4t_release"]:
-        console.print(f"board: {machine['device_tree_model'] or 'unknown'}, L4T {machine['l4t_release'] or 'unknown'}")
+        print_wrapped(console, f"board: {machine['device_tree_model'] or 'unknown'}, "
+                               f"L4T {machine['l4t_release'] or 'unknown'}")
 
 
 @devices_group.command("list")

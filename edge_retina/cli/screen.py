@@ -111,10 +111,10 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
         click.echo(json.dumps({"results": [r.to_dict() for r in results], "summary": summary}, indent=1))
     else:
         print_results(console, results, screener.conditions, summary)
-        console.print(f"engine: {engine.get('backend')} {engine.get('precision')} ({bundle_path})")
+        print_wrapped(console, f"engine: {engine.get('backend')} {engine.get('precision')} ({bundle_path})")
         if throughput:
             console.print(f"{throughput.describe()} ({pipeline.workers} workers); start-up {startup_s:.2f} s")
         if out:
-            console.print(f"results written to {out}")
+            print_wrapped(console, f"results written to {out}")
     if summary["images"] == summary["error"]:
         sys.exit(1)
