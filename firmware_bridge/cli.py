@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from edge_retina import LOG_FORMAT
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.screener import Screener
 
@@ -43,8 +44,7 @@ def _log_to_stderr() -> None:
     under edge_retina."""
     handler = logging.StreamHandler()
     handler.addFilter(lambda record: record.name.partition(".")[0] == "edge_retina")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=[handler])
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=[handler])
 
 
 def _open_screener(bundle: Path, backend: str | None, threads: int | None) -> Screener:

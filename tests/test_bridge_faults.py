@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -210,7 +211,11 @@ def test_bridge_logs_its_own_lines_and_libraries_only_with_v(tiny_bundle, retina
     quiet = stderr()
     assert "edge_retina.bridge.hotfolder" in quiet and "damaged.dcm -> error" in quiet, quiet
     assert "pydicom" not in quiet, quiet
-    assert "pydicom" in stderr("-v")
+    verbose = stderr("-v")
+    assert "pydicom" in verbose
+    # Timestamped with -v too (-v configures logging before the bridge would).
+    ours = [line for line in verbose.splitlines() if "edge_retina.bridge.hotfolder" in line]
+    assert ours and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) for line in ours), verbose
 
 
 def test_serve_needs_exactly_one_transport_and_loopback_by_default(tiny_bundle, tmp_path):

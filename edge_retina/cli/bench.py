@@ -113,7 +113,9 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     except EdgeRetinaError as exc:
         _fail(str(exc))
     data = report.to_dict()
-    console.print(rich_table(f"Latency per stage, median ms ({len(report.images)} images x {iterations} rounds, "
+    images = f"{len(report.images)} image" + ("" if len(report.images) == 1 else "s")
+    rounds = f"{iterations} round" + ("" if iterations == 1 else "s")
+    console.print(rich_table(f"Latency per stage, median ms ({images} x {rounds}, "
                              f"interleaved); speed-up against {data['baseline']}", *latency_table_rows(data),
                              width=console.width))
     console.print(rich_table("Throughput, cold start, memory", *system_table_rows(data), width=console.width))

@@ -16,12 +16,14 @@ import os
 import warnings
 from typing import Iterator
 
+from edge_retina import LOG_FORMAT
+
 
 def configure(verbose: bool) -> None:
     """Runs while the options are parsed, before a host command's modules are imported: model-loading
     progress bars (Hugging Face) read their switch at import time."""
     if verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     else:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
