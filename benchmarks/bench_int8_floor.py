@@ -102,15 +102,16 @@ def main() -> None:
     reference_referrals = referrals(reference)
     reproducible = {c: np.ones(len(photos), bool) for c in thresholds}  # narrowed by each re-save
 
-    def record(name: str, embeddings: np.ndarray) -> None:
+    def record(name: str, embeddings: np.ndarray, kind: str) -> None:
+        """kind: "re-save" (narrows the reproducible referrals), "mirror", or "int8" (scored on them too)."""
         check = check_against_fp32(reference, embeddings, table=table, thresholds=thresholds)
         agreement = {c: v["referral_agreement"] for c, v in check.conditions.items()}
         rows.append({"variant": name, "mean_cosine": check.cosine["mean"], "referral_agreement": agreement,
                      "logit_noise": logit_noise(table, reference, embeddings)})
-        if name.startswith("FP32, photo re-saved"):
+        if kind == "re-save":
             for c, referred in referrals(embeddings).items():
                 reproducible[c] &= referred == reference_referrals[c]
-        elif not name.startswith("FP32"):
+        elif kind == "int8":
             rows[-1]["agreement_on_reproducible"] = {
                 c: float(np.mean(referred[reproducible[c]] == reference_referrals[c][reproducible[c]]))
                 for c, referred in referrals(embeddings).items()}
@@ -119,8 +120,10 @@ def main() -> None:
 
     for quality in (95, 90):
         resaved_tensors = np.concatenate([preprocessor.prepare(resaved(p, quality)).tensor for p in photos])
-        record(f"FP32, photo re-saved as JPEG q{quality}", embed_tensors("onnxruntime", fp32, "fp32", resaved_tensors, None))
-    record("FP32, photo mirrored", embed_tensors("onnxruntime", fp32, "fp32", np.ascontiguousarray(tensors[..., ::-1]), None))
+        record(f"FP32, photo re-saved as JPEG q{quality}", embed_tensors("onnxruntime", fp32, "fp32", resaved_tensors, None),
+               "re-save")
+    record("FP32, photo mirrored", embed_tensors("onnxruntime", fp32, "fp32", np.ascontiguousarray(tensors[..., ::-1]), None),
+           "mirror")
 
     engines = {"onnxruntime fp32": ("onnxruntime", fp32, "fp32")}
     with tempfile.TemporaryDirectory(prefix="bench-int8-floor-") as tmp:
@@ -136,7 +139,7 @@ def main() -> None:
                 path = build_engine(backend, "int8", fp32, work / f"{backend}-{count}", calibration.tensors,
                                     ranked[:count])[0]
                 name = f"{backend} int8, {count} layers float"
-                record(name, embed_tensors(backend, path, "int8", tensors, None))
+                record(name, embed_tensors(backend, path, "int8", tensors, None), "int8")
                 engines[name] = (backend, path, "int8")
         medians = latency(engines, tensors[:1], args.rounds)
     base = medians["onnxruntime fp32"]

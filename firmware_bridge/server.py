@@ -388,7 +388,7 @@ class BridgeServer:
             with self._lock:
                 job = self._inflight.get(request_id)
             if job is not None:
-                job.image_sha256  # the first image's digest may still be computing: not under the lock
+                job.digest.result()  # wait for the first image's digest (may still be computing) unlocked
             with self._lock:
                 job = self._inflight.get(request_id)
                 stored = self.store.get(request_id) if job is None else None
