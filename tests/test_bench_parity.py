@@ -138,26 +138,32 @@ def test_parity_gate_fails_with_exit_1(tiny_bundle, labelled_folder, monkeypatch
                   "fp32", "--max-drop", "0.9").exit_code == 0
 
 
-def test_parity_names_a_skipped_image_once_in_80_columns(tiny_bundle, labelled_folder, retina_jpeg, tmp_path):
-    """A labelled photo that cannot be read, deep in a folder: its "skipped" line wraps to the terminal
-    and names it once (the decoder's message starts with its path), as the JSON does."""
+def test_parity_names_a_skipped_photo_as_the_labels_csv_lists_it(tiny_bundle, labelled_folder, retina_jpeg,
+                                                                  tmp_path):
+    """A labelled photo that cannot be read, listed by a relative path in a CSV deep in a folder: its
+    "skipped" line names it as the CSV lists it, once (the decoder's message starts with its full path),
+    and fits 80 columns; the JSON names it the same way, beside the CSV's absolute path."""
     folder = folder_wider_than_the_terminal(tmp_path)
     for image in labelled_folder.glob("*.jpg"):
         shutil.copy(image, folder)
-    broken = folder / "a-photo-from-the-old-camera.jpg"
+    listed = "old-camera/a-photo-from-the-old-camera.jpg"
+    broken = folder / listed
+    broken.parent.mkdir()
     broken.write_bytes(retina_jpeg.read_bytes()[:5000])
     labels = folder / "labels.csv"
-    labels.write_text((labelled_folder / "labels.csv").read_text() + f"{broken.name},1,0\n")
+    labels.write_text((labelled_folder / "labels.csv").read_text() + f"{listed},1,0\n")
     out = tmp_path / "parity.json"
     result = narrow_runner().invoke(bench, ["parity", "--bundle", str(tiny_bundle), "--labels", str(labels),
                                             "--reference", "fp32", "--replicates", "100", "--out", str(out)],
                                     catch_exceptions=False)
     assert result.exit_code == 0 and widest_line(result.output) <= COLUMNS, result.output
     said = unwrapped(result.output)
-    assert unwrapped(f"skipped {broken}: truncated JPEG") in said and said.count(str(broken)) == 1, result.output
-    skipped = json.loads(out.read_text())["skipped"]
-    assert len(skipped) == 1 and skipped[0].startswith(f"{broken}: truncated JPEG") and skipped[0].count(
-        str(broken)) == 1
+    assert unwrapped(f"skipped {listed}: truncated JPEG") in said, result.output
+    assert said.count(broken.name) == 1 and unwrapped(str(folder)) not in said, result.output
+    data = json.loads(out.read_text())
+    assert data["labels"] == str(labels)
+    assert len(data["skipped"]) == 1 and data["skipped"][0].startswith(f"{listed}: truncated JPEG")
+    assert str(folder) not in data["skipped"][0]
 
 
 def test_parity_cannot_run_exits_2(tiny_bundle, labelled_folder, tmp_path):
@@ -174,9 +180,12 @@ def test_parity_cannot_run_exits_2(tiny_bundle, labelled_folder, tmp_path):
 
 
 def test_labels_command_writes_a_shared_dataset_split(shared_datasets, tmp_path):
-    out = tmp_path / "rimone-test.csv"
-    result = invoke("labels", "--dataset", "rimone", "--datasets", shared_datasets, "--limit", "30", "--out", out)
-    assert result.exit_code == 0, result.output
+    """A shared dataset's split as a labels CSV; the line saying so fits 80 columns, however long its path."""
+    out = folder_wider_than_the_terminal(tmp_path) / "rimone-test.csv"
+    result = narrow_runner().invoke(bench, ["labels", "--dataset", "rimone", "--datasets", str(shared_datasets),
+                                            "--limit", "30", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0 and widest_line(result.output) <= COLUMNS, result.output
+    assert unwrapped(f"{out}: 30 images (glaucoma ") in unwrapped(result.output), result.output
     labelled = read_labels_csv(out)
     assert len(labelled.paths) == 30 and all(p.is_file() for p in labelled.paths)
     assert set(np.unique(labelled.labels["glaucoma"])) == {0.0, 1.0}

@@ -65,3 +65,11 @@ def test_install_of_an_unsigned_bracketed_bundle_is_refused_naming_it(bracketed_
     result = invoke("bundle", "install", bracketed_bundle, "--root", bracketed / "root[a]",
                     "--trusted-keys", trusted, "--no-start")
     assert result.exit_code == 2 and says(result, "error:", str(bracketed_bundle), "is not signed"), result.output
+
+
+def test_keygen_and_sign_name_bracketed_paths_whole(bracketed_bundle, bracketed):
+    private, public = bracketed / "signer[v2].key", bracketed / "trusted[keys]" / "x[/b].pub"
+    made = invoke("bundle", "keygen", "--private-key", private, "--public-key", public)
+    assert made.exit_code == 0 and says(made, f"private {private}, public {public}"), made.output
+    signed = invoke("bundle", "sign", bracketed_bundle, "--key", private)
+    assert signed.exit_code == 0 and says(signed, f"signed {bracketed_bundle} with key"), signed.output

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from narrow_terminal import COLUMNS, narrow_runner, unwrapped, widest_line
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, unwrapped, widest_line
 
 from converters.selftest_files import selftest_files
 from edge_retina.backends import create_runner
@@ -23,6 +23,7 @@ from edge_retina.bundle.signing import (
     SignatureError,
     TrustedKeys,
     generate_key_pair,
+    key_id,
     load_private_key,
     sign_bundle,
 )
@@ -391,3 +392,36 @@ def test_cli_install_status_rollback(bundles, keys, tmp_path):
                                          "--trusted-keys", str(keys / "trusted")])
     assert refused.exit_code == 2 and unwrapped("is not signed") in unwrapped(refused.output)
     assert runner.invoke(bundle_cli, ["start", "--root", str(root)]).output.strip() == str(root / "slots" / "a")
+
+
+def test_cli_lines_naming_long_paths_fit_80_columns_but_the_started_path_is_whole(bundles, tmp_path):
+    """keygen, sign, install, start and rollback under COLUMNS=80, with paths wider than the terminal:
+    every line for people wraps to 80 columns and names the paths whole; the bundle path printed on
+    stdout for scripts is one line, never wrapped."""
+    folder = folder_wider_than_the_terminal(tmp_path)
+    private, public, root = folder / "signer.key", folder / "trusted" / "signer.pub", folder / "root"
+    source = shutil.copytree(bundles["unsigned"], folder / "bundle")
+    runner = narrow_runner()
+
+    def for_people(args, *phrases, script_path=None):
+        result = runner.invoke(bundle_cli, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        if script_path is not None:
+            assert result.stdout.splitlines()[-1] == str(script_path), result.output
+            lines.remove(str(script_path))
+        assert widest_line("\n".join(lines)) <= COLUMNS, result.output
+        assert all(unwrapped(phrase) in unwrapped(result.output) for phrase in phrases), result.output
+        return result
+
+    made = for_people(["keygen", "--private-key", private, "--public-key", public])
+    key = key_id(load_private_key(private).public_key())
+    assert unwrapped(f"key {key}: private {private}, public {public}") in unwrapped(made.output), made.output
+    for_people(["sign", source, "--key", private], f"signed {source} with key {key}")
+    install = ["install", source, "--root", root, "--trusted-keys", public.parent]
+    for_people(install, f"installed {source} into slot a (key {key}), on trial", "self-test passed",
+               script_path=root / "slots" / "a")
+    for_people([*install, "--no-start"], f"installed {source} into slot b (key {key}), on trial")
+    started = for_people(["start", "--root", root], "self-test passed", script_path=root / "slots" / "b")
+    assert started.stdout == f"{root / 'slots' / 'b'}\n"  # messages on stderr, the path alone on stdout
+    for_people(["rollback", "--root", root], "active slot is now a")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -23,7 +24,7 @@ import numpy as np
 from edge_retina.adapt.overlay import bundle_scoring
 from edge_retina.backends import Runner, create_runner
 from edge_retina.bench import metrics
-from edge_retina.bench.labels import LabelledImages
+from edge_retina.bench.labels import LabelledImages, listed_name
 from edge_retina.bundle import Bundle, EngineEntry, load_bundle
 from edge_retina.errors import EdgeRetinaError, ImageError, named_once
 from edge_retina.preprocess import InputSpec, Preprocessor
@@ -173,15 +174,16 @@ def compare_embeddings(
     return ParityReport(reference, models, n_images, conditions, cosine, list(skipped))
 
 
-def prepare_tensors(preprocessor: Preprocessor, paths: Sequence[Path],
-                    progress: ProgressCallback | None = None) -> tuple[np.ndarray, list[int], list[str]]:
-    """Preprocess images once; returns (N, 3, H, W), the indices kept, and why the others were not."""
+def prepare_tensors(preprocessor: Preprocessor, paths: Sequence[Path], progress: ProgressCallback | None = None,
+                    *, shown: Callable[[Path], str] | None = None) -> tuple[np.ndarray, list[int], list[str]]:
+    """Preprocess images once; returns (N, 3, H, W), the indices kept, and why the others were not,
+    each naming its image as ``shown`` does (default: by its path)."""
     tensors, kept, skipped = [], [], []
     for i, path in enumerate(paths):
         try:
             prepared = preprocessor.prepare(path)
         except ImageError as exc:  # an unreadable image is reported, not fatal, in a parity run
-            skipped.append(named_once(path, str(exc)))
+            skipped.append(named_once(path, str(exc), shown=shown(path) if shown else None))
         else:
             tensors.append(prepared.tensor[0])
             kept.append(i)
@@ -224,6 +226,7 @@ def bundle_parity(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     base: bool = False,
+    labels_csv: str | Path | None = None,
 ) -> ParityReport:
     """Parity of ``host_models`` and ``engines`` (default: all of the bundle's) on ``labelled`` images.
 
@@ -231,13 +234,16 @@ def bundle_parity(
     bundle's preferred FP32 engine. ``host_models`` (e.g. the PyTorch student) come next in the
     tables, then the engines. With ``base`` (a site-adapted bundle only) the reference is the
     bundle's preferred engine scored zero-shot with the bundle's own thresholds, and every engine
-    stands beside it site-adapted: base and adapted side by side.
+    stands beside it site-adapted: base and adapted side by side. With ``labels_csv`` (the CSV
+    ``labelled`` was read from), the images left out are named as it lists them.
     """
     bundle = load_bundle(Path(bundle_path))
     engines = list(engines if engines is not None else bundle.manifest.engines)
+    shown = partial(listed_name, labels_csv=Path(labels_csv)) if labels_csv is not None else None
     if base:
-        return _base_parity(bundle, labelled, engines, threads, replicates, seed, progress)
-    tensors, kept, skipped = prepare_tensors(Preprocessor(bundle.manifest.input), labelled.paths, progress)
+        return _base_parity(bundle, labelled, engines, threads, replicates, seed, progress, shown)
+    tensors, kept, skipped = prepare_tensors(Preprocessor(bundle.manifest.input), labelled.paths, progress,
+                                             shown=shown)
     kept_paths = [labelled.paths[i] for i in kept]
     embeddings = {}
     if reference is None:
@@ -256,11 +262,13 @@ def bundle_parity(
 
 
 def _base_parity(bundle: Bundle, labelled: LabelledImages, engines: list[EngineEntry], threads: int | None,
-                 replicates: int, seed: int, progress: ProgressCallback | None) -> ParityReport:
+                 replicates: int, seed: int, progress: ProgressCallback | None,
+                 shown: Callable[[Path], str] | None) -> ParityReport:
     if bundle.manifest.adaptation is None:
         raise EdgeRetinaError(f"{bundle.source} has no site adaptation to compare with its base "
                               "(`edge-retina adapt` makes one)")
-    tensors, kept, skipped = prepare_tensors(Preprocessor(bundle.manifest.input), labelled.paths, progress)
+    tensors, kept, skipped = prepare_tensors(Preprocessor(bundle.manifest.input), labelled.paths, progress,
+                                             shown=shown)
     preferred = bundle.select_engine()
     if all(e.describe() != preferred.describe() for e in engines):
         engines.insert(0, preferred)

@@ -197,7 +197,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
         with console.status(f"parity on {len(labelled.paths)} images"):
             report = bundle_parity(bundle_path, labelled, reference=reference_model, host_models=host_models,
                                    engines=engines, threads=threads, replicates=replicates, seed=seed,
-                                   base=reference == "base")
+                                   base=reference == "base", labels_csv=labels_csv)
     except EdgeRetinaError as exc:
         _fail(str(exc))
     for table in parity_console_tables(parity_tables(report), width=console.width):
@@ -209,7 +209,11 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
                       f"{escape(', '.join(labelled.ignored_columns))}")
     failures = report.failures(max_drop, gate_baseline)
     baseline = gate_baseline or report.reference
-    data = {**report.to_dict(), "ignored_label_columns": list(labelled.ignored_columns), "max_drop": max_drop,
+    # "skipped" names photos as the CSV lists them, like the lines above and `adapt --json`: that is the
+    # text a program finds in the CSV's rows, and "labels" (absolute) says which CSV they are relative
+    # to, whereas the path this run opened depends on the folder it was started from.
+    data = {**report.to_dict(), "labels": str(labels_csv.absolute()),
+            "ignored_label_columns": list(labelled.ignored_columns), "max_drop": max_drop,
             "gate_baseline": baseline, "gate": "fail" if failures else "pass", "failures": failures}
     _write_json(data, out, as_json)
     if report_html:
@@ -245,4 +249,4 @@ def labels(dataset, split, datasets, limit, out) -> None:
         _fail(str(exc))
     write_labels_csv(labelled, out)
     counts = ", ".join(f"{c} {int((y == 1).sum())}/{int((y == 0).sum())}" for c, y in labelled.labels.items())
-    click.echo(f"{out}: {len(labelled.paths)} images ({counts} positives/negatives)")
+    print_wrapped(Console(), f"{out}: {len(labelled.paths)} images ({counts} positives/negatives)")

@@ -179,7 +179,7 @@ def keygen(private_key: Path, public_key: Path) -> None:
         identifier = generate_key_pair(private_key, public_key)
     except EdgeRetinaError as exc:
         _fail(exc)
-    click.echo(f"key {identifier}: private {private_key}, public {public_key}")
+    print_wrapped(Console(), f"key {identifier}: private {private_key}, public {public_key}")
 
 
 @bundle.command()
@@ -191,7 +191,7 @@ def sign(path: Path, key_path: Path) -> None:
         signature = sign_bundle(path, load_private_key(key_path))
     except EdgeRetinaError as exc:
         _fail(exc)
-    click.echo(f"signed {path} with key {signature.key_id}")
+    print_wrapped(Console(), f"signed {path} with key {signature.key_id}")
 
 
 # -- installs --------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def install(source: Path, root: Path, trusted_dir: Path, no_start: bool, backend
     try:
         trusted = TrustedKeys.from_directory(trusted_dir)
         report = install_bundle(root, source, trusted)
-        click.echo(f"installed {source} into slot {report.slot} (key {report.key_id}), on trial")
+        print_wrapped(Console(), f"installed {source} into slot {report.slot} (key {report.key_id}), on trial")
         started = None if no_start else start(root, trusted=trusted, backend=backend)
     except EdgeRetinaError as exc:
         _fail(exc)
@@ -243,10 +243,13 @@ def start_command(root: Path, trusted_dir: Path | None, backend: str | None) -> 
 
 
 def _report_start(report: StartReport) -> None:
+    err = Console(stderr=True)
     if report.selftest is not None:
-        click.echo(report.selftest.message, err=True)
+        print_wrapped(err, report.selftest.message)
     if report.rolled_back_from is not None:
-        click.echo(f"rolled back from slot {report.rolled_back_from} to slot {report.slot}", err=True)
+        print_wrapped(err, f"rolled back from slot {report.rolled_back_from} to slot {report.slot}")
+    # For scripts (BUNDLE=$(edge-retina bundle start ...)): the path whole on one line, never wrapped
+    # to the terminal as the lines for people are.
     click.echo(str(report.path))
 
 
@@ -283,4 +286,4 @@ def rollback_command(root: Path) -> None:
         state = rollback(root)
     except EdgeRetinaError as exc:
         _fail(exc)
-    click.echo(f"active slot is now {state.active}")
+    print_wrapped(Console(), f"active slot is now {state.active}")
