@@ -15,14 +15,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from edge_retina.files import user_cache_dir
+from edge_retina.user_caches import mark_used, user_cache_dir
 
 #: Bump when a step's output format changes, so old cache entries are not reused.
 CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/edge-retina/convert`` (``edge_retina.files.user_cache_dir``)."""
+    """``$XDG_CACHE_HOME/edge-retina/convert`` (``edge_retina.user_caches``: ``edge-retina cache prune``)."""
     return user_cache_dir("convert")
 
 
@@ -44,6 +44,7 @@ class StepCache:
         that returns turns it into the step's folder, so a failure leaves nothing to reuse."""
         final = self.root / f"{step}-{self.key(step, parts)}"
         if (final / self.MARKER).is_file():
+            mark_used(final)
             return final, True
         # One partial folder per process: two conversions sharing a cache never write into each other's.
         partial = final.with_name(f"{final.name}.partial-{os.getpid()}")

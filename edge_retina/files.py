@@ -19,16 +19,6 @@ CHUNK_BYTES = 1 << 20
 FILE_MODE = 0o644
 
 
-def user_cache_dir(*parts: str) -> Path:
-    """``$XDG_CACHE_HOME/edge-retina/<parts>``, with the XDG default ``~/.cache``: the one place every
-    cache (extracted bundles, compiled engines, the converter's steps) is put under."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    # The XDG Base Directory spec says a relative value is invalid and must be ignored.
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
-    return base.joinpath("edge-retina", *parts)
-
-
-
 def sha256_file(path: str | os.PathLike[str]) -> str:
     # hashlib.file_digest does this from Python 3.11; the package still supports 3.10.
     with open(path, "rb") as stream:

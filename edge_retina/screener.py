@@ -25,7 +25,7 @@ from .adapt.overlay import bundle_scoring
 from .backends import Runner, available_backends, create_runner
 from .bundle import Bundle, load_bundle
 from .errors import EdgeRetinaError, ImageError
-from .files import user_cache_dir
+from .user_caches import user_cache_dir
 from .preprocess import Preprocessor
 from .prompt_table import PromptTable
 

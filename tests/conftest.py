@@ -12,6 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("EDGE_RETINA_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_user_caches(tmp_path_factory):
+    """Tests keep extracted bundles and compiled engines in caches of their own: a test run leaves the
+    user's ~/.cache/edge-retina as it found it (runs before this left ~900 entries there), and a cache
+    warmed by earlier runs cannot hide a cold-start bug."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     if not (SHARED_DATASETS / "README.md").is_file():

@@ -301,7 +301,7 @@ def test_engine_path_layout(tmp_path):
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
-    from edge_retina.files import user_cache_dir
+    from edge_retina.user_caches import user_cache_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert engine_cache.default_cache_dir() == tmp_path / "edge-retina" / "tensorrt"

@@ -11,6 +11,7 @@ import openvino.properties.hint as ov_hints
 
 from edge_retina.backends.base import Dim, Runner
 from edge_retina.errors import BackendError
+from edge_retina.user_caches import mark_used
 
 # Device names OpenVINO accepts that are not hardware (they dispatch to the devices listed by Core).
 _VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
@@ -59,6 +60,7 @@ class OpenVinoRunner(Runner):
             config[ov_props.inference_num_threads] = threads
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
+            mark_used(self.cache_dir)
             core.set_property({ov_props.cache_dir: str(self.cache_dir)})
         try:
             self._compiled = core.compile_model(model, device, config)

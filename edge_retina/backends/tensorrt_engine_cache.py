@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_retina.backends.base import INPUT_NAME
-from edge_retina.files import sha256_file, user_cache_dir, write_atomically
+from edge_retina.files import sha256_file, write_atomically
+from edge_retina.user_caches import mark_used, user_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ def ensure_engine(
     engine = engine_path(cache_dir, target, onnx_sha256)
     reason = engine_mismatch(engine, target, onnx_sha256)
     if reason is None:
+        mark_used(engine.parent)
         return engine
     log = logger.warning if engine.exists() else logger.info
     log("building TensorRT engine %s from %s: %s", engine, onnx_path, reason)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from edge_retina.bundle.archive import extract_archive
 from edge_retina.errors import BundleError
-from edge_retina.files import user_cache_dir
+from edge_retina.user_caches import mark_used, user_cache_dir
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/edge-retina/bundles`` (``edge_retina.files.user_cache_dir``)."""
+    """``$XDG_CACHE_HOME/edge-retina/bundles`` (``edge_retina.user_caches``: ``edge-retina cache prune``)."""
     return user_cache_dir("bundles")
 
 
@@ -26,6 +26,7 @@ def extracted(archive: Path, archive_sha256: str, cache_dir: Path) -> tuple[Path
     """The extraction of ``archive`` in ``cache_dir``: (directory, whether it was extracted just now)."""
     final = cache_dir / archive_sha256
     if final.is_dir():
+        mark_used(final)
         return final, False
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -44,13 +45,3 @@ def extracted(archive: Path, archive_sha256: str, cache_dir: Path) -> tuple[Path
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final, True
-
-
-def discard(entry: Path) -> None:
-    """Remove a cache entry; renamed away first so no reader ever sees it half deleted."""
-    doomed = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name[:16]}-", suffix=".discarded"))
-    try:
-        os.rename(entry, doomed / entry.name)
-    except FileNotFoundError:
-        pass  # another process discarded it already
-    shutil.rmtree(doomed, ignore_errors=True)

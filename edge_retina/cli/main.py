@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "bench": ("edge_retina.cli.bench:bench", None),
     "archive": ("edge_retina.archive_screening.cli:archive", "archive"),
     "adapt": ("edge_retina.cli.adapt:adapt", None),
+    "cache": ("edge_retina.cli.cache:cache_group", None),
     "demo": ("converters.commands.demo:demo", "convert"),
     "convert": ("converters.commands.convert:convert", "convert"),
     "prompts": ("converters.commands.prompts:prompts", "convert"),
