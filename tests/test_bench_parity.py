@@ -247,3 +247,19 @@ def test_label_columns_that_are_not_conditions_are_ignored_and_listed(tiny_bundl
     assert data["ignored_label_columns"] == ["width"]
     assert {c["condition"] for c in data["conditions"]} == {"glaucoma", "cataract"}
     assert unwrapped("ignored label columns (not conditions of this bundle): width") in unwrapped(result.stderr)
+
+
+def test_cached_pixels_normalise_to_the_tensors_prepare_gives_bit_for_bit(retina_jpeg, tmp_path):
+    """Caches keep prepare_pixels' uint8 pixels (a quarter of the bytes) and normalise them on load: the
+    engines' cache keys hash those tensors, so they must be exactly what preparing each image gives."""
+    from edge_retina.preprocess import InputSpec, Preprocessor
+
+    preprocessor = Preprocessor(InputSpec(size=(96, 128)))
+    mirrored = tmp_path / "mirrored.png"
+    cv2.imwrite(str(mirrored), cv2.imread(str(retina_jpeg))[:, ::-1])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(retina_jpeg.read_bytes()[:3000])
+    pixels, kept, skipped = parity_module.prepare_pixels(preprocessor, [retina_jpeg, broken, mirrored])
+    assert pixels.dtype == np.uint8 and pixels.shape == (2, 96, 128, 3) and kept == [0, 2] and len(skipped) == 1
+    one_by_one = np.concatenate([preprocessor.prepare(p).tensor for p in (retina_jpeg, mirrored)])
+    assert preprocessor.normalise(pixels).tobytes() == one_by_one.tobytes()

@@ -174,24 +174,34 @@ def compare_embeddings(
     return ParityReport(reference, models, n_images, conditions, cosine, list(skipped))
 
 
-def prepare_tensors(preprocessor: Preprocessor, paths: Sequence[Path], progress: ProgressCallback | None = None,
-                    *, shown: Callable[[Path], str] | None = None) -> tuple[np.ndarray, list[int], list[str]]:
-    """Preprocess images once; returns (N, 3, H, W), the indices kept, and why the others were not,
-    each naming its image as ``shown`` does (default: by its path)."""
-    tensors, kept, skipped = [], [], []
+def prepare_pixels(preprocessor: Preprocessor, paths: Sequence[Path], progress: ProgressCallback | None = None,
+                   *, shown: Callable[[Path], str] | None = None) -> tuple[np.ndarray, list[int], list[str]]:
+    """Preprocess images once; returns their model-input pixels, (N, H, W, 3) RGB uint8, the indices
+    kept, and why the others were not, each naming its image as ``shown`` does (default: by its path).
+
+    The pixels are what caches keep: a quarter of the tensors' bytes, and ``preprocessor.normalise``
+    makes of them, bit for bit, the tensors ``prepare`` gives."""
+    images, kept, skipped = [], [], []
     for i, path in enumerate(paths):
         try:
             prepared = preprocessor.prepare(path)
         except ImageError as exc:  # an unreadable image is reported, not fatal, in a parity run
             skipped.append(named_once(path, str(exc), shown=shown(path) if shown else None))
         else:
-            tensors.append(prepared.tensor[0])
+            images.append(prepared.image)
             kept.append(i)
         if progress:
             progress(1)
-    if not tensors:
+    if not images:
         raise EdgeRetinaError(f"none of the {len(paths)} labelled images could be read")
-    return np.stack(tensors), kept, skipped
+    return np.stack(images), kept, skipped
+
+
+def prepare_tensors(preprocessor: Preprocessor, paths: Sequence[Path], progress: ProgressCallback | None = None,
+                    *, shown: Callable[[Path], str] | None = None) -> tuple[np.ndarray, list[int], list[str]]:
+    """``prepare_pixels``, normalised: the model's (N, 3, H, W) float32 tensors."""
+    pixels, kept, skipped = prepare_pixels(preprocessor, paths, progress, shown=shown)
+    return preprocessor.normalise(pixels), kept, skipped
 
 
 def runner_embeddings(runner: Runner, tensors: np.ndarray, batch_size: int = 16) -> np.ndarray:
