@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 from rich.console import Console
+from rich.filesize import decimal as format_size
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
@@ -32,6 +33,7 @@ from converters.parity_references import bundle_student, teacher_embedder
 from converters.reference.data import load_records
 from converters.reference.evaluate import TASKS
 from converters.teachers import Teacher, load_teacher
+from edge_retina import user_caches
 from edge_retina.bench.latency import (
     latency_table_rows,
     run_latency,
@@ -195,5 +197,8 @@ def run_demo(config: DemoConfig) -> dict:
     else:
         for t in parity_tables(teacher, bundle_dir, config.datasets, config.parity_limit, console):
             console.print(t)
-    print_wrapped(console, f"\nnext: edge-retina screen YOUR_FOLDER --bundle {bundle_dir}")
+    cached = sum(s.size_bytes for s in user_caches.summarise())
+    print_wrapped(console, f"\ncaches: {format_size(cached)} in {user_caches.user_cache_dir()}, reused by later "
+                           "runs (edge-retina cache info; cache prune)")
+    print_wrapped(console, f"next: edge-retina screen YOUR_FOLDER --bundle {bundle_dir}")
     return summary
