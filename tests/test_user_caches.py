@@ -171,7 +171,7 @@ def test_cli_prune(root):
     assert bad.exit_code == 2 and "not a size: 'lots'" in bad.output
     dry = runner.invoke(cli, ["cache", "prune", "--unused-for", "2w", "--dry-run"])
     assert dry.exit_code == 0 and widest_line(dry.output) <= COLUMNS, dry.output
-    assert unwrapped("convert: reference-old (5.0 kB, last used") in unwrapped(dry.output)
+    assert unwrapped("convert/reference-old 5.0 kB, last used") in unwrapped(dry.output)
     assert unwrapped("would remove 3 entries (8.4 kB); 5 kept (3.8 kB)") in unwrapped(dry.output)
     assert (root / "convert" / "reference-old").is_dir()
     done = runner.invoke(cli, ["cache", "prune", "--max-size", "0", "--cache", "engines", "--json"])

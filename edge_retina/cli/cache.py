@@ -95,8 +95,8 @@ def _print_report(console: Console, report: user_caches.PruneReport) -> None:
     verb = "would remove" if report.dry_run else "removed"
     if report.dry_run:
         for entry in report.removed:
-            print_wrapped(console, f"  {entry.cache}: {entry.path.name} ({format_size(entry.size_bytes)}, "
-                                   f"last used {_day(entry.last_used)})")
+            print_wrapped(console, f"  {entry.cache}/{entry.path.name}  {format_size(entry.size_bytes)}, "
+                                   f"last used {_day(entry.last_used)}")
     print_wrapped(console, f"{verb} {len(report.removed)} entries "
                            f"({format_size(sum(e.size_bytes for e in report.removed))}); "
                            f"{len(report.kept) + len(report.failed)} kept ({format_size(report.kept_bytes)})")
