@@ -10,10 +10,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from converters.commands.options import TEACHER_OPTION
+from converters.commands.options import FAMILY_OPTION, TEACHER_OPTION
 from converters.commands.options import teacher_options as parse_teacher_options
 from converters.prompt_files import DEFAULT_PROMPT_FILE
-from converters.teachers import list_families
 
 
 def _comma_list(text: str) -> list[str]:
@@ -21,7 +20,7 @@ def _comma_list(text: str) -> list[str]:
 
 
 @click.command()
-@click.option("--family", type=click.Choice(list_families()), default="reference", show_default=True)
+@FAMILY_OPTION
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=True), default=None,
               help="Teacher checkpoint (default: the family's embedded weights, where it has them).")
 @click.option("--prompts", "prompt_file", type=click.Path(path_type=Path, dir_okay=False),

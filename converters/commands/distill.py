@@ -5,10 +5,9 @@ from pathlib import Path
 
 import click
 
-from converters.commands.options import TEACHER_OPTION
+from converters.commands.options import FAMILY_OPTION, TEACHER_OPTION
 from converters.commands.options import teacher_options as parse_teacher_options
 from converters.prompt_files import DEFAULT_PROMPT_FILE
-from converters.teachers import list_families
 from edge_retina.bench.shared_datasets import shared_datasets_dir
 
 _DEFAULTS_NOTE = "default: the recipe's (converters.distill.train.DistillConfig)"
@@ -34,7 +33,7 @@ def _train_split(datasets: Path) -> list[Path]:
 
 
 @click.command()
-@click.option("--family", type=click.Choice(list_families()), default="reference", show_default=True)
+@FAMILY_OPTION
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=True), default=None,
               help="Teacher checkpoint (default: the family's embedded weights, where it has them).")
 @TEACHER_OPTION

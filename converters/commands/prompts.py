@@ -5,9 +5,8 @@ from pathlib import Path
 
 import click
 
-from converters.commands.options import TEACHER_OPTION
+from converters.commands.options import FAMILY_OPTION, TEACHER_OPTION
 from converters.commands.options import teacher_options as parse_teacher_options
-from converters.teachers import list_families
 
 
 @click.group()
@@ -44,7 +43,7 @@ def show(source: Path) -> None:
               help="The bundle whose prompt table to rebuild (its engines are kept byte for byte).")
 @click.option("--prompts", "prompt_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               required=True, help="The edited prompt file.")
-@click.option("--family", type=click.Choice(list_families()), default="reference", show_default=True)
+@FAMILY_OPTION
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="The teacher checkpoint the bundle was built from (its text tower embeds the prompts).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The new bundle directory.")

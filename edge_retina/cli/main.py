@@ -15,6 +15,7 @@ import click
 
 from edge_retina import __version__
 from edge_retina.cli import library_output
+from edge_retina.cli.command_error import CommandError
 from edge_retina.errors import EdgeRetinaError, MissingExtraError
 from edge_retina.extras import import_for, missing_extra
 
@@ -62,7 +63,7 @@ def _missing_extra_command(name: str, extra: str, error: MissingExtraError) -> c
     @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
                    help=f"(needs the '{extra}' extra: pip install 'edge-retina[{extra}]')")
     def unavailable(**_: object) -> None:
-        raise click.ClickException(str(error))
+        raise CommandError(str(error))
 
     return unavailable
 
@@ -82,11 +83,11 @@ def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
             error = missing_extra(exc, f"'edge-retina {name}'", extra)
             if error is None:
                 raise
-            raise click.ClickException(str(error)) from None
+            raise CommandError(str(error)) from None
         except EdgeRetinaError as exc:
             if verbose:
                 raise
-            raise click.ClickException(str(exc)) from None
+            raise CommandError(str(exc)) from None
 
     command.invoke = guarded_invoke  # type: ignore[method-assign]
     return command

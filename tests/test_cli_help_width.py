@@ -1,0 +1,31 @@
+"""Every command's --help, and a refused command's error line, fit an 80-column terminal."""
+from __future__ import annotations
+
+import click
+from narrow_terminal import COLUMNS, narrow_runner, unwrapped, widest_line
+
+from edge_retina.cli.main import cli
+
+
+def command_paths(group: click.Group, ctx: click.Context, prefix: tuple[str, ...] = ()):
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from command_paths(command, click.Context(command, parent=ctx), (*prefix, name))
+
+
+def test_every_help_fits_80_columns():
+    runner = narrow_runner()
+    paths = list(command_paths(cli, click.Context(cli)))
+    assert ("bundle", "install") in paths and ("cache", "prune") in paths
+    for path in paths:
+        result = runner.invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert widest_line(result.output) <= COLUMNS, (path, result.output)
+
+
+def test_an_error_line_wraps_to_the_terminal():
+    result = narrow_runner().invoke(cli, ["devices", "show", "no-such-profile"])
+    assert result.exit_code == 1 and widest_line(result.output) <= COLUMNS, result.output
+    assert unwrapped("error: unknown device profile 'no-such-profile'; known profiles:") in unwrapped(result.output)
