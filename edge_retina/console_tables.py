@@ -78,6 +78,11 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]], *, width: 
                        [headers, *rows])
 
 
+def plural(count: int, noun: str) -> str:
+    """"1 image", "3 images": a count for people."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def print_wrapped(console: Console, message: str | Text) -> None:
     """A line for people (a progress line, an error naming a long path) wrapped to the terminal counting
     bytes, not characters (a "ΔAUROC" check name is one column but two bytes), so no printed line is
@@ -149,7 +154,7 @@ def image_labels(sources: list[str]) -> list[str]:
 
 def print_results(console: Console, results: list[Result], conditions: tuple[str, ...], summary: dict) -> None:
     styles = {"refer": "bold red", "no-referral": "green", "ungradable": "yellow", "error": "magenta"}
-    headers = ["image", "status", *conditions, "ms"]
+    headers = ["image", "status", *conditions, "time ms"]
     labels = image_labels([r.source for r in results])
     rows = []
     for r, label in zip(results, labels):
@@ -183,6 +188,6 @@ def print_results(console: Console, results: list[Result], conditions: tuple[str
             print_wrapped(console, Text.assemble(("error", "magenta"), f" {_shown(named_once(r.source, r.error))}"))
     lat = ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in summary["latency"].items())
     console.print(
-        f"{summary['images']} images: {summary['no-referral']} no referral, {summary['refer']} refer, "
-        f"{summary['ungradable']} ungradable, {summary['error']} errors. Median latency: {lat or 'n/a'}"
+        f"{plural(summary['images'], 'image')}: {summary['no-referral']} no referral, {summary['refer']} refer, "
+        f"{summary['ungradable']} ungradable, {plural(summary['error'], 'error')}. Median latency: {lat or 'n/a'}"
     )

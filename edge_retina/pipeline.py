@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
+from .console_tables import plural
 from .preprocess.decode import ImageSource
 from .screener import Result, Screener, Staged
 
@@ -68,7 +69,7 @@ class Throughput:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
     def describe(self) -> str:
-        return f"{self.images} images in {self.seconds:.2f} s, {self.images_per_s:.1f} images/s"
+        return f"{plural(self.images, 'image')} in {self.seconds:.2f} s, {self.images_per_s:.1f} images/s"
 
 
 @dataclass

@@ -58,7 +58,8 @@ class Result:
 
     @property
     def refer(self) -> bool:
-        """Refer when any reported condition is over its threshold."""
+        """Refer when any reported condition is over its threshold: only the screener's ``conditions``
+        are reported, so a screener made for some of the bundle's conditions refers for those alone."""
         return any(self.referral.values())
 
     @property

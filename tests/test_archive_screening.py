@@ -122,3 +122,13 @@ def test_without_ray_the_command_names_the_extra(tiny_bundle, photos, tmp_path, 
     run = CliRunner().invoke(cli, ["archive", "screen", str(photos), "--bundle", str(tiny_bundle),
                                    "--out", str(tmp_path / "r.parquet")])
     assert run.exit_code != 0 and unwrapped("pip install 'edge-retina[archive]'") in unwrapped(run.output)
+
+
+def test_an_out_that_is_a_file_is_refused_before_ray_starts(tiny_bundle, photos, tmp_path, monkeypatch):
+    out = tmp_path / "out1.csv"
+    out.write_text("source,status\n")
+    monkeypatch.setattr("edge_retina.archive_screening.run.connect", lambda *a: pytest.fail("started Ray"))
+    run = CliRunner().invoke(cli, ["archive", "screen", str(photos), "--bundle", str(tiny_bundle), "--out", str(out)])
+    assert run.exit_code == 2 and isinstance(run.exception, SystemExit), run.output
+    assert unwrapped(f"cannot write results to {out}: it is a file") in unwrapped(run.output)
+    assert out.read_text() == "source,status\n"

@@ -167,3 +167,11 @@ def test_latency_command_json(tiny_bundle, retina_jpeg, tmp_path):
     bad = CliRunner().invoke(bench, ["latency", "--bundle", str(tiny_bundle), "--images", str(retina_jpeg),
                                      "--baseline", "tensorrt/fp16/teacher"])
     assert bad.exit_code == 2 and unwrapped("neither 'research' nor one of the engines") in unwrapped(bad.output)
+
+
+def test_latency_command_refuses_an_unwritable_out_before_benchmarking(tiny_bundle, retina_jpeg, monkeypatch):
+    monkeypatch.setattr("edge_retina.bench.latency.run_latency", lambda *a, **k: pytest.fail("benchmarked first"))
+    result = CliRunner().invoke(bench, ["latency", "--bundle", str(tiny_bundle), "--images", str(retina_jpeg),
+                                        "--out", "/proc/nope.json"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert unwrapped("cannot write the report to /proc/nope.json") in unwrapped(result.output)

@@ -74,6 +74,33 @@ def test_screen_exit_status_when_nothing_could_be_screened(tiny_bundle, tmp_path
     assert unwrapped("no images") in unwrapped(res.output) and unwrapped("no such file") in unwrapped(res.output)
 
 
+def test_screen_says_the_referral_covers_only_the_chosen_conditions(tiny_bundle, retina_jpeg):
+    res = narrow_runner().invoke(cli, ["screen", str(retina_jpeg), "--bundle", str(tiny_bundle),
+                                       "--conditions", "glaucoma,,cataract,"], catch_exceptions=False)
+    assert res.exit_code == 0 and widest_line(res.output) <= COLUMNS, res.output
+    assert unwrapped("referral covers only: glaucoma, cataract (--conditions)") in unwrapped(res.output)
+    doc = json.loads(run("screen", retina_jpeg, "--bundle", tiny_bundle, "--conditions", "glaucoma", "--json").stdout)
+    assert doc["summary"]["conditions"] == ["glaucoma"] and list(doc["results"][0]["referral"]) == ["glaucoma"]
+    everything = run("screen", retina_jpeg, "--bundle", tiny_bundle)
+    assert "referral covers only" not in everything.output
+
+
+@pytest.mark.parametrize("option, value, says", [("--conditions", ",,", "names no condition"),
+                                                 ("--threads", "-1", "--threads")])
+def test_screen_refuses_a_bad_option_naming_it(tiny_bundle, retina_jpeg, option, value, says):
+    res = CliRunner().invoke(cli, ["screen", str(retina_jpeg), "--bundle", str(tiny_bundle), option, value])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert says in res.output and "unknown condition" not in res.output and "openvino" not in res.output
+
+
+def test_screen_with_nothing_screened_prints_no_rate(tiny_bundle, tmp_path):
+    res = narrow_runner().invoke(cli, ["screen", str(tmp_path / "nope.jpg"), "--bundle", str(tiny_bundle)])
+    assert res.exit_code == 1, res.output
+    said = unwrapped(res.output)
+    assert unwrapped("1 image: 0 no referral, 0 refer, 0 ungradable, 1 error.") in said, res.output
+    assert "images/s" not in res.output and "time ms" in res.output  # the column (or the caption naming it)
+
+
 def test_screen_with_a_broken_bundle_says_so(tmp_path, retina_jpeg):
     res = run("screen", retina_jpeg, "--bundle", tmp_path / "no-bundle")
     assert res.exit_code == 2 and "error" in res.output

@@ -102,6 +102,7 @@ def test_arrays_and_bytes_are_screened_too(screener, retina_rgb):
 
 def test_throughput_line():
     assert Throughput(120, 2.0).describe() == "120 images in 2.00 s, 60.0 images/s"
+    assert Throughput(1, 0.5).describe() == "1 image in 0.50 s, 2.0 images/s"
 
 
 def test_contained_errors_cost_only_their_own_item(screener, photos, monkeypatch):

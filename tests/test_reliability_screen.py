@@ -3,6 +3,7 @@ and the batch goes on; nothing raises or leaves a traceback."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import pickle
 import re
@@ -105,13 +106,86 @@ def test_csv_keeps_every_row_of_a_non_utf8_file_name(tiny_bundle, retina_jpeg, t
     assert rows[1]["status"] in ("refer", "no-referral")
 
 
-@pytest.mark.parametrize("out", ["x.txt", "file/r.csv"])
-def test_bad_out_path_is_a_message_not_a_traceback(tiny_bundle, retina_jpeg, tmp_path, out):
+@pytest.mark.parametrize("out", ["x.txt", "file/r.csv", "folder.csv", "/proc/r.csv"])
+def test_bad_out_path_is_a_message_not_a_traceback(tiny_bundle, retina_jpeg, tmp_path, out, monkeypatch):
     (tmp_path / "file").write_text("a file where a folder is needed")
+    (tmp_path / "folder.csv").mkdir()
+    monkeypatch.setattr(Screener, "from_bundle", lambda *a, **k: pytest.fail("refused only after loading the bundle"))
     res = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--out", tmp_path / out)
     assert res.exit_code == 2, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert "--out" in res.output or unwrapped("cannot write results") in unwrapped(res.output)
+    assert not list(tmp_path.glob("**/*.partial"))
+
+
+def test_a_failed_rename_says_where_the_rows_are(tiny_bundle, retina_jpeg, tmp_path, monkeypatch):
+    def replace(src, dst):
+        raise IsADirectoryError(21, "Is a directory", str(src), None, str(dst))
+
+    monkeypatch.setattr("edge_retina.cli.results_io.os.replace", replace)
+    out = tmp_path / "r.csv"
+    res = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--out", out)
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert unwrapped(f"the results are in {out}.partial") in unwrapped(res.output)
+    assert len(list(csv.DictReader(open(f"{out}.partial")))) == 1
+
+
+def test_a_rerun_keeps_earlier_results_unless_told_to_overwrite(tiny_bundle, retina_jpeg, tmp_path):
+    out = tmp_path / "r.csv"
+    assert run("screen", *photo_copies(retina_jpeg, tmp_path, 2), "--bundle", tiny_bundle, "--out", out).exit_code == 0
+    earlier = out.read_text()
+    again = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--out", out)
+    assert again.exit_code == 2 and out.read_text() == earlier, again.output
+    assert unwrapped(f"{out} holds earlier results") in unwrapped(again.output) and "--overwrite" in again.output
+    forced = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--out", out, "--overwrite")
+    assert forced.exit_code == 0 and len(list(csv.DictReader(out.open()))) == 1, forced.output
+
+
+def photo_copies(retina_jpeg, folder: Path, n: int) -> list[Path]:
+    copies = [folder / f"photo-{i}.jpg" for i in range(n)]
+    for copy in copies:
+        shutil.copy(retina_jpeg, copy)
+    return copies
+
+
+def interrupt_after(first: int, monkeypatch) -> None:
+    """Ctrl-C (KeyboardInterrupt in the main thread) once ``first`` photos are screened."""
+    from edge_retina.pipeline import ScreeningPipeline
+
+    original = ScreeningPipeline.run
+
+    def run_then_interrupt(self, *args, **kwargs):
+        for n, finished in enumerate(original(self, *args, **kwargs)):
+            if n == first:
+                raise KeyboardInterrupt
+            yield finished
+
+    monkeypatch.setattr(ScreeningPipeline, "run", run_then_interrupt)
+
+
+def test_ctrl_c_keeps_what_was_screened(tiny_bundle, retina_jpeg, tmp_path, monkeypatch):
+    interrupt_after(2, monkeypatch)
+    out = tmp_path / "r.json"
+    a, b, c = photo_copies(retina_jpeg, tmp_path, 3)
+    res = run("screen", a, tmp_path / "missing.jpg", b, c, "--bundle", tiny_bundle, "--out", out)
+    said = unwrapped(res.output)
+    assert res.exit_code == 130, res.output
+    assert unwrapped("interrupted after 2 of 4 images") in said and unwrapped(f"rows are in {out}.partial") in said
+    assert unwrapped("2 images: ") in said and "Screening results" in res.output
+    assert not out.exists() and len(json.loads(Path(f"{out}.partial").read_text())) == 2  # a whole JSON file
+
+    monkeypatch.undo()
+    again = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--out", out)
+    assert again.exit_code == 2 and len(json.loads(Path(f"{out}.partial").read_text())) == 2, again.output
+    assert unwrapped(f"{out}.partial holds the rows of an interrupted run") in unwrapped(again.output)
+
+
+def test_ctrl_c_without_out_still_shows_the_results(tiny_bundle, retina_jpeg, tmp_path, monkeypatch):
+    interrupt_after(1, monkeypatch)
+    res = run("screen", *photo_copies(retina_jpeg, tmp_path, 2), "--bundle", tiny_bundle, "--json")
+    assert res.exit_code == 130 and unwrapped("interrupted after 1 of 2 images") in unwrapped(res.stderr)
+    doc = json.loads(res.stdout)
+    assert len(doc["results"]) == 1 and doc["summary"]["interrupted"] is True
 
 
 @pytest.mark.parametrize("source", [None, 42, ["a.jpg"], "with\0nul.jpg"], ids=["none", "int", "list", "nul"])

@@ -22,6 +22,8 @@ import pyarrow.compute as pc
 from edge_retina.archive_screening.results import already_screened, bundle_sha256, write_part
 from edge_retina.archive_screening.worker import SKIPPED, ScreeningWorker
 from edge_retina.bundle import load_bundle
+from edge_retina.errors import EdgeRetinaError
+from edge_retina.out_paths import unwritable_reason
 
 #: Object store of a local Ray: only paths and result rows travel through it (workers read the
 #: photographs themselves), so a small store is plenty and leaves the memory to the engines.
@@ -103,6 +105,9 @@ def screen_archive(
     """Screen every source not yet in ``out`` with ``bundle``; rows land in ``out`` as parts finish."""
     import ray
 
+    reason = unwritable_reason(out, folder=True)
+    if reason:  # before Ray starts and the photos are screened
+        raise EdgeRetinaError(f"cannot write results to {out}: {reason}")
     bundle = Path(bundle).resolve()  # actors do not share the driver's working directory
     opened = load_bundle(bundle)  # verified here first: a bad bundle or engine choice is one clear error
     opened.select_engine(backend=backend, precision=precision)

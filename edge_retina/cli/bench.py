@@ -22,6 +22,7 @@ from edge_retina.console_tables import parity_console_tables, print_wrapped, ric
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.extras import import_for
+from edge_retina.out_paths import unwritable_reason
 
 EXIT_GATE_FAILED = 1
 EXIT_CANNOT_RUN = 2
@@ -30,6 +31,14 @@ EXIT_CANNOT_RUN = 2
 def _fail(message: str) -> None:
     print_wrapped(Console(stderr=True), Text.assemble(("error:", "red"), f" {message}"))
     sys.exit(EXIT_CANNOT_RUN)
+
+
+def _check_out(*paths: Path | None) -> None:
+    """Refuse an --out or --html that cannot be written before the benchmark runs, not after it."""
+    for path in paths:
+        reason = unwritable_reason(path) if path is not None else None
+        if reason:
+            _fail(f"cannot write the report to {path}: {reason}")
 
 
 def _write_json(data: dict, path: Path | None, to_stdout: bool) -> None:
@@ -96,6 +105,7 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     )
 
     console = Console(stderr=as_json)
+    _check_out(out, html)
     try:
         image_paths = _benchmark_images(images, max_images)
         engines = select_engines(bundle_path, backend, precision)
@@ -182,6 +192,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
     from edge_retina.bundle import load_bundle
 
     console = Console(stderr=as_json)
+    _check_out(out, html)
     try:
         manifest = load_bundle(bundle_path).manifest
         labelled = read_labels_csv(labels_csv, conditions=[c.name for c in manifest.prompts.conditions])

@@ -2,7 +2,10 @@
 
 Rows are written and flushed as each image finishes, into ``<out>.partial``; the file gets its final
 name when the batch ends. An interrupted batch therefore leaves every finished row on disk (in the
-``.partial`` file) and never a half-written file under the final name.
+``.partial`` file, a whole CSV/JSON file of the rows done) and never a half-written file under the
+final name. ``existing_results`` names the files a new run would replace: ``screen`` refuses to
+unless told to (``--overwrite``), so neither an earlier run's results nor an interrupted run's rows
+are lost to a re-run.
 
 A file name that is not valid UTF-8 (a byte such as 0xE9 in a Latin-1 name) reaches Python as a
 lone surrogate; CSV writes it as its escape (``\udce9``), as JSON does, so the file stays UTF-8.
@@ -64,6 +67,16 @@ def result_format(path: Path) -> str:
     return format
 
 
+def partial_path(path: Path) -> Path:
+    """Where the rows go until the batch ends (and stay if it is interrupted)."""
+    return path.with_name(path.name + ".partial")
+
+
+def existing_results(path: Path) -> list[Path]:
+    """The results file ``path`` and an interrupted run's ``.partial`` beside it, those that exist."""
+    return [p for p in (Path(path), partial_path(Path(path))) if p.is_file()]
+
+
 class ResultWriter:
     """Streams results to ``path`` (format from its suffix) and renames it into place on ``close``."""
 
@@ -71,7 +84,7 @@ class ResultWriter:
         self.path = Path(path)
         self.format = result_format(self.path)
         self.conditions = conditions
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial = partial_path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = open(self.partial, "w", newline="", encoding="utf-8", errors="backslashreplace")
         self._count = 0
@@ -94,10 +107,15 @@ class ResultWriter:
         self._count += 1
         self._file.flush()
 
-    def close(self) -> None:
+    def close(self, *, interrupted: bool = False) -> Path:
+        """End the file (a JSON array is closed) and rename it into place, unless the batch was
+        ``interrupted``: its rows then stay in the ``.partial`` file. Where the rows are."""
         if self.format == "json":
             self._file.write("\n]\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        if interrupted:
+            return self.partial
         os.replace(self.partial, self.path)
+        return self.path

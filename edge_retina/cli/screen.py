@@ -5,6 +5,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -18,12 +19,16 @@ from rich.progress import (
 from rich.text import Text
 
 from edge_retina.cli.inputs import expand_inputs
-from edge_retina.cli.results_io import ResultWriter, result_format
-from edge_retina.console_tables import print_results, print_wrapped, summarise
+from edge_retina.cli.results_io import ResultWriter, existing_results, result_format
+from edge_retina.console_tables import plural, print_results, print_wrapped, summarise
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
+from edge_retina.out_paths import unwritable_reason
 from edge_retina.pipeline import ScreeningPipeline
 from edge_retina.screener import Result, Screener
+
+#: The shell's status for a command stopped by SIGINT (128 + 2): scripts tell Ctrl-C from a failure.
+EXIT_INTERRUPTED = 130
 
 
 @click.command()
@@ -35,7 +40,8 @@ from edge_retina.screener import Result, Screener
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None)
 @click.option("--device", default=None, metavar="PROFILE|auto",
               help="Device profile (see 'edge-retina devices list'); default: detect this machine.")
-@click.option("--threads", type=int, default=None, help="Inference threads (default: the backend's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Inference threads (default: the backend's).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode/preprocessing threads (default: the device profile's, else one per core).")
 # 4: with two workers on two cores, student-v3's OpenVINO engine screened 1.2-1.5x more photos a second
@@ -43,42 +49,61 @@ from edge_retina.screener import Result, Screener
 @click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
               help="Run the engine on up to this many photos at once when they are ready together "
                    "(never waits for a batch to fill).")
-@click.option("--conditions", default=None, help="Comma-separated conditions to report (default: all).")
+@click.option("--conditions", default=None,
+              help="Comma-separated conditions to report; the referral decision then covers only these "
+                   "(default: all the bundle's).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write results to .csv, .json or .jsonl (rows are flushed as they finish).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out file (and an interrupted run's <out>.partial).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout instead of a table.")
 @click.option("--recursive/--no-recursive", default=True, help="Descend into sub-folders (default: yes).")
-def screen(paths, bundle_path, backend, precision, device, threads, workers, max_batch, conditions, out, as_json,
-           recursive) -> None:
+def screen(paths, bundle_path, backend, precision, device, threads, workers, max_batch, conditions, out, overwrite,
+           as_json, recursive) -> None:
     """Screen fundus photographs (files, folders, globs) offline.
 
     A failed image becomes a row with its error and does not stop the batch. Exit status: 0 when at
     least one image was screened, 1 when none could be, 2 when the bundle could not be loaded or
-    the --out file cannot be written.
+    the --out file cannot be written, 130 when interrupted (Ctrl-C): what was screened is shown,
+    and with --out its rows are kept in <out>.partial.
     """
     console = Console(stderr=as_json)
     err = Console(stderr=True)
+
+    def fail(message: str) -> NoReturn:
+        print_wrapped(err, Text.assemble(("error:", "red"), f" {message}"))
+        sys.exit(2)
+
     if out is not None:
         try:
             result_format(out)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--out") from None
+        reason = unwritable_reason(out)
+        if reason:
+            fail(f"cannot write results to {out}: {reason}")
+        earlier = existing_results(out)
+        if earlier and not overwrite:
+            held = "earlier results" if earlier[0] == out else "the rows of an interrupted run"
+            fail(f"{earlier[0]} holds {held}; move it away or pass --overwrite to replace it")
+    chosen = None
+    if conditions:
+        chosen = [c.strip() for c in conditions.split(",") if c.strip()]
+        if not chosen:
+            fail(f"--conditions {conditions!r} names no condition")
     started = time.perf_counter()
     try:
         screener = Screener.from_bundle(
-            bundle_path, backend=backend, device=device, precision=precision, threads=threads,
-            conditions=[c.strip() for c in conditions.split(",")] if conditions else None,
+            bundle_path, backend=backend, device=device, precision=precision, threads=threads, conditions=chosen,
         )
     except EdgeRetinaError as exc:
-        print_wrapped(err, Text.assemble(("error:", "red"), f" {exc}"))
-        sys.exit(2)
+        fail(str(exc))
 
     items = expand_inputs(list(paths), recursive=recursive)
     try:
         writer = ResultWriter(out, screener.conditions) if out else None
     except OSError as exc:
-        print_wrapped(err, Text.assemble(("error:", "red"), f" cannot write results to {out}: {exc.strerror or exc}"))
-        sys.exit(2)
+        fail(f"cannot write results to {out}: {exc.strerror or exc}")
     results: list[Result] = []
     progress = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, transient=True, disable=not err.is_terminal)
@@ -90,31 +115,50 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
         return item.path if item.problem is None else Result(item.path, error=item.problem,
                                                              error_code=item.problem_code)
 
+    interrupted = False
     with screener, progress, pipeline:
         task = progress.add_task("screen", total=len(items))
-        for _, result in pipeline.run(items, source=source, name=lambda item: item.path):
-            results.append(result)
-            if writer:
-                writer.write(result)
-            progress.advance(task)
+        try:
+            for _, result in pipeline.run(items, source=source, name=lambda item: item.path):
+                results.append(result)
+                if writer:
+                    writer.write(result)
+                progress.advance(task)
+        except KeyboardInterrupt:  # Ctrl-C: stop taking photos, keep and show those finished
+            interrupted = True
+    rows_at = None
     if writer:
-        writer.close()
+        try:
+            rows_at = writer.close(interrupted=interrupted)
+        except OSError as exc:
+            fail(f"the results are in {writer.partial}: renaming it to {out} failed: {exc.strerror or exc}")
 
     summary = summarise(results)
+    summary["conditions"] = list(screener.conditions)  # the conditions the referral decision covers
+    summary["interrupted"] = interrupted
     summary["engine"] = engine
     throughput = pipeline.throughput
     summary["throughput"] = {"workers": pipeline.workers, "max_batch": max_batch, "startup_s": round(startup_s, 3)}
+    screened_any = summary["images"] > summary["error"]
     if throughput:
-        summary["throughput"].update(seconds=round(throughput.seconds, 3),
-                                     images_per_s=round(throughput.images_per_s, 2))
+        summary["throughput"]["seconds"] = round(throughput.seconds, 3)
+        if screened_any:
+            summary["throughput"]["images_per_s"] = round(throughput.images_per_s, 2)
     if as_json:
         click.echo(json.dumps({"results": [r.to_dict() for r in results], "summary": summary}, indent=1))
     else:
         print_results(console, results, screener.conditions, summary)
+        if chosen:
+            print_wrapped(console, f"referral covers only: {', '.join(screener.conditions)} (--conditions)")
         print_wrapped(console, f"engine: {engine.get('backend')} {engine.get('precision')} ({bundle_path})")
-        if throughput:
+        if throughput and screened_any:
             console.print(f"{throughput.describe()} ({pipeline.workers} workers); start-up {startup_s:.2f} s")
-        if out:
-            print_wrapped(console, f"results written to {out}")
-    if summary["images"] == summary["error"]:
+        if rows_at and not interrupted:
+            print_wrapped(console, f"results written to {rows_at}")
+    if interrupted:
+        kept = f"; their rows are in {rows_at} (not renamed to {out}: the run did not finish)" if rows_at else ""
+        print_wrapped(err, Text.assemble(("interrupted", "yellow"),
+                                         f" after {len(results)} of {plural(len(items), 'image')}{kept}"))
+        sys.exit(EXIT_INTERRUPTED)
+    if not screened_any:
         sys.exit(1)

@@ -1,0 +1,37 @@
+"""Checking an ``--out`` before the work that fills it: screening a folder or running a benchmark
+takes minutes, and must not end in a traceback because its results have nowhere to go."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+
+def unwritable_reason(path: Path, *, folder: bool = False) -> str | None:
+    """Why ``path`` cannot receive a results file (``folder``: a results folder), or None if it can.
+
+    Missing parent folders are fine (the writers create them) when the nearest one that exists takes
+    new files. That is tried by creating a temporary file there, because permission bits say nothing
+    about root, a read-only mount or /proc.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir() and not folder:
+            return "it is a folder (name a file in it instead)"
+        if path.exists() and not path.is_dir():
+            if folder:
+                return "it is a file; these results are a folder (name a new one or an earlier run's)"
+            existing = path.parent
+        else:
+            existing = path if folder else path.parent
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is not a folder"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        return f"cannot create files in {existing}: {exc.strerror or exc}"
+    return None
