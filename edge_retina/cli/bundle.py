@@ -229,10 +229,14 @@ def install(source: Path, root: Path, trusted_dir: Path, no_start: bool, backend
 @TRUSTED_DIR
 @click.option("--backend", default=None, help="Engine backend the self-test runs (default: the screener's choice).")
 def start_command(root: Path, trusted_dir: Path | None, backend: str | None) -> None:
-    """Resolve the bundle to run (self-testing a new one, rolling back if it fails).
+    """Resolve the bundle to run: self-test a new one, re-check a known one; roll back if it fails.
 
+    A known one's files are checked against its manifest (and its signature with --trusted-keys).
     Prints the bundle directory to screen with on stdout (messages go to stderr), e.g.
-    BUNDLE=$(edge-retina bundle start --root /var/lib/edge-retina)."""
+
+    \b
+      BUNDLE=$(edge-retina bundle start --root /var/lib/edge-retina)
+    """
     from edge_retina.install import start
 
     try:
