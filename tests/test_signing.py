@@ -6,6 +6,7 @@ import json
 import shutil
 import stat
 import tarfile
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -71,6 +72,20 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_refuses_to_overwri
         load_public_key(private)
     with pytest.raises(SignatureError, match="not an unencrypted Ed25519 private key"):
         load_private_key(keys["device"]["public"])
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (a directory nobody can create files in)")
+def test_keygen_writes_both_keys_or_neither(tmp_path):
+    private = tmp_path / "keys" / "n.key"
+    (tmp_path / "a-file").write_text("")
+    for public, message in [(private, "would both be written to"),
+                            (tmp_path / "keys" / ".." / "keys" / "n.key", "would both be written to"),
+                            (tmp_path / "a-file" / "n.pub", "cannot make the directory of"),
+                            (Path("/proc/edge-retina-test.pub"), "cannot write /proc/edge-retina-test.pub")]:
+        result = CliRunner().invoke(bundle_cli, ["keygen", "--private-key", str(private), "--public-key", str(public)])
+        assert result.exit_code == 2 and unwrapped(message) in unwrapped(result.output), result.output
+        assert isinstance(result.exception, SystemExit) and not private.exists(), public  # no traceback, no half pair
+    generate_key_pair(private, tmp_path / "keys" / "n.pub")  # the first attempts left nothing in the way
 
 
 def test_signed_directory_round_trip(signed, keys):
