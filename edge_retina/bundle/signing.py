@@ -209,8 +209,9 @@ def sign_manifest(manifest_bytes: bytes, private_key: Ed25519PrivateKey, *, sour
     manifest = Manifest.from_bytes(manifest_bytes, source=source)
     if manifest.canonical_bytes() != manifest_bytes:
         raise SignatureError(
-            f"{source} is not in canonical form; rewrite it with write_bundle before signing "
-            "(a signature covers exact bytes)"
+            f"{source} is not in canonical form (edited by hand?), and a signature covers exact bytes: "
+            "rebuild the bundle with the command that made it (`edge-retina convert`, `adapt` or "
+            "`prompts build`), then sign it"
         )
     return BundleSignature(key_id=key_id(private_key.public_key()), signature=private_key.sign(manifest_bytes))
 

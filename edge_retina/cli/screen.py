@@ -48,8 +48,10 @@ from edge_retina.screener import Result, Screener
               help="Write results to .csv, .json or .jsonl (rows are flushed as they finish).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout instead of a table.")
 @click.option("--recursive/--no-recursive", default=True, help="Descend into sub-folders (default: yes).")
+@click.option("--trusted-keys", "trusted_dir", type=click.Path(path_type=Path), default=None,
+              help="Screen only if the bundle is signed by a key in this directory of *.pub keys.")
 def screen(paths, bundle_path, backend, precision, device, threads, workers, max_batch, conditions, out, as_json,
-           recursive) -> None:
+           recursive, trusted_dir) -> None:
     """Screen fundus photographs (files, folders, globs) offline.
 
     A failed image becomes a row with its error and does not stop the batch. Exit status: 0 when at
@@ -65,6 +67,10 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
             raise click.BadParameter(str(exc), param_hint="--out") from None
     started = time.perf_counter()
     try:
+        if trusted_dir is not None:
+            from edge_retina.bundle.signing import TrustedKeys, check_signature  # cryptography: only when asked
+
+            check_signature(bundle_path, TrustedKeys.from_directory(trusted_dir))
         screener = Screener.from_bundle(
             bundle_path, backend=backend, device=device, precision=precision, threads=threads,
             conditions=[c.strip() for c in conditions.split(",")] if conditions else None,
