@@ -14,9 +14,10 @@ switched to it, marked as on trial. Start: a slot on trial runs its self-test fi
 (or the slot keeps dying before finishing it), state.json is switched back to the previous slot,
 which the install never touched. A slot already known good is checked again at every start (its
 manifest against the one installed, every file's sha256, and the signature when trusted keys are
-given), since storage can rot or be edited; a damaged one is rolled back from the same way. Until the switch, a power cut leaves the previous bundle active;
-after it, the next start tests the new one. Each step calls ``on_step(name)`` when it is done, so
-tests can cut the power at every one of them.
+given), since storage can rot or be edited; a damaged one is rolled back from the same way. Until
+the switch, a power cut leaves the previous bundle active; after it, the next start tests the new
+one. Each step calls ``on_step(name)`` when it is done, so tests can cut the power at every one of
+them.
 """
 from __future__ import annotations
 
@@ -37,12 +38,12 @@ from edge_retina.errors import BundleError
 from edge_retina.files import copy_and_hash, sha256_file
 from edge_retina.install.state import (
     GOOD,
+    LOCK_FILE,
     REJECTED,
     SLOT_NAMES,
     SLOTS_DIR,
     TRIAL,
     InstallError,
-    LOCK_FILE,
     InstallState,
     SlotRecord,
     fsync_directory,
@@ -100,7 +101,7 @@ def install_bundle(
         raise InstallError(f"{root} is not a directory: an install root is a directory (it is made if missing)")
     try:
         (root / SLOTS_DIR).mkdir(parents=True, exist_ok=True)
-        (root / LOCK_FILE).touch()
+        (root / LOCK_FILE).touch()  # locked() opens it: an unwritable root fails here, with this message
     except OSError as exc:
         raise InstallError(f"cannot use {root} as an install root ({exc.strerror or exc}): give a directory "
                            "this user can write, or one that does not exist yet") from None
