@@ -299,6 +299,60 @@ def test_a_slot_altered_while_on_trial_is_rolled_back_when_keys_are_given(root, 
     assert started.rolled_back_from == "a" and "signature does not match" in started.selftest.message
 
 
+def _flip_a_byte_of_an_engine(slot: Path) -> None:
+    engine = slot / load_bundle(slot, verify=False).select_engine().primary_file
+    data = bytearray(engine.read_bytes())
+    data[len(data) // 2] ^= 1
+    engine.write_bytes(bytes(data))
+
+
+def test_a_damaged_known_good_slot_is_rolled_back_from_at_start(root, trusted):
+    _flip_a_byte_of_an_engine(root / "slots" / "b")
+    started = start(root, trusted=trusted)
+    assert (started.slot, started.rolled_back_from) == ("a", "b") and _command(started.path) == "tests: v1"
+    assert started.selftest.message.startswith("check FAILED: engines/") and "expected sha256" in started.selftest.message
+    state = read_status(root)
+    assert (state.active, state.previous, state.slots["b"].status) == ("a", None, REJECTED)
+    assert start(root).slot == "a" and start(root).rolled_back_from is None  # a passes its check: it stays
+
+
+def test_a_known_good_slot_whose_manifest_changed_is_rolled_back_from_without_keys(root):
+    manifest = root / "slots" / "b" / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes().replace(b"tests: v2", b"tests: v9"))
+    started = start(root)
+    assert started.slot == "a" and "manifest.json was changed after it was installed" in started.selftest.message
+
+
+def test_start_refuses_when_both_slots_are_damaged(root):
+    for slot in ("a", "b"):
+        _flip_a_byte_of_an_engine(root / "slots" / slot)
+    with pytest.raises(InstallError, match="the bundle in slot b is damaged .* and so is slot a"):
+        start(root)
+    with pytest.raises(InstallError, match="no working bundle is installed"):
+        start(root)
+
+
+def test_install_root_that_cannot_be_a_directory_is_refused_in_one_message(bundles, keys, tmp_path):
+    (tmp_path / "rootfile").write_text("")
+    for root, message in [(tmp_path / "rootfile", "is not a directory"),
+                          ("/proc/edge-retina-root", "cannot use /proc/edge-retina-root as an install root")]:
+        result = CliRunner().invoke(bundle_cli, ["install", str(bundles["v1"]), "--root", str(root),
+                                                 "--trusted-keys", str(keys / "trusted")])
+        assert result.exit_code == 2 and unwrapped(message) in unwrapped(result.output), result.output
+        assert not isinstance(result.exception, OSError)
+
+
+def test_status_of_a_root_with_nothing_installed_says_so(tmp_path):
+    for command in ("status", "start", "rollback"):
+        result = CliRunner().invoke(bundle_cli, [command, "--root", str(tmp_path / "nowhere")])
+        assert result.exit_code == 2 and unwrapped("no bundle is installed in") in unwrapped(result.output), command
+
+
+def test_start_help_names_its_example_path_whole_in_80_columns():
+    shown = narrow_runner().invoke(bundle_cli, ["start", "--help"]).output
+    assert "--root /var/lib/edge-retina)" in shown and widest_line(shown) <= COLUMNS, shown
+
+
 def test_damaged_state_file_is_reported(root):
     (root / "state.json").write_text('{"format_version": 1}')
     with pytest.raises(InstallError, match="state.json is damaged"):

@@ -6,6 +6,7 @@ import json
 import shutil
 import stat
 import tarfile
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -18,6 +19,7 @@ from edge_retina.bundle import (
     write_bundle,
 )
 from edge_retina.bundle.archive import read_small_members
+from edge_retina.bundle.manifest import canonical_json
 from edge_retina.bundle.paths import SIGNATURE_NAME
 from edge_retina.bundle.signing import (
     BundleSignature,
@@ -73,6 +75,20 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_refuses_to_overwri
         load_private_key(keys["device"]["public"])
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (a directory nobody can create files in)")
+def test_keygen_writes_both_keys_or_neither(tmp_path):
+    private = tmp_path / "keys" / "n.key"
+    (tmp_path / "a-file").write_text("")
+    for public, message in [(private, "would both be written to"),
+                            (tmp_path / "keys" / ".." / "keys" / "n.key", "would both be written to"),
+                            (tmp_path / "a-file" / "n.pub", "cannot make the directory of"),
+                            (Path("/proc/edge-retina-test.pub"), "cannot write /proc/edge-retina-test.pub")]:
+        result = CliRunner().invoke(bundle_cli, ["keygen", "--private-key", str(private), "--public-key", str(public)])
+        assert result.exit_code == 2 and unwrapped(message) in unwrapped(result.output), result.output
+        assert isinstance(result.exception, SystemExit) and not private.exists(), public  # no traceback, no half pair
+    generate_key_pair(private, tmp_path / "keys" / "n.pub")  # the first attempts left nothing in the way
+
+
 def test_signed_directory_round_trip(signed, keys):
     assert check_signature(signed, trusted(keys)) == keys["device"]["id"]
     report = verify_bundle(signed)
@@ -111,6 +127,47 @@ def test_altered_manifest_is_refused(signed, keys):
     (signed / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     with pytest.raises(SignatureError, match="signature does not match manifest.json"):
         check_signature(signed, trusted(keys))
+
+
+def test_a_manifest_changed_after_signing_is_reported_without_keys_when_not_canonical(signed, caplog):
+    """Only canonical manifests are signed, so a signed one that is not canonical was edited since."""
+    changed = "changed after the bundle was signed"
+    manifest = json.loads((signed / MANIFEST_NAME).read_text())
+    manifest["prompts"]["conditions"][1]["threshold"] = 0.01
+    (signed / MANIFEST_NAME).write_text(json.dumps(manifest, indent=4))  # an editor's layout, not canonical
+    load_bundle(signed)  # what screen and the bridge's Screener.from_bundle do
+    assert [r.levelname for r in caplog.records if changed in r.getMessage()] == ["WARNING"]
+    assert any(changed in w for w in verify_bundle(signed).warnings)
+    (signed / SIGNATURE_NAME).unlink()  # unsigned: not canonical only means it cannot be signed as is
+    caplog.clear()
+    load_bundle(signed)
+    assert not caplog.records and not any(changed in w for w in verify_bundle(signed).warnings)
+
+
+def test_verify_without_keys_says_it_did_not_check_the_signature(bundle_copy, keys):
+    runner = CliRunner()
+    unsigned = runner.invoke(bundle_cli, ["verify", str(bundle_copy)])
+    assert unsigned.exit_code == 0 and "NOT checked" not in unsigned.output, unsigned.output
+    sign_bundle(bundle_copy, load_private_key(keys["device"]["private"]))
+    unchecked = runner.invoke(bundle_cli, ["verify", str(bundle_copy)])
+    assert unchecked.exit_code == 0, unchecked.output
+    assert unwrapped("signature was NOT checked: give --trusted-keys DIR") in unwrapped(unchecked.output)
+    assert unchecked.output.strip().splitlines()[-1] == "bundle verified (files only, signature NOT checked)"
+    checked = runner.invoke(bundle_cli, ["verify", str(bundle_copy), "--trusted-keys", str(keys["device"]["dir"])])
+    assert checked.exit_code == 0 and "NOT checked" not in checked.output, checked.output
+
+
+def test_screen_with_trusted_keys_refuses_a_bundle_they_did_not_sign(signed, keys):
+    from edge_retina.cli.screen import screen
+
+    manifest = json.loads((signed / MANIFEST_NAME).read_text())
+    manifest["prompts"]["conditions"][1]["threshold"] = 0.01
+    (signed / MANIFEST_NAME).write_bytes(canonical_json(manifest))  # an edit nothing detects without keys
+    assert verify_bundle(signed).warnings == []
+    for trusted_dir, message in [(keys["device"]["dir"], "signature does not match manifest.json"),
+                                 (keys["other"]["dir"], "which is not trusted here")]:
+        result = CliRunner().invoke(screen, ["no-photo.jpg", "--bundle", str(signed), "--trusted-keys", str(trusted_dir)])
+        assert result.exit_code == 2 and unwrapped(message) in unwrapped(result.output), result.output
 
 
 def test_altered_file_passes_the_signature_but_fails_verification(signed, keys):
@@ -178,8 +235,11 @@ def test_only_a_verified_canonical_bundle_is_signed(bundle_copy, keys):
     key = load_private_key(keys["device"]["private"])
     manifest = json.loads((bundle_copy / MANIFEST_NAME).read_text())
     (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest))  # same content, not canonical
-    with pytest.raises(SignatureError, match="not in canonical form"):
+    with pytest.raises(SignatureError, match="not in canonical form") as refused:
         sign_bundle(bundle_copy, key)
+    [warning] = verify_bundle(bundle_copy).warnings
+    for message in (str(refused.value), warning):  # what a CLI user can do, not Python API
+        assert "`edge-retina convert`" in message and "write_bundle" not in message and "canonical_bytes" not in message
     (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (bundle_copy / "prompts.npz").write_bytes(b"changed")
     with pytest.raises(BundleError, match="prompts.npz"):

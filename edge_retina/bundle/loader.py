@@ -1,6 +1,7 @@
 """Opening a bundle (directory or ``.erb.tar`` archive) and checking it against its manifest."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,18 +15,22 @@ from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME, relpath_prob
 from edge_retina.errors import BundleError
 from edge_retina.files import sha256_file
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class VerificationReport:
     """``ok`` is False when any ``problems`` (which refuse loading); ``warnings`` do not refuse
     (files of a directory that the manifest does not list and that are never used or installed, a
     manifest not in canonical form). An archive's unlisted members are problems: they are refused.
-    ``checked`` maps every file whose sha256 matched to that sha256."""
+    ``checked`` maps every file whose sha256 matched to that sha256. ``signed``: it carries a
+    manifest.sig (whether that matches is only known with the public key: check_signature)."""
 
     ok: bool
     problems: list[str]
     checked: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    signed: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,16 +122,34 @@ def verify_bundle(path: str | os.PathLike[str]) -> VerificationReport:
 
     problems, checked = _compare(manifest.files, actual, unreadable)
     warnings = [f"{rel}: not listed in {MANIFEST_NAME} (ignored)" for rel in unlisted]
-    if manifest_bytes != manifest.canonical_bytes():
-        warnings.append(
-            f"{MANIFEST_NAME} is not in canonical form (sorted keys, fixed layout) and could not be "
-            "signed as is; write it with write_bundle or Manifest.canonical_bytes()"
-        )
-    return VerificationReport(ok=not problems, problems=problems, checked=checked, warnings=warnings)
+    signed = (source / SIGNATURE_NAME).is_file() if source.is_dir() else SIGNATURE_NAME in actual
+    form_warning = _manifest_form_warning(manifest_bytes, manifest, signed)
+    if form_warning:
+        warnings.append(form_warning)
+    return VerificationReport(ok=not problems, problems=problems, checked=checked, warnings=warnings, signed=signed)
+
+
+def _manifest_form_warning(manifest_bytes: bytes, manifest: Manifest, signed: bool) -> str | None:
+    """What a manifest not in canonical form means. Only canonical manifests are signed
+    (signing.sign_manifest), so a signed one that is not canonical was changed after signing:
+    detectable without the public key, unlike an edit that keeps the canonical form."""
+    if manifest_bytes == manifest.canonical_bytes():
+        return None
+    if signed:
+        return (f"{MANIFEST_NAME} was changed after the bundle was signed (it is not in the canonical form "
+                "signing requires): its signature cannot match; rebuild the bundle and sign it again")
+    return (f"{MANIFEST_NAME} is not in canonical form (sorted keys, fixed layout; edited by hand?) and cannot be "
+            "signed as is: rebuild the bundle with the command that made it (`edge-retina convert`, "
+            "`adapt` or `prompts build`)")
 
 
 def _open_directory(root: Path, source: Path, verify: bool) -> Bundle:
-    manifest = Manifest.from_bytes(_read_manifest_bytes(root, source), source=_describe(root, source))
+    manifest_bytes = _read_manifest_bytes(root, source)
+    manifest = Manifest.from_bytes(manifest_bytes, source=_describe(root, source))
+    if (root / SIGNATURE_NAME).is_file():  # an unsigned manifest's form does not matter to a screener
+        tampered = _manifest_form_warning(manifest_bytes, manifest, signed=True)
+        if tampered:
+            logger.warning("%s: %s", source, tampered)
     if verify:
         actual, unreadable = _hash_directory(root, manifest.files)
         problems, _ = _compare(manifest.files, actual, unreadable)

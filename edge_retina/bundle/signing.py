@@ -100,12 +100,24 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 def generate_key_pair(private_path: str | os.PathLike[str], public_path: str | os.PathLike[str]) -> str:
     """Write a new private key (PKCS#8 PEM, mode 0600) and its public key (PEM); returns the key id.
 
-    Refuses to overwrite either file: losing a signing key locks devices out of updates.
+    Refuses to overwrite either file: losing a signing key locks devices out of updates. Writes both
+    or neither: both destinations are checked first, and the private key is removed again when the
+    public key cannot be written (a private key without its public key signs bundles no device
+    can be given the key for).
     """
     private_path, public_path = Path(private_path), Path(public_path)
+    if private_path.resolve() == public_path.resolve():
+        raise SignatureError(f"the private and the public key would both be written to {private_path}; "
+                             "give two different paths")
     for path in (private_path, public_path):
         if path.exists():
             raise SignatureError(f"{path} already exists; refusing to overwrite a key")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SignatureError(f"cannot make the directory of {path} ({exc.strerror or exc}); nothing was written") from None
+        if not os.access(path.parent, os.W_OK):
+            raise SignatureError(f"cannot write {path}: its directory is not writable; nothing was written")
     private_key = Ed25519PrivateKey.generate()
     private_pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -113,13 +125,20 @@ def generate_key_pair(private_path: str | os.PathLike[str], public_path: str | o
     public_pem = private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(private_pem)
-    with open(public_path, "xb") as out:
-        out.write(public_pem)
+    written: list[Path] = []
+    try:
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        written.append(private_path)
+        with os.fdopen(fd, "wb") as out:
+            out.write(private_pem)
+        with open(public_path, "xb") as out:
+            written.append(public_path)
+            out.write(public_pem)
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise SignatureError(f"cannot write {exc.filename or 'a key file'} ({exc.strerror or exc}); "
+                             "nothing was written") from None
     return key_id(private_key.public_key())
 
 
@@ -190,8 +209,9 @@ def sign_manifest(manifest_bytes: bytes, private_key: Ed25519PrivateKey, *, sour
     manifest = Manifest.from_bytes(manifest_bytes, source=source)
     if manifest.canonical_bytes() != manifest_bytes:
         raise SignatureError(
-            f"{source} is not in canonical form; rewrite it with write_bundle before signing "
-            "(a signature covers exact bytes)"
+            f"{source} is not in canonical form (edited by hand?), and a signature covers exact bytes: "
+            "rebuild the bundle with the command that made it (`edge-retina convert`, `adapt` or "
+            "`prompts build`), then sign it"
         )
     return BundleSignature(key_id=key_id(private_key.public_key()), signature=private_key.sign(manifest_bytes))
 

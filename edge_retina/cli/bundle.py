@@ -127,7 +127,7 @@ def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir
     """Check the manifest and every file's sha256, and with keys given the signature.
     Exit status 1 when anything is wrong."""
     report = verify_bundle(path)
-    problems, signed_by = list(report.problems), None
+    problems, signed_by, trusted = list(report.problems), None, None
     try:
         trusted = _trusted_keys(public_keys, trusted_dir)
         if trusted is not None:
@@ -135,9 +135,12 @@ def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir
     except EdgeRetinaError as exc:
         problems.append(str(exc))
     ok = not problems
+    # Without a public key a signature cannot be checked: "verified" must not read as "authentic".
+    unchecked = report.signed and trusted is None
     if as_json:
         click.echo(json.dumps({"ok": ok, "problems": problems, "warnings": report.warnings,
-                               "checked": report.checked, "signed_by": signed_by}, indent=2))
+                               "checked": report.checked, "signed": report.signed, "signed_by": signed_by},
+                              indent=2))
     else:
         console = Console()
         for name, sha in sorted(report.checked.items()):
@@ -146,9 +149,13 @@ def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir
             print_wrapped(console, Text.assemble(("  warning", "yellow"), f"  {warning}"))
         if signed_by is not None:
             print_wrapped(console, f"  ok  signed by trusted key {signed_by}")
+        if unchecked:
+            print_wrapped(console, Text.assemble(("  note", "yellow"), "  the bundle is signed but its signature was "
+                                                 "NOT checked: give --trusted-keys DIR (or --public-key FILE)"))
         for problem in problems:
             print_wrapped(console, Text.assemble(("  problem", "red"), f"  {problem}"))
-        console.print("[green]bundle verified[/]" if ok else "[red]bundle REFUSED[/]")
+        verdict = "bundle verified (files only, signature NOT checked)" if unchecked else "bundle verified"
+        console.print(f"[green]{verdict}[/]" if ok else "[red]bundle REFUSED[/]")
     sys.exit(0 if ok else 1)
 
 
@@ -229,10 +236,14 @@ def install(source: Path, root: Path, trusted_dir: Path, no_start: bool, backend
 @TRUSTED_DIR
 @click.option("--backend", default=None, help="Engine backend the self-test runs (default: the screener's choice).")
 def start_command(root: Path, trusted_dir: Path | None, backend: str | None) -> None:
-    """Resolve the bundle to run (self-testing a new one, rolling back if it fails).
+    """Resolve the bundle to run: self-test a new one, re-check a known one; roll back if it fails.
 
+    A known one's files are checked against its manifest (and its signature with --trusted-keys).
     Prints the bundle directory to screen with on stdout (messages go to stderr), e.g.
-    BUNDLE=$(edge-retina bundle start --root /var/lib/edge-retina)."""
+
+    \b
+      BUNDLE=$(edge-retina bundle start --root /var/lib/edge-retina)
+    """
     from edge_retina.install import start
 
     try:

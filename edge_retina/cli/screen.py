@@ -58,8 +58,10 @@ EXIT_INTERRUPTED = 130
               help="Replace an existing --out file (and an interrupted run's <out>.partial).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout instead of a table.")
 @click.option("--recursive/--no-recursive", default=True, help="Descend into sub-folders (default: yes).")
+@click.option("--trusted-keys", "trusted_dir", type=click.Path(path_type=Path), default=None,
+              help="Screen only if the bundle is signed by a key in this directory of *.pub keys.")
 def screen(paths, bundle_path, backend, precision, device, threads, workers, max_batch, conditions, out, overwrite,
-           as_json, recursive) -> None:
+           as_json, recursive, trusted_dir) -> None:
     """Screen fundus photographs (files, folders, globs) offline.
 
     A failed image becomes a row with its error and does not stop the batch. Exit status: 0 when at
@@ -93,6 +95,10 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
             fail(f"--conditions {conditions!r} names no condition")
     started = time.perf_counter()
     try:
+        if trusted_dir is not None:
+            from edge_retina.bundle.signing import TrustedKeys, check_signature  # cryptography: only when asked
+
+            check_signature(bundle_path, TrustedKeys.from_directory(trusted_dir))
         screener = Screener.from_bundle(
             bundle_path, backend=backend, device=device, precision=precision, threads=threads, conditions=chosen,
         )
