@@ -214,7 +214,7 @@ class Screener:
         label = name or (str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>")
         start = time.perf_counter()
         try:
-            prepared = self.preprocessor.prepare(source)
+            prepared = self.preprocessor.prepare(source, name=name)
         except ImageError as exc:
             return Staged(Result(label, error=str(exc), error_code=exc.code), None, start)
         result = Result(

@@ -195,6 +195,20 @@ def test_openvino_cache_dir_stores_the_compiled_model(tmp_path, models):
     assert any((tmp_path / "ov-cache").iterdir())
 
 
+def test_openvino_runs_without_a_cache_it_cannot_create(tmp_path, models, images, reference, caplog):
+    """The compiled-model cache is an optimisation: a folder that cannot be made costs one warning."""
+    (tmp_path / "a-file").write_bytes(b"")
+    cache_dir = tmp_path / "a-file" / "cache"
+    with caplog.at_level(logging.WARNING, logger="edge_retina.backends.openvino_runner"):
+        with create_runner("openvino", models["dynamic"], precision="fp32", cache_dir=cache_dir) as runner:
+            embeddings = runner.infer(images)
+    assert runner.cache_dir is None
+    np.testing.assert_allclose(embeddings, reference, rtol=1e-5, atol=1e-6)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"openvino: no compiled-model cache (Not a directory); {models['dynamic'].name} is compiled on every load"
+    ]
+
+
 def test_closed_runner_refuses_to_run(models, images):
     with create_runner("onnxruntime", models["dynamic"], precision="fp32") as runner:
         assert isinstance(runner, Runner)

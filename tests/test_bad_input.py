@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
+import threading
 import warnings
 import zlib
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from edge_retina.errors import ImageError
 from edge_retina.preprocess import (
@@ -19,6 +21,7 @@ from edge_retina.preprocess import (
     decode_image,
     probe_image,
 )
+from edge_retina.preprocess.raw import RawFrame
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +49,17 @@ def _expect(preprocessor, source, code, name=None):
     return info.value
 
 
-def _png_header_only(width, height):
-    """A PNG whose header claims width x height, with a 1-row IDAT: enough for any header probe."""
+def _png_chunk(kind, payload):
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
+def _png_header_only(width, height, metadata=b""):
+    """A PNG whose header claims width x height, with a 1-row IDAT: enough for any header probe.
+    ``metadata``: chunks to put between the header and the image data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" + b"\x00" * 3 * 16)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + metadata + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))
 
 
 def test_nonexistent_path(preprocessor, tmp_path):
@@ -144,11 +149,71 @@ def test_corrupt_header(preprocessor, photo):
 def test_enormous_image_refused_before_decoding(preprocessor, tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_header_only(12_000, 10_000))  # 120 MP: only a warning for Pillow
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # Pillow's bomb warning must not escape
+    with warnings.catch_warnings(record=True) as shown:
         _expect(preprocessor, path, "too_large", name="12000x10000")
         # 400 MP: Pillow's own hard limit would fire; it is still our error.
         _expect(preprocessor, _png_header_only(20_000, 20_000), "too_large")
+    assert [str(w.message) for w in shown] == []  # Pillow's bomb warning must not escape
+
+
+@pytest.fixture(scope="module")
+def huge_flat_png():
+    """A complete 12000x9000 PNG (108 MP) of 13 KB: a flat image compresses to almost nothing."""
+    buffer = io.BytesIO()
+    Image.new("1", (12_000, 9_000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_huge_png_refused_without_pillow_decoding_it(preprocessor, huge_flat_png, monkeypatch):
+    """The size limit comes from the header alone: reading the orientation used to make Pillow
+    decode the whole PNG first (seconds and ~600 MB for a 12000x9000 RGB one)."""
+    loads = []
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda im: loads.append(im.size))
+    _expect(preprocessor, huge_flat_png, "too_large", name="12000x9000")
+    assert loads == []
+
+
+def test_pillow_warnings_stay_quiet_on_decoding_threads():
+    """The screening pipeline decodes on worker threads: Pillow's bomb warning stays quiet on all
+    of them (a catch_warnings block per decode switched the filter off under the other thread)."""
+    # With an eXIf chunk, so that no probe, before or after the fix, decodes: each one is short.
+    bomb = _png_header_only(12_000, 10_000, _png_chunk(b"eXIf", Image.Exif().tobytes()[6:]))
+    codes = []
+
+    def probe_many():
+        for _ in range(1000):
+            try:
+                probe_image(bomb)
+            except ImageError as exc:
+                codes.append(exc.code)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as a loaded machine may
+    try:
+        with warnings.catch_warnings(record=True) as shown:
+            threads = [threading.Thread(target=probe_many) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert codes == ["too_large"] * 2000
+    assert [str(w.message) for w in shown] == []
+
+
+def test_messages_name_the_photo_as_the_caller_names_it(preprocessor, photo):
+    """Bytes from an archive or a bridge request are named as the caller names them, not "<bytes>"."""
+    truncated = _encode(photo, ".jpg")[:-500]
+    with pytest.raises(ImageError) as info:
+        preprocessor.prepare(truncated, name="2019/IMG_0001.JPG")
+    assert str(info.value).startswith("2019/IMG_0001.JPG: truncated JPEG")
+    with pytest.raises(ImageError) as info:
+        preprocessor.prepare(RawFrame(bytes(3), "rgb8", 1, 1), name="request 7")
+    assert str(info.value).startswith("request 7: 1x1 is too small")
+    with pytest.raises(ImageError) as info:
+        preprocessor.prepare(truncated)
+    assert str(info.value).startswith("<bytes>: ")  # nothing better to say without a name
 
 
 def test_pixel_limit_is_configurable(photo):

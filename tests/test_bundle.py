@@ -492,6 +492,18 @@ def test_archive_cache_is_reused_and_repaired(archive, cache):
     assert sorted(p.name for p in cache.iterdir()) == [root.name]  # no staging or discarded leftovers
 
 
+def test_tampered_archive_leaves_nothing_in_the_cache(archive, cache, tmp_path):
+    """An archive refused on its first extraction takes its extraction with it: no leftovers."""
+    data = archive.read_bytes()
+    payload = PAYLOADS["prompts.npz"]
+    assert data.count(payload) == 1
+    tampered = tmp_path / f"tampered{ARCHIVE_SUFFIX}"
+    tampered.write_bytes(data.replace(payload, payload.upper()))  # same size: the tar stays valid
+    with pytest.raises(BundleError, match="prompts.npz: expected sha256"):
+        load_bundle(tampered, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+
+
 def test_archive_cache_defaults_to_xdg_cache_home(archive, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     root = load_bundle(archive).root

@@ -79,7 +79,9 @@ def test_series_laterality_is_the_fallback(photo, tmp_path):
 def test_non_photographs_get_clear_codes(retina_jpeg, photo, tmp_path):
     import pydicom
 
-    assert "CT object" in _expect(jpeg_to_dicom(retina_jpeg, tmp_path / "ct.dcm", modality="CT"), "not_a_photograph")
+    ct = _expect(jpeg_to_dicom(retina_jpeg, tmp_path / "ct.dcm", modality="CT"), "not_a_photograph")
+    # The object's own modality is named as such, apart from the one we take.
+    assert "a DICOM CT object (Modality CT), not an ophthalmic photograph (Modality OP)" in ct
 
     ds = pydicom.dcmread(jpeg_to_dicom(retina_jpeg, tmp_path / "nopixels.dcm"))
     del ds.PixelData

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 from edge_retina.preprocess import (
     IMAGE_EXTENSIONS,
@@ -196,6 +197,50 @@ def test_exif_orientation_is_applied_like_pillow(tmp_path, orientation):
     reduced = decode_image(data, min_short_side=70)
     assert reduced.reduction == 2
     assert reduced.rgb.shape == (expected.shape[0] // 2, expected.shape[1] // 2, 3)
+
+
+def _move_png_chunk_to_the_end(data: bytes, kind: bytes) -> bytes:
+    """``data`` (a PNG) with its ``kind`` chunk moved after the image data, just before IEND."""
+    pos, kept, moved = 8, [], []
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        chunk = data[pos : pos + 12 + length]
+        (moved if chunk[4:8] == kind else kept).append(chunk)
+        pos += 12 + length
+    assert moved and kept[-1][4:8] == b"IEND"
+    return data[:8] + b"".join(kept[:-1] + moved + kept[-1:])
+
+
+@pytest.mark.parametrize(
+    "tag, after_the_pixels",
+    [("eXIf", False), ("eXIf", True), ("iTXt", True)],  # iTXt: XMP's tiff:Orientation, which Pillow reads too
+)
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_png_orientation_is_applied_like_pillow_without_a_pillow_decode(
+    monkeypatch, tag, after_the_pixels, orientation
+):
+    """Pillow finds a PNG's orientation after the image data only by decoding the image: we read
+    it from the chunks alone, and turn the image just as Pillow does."""
+    stored = cv2.resize(np.random.default_rng(orientation).integers(0, 255, (3, 2, 3)).astype(np.uint8), (160, 240),
+                        interpolation=cv2.INTER_NEAREST)
+    buffer = io.BytesIO()
+    if tag == "eXIf":
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(stored).save(buffer, "PNG", exif=exif)
+    else:
+        info = PngImagePlugin.PngInfo()
+        xmp = f'<x:xmpmeta><rdf:Description tiff:Orientation="{orientation}"/></x:xmpmeta>'
+        info.add_itxt("XML:com.adobe.xmp", xmp)
+        Image.fromarray(stored).save(buffer, "PNG", pnginfo=info)
+    data = _move_png_chunk_to_the_end(buffer.getvalue(), tag.encode()) if after_the_pixels else buffer.getvalue()
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    loads = []
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda im: loads.append(im.size))
+    decoded = decode_image(data)
+    assert decoded.header.orientation == orientation
+    assert np.array_equal(decoded.rgb, expected)
+    assert loads == []
 
 
 # --- field of view -----------------------------------------------------------------------------

@@ -71,6 +71,9 @@ def test_bad_input_becomes_an_error_result(screener, tmp_path):
     assert not result.screened and result.error_code == "empty_file" and "empty.jpg" in result.error
     missing = screener.screen(tmp_path / "nope.jpg")
     assert missing.error_code == "not_found"
+    # Bytes (an archive member, a bridge request) are named in the message as the caller names them.
+    named = screener.screen(b"\x89PNG\r\n\x1a\n", name="2019/IMG_0002.PNG")
+    assert named.source == "2019/IMG_0002.PNG" and named.error.startswith("2019/IMG_0002.PNG: damaged PNG")
 
 
 def test_ungradable_image_has_no_scores(screener):

@@ -1,6 +1,8 @@
 """OpenVINO on Intel CPUs (and integrated GPUs): reads IR (``.xml`` + ``.bin``) or ONNX."""
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ import openvino.properties.hint as ov_hints
 from edge_retina.backends.base import Dim, Runner
 from edge_retina.errors import BackendError
 from edge_retina.user_caches import mark_used
+
+logger = logging.getLogger(__name__)
 
 # Device names OpenVINO accepts that are not hardware (they dispatch to the devices listed by Core).
 _VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
@@ -59,15 +63,28 @@ class OpenVinoRunner(Runner):
         if threads is not None and self._on_cpu:
             config[ov_props.inference_num_threads] = threads
         if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            mark_used(self.cache_dir)
-            core.set_property({ov_props.cache_dir: str(self.cache_dir)})
+            self._use_cache(core, self.cache_dir)
         try:
             self._compiled = core.compile_model(model, device, config)
         except RuntimeError as exc:
             raise BackendError(f"openvino: cannot compile {self.model_path.name} for {device}: {exc}") from exc
         self._input_dtype = self._compiled.input(0).get_element_type().to_dtype()
         self._request = self._compiled.create_infer_request()
+
+    def _use_cache(self, core: ov.Core, cache_dir: Path) -> None:
+        """Turn on the compiled-model cache in ``cache_dir``; without it (one warning) when the folder
+        cannot be created or written: the cache only makes later loads faster."""
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(cache_dir, os.W_OK):
+                raise PermissionError(f"{cache_dir} is not writable")
+        except OSError as exc:
+            logger.warning("openvino: no compiled-model cache (%s); %s is compiled on every load",
+                           exc.strerror or exc, self.model_path.name)
+            self.cache_dir = None
+            return
+        mark_used(cache_dir)
+        core.set_property({ov_props.cache_dir: str(cache_dir)})
 
     @property
     def _on_cpu(self) -> bool:

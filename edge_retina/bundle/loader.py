@@ -78,7 +78,8 @@ def load_bundle(
     try:
         return _open_directory(root, source, verify)
     except BundleError:
-        if fresh:
+        if fresh:  # the archive itself is bad: keep none of it
+            discard(root)
             raise
     # The cached extraction no longer matches (damaged or edited on disk); the archive is the truth.
     discard(root)

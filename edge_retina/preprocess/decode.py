@@ -7,15 +7,17 @@ Policy decisions (documented here because the CLI and the README point at them):
 
 - **Pixel limits.** The header is probed with Pillow (its lazy ``Image.open`` reads only the
   header) before anything is decoded: images above ``MAX_PIXELS`` are refused as ``too_large``
-  (decompression-bomb guard) and images with a side below ``MIN_SIDE`` as ``too_small``. Pillow's
-  own bomb warning is silenced; Pillow's hard bomb error (above ``2 * PIL.Image.MAX_IMAGE_PIXELS``,
+  (decompression-bomb guard) and images with a side below ``MIN_SIDE`` as ``too_small``, before
+  anything else (the orientation) is read. Pillow's own bomb warning is filtered out (see
+  ``_quiet_pillow``); Pillow's hard bomb error (above ``2 * PIL.Image.MAX_IMAGE_PIXELS``,
   about 179 MP) is reported as ``too_large`` as well, so a ``max_pixels`` above that is capped there.
 - **EXIF orientation is honoured**, for every format, the way every image viewer shows the photo
   (fundus cameras do not write a rotation, so for them this changes nothing; a phone photo of a
   screen or of an adapter-based camera is shown the way the person who took it saw it). It is
   applied by us from the probed tag, after decoding without it, so reduced
   and full decodes, and all formats, behave the same. ``ImageHeader.width/height`` are the
-  displayed (oriented) size.
+  displayed (oriented) size. A PNG's tag is read from its metadata chunks without its pixels
+  (``_png_exif``).
 - **Reduced JPEG decoding.** When the caller says how many pixels it needs along the shorter side,
   JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling: the largest reduction whose
   shorter side still meets the need.
@@ -38,8 +40,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
+import struct
+import threading
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -71,17 +77,49 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 
 _EXIF_ORIENTATION_TAG = 0x0112
 _REDUCTIONS = (8, 4, 2)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole IEND chunk: length 0, type, CRC
 # File signatures of DECODABLE_FORMATS (from each format's specification), to tell a damaged file
 # from a non-image when Pillow cannot read its header.
 _SIGNATURES = (
     ("JPEG", b"\xff\xd8\xff"),
-    ("PNG", b"\x89PNG\r\n\x1a\n"),
+    ("PNG", _PNG_SIGNATURE),
     ("BMP", b"BM"),
     ("TIFF", b"II*\x00"),
     ("TIFF", b"MM\x00*"),
     ("WEBP", b"RIFF"),  # followed by a 4-byte size and "WEBP"
 )
+
+#: The warnings Pillow gives while it reads a header for us, as (category, module regex); see
+#: ``_quiet_pillow``.
+_PILLOW_HEADER_WARNINGS = ((Image.DecompressionBombWarning, ""), (UserWarning, r"PIL\.\w+ImagePlugin$"))
+_quiet_pillow_lock = threading.Lock()
+
+
+def _quiet_pillow() -> None:
+    """Make sure the process-wide warning filters drop the warnings Pillow gives reading a header.
+
+    Process-wide filters rather than ``warnings.catch_warnings()`` around each ``Image.open``:
+    catch_warnings swaps the process-wide filter list and puts it back on exit, so with the pipeline
+    decoding on two threads one thread's exit switched the filter off while the other was inside
+    (Pillow's bomb warning reached stderr). Checked on every call, not set once at import, because
+    a ``catch_warnings`` block around the import (pytest's collection, an application's) drops
+    filters added inside it; adding is locked because ``filterwarnings`` removes an entry before
+    it puts it back in front, a gap another thread could fall into. Both filters are narrow:
+
+    - ``DecompressionBombWarning`` (any image above ``Image.MAX_IMAGE_PIXELS``, ~89 MP): every header
+      Pillow reads for us is checked against our own ``MAX_PIXELS`` right after, so the warning
+      only repeats (or, below our limit, contradicts) that decision. Raising ``Image.MAX_IMAGE_PIXELS``
+      to our limit instead would still warn for the images between it and Pillow's hard error (the
+      ones we refuse), and would move that hard error for every Pillow user in the process.
+    - ``UserWarning`` from Pillow's format plugins: remarks on damaged metadata ("Corrupt EXIF
+      data", a malformed MPO or APNG) that they read past; damage that matters is an ImageError.
+    """
+    with _quiet_pillow_lock:
+        for category, module in _PILLOW_HEADER_WARNINGS:
+            # The filter as warnings.filters holds it: (action, message, category, module, lineno).
+            if ("ignore", None, category, re.compile(module) if module else None, 0) not in warnings.filters:
+                warnings.filterwarnings("ignore", category=category, module=module)
 
 
 @dataclass(frozen=True)
@@ -120,9 +158,11 @@ def describe_source(source: ImageSource) -> str:
     return f"<{type(source).__name__}>"
 
 
-def read_source(source: ImageSource) -> tuple[bytes | np.ndarray, str]:
-    """Return the encoded bytes (or the array) of ``source`` and its display name."""
-    name = describe_source(source)
+def read_source(source: ImageSource, name: str | None = None) -> tuple[bytes | np.ndarray, str]:
+    """Return the encoded bytes (or the array) of ``source`` and its display name: ``name`` if given
+    (what the caller calls bytes or an array: the photo's file name in an archive, a request id...),
+    else ``describe_source``'s."""
+    name = name or describe_source(source)
     if isinstance(source, np.ndarray):
         return source, name
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -168,22 +208,24 @@ def _read_file(path: Path, name: str) -> bytes:
     return data
 
 
-def probe_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> ImageHeader:
+def probe_image(
+    source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE, name: str | None = None
+) -> ImageHeader:
     """Read only the header of ``source`` and check it against the pixel limits.
 
-    Raises ``ImageError`` for anything that is not a decodable image of acceptable size.
+    Raises ``ImageError`` for anything that is not a decodable image of acceptable size; its message
+    names the source as ``name`` (default: ``describe_source``).
     """
-    data, name = read_source(source)
+    data, name = read_source(source, name)
     if dicom.is_dicom(data):
         return _dicom_header(dicom.read_photo(data, name), name, max_pixels, min_side)
     return _probe(data, name, max_pixels, min_side)
 
 
 def _probe(data: bytes | np.ndarray, name: str, max_pixels: int, min_side: int) -> ImageHeader:
-    if isinstance(data, np.ndarray):
-        header = _array_header(data, name)
-    else:
-        header = _encoded_header(data, name)
+    if not isinstance(data, np.ndarray):
+        return _encoded_header(data, name, max_pixels, min_side)
+    header = _array_header(data, name)
     _check_size(header, name, max_pixels, min_side)
     return header
 
@@ -198,37 +240,85 @@ def _array_header(array: np.ndarray, name: str) -> ImageHeader:
     return ImageHeader("array", int(array.shape[1]), int(array.shape[0]), str(array.dtype))
 
 
-def _encoded_header(data: bytes, name: str) -> ImageHeader:
-    with warnings.catch_warnings():
-        # Our own limit is checked below, and damage is reported as ImageError: Pillow's warnings
-        # (decompression bomb, corrupt EXIF) would only be noise.
-        warnings.simplefilter("ignore")
-        try:
-            with Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS) as im:
-                fmt, mode, (width, height) = im.format or "?", im.mode, im.size
-                orientation = _exif_orientation(im)
-        except Image.DecompressionBombError:
-            raise ImageError(
-                "too_large",
-                f"{name}: more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
-                "(refused before decoding: possible decompression bomb)",
-            ) from None
-        except UnidentifiedImageError:
-            raise _not_decodable(data, name) from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            # Pillow raises these for a recognised signature with a broken header.
-            raise ImageError("corrupt", f"{name}: unreadable image header ({exc})") from None
+def _encoded_header(data: bytes, name: str, max_pixels: int, min_side: int) -> ImageHeader:
+    """The header of an encoded image, its size checked before its orientation is read (reading
+    metadata may read further into the file than the header)."""
+    _quiet_pillow()
+    try:
+        im = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
+    except Image.DecompressionBombError:
+        raise ImageError(
+            "too_large",
+            f"{name}: more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
+            "(refused before decoding: possible decompression bomb)",
+        ) from None
+    except UnidentifiedImageError:
+        raise _not_decodable(data, name) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow raises these for a recognised signature with a broken header.
+        raise ImageError("corrupt", f"{name}: unreadable image header ({exc})") from None
+    with im:
+        stored = ImageHeader(im.format or "?", im.width, im.height, im.mode)
+        # Orientation does not change the pixel count or the shorter side: the limits hold as stored.
+        _check_size(stored, name, max_pixels, min_side)
+        orientation = _exif_orientation(im, data)
+    width, height = stored.width, stored.height
     if orientation in (5, 6, 7, 8):  # these turn the image by 90 degrees
         width, height = height, width
-    return ImageHeader(fmt, width, height, mode, orientation)
+    return ImageHeader(stored.format, width, height, stored.mode, orientation)
 
 
-def _exif_orientation(im: Image.Image) -> int:
+def _exif_orientation(im: Image.Image, data: bytes) -> int:
     try:
-        value = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        exif = _png_exif(data) if im.format == "PNG" else im.getexif()
+        value = exif.get(_EXIF_ORIENTATION_TAG, 1)
     except Exception:  # noqa: BLE001 -- a broken EXIF block must not make a readable photo fail
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _png_exif(data: bytes) -> Image.Exif:
+    """A PNG's EXIF as Pillow's ``getexif`` gives it, without decoding the pixels.
+
+    Without an eXIf chunk before the image data, ``PngImageFile.getexif`` (Pillow 13's source)
+    decodes the whole image (``load()``) to reach the chunks after it, where an eXIf chunk or the text chunks Pillow also
+    takes EXIF from (XMP, "Raw profile type exif") may be: a second decode of every PNG, and a
+    full one of any PNG before our size limit could refuse it. So we give Pillow a PNG of the same
+    metadata chunks, in the order its full read would meet them, without the image data, and read
+    EXIF the way ``Image.getexif`` does from that header alone.
+    """
+    with Image.open(io.BytesIO(_png_metadata(data)), formats=("PNG",)) as header_only:
+        # The base-class method: PngImageFile.getexif would try to load() the (absent) pixels first.
+        return Image.Image.getexif(header_only)
+
+
+def _png_metadata(data: bytes) -> bytes:
+    """``data`` (a PNG) with only the chunks a full Pillow read parses for metadata.
+
+    Those are the chunks before the image data, and, when there is no eXIf chunk among them, also
+    the ones after it up to IEND or the next APNG frame (``PngImageFile.load_end``). The CRCs are
+    computed afresh, as ``load_end`` does not check them. Hand-written: Pillow has no way to read
+    the chunks after the image data without decoding it; the chunk layout is a length, a type, the
+    data and a CRC (PNG specification, section 5.3).
+    """
+    before: list[bytes] = []
+    after: list[bytes] = []
+    chunks = before
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        head = data[pos : pos + 8]
+        (length,), kind = struct.unpack(">I", head[:4]), head[4:]
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IEND" or (kind == b"fcTL" and chunks is after):
+            break
+        if kind in (b"IDAT", b"fdAT"):
+            chunks = after
+        else:
+            chunks.append(head + body + struct.pack(">I", zlib.crc32(kind + body)))
+    if any(chunk[4:8] == b"eXIf" for chunk in before):
+        after = []
+    return _PNG_SIGNATURE + b"".join(before + after) + _PNG_IEND
 
 
 def _not_decodable(data: bytes, name: str) -> ImageError:
@@ -241,13 +331,12 @@ def _not_decodable(data: bytes, name: str) -> ImageError:
             return ImageError(
                 "corrupt", f"{name}: damaged {fmt} file (its header cannot be read; or an exotic pixel layout)"
             )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                fmt = im.format
-        except Exception:  # noqa: BLE001 -- any failure here means "not an image we know"
-            fmt = None
+    _quiet_pillow()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+    except Exception:  # noqa: BLE001 -- any failure here means "not an image we know"
+        fmt = None
     if fmt:
         return ImageError(
             "unsupported", f"{name}: {fmt} images are not supported (use {', '.join(DECODABLE_FORMATS)})"
@@ -284,13 +373,15 @@ def decode_image(
     min_short_side: int = 0,
     max_pixels: int = MAX_PIXELS,
     min_side: int = MIN_SIDE,
+    name: str | None = None,
 ) -> DecodedImage:
     """Decode ``source`` to an oriented RGB uint8 image.
 
     ``min_short_side`` > 0 allows a reduced-resolution JPEG decode whose shorter side is at least
-    that many pixels (0: always decode at full size).
+    that many pixels (0: always decode at full size). Messages name the source as ``name``
+    (default: ``describe_source``).
     """
-    data, name = read_source(source)
+    data, name = read_source(source, name)
     data, attributes = _unwrap_dicom(data, name, max_pixels, min_side)
     header = _probe(data, name, max_pixels, min_side)
     if isinstance(data, np.ndarray):

@@ -118,7 +118,7 @@ def read_photo(data: bytes, name: str) -> DicomPhoto:
     except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, AttributeError) as exc:
         raise ImageError("corrupt", f"{name}: unreadable DICOM file ({exc})") from None
     if modality != "OP":
-        what = f"a DICOM {modality} object" if modality else "a DICOM object without a Modality"
+        what = f"a DICOM {modality} object (Modality {modality})" if modality else "a DICOM object without a Modality"
         raise ImageError("not_a_photograph", f"{name}: {what}, not an ophthalmic photograph (Modality OP)")
     if "PixelData" not in ds:
         raise ImageError("not_a_photograph", f"{name}: a DICOM OP object without pixel data")

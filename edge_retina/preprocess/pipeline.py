@@ -48,9 +48,11 @@ def pixels_key(spec: InputSpec) -> str:
     return f"{spec.sha256()[:16]}-p{PREPROCESSING_VERSION}"
 
 
-def _decode(source: ImageSource | RawFrame, **limits: int) -> DecodedImage:
+def _decode(source: ImageSource | RawFrame, name: str | None, **limits: int) -> DecodedImage:
     """A raw camera frame decodes itself (like a JPEG of it); everything else goes through decode_image."""
-    return source.decode(**limits) if isinstance(source, RawFrame) else decode_image(source, **limits)
+    if isinstance(source, RawFrame):
+        return source.decode(name=name, **limits)
+    return decode_image(source, name=name, **limits)
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,13 @@ class Preprocessor:
         # Every crop+resize mode needs at most max(H, W) source pixels across the FoV.
         self._needed_fov_side = max(spec.size)
 
-    def prepare(self, source: ImageSource | RawFrame) -> PreparedImage:
-        """Decode and prepare one image. Raises ``ImageError`` if it cannot be decoded."""
+    def prepare(self, source: ImageSource | RawFrame, *, name: str | None = None) -> PreparedImage:
+        """Decode and prepare one image. Raises ``ImageError`` if it cannot be decoded, its message
+        naming the image ``name`` (default: its path, or "<bytes>", "<array>"...)."""
         start = time.perf_counter()
         decoded = _decode(
             source,
+            name,
             min_short_side=math.ceil(self._needed_fov_side / ASSUMED_FOV_FRACTION),
             max_pixels=self.max_pixels,
             min_side=self.min_side,
@@ -99,6 +103,7 @@ class Preprocessor:
             short = min(rgb.shape[:2])
             decoded = _decode(
                 source,
+                name,
                 min_short_side=math.ceil(self._needed_fov_side * short / fov_side),
                 max_pixels=self.max_pixels,
                 min_side=self.min_side,

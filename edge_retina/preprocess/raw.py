@@ -69,15 +69,15 @@ class RawFrame:
     height: int
     stride: int | None = None
 
-    def rgb(self) -> np.ndarray:
-        """The whole frame as (H, W, 3) RGB uint8 (a view of ``data`` for rgb8). ``ImageError`` when
-        ``data`` does not fit the layout."""
+    def rgb(self, name: str = NAME) -> np.ndarray:
+        """The whole frame as (H, W, 3) RGB uint8 (a view of ``data`` for rgb8). ``ImageError`` (its
+        message naming the frame ``name``) when ``data`` does not fit the layout."""
         try:
             stride, size = frame_size(self.pixel_format, self.width, self.height, self.stride)
         except ValueError as exc:
-            raise ImageError("unsupported", f"{NAME}: {exc}") from None
+            raise ImageError("unsupported", f"{name}: {exc}") from None
         if len(self.data) != size:
-            raise ImageError("corrupt", f"{NAME}: {self.height} rows of {stride} bytes need {size} bytes, "
+            raise ImageError("corrupt", f"{name}: {self.height} rows of {stride} bytes need {size} bytes, "
                                         f"got {len(self.data)}")
         channels, conversion = PIXEL_FORMATS[self.pixel_format]
         rows = np.frombuffer(self.data, np.uint8).reshape(self.height, stride)[:, : self.width * channels]
@@ -85,15 +85,23 @@ class RawFrame:
         # Padded rows stay a strided view: OpenCV reads it as is, no copy of the frame is made here.
         return pixels if conversion is None else cv2.cvtColor(pixels, conversion)
 
-    def decode(self, *, min_short_side: int = 0, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> DecodedImage:
+    def decode(
+        self,
+        *,
+        min_short_side: int = 0,
+        max_pixels: int = MAX_PIXELS,
+        min_side: int = MIN_SIDE,
+        name: str | None = None,
+    ) -> DecodedImage:
         """Like ``decode_image`` of a JPEG of this frame (see the module docstring)."""
+        name = name or NAME
         header = ImageHeader("raw", self.width, self.height, self.pixel_format)
-        _check_size(header, NAME, max_pixels, min_side)
-        rgb = self.rgb()
+        _check_size(header, name, max_pixels, min_side)
+        rgb = self.rgb(name)
         reduction = choose_reduction(self.width, self.height, min_short_side) if min_short_side > 0 else 1
         if reduction > 1:
             rgb = block_means(rgb, reduction)
-        return DecodedImage(np.ascontiguousarray(rgb), header, reduction, NAME)
+        return DecodedImage(np.ascontiguousarray(rgb), header, reduction, name)
 
 
 def block_means(rgb: np.ndarray, factor: int) -> np.ndarray:
