@@ -13,7 +13,7 @@ from narrow_terminal import COLUMNS, narrow_runner, unwrapped, widest_line
 pytest.importorskip("ray")
 
 from edge_retina.archive_screening.results import read_results, write_part  # noqa: E402
-from edge_retina.archive_screening.run import pending_work  # noqa: E402
+from edge_retina.archive_screening.run import ArchiveProgress, pending_work  # noqa: E402
 from edge_retina.archive_screening.sources import expand_sources  # noqa: E402
 from edge_retina.archive_screening.worker import SKIPPED, ScreeningWorker  # noqa: E402
 from edge_retina.cli.main import cli  # noqa: E402
@@ -122,3 +122,37 @@ def test_without_ray_the_command_names_the_extra(tiny_bundle, photos, tmp_path, 
     run = CliRunner().invoke(cli, ["archive", "screen", str(photos), "--bundle", str(tiny_bundle),
                                    "--out", str(tmp_path / "r.parquet")])
     assert run.exit_code != 0 and unwrapped("pip install 'edge-retina[archive]'") in unwrapped(run.output)
+
+
+def test_a_resumed_run_rates_only_the_photos_it_screened():
+    # 2000 photos, 1472 done by an earlier run: this one screened 528 in 22 s, i.e. 24 photos/s.
+    progress = ArchiveProgress(total=2000, done_before=1472, seen=2000, screened=528, skipped=1472)
+    progress.started -= 22.0
+    assert progress.rate == pytest.approx(24.0, rel=0.01) and progress.eta_seconds == 0
+    # Half way, with every skip still to come: 264 photos to screen at that rate.
+    halfway = ArchiveProgress(total=2000, done_before=1472, seen=264, screened=264)
+    halfway.started -= 11.0
+    assert halfway.eta_seconds == pytest.approx(11.0, rel=0.01)
+
+
+def test_summary_names_a_missing_or_bracketed_path_whole(tmp_path):
+    missing = tmp_path / "nope[v2].parquet"
+    run = narrow_runner().invoke(cli, ["archive", "summary", str(missing)])
+    assert run.exit_code == 2 and widest_line(run.output) <= COLUMNS, run.output
+    assert unwrapped(f"error: {missing}: no such file or folder") in unwrapped(run.output), run.output
+    empty = tmp_path / "empty[v2]"
+    empty.mkdir()
+    run = narrow_runner().invoke(cli, ["archive", "summary", str(empty)])
+    assert run.exit_code == 2 and unwrapped(f"{empty}: no results") in unwrapped(run.output), run.output
+
+
+def test_summary_table_title_fits_80_columns(worker, photos, tmp_path):
+    out = tmp_path / "results[v2].parquet"
+    rows = worker(pending_work(expand_sources([str(photos)]), out, worker.provenance["bundle_sha256"]))
+    named = pa.array(["student-v3-int8-site-adapted"] * rows.num_rows)  # a bundle name as long as real ones
+    write_part(out, rows.set_column(rows.schema.get_field_index("bundle"), "bundle", named))
+    run = narrow_runner().invoke(cli, ["archive", "summary", str(out)])
+    assert run.exit_code == 0 and widest_line(run.output) <= COLUMNS, run.output
+    lines = run.output.splitlines()
+    assert any(f"{rows.num_rows} photos" in line for line in lines), run.output  # not folded mid-phrase
+    assert any(worker.provenance["bundle_sha256"][:12] in line for line in lines), run.output

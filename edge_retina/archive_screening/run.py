@@ -37,6 +37,7 @@ MAX_BLOCKS = 10_000
 @dataclass
 class ArchiveProgress:
     total: int  # photographs this run looks at
+    done_before: int = 0  # of those, already in the results with this bundle (skipped unless changed)
     seen: int = 0  # screened or left out so far
     screened: int = 0  # new rows (errors included)
     skipped: int = 0  # already screened with this bundle
@@ -52,12 +53,16 @@ class ArchiveProgress:
 
     @property
     def rate(self) -> float:
-        """Photographs per second over the run so far (screened and left-out alike)."""
-        return self.seen / self.seconds if self.seconds > 0 else 0.0
+        """Photographs screened per second by this run: those already screened take no time to
+        leave out, and counting them would overstate the speed of a resumed run."""
+        return self.screened / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def eta_seconds(self) -> float | None:
-        return (self.total - self.seen) / self.rate if self.rate > 0 else None
+        """The photographs not seen yet, less those expected to be left out, at this run's rate."""
+        expected_skips = max(0, self.done_before - self.skipped)
+        to_screen = max(0, self.total - self.seen - expected_skips)
+        return to_screen / self.rate if self.rate > 0 else None
 
 
 def connect(address: str | None, cpus: int) -> bool:
@@ -107,7 +112,7 @@ def screen_archive(
     opened = load_bundle(bundle)  # verified here first: a bad bundle or engine choice is one clear error
     opened.select_engine(backend=backend, precision=precision)
     todo = pending_work(sources, out, bundle_sha256(opened))
-    progress = ArchiveProgress(total=todo.num_rows)
+    progress = ArchiveProgress(total=todo.num_rows, done_before=pc.sum(todo.column("done")).as_py() or 0)
     if todo.num_rows == 0:
         return progress
     started_ray = connect(address, max(os.cpu_count() or 1, (workers or 1) * threads))
