@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import pyarrow as pa
@@ -82,21 +83,26 @@ def test_worker_screens_skips_done_and_reports_errors(worker, photos, tmp_path):
 
 
 def test_archive_screen_on_local_ray_then_rerun_then_summary(tiny_bundle, photos, tmp_path):
-    import ray
+    import tempfile
 
     from edge_retina.archive_screening.run import connect
 
-    assert connect(None, 2)  # the command's own local Ray: 2 CPUs, a 200 MiB object store
-    try:
-        out = tmp_path / "results.parquet"
-        args = ["archive", "screen", str(photos), str(photos / "missing.jpg"), "--bundle", str(tiny_bundle),
-                "--out", str(out), "--batch-size", "2", "--backend", "onnxruntime"]
-        run = CliRunner().invoke(cli, [*args, "--workers", "2"])
-        assert run.exit_code == 0, run.output
-        table = read_results(out)
-        assert table.num_rows == 7 and len(set(table.column("source").to_pylist())) == 7
-        parts = sorted(p.name for p in out.iterdir())
+    out = tmp_path / "results.parquet"
+    args = ["archive", "screen", str(photos), str(photos / "missing.jpg"), "--bundle", str(tiny_bundle),
+            "--out", str(out), "--batch-size", "2", "--backend", "onnxruntime"]
+    ray_folders = set(Path(tempfile.gettempdir()).glob("edge-retina-ray-*"))
+    run = narrow_runner().invoke(cli, [*args, "--workers", "2"])  # starts and stops a Ray of its own
+    assert run.exit_code == 0, run.output
+    # Ray's Python warnings only with -v; its temp folder removed.
+    assert "WARNING" not in run.output and widest_line(run.output) <= COLUMNS, run.output
+    assert set(Path(tempfile.gettempdir()).glob("edge-retina-ray-*")) == ray_folders
+    table = read_results(out)
+    assert table.num_rows == 7 and len(set(table.column("source").to_pylist())) == 7
+    parts = sorted(p.name for p in out.iterdir())
 
+    shutdown = connect(None, 2)  # the command's own local Ray: 2 CPUs, a 200 MiB object store
+    assert shutdown is not None
+    try:
         rerun = CliRunner().invoke(cli, [*args, "--workers", "1"])
         assert rerun.exit_code == 0, rerun.output
         said = unwrapped(rerun.output)
@@ -112,7 +118,7 @@ def test_archive_screen_on_local_ray_then_rerun_then_summary(tiny_bundle, photos
         table_view = narrow_runner().invoke(cli, ["archive", "summary", str(out)])
         assert unwrapped("not_found: 1") in unwrapped(table_view.output) and widest_line(table_view.output) <= COLUMNS
     finally:
-        ray.shutdown()
+        shutdown()
 
 
 def test_without_ray_the_command_names_the_extra(tiny_bundle, photos, tmp_path, monkeypatch):

@@ -84,7 +84,7 @@ def screen_command(sources, bundle_path, out, address, workers, threads, batch_s
         with bar:
             progress = screen_archive(listed, out, bundle_path, address=address, workers=workers, threads=threads,
                                       batch_size=batch_size, backend=backend, precision=precision,
-                                      on_progress=report)
+                                      on_progress=report, verbose=_verbose())
     except EdgeRetinaError as exc:
         _fail(err, exc)
     print_wrapped(
@@ -121,6 +121,12 @@ def summary_command(results, as_json) -> None:
                                f"photos); errors: {s['errors']} ({_percent(s['error_rate'])})")
         for code, count in s["errors_by_code"].items():
             print_wrapped(console, f"  {code}: {count}")
+
+
+def _verbose() -> bool:
+    from edge_retina.cli.main import VERBOSE_KEY  # set by ``edge-retina -v``, which runs this command
+
+    return bool(click.get_current_context().find_root().meta.get(VERBOSE_KEY))
 
 
 def _fail(err: Console, exc: EdgeRetinaError) -> NoReturn:
