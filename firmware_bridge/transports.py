@@ -138,7 +138,7 @@ def parse_tcp_address(text: str) -> tuple[str, int]:
     valid address is, for anything else (a port that is not a number or above 65535)."""
     host, _, port = text.rpartition(":")
     if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ValueError(f"{text!r} is not [HOST:]PORT (PORT 0-65535)")
+        raise ValueError(f"{text!r} is not [HOST:]PORT (0-65535)")
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 

@@ -228,7 +228,7 @@ def test_serve_needs_exactly_one_transport_and_loopback_by_default(tiny_bundle, 
 
 
 @pytest.mark.parametrize("args, said", [
-    (["--tcp", "notaport"], "'notaport' is not [HOST:]PORT (PORT 0-65535)"),
+    (["--tcp", "notaport"], "'notaport' is not [HOST:]PORT (0-65535)"),
     (["--tcp", "127.0.0.1:99999"], "'127.0.0.1:99999' is not [HOST:]PORT"),
     (["--tcp", "0", "--queue", "0"], "--queue"),
     (["--tcp", "0", "--timeout", "-1"], "--timeout"),
