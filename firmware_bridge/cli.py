@@ -70,6 +70,47 @@ def _return_freed_frames_to_the_os() -> None:
         pass
 
 
+class TcpAddress(click.ParamType):
+    """``[HOST:]PORT``, checked when the options are parsed: a typo is one usage error (exit 2)
+    before the engine loads."""
+
+    name = "[HOST:]PORT"
+
+    def convert(self, value, param, ctx) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        from .transports import parse_tcp_address
+
+        try:
+            return parse_tcp_address(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _socket_folder_exists(ctx: click.Context, param: click.Parameter, path: Path | None) -> Path | None:
+    """Before the engine loads: bind would fail later with an ENOENT that names no path."""
+    if path is not None and not path.parent.is_dir():
+        raise click.BadParameter(f"{path}: no such folder {path.parent}", ctx, param)
+    return path
+
+
+def _open_serial(device: str, baud: int):
+    """The port, opened once before the engine loads: a wrong name (or a camera not plugged in)
+    is one usage error (exit 2) at start. Once served, a port that disappears is waited for
+    (transports.serial_streams): that is a reboot or a cable, not a mistake."""
+    from .transports import SerialStream
+
+    try:
+        return SerialStream(device, baud)
+    except OSError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+#: Seconds and MiB options: a timeout of -1 s or a frame limit of 0 MiB (like a queue of 0) would
+#: start a server on which every SCREEN fails.
+_ABOVE_ZERO = click.FloatRange(min=0, min_open=True)
+
+
 @click.group("bridge")
 def bridge() -> None:
     """Connect fundus cameras to the screener (wire protocol v1: docs/PROTOCOL.md)."""
@@ -77,22 +118,30 @@ def bridge() -> None:
 
 @bridge.command()
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Unix domain socket to listen on.")
-@click.option("--tcp", "tcp_address", metavar="[HOST:]PORT",
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), callback=_socket_folder_exists,
+              help="Unix domain socket to listen on.")
+@click.option("--tcp", "tcp_address", type=TcpAddress(),
               help="TCP address to listen on; the host defaults to 127.0.0.1, port 0 picks a free one.")
-@click.option("--serial", "serial_device", metavar="DEV", help="Serial device (UART, USB-CDC) to serve.")
-@click.option("--baud", default=115200, show_default=True)
+@click.option("--serial", "serial_device", metavar="DEV",
+              help="Serial device (UART, USB-CDC) to serve; it must open at start, and is waited for "
+                   "if it disappears later (a camera reboot, a cable).")
+@click.option("--baud", type=click.IntRange(min=1), default=115200, show_default=True)
 @store_option
-@click.option("--queue", "queue_capacity", default=8, show_default=True, help="Images that may wait; then BUSY.")
-@click.option("--timeout", "request_timeout", default=30.0, show_default=True, help="Seconds per SCREEN.")
-@click.option("--frame-timeout", default=5.0, show_default=True, help="Seconds a frame may stall mid-way.")
-@click.option("--max-frame-mb", default=DEFAULT_MAX_PAYLOAD / 2**20, show_default=True, help="Largest payload (MiB).")
-@click.option("--max-connections", default=16, show_default=True)
-@click.option("--max-inflight-mb", type=float, default=None,
+@click.option("--queue", "queue_capacity", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images that may wait; then BUSY.")
+@click.option("--timeout", "request_timeout", type=_ABOVE_ZERO, default=30.0, show_default=True,
+              help="Seconds per SCREEN.")
+@click.option("--frame-timeout", type=_ABOVE_ZERO, default=5.0, show_default=True,
+              help="Seconds a frame may stall mid-way.")
+@click.option("--max-frame-mb", type=_ABOVE_ZERO, default=DEFAULT_MAX_PAYLOAD / 2**20, show_default=True,
+              help="Largest payload (MiB).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-inflight-mb", type=_ABOVE_ZERO, default=None,
               help="Bytes of frames being received at once, all connections (MiB) [default: 4 x --max-frame-mb].")
-@click.option("--idle-timeout", default=120.0, show_default=True, help="Seconds a silent connection is kept.")
+@click.option("--idle-timeout", type=_ABOVE_ZERO, default=120.0, show_default=True,
+              help="Seconds a silent connection is kept.")
 @click.option("--backend", default=None, help="Engine backend of the bundle (default: its best).")
-@click.option("--threads", type=int, default=None, help="Inference threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Threads decoding and preprocessing queued images [default: the device profile's, else one per core].")
 @click.option("--allow-remote", is_flag=True, help="Allow a TCP address other than loopback.")
@@ -101,47 +150,49 @@ def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, que
           workers, allow_remote) -> None:
     """Serve camera requests until SIGTERM/SIGINT."""
     from .server import BridgeConfig, BridgeServer
-    from .transports import (
-        is_loopback,
-        parse_tcp_address,
-        serial_streams,
-        tcp_listener,
-        unix_listener,
-    )
+    from .transports import is_loopback, serial_streams, tcp_listener, unix_listener
 
     chosen = [x for x in (socket_path, tcp_address, serial_device) if x]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --socket, --tcp, --serial")
+    if tcp_address and not is_loopback(tcp_address[0]) and not allow_remote:
+        raise click.UsageError(f"{tcp_address[0]} is not a loopback address: pass --allow-remote to listen on it")
     _log_to_stderr()
     config = BridgeConfig(queue_capacity=queue_capacity, request_timeout=request_timeout, frame_timeout=frame_timeout,
                           max_payload=int(max_frame_mb * 2**20), max_connections=max_connections,
                           max_inflight_bytes=None if max_inflight_mb is None else int(max_inflight_mb * 2**20),
                           idle_timeout=idle_timeout, workers=workers)
+    first_serial = _open_serial(serial_device, baud) if serial_device else None
     _return_freed_frames_to_the_os()
-    screener = _open_screener(bundle_path, backend, threads)
+    try:
+        screener = _open_screener(bundle_path, backend, threads)
+    except click.ClickException:
+        if first_serial is not None:
+            first_serial.close()
+        raise
     server = BridgeServer(screener, ResultStore(store), config)
     _stop_on_signals(server.stop)
+    if serial_device:
+        where = f"serial:{serial_device}"
+    elif tcp_address:
+        where = "tcp:%s:%d" % tcp_address
+    else:
+        where = f"unix:{socket_path}"
     try:
-        if serial_device:
-            click.echo(f"serving serial:{serial_device} ({server.bundle_id})")
-            for stream in serial_streams(serial_device, baud, lambda: server.stopped):
+        if first_serial is not None:
+            click.echo(f"serving {where} ({server.bundle_id})")
+            for stream in serial_streams(first_serial, lambda: server.stopped):
                 try:
                     server.serve_stream(stream)
                 except OSError as exc:  # unplugged or rebooting camera: open the port again
-                    logging.getLogger("edge_retina.bridge").warning("serial:%s: %s", serial_device, exc)
+                    logging.getLogger("edge_retina.bridge").warning("%s: %s", where, exc)
             return
-        if tcp_address:
-            host, port = parse_tcp_address(tcp_address)
-            if not is_loopback(host) and not allow_remote:
-                raise click.UsageError(f"{host} is not a loopback address: pass --allow-remote to listen on it")
-            listener = tcp_listener(host, port)
-        else:
-            listener = unix_listener(socket_path)
+        listener = tcp_listener(*tcp_address) if tcp_address else unix_listener(socket_path)
         # Printed (and flushed) once listening: supervisors and tests wait for this line.
         click.echo(f"listening on {listener.address} ({server.bundle_id})")
         server.serve([listener])
     except OSError as exc:
-        raise click.ClickException(f"cannot listen: {exc}") from None
+        raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
     finally:
         server.close()
         screener.close()
@@ -172,11 +223,12 @@ def results(store, since) -> None:
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Journal and result store [default: FOLDER/.edge-retina/journal.sqlite3].")
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between scans.")
-@click.option("--settle", default=2.0, show_default=True, help="Seconds a file must be unchanged before screening.")
+@click.option("--interval", type=_ABOVE_ZERO, default=1.0, show_default=True, help="Seconds between scans.")
+@click.option("--settle", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds a file must be unchanged before screening.")
 @click.option("--once", is_flag=True, help="Scan once and exit.")
 @click.option("--backend", default=None)
-@click.option("--threads", type=int, default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode/preprocessing threads for a burst of captures [default: one per core].")
 def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threads, workers) -> None:

@@ -6,12 +6,15 @@ nothing arrived within the poll interval, or ``b""`` at end of stream.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 import stat
 import time
 from pathlib import Path
 from typing import Iterator, Protocol
+
+log = logging.getLogger("edge_retina.bridge")
 
 #: How long a read waits before the connection loop gets control back (to notice a stalled frame
 #: or a stop request).
@@ -65,8 +68,13 @@ class SerialStream:
     def __init__(self, device: str, baudrate: int = 115200):
         import serial  # pyserial (a base dependency): loaded only when a serial line is served
 
+        self.device, self.baudrate = device, baudrate
         self.name = f"serial:{device}"
-        self.port = serial.Serial(device, baudrate=baudrate, timeout=POLL_SECONDS, write_timeout=30.0)
+        try:
+            self.port = serial.Serial(device, baudrate=baudrate, timeout=POLL_SECONDS, write_timeout=30.0)
+        except serial.SerialException as exc:  # its message names the port twice, with two errnos
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(f"cannot open {device}: {reason}") from exc
 
     def read(self) -> bytes | None:
         first = self.port.read(1)
@@ -126,8 +134,11 @@ def unix_listener(path: str | Path) -> SocketListener:
 
 
 def parse_tcp_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``PORT`` (loopback). Port 0 picks a free port."""
+    """``HOST:PORT`` or ``PORT`` (loopback). Port 0 picks a free port. ValueError, saying what a
+    valid address is, for anything else (a port that is not a number or above 65535)."""
     host, _, port = text.rpartition(":")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"{text!r} is not [HOST:]PORT (0-65535)")
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
@@ -147,14 +158,23 @@ def tcp_listener(host: str, port: int) -> SocketListener:
     return SocketListener(sock, f"tcp:{bound_host}:{bound_port}")
 
 
-def serial_streams(device: str, baudrate: int, stop_requested) -> Iterator[SerialStream]:
-    """The serial port, opened again (with back-off) each time it fails: a camera reboot or a
-    re-plugged USB-CDC cable makes the device node disappear for a while."""
-    delay = 0.5
+def serial_streams(first: SerialStream, stop_requested) -> Iterator[SerialStream]:
+    """``first``, then its port opened again (with back-off) each time it fails: a camera reboot or
+    a re-plugged USB-CDC cable makes the device node disappear for a while, so the bridge waits for
+    it rather than exit. One warning per outage names the port and why it cannot be opened."""
+    yield first
+    delay, warned = 0.5, False
     while not stop_requested():
         try:
-            yield SerialStream(device, baudrate)
-            delay = 0.5
-        except OSError:  # serial.SerialException is an OSError
+            stream = SerialStream(first.device, first.baudrate)
+        except OSError as exc:
+            if not warned:
+                log.warning("%s; opening it again until it is back", exc)
+                warned = True
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+            continue
+        if warned:
+            log.info("%s: open again", first.name)
+        delay, warned = 0.5, False
+        yield stream

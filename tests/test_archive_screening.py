@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import pyarrow as pa
@@ -13,7 +14,7 @@ from narrow_terminal import COLUMNS, narrow_runner, unwrapped, widest_line
 pytest.importorskip("ray")
 
 from edge_retina.archive_screening.results import read_results, write_part  # noqa: E402
-from edge_retina.archive_screening.run import pending_work  # noqa: E402
+from edge_retina.archive_screening.run import ArchiveProgress, pending_work  # noqa: E402
 from edge_retina.archive_screening.sources import expand_sources  # noqa: E402
 from edge_retina.archive_screening.worker import SKIPPED, ScreeningWorker  # noqa: E402
 from edge_retina.cli.main import cli  # noqa: E402
@@ -82,21 +83,26 @@ def test_worker_screens_skips_done_and_reports_errors(worker, photos, tmp_path):
 
 
 def test_archive_screen_on_local_ray_then_rerun_then_summary(tiny_bundle, photos, tmp_path):
-    import ray
+    import tempfile
 
     from edge_retina.archive_screening.run import connect
 
-    assert connect(None, 2)  # the command's own local Ray: 2 CPUs, a 200 MiB object store
-    try:
-        out = tmp_path / "results.parquet"
-        args = ["archive", "screen", str(photos), str(photos / "missing.jpg"), "--bundle", str(tiny_bundle),
-                "--out", str(out), "--batch-size", "2", "--backend", "onnxruntime"]
-        run = CliRunner().invoke(cli, [*args, "--workers", "2"])
-        assert run.exit_code == 0, run.output
-        table = read_results(out)
-        assert table.num_rows == 7 and len(set(table.column("source").to_pylist())) == 7
-        parts = sorted(p.name for p in out.iterdir())
+    out = tmp_path / "results.parquet"
+    args = ["archive", "screen", str(photos), str(photos / "missing.jpg"), "--bundle", str(tiny_bundle),
+            "--out", str(out), "--batch-size", "2", "--backend", "onnxruntime"]
+    ray_folders = set(Path(tempfile.gettempdir()).glob("edge-retina-ray-*"))
+    run = narrow_runner().invoke(cli, [*args, "--workers", "2"])  # starts and stops a Ray of its own
+    assert run.exit_code == 0, run.output
+    # Ray's Python warnings only with -v; its temp folder removed.
+    assert "WARNING" not in run.output and widest_line(run.output) <= COLUMNS, run.output
+    assert set(Path(tempfile.gettempdir()).glob("edge-retina-ray-*")) == ray_folders
+    table = read_results(out)
+    assert table.num_rows == 7 and len(set(table.column("source").to_pylist())) == 7
+    parts = sorted(p.name for p in out.iterdir())
 
+    shutdown = connect(None, 2)  # the command's own local Ray: 2 CPUs, a 200 MiB object store
+    assert shutdown is not None
+    try:
         rerun = CliRunner().invoke(cli, [*args, "--workers", "1"])
         assert rerun.exit_code == 0, rerun.output
         said = unwrapped(rerun.output)
@@ -112,7 +118,7 @@ def test_archive_screen_on_local_ray_then_rerun_then_summary(tiny_bundle, photos
         table_view = narrow_runner().invoke(cli, ["archive", "summary", str(out)])
         assert unwrapped("not_found: 1") in unwrapped(table_view.output) and widest_line(table_view.output) <= COLUMNS
     finally:
-        ray.shutdown()
+        shutdown()
 
 
 def test_without_ray_the_command_names_the_extra(tiny_bundle, photos, tmp_path, monkeypatch):
@@ -127,8 +133,42 @@ def test_without_ray_the_command_names_the_extra(tiny_bundle, photos, tmp_path, 
 def test_an_out_that_is_a_file_is_refused_before_ray_starts(tiny_bundle, photos, tmp_path, monkeypatch):
     out = tmp_path / "out1.csv"
     out.write_text("source,status\n")
-    monkeypatch.setattr("edge_retina.archive_screening.run.connect", lambda *a: pytest.fail("started Ray"))
+    monkeypatch.setattr("edge_retina.archive_screening.run.connect", lambda *a, **k: pytest.fail("started Ray"))
     run = CliRunner().invoke(cli, ["archive", "screen", str(photos), "--bundle", str(tiny_bundle), "--out", str(out)])
     assert run.exit_code == 2 and isinstance(run.exception, SystemExit), run.output
     assert unwrapped(f"cannot write results to {out}: it is a file") in unwrapped(run.output)
     assert out.read_text() == "source,status\n"
+
+
+def test_a_resumed_run_rates_only_the_photos_it_screened():
+    # 2000 photos, 1472 done by an earlier run: this one screened 528 in 22 s, i.e. 24 photos/s.
+    progress = ArchiveProgress(total=2000, done_before=1472, seen=2000, screened=528, skipped=1472)
+    progress.started -= 22.0
+    assert progress.rate == pytest.approx(24.0, rel=0.01) and progress.eta_seconds == 0
+    # Half way, with every skip still to come: 264 photos to screen at that rate.
+    halfway = ArchiveProgress(total=2000, done_before=1472, seen=264, screened=264)
+    halfway.started -= 11.0
+    assert halfway.eta_seconds == pytest.approx(11.0, rel=0.01)
+
+
+def test_summary_names_a_missing_or_bracketed_path_whole(tmp_path):
+    missing = tmp_path / "nope[v2].parquet"
+    run = narrow_runner().invoke(cli, ["archive", "summary", str(missing)])
+    assert run.exit_code == 2 and widest_line(run.output) <= COLUMNS, run.output
+    assert unwrapped(f"error: {missing}: no such file or folder") in unwrapped(run.output), run.output
+    empty = tmp_path / "empty[v2]"
+    empty.mkdir()
+    run = narrow_runner().invoke(cli, ["archive", "summary", str(empty)])
+    assert run.exit_code == 2 and unwrapped(f"{empty}: no results") in unwrapped(run.output), run.output
+
+
+def test_summary_table_title_fits_80_columns(worker, photos, tmp_path):
+    out = tmp_path / "results[v2].parquet"
+    rows = worker(pending_work(expand_sources([str(photos)]), out, worker.provenance["bundle_sha256"]))
+    named = pa.array(["student-v3-int8-site-adapted"] * rows.num_rows)  # a bundle name as long as real ones
+    write_part(out, rows.set_column(rows.schema.get_field_index("bundle"), "bundle", named))
+    run = narrow_runner().invoke(cli, ["archive", "summary", str(out)])
+    assert run.exit_code == 0 and widest_line(run.output) <= COLUMNS, run.output
+    lines = run.output.splitlines()
+    assert any(f"{rows.num_rows} photos" in line for line in lines), run.output  # not folded mid-phrase
+    assert any(worker.provenance["bundle_sha256"][:12] in line for line in lines), run.output

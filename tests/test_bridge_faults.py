@@ -225,3 +225,68 @@ def test_serve_needs_exactly_one_transport_and_loopback_by_default(tiny_bundle, 
     assert none.exit_code == 2 and unwrapped("exactly one") in unwrapped(none.output)
     remote = runner.invoke(bridge, ["serve", "--bundle", str(tiny_bundle), "--tcp", "0.0.0.0:0", *store])
     assert remote.exit_code == 2 and "--allow-remote" in remote.output
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--tcp", "notaport"], "'notaport' is not [HOST:]PORT (0-65535)"),
+    (["--tcp", "127.0.0.1:99999"], "'127.0.0.1:99999' is not [HOST:]PORT"),
+    (["--tcp", "0", "--queue", "0"], "--queue"),
+    (["--tcp", "0", "--timeout", "-1"], "--timeout"),
+    (["--tcp", "0", "--frame-timeout", "0"], "--frame-timeout"),
+    (["--tcp", "0", "--max-frame-mb", "0"], "--max-frame-mb"),
+    (["--tcp", "0", "--max-inflight-mb", "0"], "--max-inflight-mb"),
+    (["--tcp", "0", "--idle-timeout", "0"], "--idle-timeout"),
+    (["--tcp", "0", "--max-connections", "0"], "--max-connections"),
+    (["--serial", "/dev/nonexistent"], "cannot open /dev/nonexistent: No such file or directory"),
+    (["--socket", "nodir/x.sock"], "nodir/x.sock: no such folder nodir"),
+])
+def test_serve_refuses_bad_options_before_loading_the_engine(args, said, tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Screener, "from_bundle", lambda *a, **k: pytest.fail("the engine was loaded"))
+    refused = CliRunner().invoke(bridge, ["serve", "--bundle", str(tiny_bundle), "--store", "s.sqlite3", *args])
+    assert refused.exit_code == 2 and isinstance(refused.exception, SystemExit), refused.output
+    assert unwrapped(said) in unwrapped(refused.output), refused.output
+
+
+@pytest.mark.parametrize("args", [["--interval", "0"], ["--settle", "-1"], ["--threads", "0"]])
+def test_hotfolder_refuses_out_of_range_options(args, tiny_bundle, tmp_path):
+    refused = CliRunner().invoke(bridge, ["hotfolder", str(tmp_path), "--bundle", str(tiny_bundle), *args])
+    assert refused.exit_code == 2 and args[0] in refused.output, refused.output
+
+
+def test_a_tcp_port_in_use_is_named(tiny_bundle, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        refused = CliRunner().invoke(bridge, ["serve", "--bundle", str(tiny_bundle), "--store", str(tmp_path / "s"),
+                                              "--tcp", str(port), "--backend", "onnxruntime"])
+    assert refused.exit_code == 1, refused.output
+    assert unwrapped(f"cannot listen on tcp:127.0.0.1:{port}: Address already in use") in unwrapped(refused.output)
+
+
+def test_a_serial_port_that_disappears_is_waited_for_with_one_warning_per_outage(monkeypatch, caplog):
+    from firmware_bridge import transports
+
+    class Port:
+        device, baudrate, name = "/dev/ttyACM0", 115200, "serial:/dev/ttyACM0"
+
+    gone = OSError("cannot open /dev/ttyACM0: No such file or directory")
+    opens = iter([gone, gone, Port(), gone, Port()])
+
+    def open_port(device, baudrate):
+        outcome = next(opens)
+        if isinstance(outcome, OSError):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(transports, "SerialStream", open_port)
+    monkeypatch.setattr(transports.time, "sleep", lambda _: None)
+    streams = transports.serial_streams(Port(), lambda: False)
+    with caplog.at_level("INFO", logger="edge_retina.bridge"):
+        for _ in range(3):  # the port opened at start, then after each of two outages
+            assert next(streams).device == "/dev/ttyACM0"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{gone}; opening it again until it is back"] * 2

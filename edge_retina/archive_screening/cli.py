@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.text import Text
 from edge_retina.archive_screening.run import ArchiveProgress, screen_archive
 from edge_retina.archive_screening.sources import expand_sources
 from edge_retina.archive_screening.summary import summarise_results
-from edge_retina.console_tables import rich_table
+from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 
@@ -67,8 +68,7 @@ def screen_command(sources, bundle_path, out, address, workers, threads, batch_s
     try:
         listed = expand_sources(list(sources), recursive=recursive)
     except EdgeRetinaError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
+        _fail(err, exc)
     bar = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn(),
                    console=err, transient=True, disable=not err.is_terminal)
     task = bar.add_task("archive", total=listed.num_rows, rate=0.0)
@@ -78,17 +78,17 @@ def screen_command(sources, bundle_path, out, address, workers, threads, batch_s
         bar.update(task, total=p.total, completed=p.seen, rate=p.rate)
         if not err.is_terminal and p.seconds - last_line[0] >= LOG_EVERY_SECONDS:
             last_line[0] = p.seconds
-            err.print(f"{p.seen}/{p.total} photos, {p.rate:.1f} photos/s, ETA {_duration(p.eta_seconds)}")
+            print_wrapped(err, f"{p.seen}/{p.total} photos, {p.rate:.1f} photos/s, ETA {_duration(p.eta_seconds)}")
 
     try:
         with bar:
             progress = screen_archive(listed, out, bundle_path, address=address, workers=workers, threads=threads,
                                       batch_size=batch_size, backend=backend, precision=precision,
-                                      on_progress=report)
+                                      on_progress=report, verbose=_verbose())
     except EdgeRetinaError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
-    err.print(
+        _fail(err, exc)
+    print_wrapped(
+        err,
         f"{progress.total} photos: {progress.screened} screened ({progress.errors} errors), {progress.skipped} "
         f"already screened with this bundle; {progress.seconds:.1f} s, {progress.rate:.1f} photos/s"
         + (f" on {progress.workers} workers (Ray up in {progress.ray_start_seconds:.1f} s)" if progress.workers else "")
@@ -106,8 +106,7 @@ def summary_command(results, as_json) -> None:
     try:
         summaries = summarise_results(results)
     except EdgeRetinaError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        sys.exit(2)
+        _fail(Console(stderr=True), exc)
     if as_json:
         click.echo(json.dumps(summaries, indent=1))
         return
@@ -115,12 +114,24 @@ def summary_command(results, as_json) -> None:
     for s in summaries:
         rows = [[condition, str(r["referred"]), _percent(r["rate"])] for condition, r in s["referral"].items()]
         rows.append(["any", str(s["refer"]), _percent(s["refer_rate"])])
-        console.print(rich_table(f"{s['bundle']} ({s['bundle_sha256'][:12]}): {s['photos']} photos",
-                                 ["condition", "referred", "of gradable"], rows))
-        console.print(f"ungradable: {s['ungradable']} ({_percent(s['ungradable_rate'])} of readable photos); "
-                      f"errors: {s['errors']} ({_percent(s['error_rate'])})")
+        # The photo count in the caption: the title wraps at the table's width, which is narrow.
+        console.print(rich_table(f"{s['bundle']} ({s['bundle_sha256'][:12]})",
+                                 ["condition", "referred", "of gradable"], rows, note=f"{s['photos']} photos"))
+        print_wrapped(console, f"ungradable: {s['ungradable']} ({_percent(s['ungradable_rate'])} of readable "
+                               f"photos); errors: {s['errors']} ({_percent(s['error_rate'])})")
         for code, count in s["errors_by_code"].items():
-            console.print(f"  {code}: {count}")
+            print_wrapped(console, f"  {code}: {count}")
+
+
+def _verbose() -> bool:
+    from edge_retina.cli.main import VERBOSE_KEY  # set by ``edge-retina -v``, which runs this command
+
+    return bool(click.get_current_context().find_root().meta.get(VERBOSE_KEY))
+
+
+def _fail(err: Console, exc: EdgeRetinaError) -> NoReturn:
+    print_wrapped(err, Text.assemble(("error:", "red"), f" {exc}"))
+    sys.exit(2)
 
 
 def _percent(rate: float | None) -> str:

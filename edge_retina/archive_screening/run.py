@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ MAX_BLOCKS = 10_000
 @dataclass
 class ArchiveProgress:
     total: int  # photographs this run looks at
+    done_before: int = 0  # of those, already in the results with this bundle (skipped unless changed)
     seen: int = 0  # screened or left out so far
     screened: int = 0  # new rows (errors included)
     skipped: int = 0  # already screened with this bundle
@@ -54,33 +57,58 @@ class ArchiveProgress:
 
     @property
     def rate(self) -> float:
-        """Photographs per second over the run so far (screened and left-out alike)."""
-        return self.seen / self.seconds if self.seconds > 0 else 0.0
+        """Photographs screened per second by this run: those already screened take no time to
+        leave out, and counting them would overstate the speed of a resumed run."""
+        return self.screened / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def eta_seconds(self) -> float | None:
-        return (self.total - self.seen) / self.rate if self.rate > 0 else None
+        """The photographs not seen yet, less those expected to be left out, at this run's rate."""
+        expected_skips = max(0, self.done_before - self.skipped)
+        to_screen = max(0, self.total - self.seen - expected_skips)
+        return to_screen / self.rate if self.rate > 0 else None
 
 
-def connect(address: str | None, cpus: int) -> bool:
-    """Join the cluster at ``address``, or start a local Ray with ``cpus`` CPUs. True if we started it."""
+def connect(address: str | None, cpus: int, *, verbose: bool = False) -> Callable[[], None] | None:
+    """Join the cluster at ``address``, or start a local Ray with ``cpus`` CPUs. When we started it,
+    the function that shuts it down (and removes its temp folder); else None.
+
+    Ray's Python warnings (its token authentication, its progress bars being off) and its workers'
+    output run past 80 columns and are not the user's to act on: shown with ``-v`` only, like every
+    library's (edge_retina.cli.library_output). Not the C++ core worker's line about the actors'
+    constructor arguments (ray-project/ray#57733): RAY_BACKEND_LOG_LEVEL would hide it, but setting
+    it prints a line of its own."""
     import ray
 
+    level = logging.INFO if verbose else logging.ERROR
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours shows photos/s and an ETA
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(level)
     if ray.is_initialized():
-        return False
+        return None
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        # Ray runs its workers at niceness 15 so they never starve its own daemons; here the workers are
-        # the job, and on a shared machine that niceness let any other process take their CPU (measured:
-        # 3 instead of 65 photos/s per worker under load). Clusters set RAY_worker_niceness themselves.
+        ray.init(address=address, logging_level=level, log_to_driver=verbose)
+        return ray.shutdown
+    # A folder of our own, removed after the run: Ray leaves a /tmp/ray/session_* folder per start
+    # and has no option to remove it at shutdown. With -v, Ray's default folder keeps the logs.
+    temp_dir = None if verbose else Path(tempfile.mkdtemp(prefix="edge-retina-ray-"))
+    # Ray runs its workers at niceness 15 so they never starve its own daemons; here the workers are
+    # the job, and on a shared machine that niceness let any other process take their CPU (measured:
+    # 3 instead of 65 photos/s per worker under load). Clusters set RAY_worker_niceness themselves.
+    def shutdown() -> None:
+        ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    try:
         ray.init(num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
-                 logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
-    return True
+                 logging_level=level, log_to_driver=verbose, _system_config={"worker_niceness": 0},
+                 **({} if temp_dir is None else {"_temp_dir": str(temp_dir)}))
+    except BaseException:
+        shutdown()
+        raise
+    return shutdown
 
 
 def pending_work(sources: pa.Table, out: Path, bundle_hash: str) -> pa.Table:
@@ -101,8 +129,10 @@ def screen_archive(
     backend: str | None = None,
     precision: str | None = None,
     on_progress: Callable[[ArchiveProgress], None] = lambda _: None,
+    verbose: bool = False,
 ) -> ArchiveProgress:
-    """Screen every source not yet in ``out`` with ``bundle``; rows land in ``out`` as parts finish."""
+    """Screen every source not yet in ``out`` with ``bundle``; rows land in ``out`` as parts finish.
+    ``verbose``: Ray's own log lines too (``connect``)."""
     import ray
 
     reason = unwritable_reason(out, folder=True)
@@ -112,10 +142,10 @@ def screen_archive(
     opened = load_bundle(bundle)  # verified here first: a bad bundle or engine choice is one clear error
     opened.select_engine(backend=backend, precision=precision)
     todo = pending_work(sources, out, bundle_sha256(opened))
-    progress = ArchiveProgress(total=todo.num_rows)
+    progress = ArchiveProgress(total=todo.num_rows, done_before=pc.sum(todo.column("done")).as_py() or 0)
     if todo.num_rows == 0:
         return progress
-    started_ray = connect(address, max(os.cpu_count() or 1, (workers or 1) * threads))
+    shutdown = connect(address, max(os.cpu_count() or 1, (workers or 1) * threads), verbose=verbose)
     progress.ray_start_seconds, progress.started = time.monotonic() - progress.started, time.monotonic()
     try:
         pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
@@ -144,8 +174,8 @@ def screen_archive(
             on_progress(progress)
         _flush(out, waiting, progress)
     finally:
-        if started_ray:
-            ray.shutdown()
+        if shutdown is not None:
+            shutdown()
     return progress
 
 

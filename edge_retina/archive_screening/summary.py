@@ -17,6 +17,8 @@ from edge_retina.errors import EdgeRetinaError
 
 def summarise_results(out: Path) -> list[dict[str, Any]]:
     """One summary per bundle that has rows in ``out``, the most recently used bundle first."""
+    if not out.exists():
+        raise EdgeRetinaError(f"{out}: no such file or folder")
     table = read_results(out)
     if table is None:
         raise EdgeRetinaError(f"{out}: no results (expected the folder 'archive screen --out' writes)")
