@@ -55,6 +55,7 @@ from edge_retina.errors import EdgeRetinaError
 from edge_retina.files import sha256_file
 from edge_retina.preprocess import InputSpec, Preprocessor, pixels_key
 from edge_retina.prompt_table import PromptTable
+from edge_retina.user_caches import in_use
 
 PARITY_REPORT = "reports/parity.json"
 FP32_REFERENCE = "fp32 onnx"
@@ -147,28 +148,29 @@ def convert(recipe: BundleRecipe, out_dir: Path, settings: ConvertSettings, *, a
             command: str | None = None, progress: Progress = lambda message: None) -> Path:
     """Run every step (resuming from the cache) and write the bundle to ``out_dir``; returns it."""
     cache = StepCache(settings.cache_dir)
-    with _Step("export", progress) as step:
-        fp32_onnx, hit = _cached_export(recipe.encoder, recipe.input_spec, cache)
-        onnx_sha = sha256_file(fp32_onnx)
-        step.done(hit, f"sha256 {onnx_sha[:12]}")
-    with _Step("prompts", progress) as step:
-        table = recipe_prompt_table(recipe)
-        step.done(False, f"{len(table.classes)} classes")
-    with _Step("calibration", progress) as step:
-        calibration = _calibration(recipe.input_spec, fp32_onnx, onnx_sha, settings, cache, step)
-    with _Step("reference", progress) as step:
-        reference = _reference(recipe.input_spec, fp32_onnx, onnx_sha, calibration, settings, cache, step)
-    with _Step("thresholds", progress) as step:
-        recipe = _thresholds(recipe, table, reference, settings, step)
-    with _Step("engines", progress) as step:
-        engines = _engines(recipe, table, fp32_onnx, onnx_sha, calibration, reference, settings, cache, step)
-    with _Step("parity", progress) as step:
-        recipe, extra_files = _parity(recipe, table, fp32_onnx, reference, engines, settings, cache, step)
-    with _Step("bundle", progress) as step:
-        bundle = assemble_bundle(recipe, engines, out_dir, table=table, extra_files=extra_files, archive=archive,
-                                 command=command)
-        step.done(False, str(bundle))
-    return bundle
+    with in_use(cache.root):  # `edge-retina cache prune` leaves the steps alone meanwhile
+        with _Step("export", progress) as step:
+            fp32_onnx, hit = _cached_export(recipe.encoder, recipe.input_spec, cache)
+            onnx_sha = sha256_file(fp32_onnx)
+            step.done(hit, f"sha256 {onnx_sha[:12]}")
+        with _Step("prompts", progress) as step:
+            table = recipe_prompt_table(recipe)
+            step.done(False, f"{len(table.classes)} classes")
+        with _Step("calibration", progress) as step:
+            calibration = _calibration(recipe.input_spec, fp32_onnx, onnx_sha, settings, cache, step)
+        with _Step("reference", progress) as step:
+            reference = _reference(recipe.input_spec, fp32_onnx, onnx_sha, calibration, settings, cache, step)
+        with _Step("thresholds", progress) as step:
+            recipe = _thresholds(recipe, table, reference, settings, step)
+        with _Step("engines", progress) as step:
+            engines = _engines(recipe, table, fp32_onnx, onnx_sha, calibration, reference, settings, cache, step)
+        with _Step("parity", progress) as step:
+            recipe, extra_files = _parity(recipe, table, fp32_onnx, reference, engines, settings, cache, step)
+        with _Step("bundle", progress) as step:
+            bundle = assemble_bundle(recipe, engines, out_dir, table=table, extra_files=extra_files, archive=archive,
+                                     command=command)
+            step.done(False, str(bundle))
+        return bundle
 
 
 def _calibration(spec: InputSpec, fp32_onnx: Path, onnx_sha: str, settings: ConvertSettings, cache: StepCache,

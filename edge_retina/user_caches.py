@@ -13,19 +13,27 @@ behind, and pruning removes them once they are old.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 import time
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
-#: The caches, by folder name, and what each holds (for people: ``cache info``). A folder found there
-#: that is not listed is shown and pruned like the others.
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, prune relies on KEEP_RECENT_SECONDS alone
+    fcntl = None
+
+#: The caches, by folder name, and what each holds (for people: ``cache info``). Only these are ever
+#: pruned: a folder found there that is not listed (a user's, a symlink to elsewhere) is shown, never
+#: touched.
 CACHES = {
     "bundles": "extracted bundle archives",
-    "engines": "OpenVINO models compiled here, per bundle",
+    "engines": "engines compiled here (OpenVINO, TensorRT), per bundle",
     "tensorrt": "TensorRT engines built here, per GPU",
     "convert": "converter steps: exports, calibration, embeddings, engines",
 }
@@ -36,6 +44,10 @@ TRANSIENT_MARKS = (".partial", ".discarded")
 KEEP_RECENT_SECONDS = 3600
 SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 AGE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# A run using a cache for a long time (a conversion: its steps read folders looked up an hour before,
+# QAT writes its folder only at the end) holds a shared flock on the cache's folder (``in_use``);
+# prune takes it exclusively and skips a cache it cannot lock. Locking the folder itself leaves no
+# lock file behind to list or prune.
 
 
 def user_cache_dir(*parts: str) -> Path:
@@ -64,6 +76,32 @@ def discard(entry: Path) -> None:
     except FileNotFoundError:
         pass  # another process discarded it already
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def in_use(cache_folder: Path) -> Iterator[None]:
+    """Keep ``prune`` out of ``cache_folder`` for the duration (a shared lock: many runs at once)."""
+    with _locked(cache_folder, exclusive=False, wait=True):
+        yield
+
+
+@contextlib.contextmanager
+def _locked(cache_folder: Path, *, exclusive: bool, wait: bool) -> Iterator[bool]:
+    """Hold the cache's lock; yields whether it was taken (False: held by others, and not ``wait``)."""
+    if fcntl is None:
+        yield True
+        return
+    cache_folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache_folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 @dataclass(frozen=True)
@@ -109,6 +147,8 @@ class PruneReport:
     kept: list[CacheEntry] = field(default_factory=list)
     #: Entries that could not be removed, with why (permissions, a file system error).
     failed: list[tuple[CacheEntry, str]] = field(default_factory=list)
+    #: Caches left alone because a run is using them (``in_use``).
+    busy: list[str] = field(default_factory=list)
     max_bytes: int | None = None
 
     @property
@@ -125,14 +165,15 @@ class PruneReport:
                 "removed": [e.to_dict() for e in self.removed],
                 "removed_bytes": sum(e.size_bytes for e in self.removed),
                 "kept_entries": len(self.kept) + len(self.failed), "kept_bytes": self.kept_bytes,
-                "over_limit": self.over_limit,
+                "over_limit": self.over_limit, "busy": self.busy,
                 "failed": [{**e.to_dict(), "error": why} for e, why in self.failed]}
 
 
 def cache_names(root: Path | None = None) -> list[str]:
-    """The caches that exist under ``root`` (default ``user_cache_dir()``), known ones first."""
+    """The folders under ``root`` (default ``user_cache_dir()``), known caches first; a symlink is not
+    one of ours, whatever it points to."""
     root = root or user_cache_dir()
-    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink()) if root.is_dir() else []
     return [n for n in CACHES if n in found] + [n for n in found if n not in CACHES]
 
 
@@ -168,33 +209,36 @@ def prune(
     root: Path | None = None,
     now: float | None = None,
 ) -> PruneReport:
-    """Remove entries of the caches ``names`` (default: all) not used for ``unused_seconds``, then the
-    least recently used until they hold at most ``max_bytes`` together. Transient leftovers go too.
-    Entries used within ``KEEP_RECENT_SECONDS`` always stay. ``dry_run``: say what would go, remove nothing.
+    """Remove entries of the caches ``names`` (default: every one of ``CACHES`` there is) not used for
+    ``unused_seconds``, then the least recently used until they hold at most ``max_bytes`` together.
+    Transient leftovers go too. Entries used within ``KEEP_RECENT_SECONDS`` always stay, and so does a
+    cache a run holds ``in_use``. ``dry_run``: say what would go, remove nothing.
     """
     if max_bytes is None and unused_seconds is None:
         raise ValueError("prune needs max_bytes or unused_seconds")
     root = root or user_cache_dir()
     now = time.time() if now is None else now
-    entries = sorted((e for n in (names or cache_names(root)) for e in cache_entries(n, root)),
-                     key=lambda e: e.last_used)
+    chosen = [n for n in (names or CACHES) if n in CACHES and n in cache_names(root)]
     report = PruneReport(dry_run=dry_run, max_bytes=max_bytes)
-    prunable = [e for e in entries if now - e.last_used >= KEEP_RECENT_SECONDS]
-    report.kept = [e for e in entries if now - e.last_used < KEEP_RECENT_SECONDS]
-    total = sum(e.size_bytes for e in entries)
-    for entry in prunable:  # oldest use first, so a size limit removes the least recently used
-        stale = unused_seconds is not None and now - entry.last_used >= unused_seconds
-        if not (entry.transient or stale or (max_bytes is not None and total > max_bytes)):
-            report.kept.append(entry)
-            continue
-        try:
-            if not dry_run:
-                discard(entry.path)
-        except OSError as exc:
-            report.failed.append((entry, exc.strerror or str(exc)))
-            continue
-        report.removed.append(entry)
-        total -= entry.size_bytes
+    with contextlib.ExitStack() as locks:
+        free = [n for n in chosen if locks.enter_context(_locked(root / n, exclusive=True, wait=False))]
+        report.busy = [n for n in chosen if n not in free]
+        entries = sorted((e for n in free for e in cache_entries(n, root)), key=lambda e: e.last_used)
+        report.kept = [e for e in entries if now - e.last_used < KEEP_RECENT_SECONDS]
+        total = sum(e.size_bytes for e in entries)
+        for entry in (e for e in entries if now - e.last_used >= KEEP_RECENT_SECONDS):  # oldest use first
+            stale = unused_seconds is not None and now - entry.last_used >= unused_seconds
+            if not (entry.transient or stale or (max_bytes is not None and total > max_bytes)):
+                report.kept.append(entry)
+                continue
+            try:
+                if not dry_run:
+                    discard(entry.path)
+            except OSError as exc:
+                report.failed.append((entry, exc.strerror or str(exc)))
+                continue
+            report.removed.append(entry)
+            total -= entry.size_bytes
     return report
 
 
@@ -207,7 +251,7 @@ def parse_size(text: str) -> int:
         value = float(cleaned.removesuffix(unit))
     except ValueError:
         value = -1
-    if value < 0:
+    if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"not a size: {text!r} (examples: 500M, 20G)")
     return int(value * SIZE_UNITS[unit])
 
@@ -220,7 +264,7 @@ def parse_age(text: str) -> float:
         value = float(cleaned[:-1]) if unit in AGE_UNITS else -1
     except ValueError:
         value = -1
-    if value < 0:
+    if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"not an age: {text!r} (examples: 30d, 12h, 2w)")
     return value * AGE_UNITS[unit]
 

@@ -3,6 +3,7 @@ are BackendErrors, and the TensorRT engine-cache rules hold (TensorRT itself onl
 from __future__ import annotations
 
 import json
+import os
 import logging
 import subprocess
 import sys
@@ -376,8 +377,12 @@ def test_ensure_engine_builds_once_then_reuses(tmp_path, models):
         return f"engine {len(builds)}".encode()
 
     first = engine_cache.ensure_engine(models["dynamic"], tmp_path, ORIN, build)
+    for folder in (tmp_path, first.parent):
+        os.utime(folder, (0, 0))
     again = engine_cache.ensure_engine(models["dynamic"], tmp_path, ORIN, build)
     assert first == again and builds == [models["dynamic"]]
+    # Reuse marks the cache folder and the GPU's folder used, so `cache prune` keeps them.
+    assert tmp_path.stat().st_mtime > 0 and first.parent.stat().st_mtime > 0
     assert first.name == engine_cache.sha256_file(models["dynamic"])[:16] + ".engine"
 
     other_device = engine_cache.ensure_engine(models["dynamic"], tmp_path, RTX, build)

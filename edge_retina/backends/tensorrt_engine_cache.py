@@ -166,6 +166,9 @@ def ensure_engine(
     engine = engine_path(cache_dir, target, onnx_sha256)
     reason = engine_mismatch(engine, target, onnx_sha256)
     if reason is None:
+        # The prunable entry is the GPU's folder in the TensorRT cache, or (a Screener's) the bundle's
+        # folder in the engines cache that holds it: mark both.
+        mark_used(Path(cache_dir))
         mark_used(engine.parent)
         return engine
     log = logger.warning if engine.exists() else logger.info

@@ -97,7 +97,10 @@ def _print_report(console: Console, report: user_caches.PruneReport) -> None:
         for entry in report.removed:
             print_wrapped(console, f"  {entry.cache}/{entry.path.name}  {format_size(entry.size_bytes)}, "
                                    f"last used {_day(entry.last_used)}")
-    print_wrapped(console, f"{verb} {len(report.removed)} entries "
+    for name in report.busy:
+        print_wrapped(console, f"{name}: left alone, a run (a conversion) is using it")
+    removed = len(report.removed)
+    print_wrapped(console, f"{verb} {removed} {'entry' if removed == 1 else 'entries'} "
                            f"({format_size(sum(e.size_bytes for e in report.removed))}); "
                            f"{len(report.kept) + len(report.failed)} kept ({format_size(report.kept_bytes)})")
     for entry, why in report.failed:
