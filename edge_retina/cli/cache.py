@@ -66,8 +66,9 @@ KEPT = _duration(user_caches.KEEP_RECENT_SECONDS)
 
 
 @cache_group.command(help=f"""Remove cache entries not used lately. Entries used less than {KEPT} ago
-    always stay (a conversion or screening may be reading them), and so do entries that cannot be
-    removed (each is named); leftovers of crashed runs go once they are {KEPT} old.""")
+    always stay (a conversion or screening may be reading them), a cache a running conversion uses is
+    left alone, and entries that cannot be removed are named; leftovers of crashed runs go once they
+    are {KEPT} old. Only edge-retina's own caches are touched.""")
 @click.option("--max-size", "max_bytes", type=_Parsed("size", user_caches.parse_size),
               help="Remove the least recently used entries until the caches hold at most this "
                    "together (500M, 20G; powers of 1000).")
