@@ -323,13 +323,41 @@ def test_a_known_good_slot_whose_manifest_changed_is_rolled_back_from_without_ke
     assert started.slot == "a" and "manifest.json was changed after it was installed" in started.selftest.message
 
 
-def test_start_refuses_when_both_slots_are_damaged(root):
+def test_start_refuses_when_both_slots_are_damaged_and_recovers_once_repaired(root):
+    state_before = (root / "state.json").read_bytes()
+    engines = {slot: root / "slots" / slot / load_bundle(root / "slots" / slot).select_engine().primary_file
+               for slot in ("a", "b")}
+    originals = {slot: engine.read_bytes() for slot, engine in engines.items()}
     for slot in ("a", "b"):
         _flip_a_byte_of_an_engine(root / "slots" / slot)
-    with pytest.raises(InstallError, match="the bundle in slot b is damaged .* and so is slot a"):
-        start(root)
-    with pytest.raises(InstallError, match="no working bundle is installed"):
-        start(root)
+    for _ in range(2):  # nothing is marked rejected: the same failure is reported again
+        with pytest.raises(InstallError, match="slot b fails its check .* and so does slot a .* nothing was changed"):
+            start(root)
+        assert (root / "state.json").read_bytes() == state_before
+    engines["b"].write_bytes(originals["b"])
+    started = start(root)
+    assert (started.slot, started.rolled_back_from) == ("b", None) and _command(started.path) == "tests: v2"
+
+
+def test_start_with_keys_that_miss_the_signing_key_changes_nothing(root, keys, trusted):
+    state_before = (root / "state.json").read_bytes()
+    with pytest.raises(InstallError, match="not trusted"):
+        start(root, trusted=TrustedKeys.from_files([keys / "other.pub"]))  # e.g. a mistyped --trusted-keys
+    assert (root / "state.json").read_bytes() == state_before
+    assert start(root, trusted=trusted).slot == "b"
+
+
+def test_a_read_error_during_the_start_check_names_the_file_and_changes_nothing(root, trusted, monkeypatch):
+    def unreadable_signature(path, keys, **options):
+        raise PermissionError(13, "Permission denied", str(Path(path) / "manifest.sig"))
+
+    state_before = (root / "state.json").read_bytes()
+    monkeypatch.setattr("edge_retina.install.slots.check_signature", unreadable_signature)
+    with pytest.raises(InstallError, match=r"cannot read its manifest\.sig \(Permission denied\)"):
+        start(root, trusted=trusted)
+    assert (root / "state.json").read_bytes() == state_before
+    monkeypatch.undo()
+    assert start(root, trusted=trusted).slot == "b"
 
 
 def test_install_root_that_cannot_be_a_directory_is_refused_in_one_message(bundles, keys, tmp_path):

@@ -180,6 +180,24 @@ def test_ctrl_c_keeps_what_was_screened(tiny_bundle, retina_jpeg, tmp_path, monk
     assert unwrapped(f"{out}.partial holds the rows of an interrupted run") in unwrapped(again.output)
 
 
+def test_ctrl_c_while_a_row_is_written_counts_only_the_rows_kept(tiny_bundle, retina_jpeg, tmp_path, monkeypatch):
+    from edge_retina.cli.screen import ResultWriter
+
+    original, calls = ResultWriter.write, []
+
+    def ctrl_c_on_the_second_row(self, result):
+        calls.append(result)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        original(self, result)
+
+    monkeypatch.setattr(ResultWriter, "write", ctrl_c_on_the_second_row)
+    out = tmp_path / "r.json"
+    res = run("screen", *photo_copies(retina_jpeg, tmp_path, 2), "--bundle", tiny_bundle, "--out", out)
+    assert res.exit_code == 130 and unwrapped("interrupted after 1 of 2 images") in unwrapped(res.output), res.output
+    assert len(json.loads(Path(f"{out}.partial").read_text())) == 1
+
+
 def test_ctrl_c_without_out_still_shows_the_results(tiny_bundle, retina_jpeg, tmp_path, monkeypatch):
     interrupt_after(1, monkeypatch)
     res = run("screen", *photo_copies(retina_jpeg, tmp_path, 2), "--bundle", tiny_bundle, "--json")

@@ -70,8 +70,10 @@ class ArchiveProgress:
 
 
 def connect(address: str | None, cpus: int, *, verbose: bool = False) -> Callable[[], None] | None:
-    """Join the cluster at ``address``, or start a local Ray with ``cpus`` CPUs. When we started it,
-    the function that shuts it down (and removes its temp folder); else None.
+    """Join the cluster at ``address``, or start a local Ray with ``cpus`` CPUs; returns the function
+    to call at the end of the run: for a local Ray, one that shuts it down and removes its temp
+    folder; for ``address``, ``ray.shutdown``, which only disconnects this driver (the cluster keeps
+    running); None when the caller had already started Ray (it shuts Ray down itself).
 
     Ray's Python warnings (its token authentication, its progress bars being off) and its workers'
     output run past 80 columns and are not the user's to act on: shown with ``-v`` only, like every
@@ -93,15 +95,17 @@ def connect(address: str | None, cpus: int, *, verbose: bool = False) -> Callabl
     # A folder of our own, removed after the run: Ray leaves a /tmp/ray/session_* folder per start
     # and has no option to remove it at shutdown. With -v, Ray's default folder keeps the logs.
     temp_dir = None if verbose else Path(tempfile.mkdtemp(prefix="edge-retina-ray-"))
-    # Ray runs its workers at niceness 15 so they never starve its own daemons; here the workers are
-    # the job, and on a shared machine that niceness let any other process take their CPU (measured:
-    # 3 instead of 65 photos/s per worker under load). Clusters set RAY_worker_niceness themselves.
+
     def shutdown() -> None:
         ray.shutdown()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
     try:
+        # Ray runs its workers at niceness 15 so they never starve its own daemons; here the workers
+        # are the job, and on a shared machine that niceness let any other process take their CPU
+        # (measured: 3 instead of 65 photos/s per worker under load). Clusters set
+        # RAY_worker_niceness themselves.
         ray.init(num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
                  logging_level=level, log_to_driver=verbose, _system_config={"worker_niceness": 0},
                  **({} if temp_dir is None else {"_temp_dir": str(temp_dir)}))

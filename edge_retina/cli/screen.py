@@ -65,9 +65,10 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
     """Screen fundus photographs (files, folders, globs) offline.
 
     A failed image becomes a row with its error and does not stop the batch. Exit status: 0 when at
-    least one image was screened, 1 when none could be, 2 when the bundle could not be loaded or
-    the --out file cannot be written, 130 when interrupted (Ctrl-C): what was screened is shown,
-    and with --out its rows are kept in <out>.partial.
+    least one image was screened, 1 when none could be, 2 when the bundle could not be loaded, the
+    --out file cannot be written, or --out or <out>.partial already exists and --overwrite was not
+    given, 130 when interrupted (Ctrl-C): what was screened is shown, and with --out its rows are
+    kept in <out>.partial.
     """
     console = Console(stderr=as_json)
     err = Console(stderr=True)
@@ -126,9 +127,9 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
         task = progress.add_task("screen", total=len(items))
         try:
             for _, result in pipeline.run(items, source=source, name=lambda item: item.path):
-                results.append(result)
-                if writer:
+                if writer:  # written before it is counted: a Ctrl-C between the two never counts a lost row
                     writer.write(result)
+                results.append(result)
                 progress.advance(task)
         except KeyboardInterrupt:  # Ctrl-C: stop taking photos, keep and show those finished
             interrupted = True

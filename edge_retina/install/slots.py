@@ -164,10 +164,10 @@ def start(
     Call it when the device starts, before opening a Screener on the returned path. ``backend``,
     ``precision`` and ``device`` choose the engine to test: pass what the screener will use.
     ``trusted`` re-checks the signature of the slot started too. A slot already known good is
-    checked again (``_check_slot``) and rolled back from when damaged. That hashes every file of the
-    bundle at each start: a median of 0.11 s for the 40 MB default bundle read from the page cache
-    on a shared 2-core x86 host; from cold storage, what reading 40 MB takes there. Raises
-    InstallError when nothing usable is installed.
+    checked again (``_check_slot``) and rolled back from when damaged. That reads and hashes every
+    file of the slot once per start, so a start costs about the time to read the bundle from its
+    storage. Raises InstallError when nothing usable is installed, or when neither the active slot
+    nor the fallback passes its check (then nothing is changed, so fixing the cause recovers).
     """
     root = Path(root)
     step = on_step or (lambda name: None)
@@ -241,28 +241,26 @@ def _require_installed(root: Path) -> None:
 
 def _start_known_good(root: Path, state: InstallState, trusted, step: StepHook) -> StartReport:
     """The active slot when it passes its check; else the previous slot when that one does (the active
-    one is rejected, like a slot failing its self-test); else InstallError."""
+    one is rejected, like a slot failing its self-test); else InstallError, with the state left as it
+    was: a check can fail for a reason that is not damage (a --trusted-keys folder without the signing
+    key, storage not yet mounted, a read error), and marking both slots rejected would leave nothing to
+    start once that is fixed."""
     active = state.active
     damage = _check_slot(root, state, active, trusted)
     if damage is None:
         return StartReport(slot=active, path=slot_path(root, active))
-    failed = SelftestResult(passed=False, message=f"check FAILED: {damage}")
-    state.slots[active].status, state.slots[active].note = REJECTED, failed.message
     fallback = state.previous
     fallback_damage = None if fallback is None else _check_slot(root, state, fallback, trusted)
-    if fallback is not None and fallback_damage is None:
-        state.active, state.previous = fallback, None
-    else:
-        if fallback is not None:
-            state.slots[fallback].status = REJECTED
-            state.slots[fallback].note = f"check FAILED: {fallback_damage}"
-        state.active, state.previous = None, None
+    if fallback is None or fallback_damage is not None:
+        other = "there is no previous bundle" if fallback is None else f"so does slot {fallback} ({fallback_damage})"
+        raise InstallError(f"the bundle in slot {active} fails its check ({damage}) and {other}; nothing was "
+                           "changed: fix the cause and start again, or install a bundle with "
+                           "`edge-retina bundle install`")
+    failed = SelftestResult(passed=False, message=f"check FAILED: {damage}")
+    state.slots[active].status, state.slots[active].note = REJECTED, failed.message
+    state.active, state.previous = fallback, None
     write_state(root, state)
     step("rolled-back")
-    if state.active is None:
-        other = "there is no previous bundle" if fallback is None else f"so is slot {fallback} ({fallback_damage})"
-        raise InstallError(f"the bundle in slot {active} is damaged ({damage}) and {other}; install a bundle "
-                           "with `edge-retina bundle install`")
     return StartReport(slot=fallback, path=slot_path(root, fallback), rolled_back_from=active, selftest=failed)
 
 
@@ -279,7 +277,7 @@ def _check_slot(root: Path, state: InstallState, name: str, trusted) -> str | No
     except BundleError as exc:
         return str(exc)
     except OSError as exc:
-        return f"cannot read its {MANIFEST_NAME} ({exc.strerror or exc})"
+        return f"cannot read its {Path(exc.filename or MANIFEST_NAME).name} ({exc.strerror or exc})"
     return "; ".join(verify_bundle(path).problems) or None
 
 

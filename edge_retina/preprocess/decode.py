@@ -308,13 +308,13 @@ def _png_metadata(data: bytes) -> bytes:
     while pos + 8 <= len(data):
         head = data[pos : pos + 8]
         (length,), kind = struct.unpack(">I", head[:4]), head[4:]
-        body = data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
+        start, pos = pos + 8, pos + 12 + length
         if kind == b"IEND" or (kind == b"fcTL" and chunks is after):
             break
-        if kind in (b"IDAT", b"fdAT"):
+        if kind in (b"IDAT", b"fdAT"):  # the bulk of the file: skipped without being copied
             chunks = after
         else:
+            body = data[start : start + length]
             chunks.append(head + body + struct.pack(">I", zlib.crc32(kind + body)))
     if any(chunk[4:8] == b"eXIf" for chunk in before):
         after = []
