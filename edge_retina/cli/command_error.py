@@ -9,6 +9,9 @@ from rich.text import Text
 
 from edge_retina.console_tables import print_wrapped
 
+#: The shell's status for a command stopped by SIGINT (128 + 2): scripts tell Ctrl-C from a failure.
+EXIT_INTERRUPTED = 130
+
 
 class CommandError(click.ClickException):
     def __init__(self, message: str, exit_code: int = 1):

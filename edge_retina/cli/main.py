@@ -12,10 +12,12 @@ import importlib
 import sys
 
 import click
+from rich.console import Console
 
 from edge_retina import __version__
 from edge_retina.cli import library_output
-from edge_retina.cli.command_error import CommandError
+from edge_retina.cli.command_error import EXIT_INTERRUPTED, CommandError
+from edge_retina.console_tables import print_wrapped
 from edge_retina.errors import EdgeRetinaError, MissingExtraError
 from edge_retina.extras import import_for, missing_extra
 
@@ -41,6 +43,16 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
 
 class LazyGroup(click.Group):
     """A click group that imports each subcommand only when it is run or its help is asked for."""
+
+    def invoke(self, ctx: click.Context):
+        # Ctrl-C where a command does not handle it (loading a bundle or an engine, a benchmark): one
+        # line and the shell's status for SIGINT, where click would say "Aborted!" and exit 1, the
+        # status of a failure. (`screen` handles it itself, keeping what it screened.)
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            print_wrapped(Console(stderr=True), "\ninterrupted (Ctrl-C)")
+            ctx.exit(EXIT_INTERRUPTED)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

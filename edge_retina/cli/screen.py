@@ -18,6 +18,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from edge_retina.cli.command_error import EXIT_INTERRUPTED
 from edge_retina.cli.inputs import expand_inputs
 from edge_retina.cli.results_io import ResultWriter, existing_results, result_format
 from edge_retina.console_tables import plural, print_results, print_wrapped, summarise
@@ -26,9 +27,6 @@ from edge_retina.errors import EdgeRetinaError
 from edge_retina.out_paths import unwritable_reason
 from edge_retina.pipeline import ScreeningPipeline
 from edge_retina.screener import Result, Screener
-
-#: The shell's status for a command stopped by SIGINT (128 + 2): scripts tell Ctrl-C from a failure.
-EXIT_INTERRUPTED = 130
 
 
 @click.command()
