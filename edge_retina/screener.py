@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -140,8 +140,12 @@ class Screener:
         threads: int | None = None,
         conditions: Iterable[str] | None = None,
         keep_embeddings: bool = False,
+        trusted_keys: "Mapping[str, Any] | None" = None,
     ) -> "Screener":
         """Load and verify a bundle, open its best engine for ``backend``/``precision``, read its prompts.
+
+        ``trusted_keys`` (``signing.TrustedKeys``): refuse the bundle (BundleError) unless one of them
+        signed its manifest, the manifest whose files were just verified.
 
         ``device`` names a device profile (``edge-retina devices list``), or is "auto" to detect this
         machine's: the engine is then the first of the profile's preferences that the bundle has and
@@ -151,6 +155,10 @@ class Screener:
         preference picks among them (and the backend device it names, e.g. an Intel GPU).
         """
         bundle = load_bundle(Path(path))
+        if trusted_keys is not None:
+            from .bundle.signing import check_signature  # cryptography: only when signatures are checked
+
+            check_signature(bundle.root, trusted_keys, name=path)
         profile = engines.device_profile(bundle.manifest.engines, device, backend, precision)
         options: dict[str, Any] = {}
         if profile is None:

@@ -218,7 +218,8 @@ def prune(
         raise ValueError("prune needs max_bytes or unused_seconds")
     root = root or user_cache_dir()
     now = time.time() if now is None else now
-    chosen = [n for n in (names or CACHES) if n in CACHES and n in cache_names(root)]
+    present = cache_names(root)
+    chosen = [n for n in (names or CACHES) if n in CACHES and n in present]
     report = PruneReport(dry_run=dry_run, max_bytes=max_bytes)
     with contextlib.ExitStack() as locks:
         free = [n for n in chosen if locks.enter_context(_locked(root / n, exclusive=True, wait=False))]

@@ -47,11 +47,21 @@ def _log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=[handler])
 
 
-def _open_screener(bundle: Path, backend: str | None, threads: int | None) -> Screener:
+def _open_screener(bundle: Path, backend: str | None, threads: int | None, trusted_dir: Path | None) -> Screener:
     try:
-        return Screener.from_bundle(bundle, backend=backend, threads=threads)
+        trusted = None
+        if trusted_dir is not None:
+            from edge_retina.bundle.signing import TrustedKeys  # cryptography: only when asked
+
+            trusted = TrustedKeys.from_directory(trusted_dir)
+        return Screener.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted)
     except EdgeRetinaError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+trusted_keys_option = click.option(
+    "--trusted-keys", "trusted_dir", type=click.Path(path_type=Path), default=None,
+    help="Serve only a bundle signed by a key in this directory of *.pub keys.")
 
 
 def _return_freed_frames_to_the_os() -> None:
@@ -145,9 +155,10 @@ def bridge() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Threads decoding and preprocessing queued images [default: the device profile's, else one per core].")
 @click.option("--allow-remote", is_flag=True, help="Allow a TCP address other than loopback.")
+@trusted_keys_option
 def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, queue_capacity, request_timeout,
           frame_timeout, max_frame_mb, max_connections, max_inflight_mb, idle_timeout, backend, threads,
-          workers, allow_remote) -> None:
+          workers, allow_remote, trusted_dir) -> None:
     """Serve camera requests until SIGTERM/SIGINT."""
     from .server import BridgeConfig, BridgeServer
     from .transports import is_loopback, serial_streams, tcp_listener, unix_listener
@@ -165,7 +176,7 @@ def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, que
     first_serial = _open_serial(serial_device, baud) if serial_device else None
     _return_freed_frames_to_the_os()
     try:
-        screener = _open_screener(bundle_path, backend, threads)
+        screener = _open_screener(bundle_path, backend, threads, trusted_dir)
     except click.ClickException:
         if first_serial is not None:
             first_serial.close()
@@ -231,12 +242,13 @@ def results(store, since) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode/preprocessing threads for a burst of captures [default: one per core].")
-def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threads, workers) -> None:
+@trusted_keys_option
+def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threads, workers, trusted_dir) -> None:
     """Screen each new capture written to FOLDER once; write IMAGE.result.json beside it."""
     from .hotfolder import HotFolder
 
     _log_to_stderr()
-    screener = _open_screener(bundle_path, backend, threads)
+    screener = _open_screener(bundle_path, backend, threads, trusted_dir)
     result_store = ResultStore(store or folder / ".edge-retina" / "journal.sqlite3")
     watcher = HotFolder(screener, result_store, folder, settle_seconds=settle, workers=workers)
     try:

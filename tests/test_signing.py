@@ -170,6 +170,21 @@ def test_screen_with_trusted_keys_refuses_a_bundle_they_did_not_sign(signed, key
         assert result.exit_code == 2 and unwrapped(message) in unwrapped(result.output), result.output
 
 
+def test_the_bridge_with_trusted_keys_serves_only_a_bundle_they_signed(signed, keys, tmp_path):
+    """`bridge hotfolder` (and `serve`, through the same Screener.from_bundle) checks the signature
+    with --trusted-keys: refused with keys that did not sign it, served with the key that did."""
+    from firmware_bridge.cli import bridge
+
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    args = ["hotfolder", str(folder), "--bundle", str(signed), "--once", "--trusted-keys"]
+    refused = CliRunner().invoke(bridge, [*args, str(keys["other"]["dir"])])
+    assert refused.exit_code == 1 and unwrapped("which is not trusted here") in unwrapped(refused.output), \
+        refused.output
+    served = CliRunner().invoke(bridge, [*args, str(keys["device"]["dir"])])
+    assert served.exit_code == 0, served.output
+
+
 def test_altered_file_passes_the_signature_but_fails_verification(signed, keys):
     # The signature covers the manifest; the manifest's sha256s cover the files: both are checked.
     with open(signed / "prompts.npz", "r+b") as f:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -14,6 +13,7 @@ from rich.text import Text
 from edge_retina.archive_screening.run import ArchiveProgress, screen_archive
 from edge_retina.archive_screening.sources import expand_sources
 from edge_retina.archive_screening.summary import summarise_results
+from edge_retina.cli.command_error import fail
 from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
@@ -68,7 +68,7 @@ def screen_command(sources, bundle_path, out, address, workers, threads, batch_s
     try:
         listed = expand_sources(list(sources), recursive=recursive)
     except EdgeRetinaError as exc:
-        _fail(err, exc)
+        fail(exc)
     bar = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn(),
                    console=err, transient=True, disable=not err.is_terminal)
     task = bar.add_task("archive", total=listed.num_rows, rate=0.0)
@@ -86,7 +86,7 @@ def screen_command(sources, bundle_path, out, address, workers, threads, batch_s
                                       batch_size=batch_size, backend=backend, precision=precision,
                                       on_progress=report, verbose=_verbose())
     except EdgeRetinaError as exc:
-        _fail(err, exc)
+        fail(exc)
     print_wrapped(
         err,
         f"{progress.total} photos: {progress.screened} screened ({progress.errors} errors), {progress.skipped} "
@@ -106,7 +106,7 @@ def summary_command(results, as_json) -> None:
     try:
         summaries = summarise_results(results)
     except EdgeRetinaError as exc:
-        _fail(Console(stderr=True), exc)
+        fail(exc)
     if as_json:
         click.echo(json.dumps(summaries, indent=1))
         return
@@ -127,11 +127,6 @@ def _verbose() -> bool:
     from edge_retina.cli.main import VERBOSE_KEY  # set by ``edge-retina -v``, which runs this command
 
     return bool(click.get_current_context().find_root().meta.get(VERBOSE_KEY))
-
-
-def _fail(err: Console, exc: EdgeRetinaError) -> NoReturn:
-    print_wrapped(err, Text.assemble(("error:", "red"), f" {exc}"))
-    sys.exit(2)
 
 
 def _percent(rate: float | None) -> str:

@@ -9,11 +9,11 @@ from typing import Mapping
 
 from edge_retina.bundle.archive import hash_archive, refuse_unlisted
 from edge_retina.bundle.cache import default_cache_dir, extracted
-from edge_retina.user_caches import discard
 from edge_retina.bundle.manifest import EngineEntry, Manifest, ManifestError
 from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME, relpath_problem
 from edge_retina.errors import BundleError
 from edge_retina.files import sha256_file
+from edge_retina.user_caches import discard
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -14,6 +13,7 @@ from edge_retina.adapt.fit import DEFAULT_TARGET_SENSITIVITY
 from edge_retina.adapt.overlay import SUMMARY_HEADERS, adaptation_summary, remove_adaptation
 from edge_retina.adapt.selection import METHODS
 from edge_retina.adapt.thresholds import MIN_POSITIVES
+from edge_retina.cli.command_error import fail
 from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
@@ -62,8 +62,7 @@ def adapt(bundle_path, labels_csv, out, method, target_sensitivity, remove, back
                                   target_sensitivity=target_sensitivity, backend=backend, precision=precision,
                                   threads=threads, seed=seed, progress=lambda n: progress.advance(task, n))
     except EdgeRetinaError as exc:
-        print_wrapped(console, Text.assemble(("error:", "red"), f" {exc}"))
-        sys.exit(2)
+        fail(exc)
     for why in report.skipped:
         print_wrapped(console, Text.assemble(("left out", "yellow"), f" {why}"))
     adaptation = report.adaptation

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from edge_retina.bench.shared_datasets import shared_datasets_dir
+from edge_retina.cli.command_error import fail
 from edge_retina.cli.inputs import expand_inputs
 from edge_retina.console_tables import parity_console_tables, print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
@@ -25,12 +26,6 @@ from edge_retina.extras import import_for
 from edge_retina.out_paths import unwritable_reason
 
 EXIT_GATE_FAILED = 1
-EXIT_CANNOT_RUN = 2
-
-
-def _fail(message: str) -> None:
-    print_wrapped(Console(stderr=True), Text.assemble(("error:", "red"), f" {message}"))
-    sys.exit(EXIT_CANNOT_RUN)
 
 
 def _check_out(*paths: Path | None) -> None:
@@ -38,7 +33,7 @@ def _check_out(*paths: Path | None) -> None:
     for path in paths:
         reason = unwritable_reason(path) if path is not None else None
         if reason:
-            _fail(f"cannot write the report to {path}: {reason}")
+            fail(f"cannot write the report to {path}: {reason}")
 
 
 def _write_json(data: dict, path: Path | None, to_stdout: bool) -> None:
@@ -121,7 +116,7 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
                                  streams=streams, workers=workers, cold_runs=cold_runs, extra_pipelines=extra,
                                  baseline=None if baseline == "research" else baseline)
     except EdgeRetinaError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     data = report.to_dict()
     images = f"{len(report.images)} image" + ("" if len(report.images) == 1 else "s")
     rounds = f"{iterations} round" + ("" if iterations == 1 else "s")
@@ -210,7 +205,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
                                    engines=engines, threads=threads, replicates=replicates, seed=seed,
                                    base=reference == "base", labels_csv=labels_csv)
     except EdgeRetinaError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for table in parity_console_tables(parity_tables(report), width=console.width):
         console.print(table)
     for s in report.skipped:
@@ -257,7 +252,7 @@ def labels(dataset, split, datasets, limit, out) -> None:
         sets = import_for("converters.labelled_sets", "'bench labels'")
         labelled = sets.shared_dataset_labels(root, dataset, split, limit)
     except EdgeRetinaError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     write_labels_csv(labelled, out)
     counts = ", ".join(f"{c} {int((y == 1).sum())}/{int((y == 0).sum())}" for c, y in labelled.labels.items())
     print_wrapped(Console(), f"{out}: {len(labelled.paths)} images ({counts} positives/negatives)")

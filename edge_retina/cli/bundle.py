@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edge_retina.bundle import load_bundle, verify_bundle
+from edge_retina.cli.command_error import fail
 from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.bundle.signing import (
     TrustedKeys,
@@ -46,7 +47,7 @@ def inspect(path: Path, as_json: bool) -> None:
     try:
         manifest = load_bundle(path).manifest
     except BundleError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         click.echo(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         return
@@ -161,11 +162,6 @@ def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir
 
 # -- signatures ------------------------------------------------------------------------------------
 
-def _fail(exc: Exception, status: int = 2) -> None:
-    print_wrapped(Console(stderr=True), Text.assemble(("error:", "red"), f" {exc}"))
-    sys.exit(status)
-
-
 def _trusted_keys(public_keys: tuple[Path, ...], trusted_dir: Path | None) -> TrustedKeys | None:
     """The keys given on the command line (files and/or a directory), or None when none were."""
     if not public_keys and trusted_dir is None:
@@ -185,7 +181,7 @@ def keygen(private_key: Path, public_key: Path) -> None:
     try:
         identifier = generate_key_pair(private_key, public_key)
     except EdgeRetinaError as exc:
-        _fail(exc)
+        fail(exc)
     print_wrapped(Console(), f"key {identifier}: private {private_key}, public {public_key}")
 
 
@@ -197,7 +193,7 @@ def sign(path: Path, key_path: Path) -> None:
     try:
         signature = sign_bundle(path, load_private_key(key_path))
     except EdgeRetinaError as exc:
-        _fail(exc)
+        fail(exc)
     print_wrapped(Console(), f"signed {path} with key {signature.key_id}")
 
 
@@ -224,7 +220,7 @@ def install(source: Path, root: Path, trusted_dir: Path, no_start: bool, backend
         print_wrapped(Console(), f"installed {source} into slot {report.slot} (key {report.key_id}), on trial")
         started = None if no_start else start(root, trusted=trusted, backend=backend)
     except EdgeRetinaError as exc:
-        _fail(exc)
+        fail(exc)
     if started is not None:
         _report_start(started)
         if started.rolled_back_from is not None:  # the new bundle failed: the install did not take
@@ -250,7 +246,7 @@ def start_command(root: Path, trusted_dir: Path | None, backend: str | None) -> 
         trusted = TrustedKeys.from_directory(trusted_dir) if trusted_dir else None
         _report_start(start(root, trusted=trusted, backend=backend))
     except EdgeRetinaError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _report_start(report: StartReport) -> None:
@@ -274,7 +270,7 @@ def status(root: Path, as_json: bool) -> None:
     try:
         state = read_status(root)
     except EdgeRetinaError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         click.echo(json.dumps(state.to_dict(), indent=2, sort_keys=True))
         return
@@ -296,5 +292,5 @@ def rollback_command(root: Path) -> None:
     try:
         state = rollback(root)
     except EdgeRetinaError as exc:
-        _fail(exc)
+        fail(exc)
     print_wrapped(Console(), f"active slot is now {state.active}")

@@ -1,7 +1,10 @@
-"""``CommandError``: click's way out of a command (``ClickException``), printed the way our lines for
-people are: one "error:" line on stderr, wrapped to the terminal (click prints it as one line, however
-long), with paths and messages whole (no rich markup)."""
+"""How a command stops on an error: ``CommandError``, click's way out of a command (``ClickException``),
+printed the way our lines for people are: one "error:" line on stderr, wrapped to the terminal (click
+prints it as one line, however long), with paths and messages whole (no rich markup). ``fail`` raises
+it with the status for input a command refuses."""
 from __future__ import annotations
+
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -11,6 +14,8 @@ from edge_retina.console_tables import print_wrapped
 
 #: The shell's status for a command stopped by SIGINT (128 + 2): scripts tell Ctrl-C from a failure.
 EXIT_INTERRUPTED = 130
+#: A command that cannot run: its bundle, its input or an --out was refused.
+EXIT_REFUSED = 2
 
 
 class CommandError(click.ClickException):
@@ -20,3 +25,8 @@ class CommandError(click.ClickException):
 
     def show(self, file=None) -> None:
         print_wrapped(Console(stderr=True), Text.assemble(("error:", "red"), f" {self.format_message()}"))
+
+
+def fail(message: object, exit_code: int = EXIT_REFUSED) -> NoReturn:
+    """Stop the command with ``message`` (an exception's text, or a sentence) and ``exit_code``."""
+    raise CommandError(str(message), exit_code)

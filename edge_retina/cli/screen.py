@@ -5,7 +5,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -18,7 +17,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from edge_retina.cli.command_error import EXIT_INTERRUPTED
+from edge_retina.cli.command_error import EXIT_INTERRUPTED, fail
 from edge_retina.cli.inputs import expand_inputs
 from edge_retina.cli.results_io import ResultWriter, existing_results, result_format
 from edge_retina.console_tables import plural, print_results, print_wrapped, summarise
@@ -71,10 +70,6 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
     console = Console(stderr=as_json)
     err = Console(stderr=True)
 
-    def fail(message: str) -> NoReturn:
-        print_wrapped(err, Text.assemble(("error:", "red"), f" {message}"))
-        sys.exit(2)
-
     if out is not None:
         try:
             result_format(out)
@@ -94,12 +89,14 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
             fail(f"--conditions {conditions!r} names no condition")
     started = time.perf_counter()
     try:
+        trusted = None
         if trusted_dir is not None:
-            from edge_retina.bundle.signing import TrustedKeys, check_signature  # cryptography: only when asked
+            from edge_retina.bundle.signing import TrustedKeys  # cryptography: only when asked
 
-            check_signature(bundle_path, TrustedKeys.from_directory(trusted_dir))
+            trusted = TrustedKeys.from_directory(trusted_dir)
         screener = Screener.from_bundle(
             bundle_path, backend=backend, device=device, precision=precision, threads=threads, conditions=chosen,
+            trusted_keys=trusted,
         )
     except EdgeRetinaError as exc:
         fail(str(exc))
