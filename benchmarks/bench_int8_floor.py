@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from bench_int8 import REPO, interleaved_ms, machine
+from converters.quantize.openvino_nncf import OVERFLOW_FIXES
 
 
 def logit_noise(table, before: np.ndarray, after: np.ndarray) -> dict[str, float]:
@@ -65,6 +66,10 @@ def main() -> None:
     parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--float", type=int, nargs="+", default=[0, 4, 16], dest="float_layers",
                         help="how many of the most sensitive layers stay in float, per INT8 variant")
+    parser.add_argument("--overflow-fix", nargs="+", default=["enable"], choices=OVERFLOW_FIXES,
+                        help="NNCF's overflow fix for the OpenVINO variants (one variant each): 7-bit weights "
+                             "everywhere (enable, the converter's default), in the first layer only (what the "
+                             "x86-64-avx512-vnni profile asks for), nowhere")
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -135,10 +140,12 @@ def main() -> None:
             fp32, build_engine("onnxruntime", "int8", fp32, work / "rank", calibration.tensors)[0],
             calibration.tensors[:16])]
         for count in args.float_layers:
-            for backend in ("openvino", "onnxruntime"):
-                path = build_engine(backend, "int8", fp32, work / f"{backend}-{count}", calibration.tensors,
-                                    ranked[:count])[0]
-                name = f"{backend} int8, {count} layers float"
+            variants = [("openvino", {"overflow_fix": fix}) for fix in args.overflow_fix] + [("onnxruntime", {})]
+            for backend, options in variants:
+                suffix = f", overflow fix {options['overflow_fix']}" if len(args.overflow_fix) > 1 and options else ""
+                name = f"{backend} int8, {count} layers float{suffix}"
+                path = build_engine(backend, "int8", fp32, work / name.replace(" ", "_").replace(",", ""),
+                                    calibration.tensors, ranked[:count], options)[0]
                 record(name, embed_tensors(backend, path, "int8", tensors, None), "int8")
                 engines[name] = (backend, path, "int8")
         medians = latency(engines, tensors[:1], args.rounds)

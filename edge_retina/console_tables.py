@@ -83,13 +83,31 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+#: How much further than its first line a wrapped line's continuation lines are indented.
+HANGING_INDENT = 2
+
+
 def print_wrapped(console: Console, message: str | Text) -> None:
     """A line for people (a progress line, an error naming a long path) wrapped to the terminal counting
     bytes, not characters (a "ΔAUROC" check name is one column but two bytes), so no printed line is
     wider than the terminal by any count; a word longer than a line (a path) is folded, never cut.
-    A str is printed as it is (no markup); style parts of a line with a Text."""
-    plain = message.plain if isinstance(message, Text) else message
-    console.print(message, highlight=False, markup=False, width=console.width - (len(plain.encode()) - len(plain)))
+    Continuation lines hang ``HANGING_INDENT`` columns in from the first line's own indent, so a
+    wrapped progress line under a step reads as one item. A str is printed as it is (no markup);
+    style parts of a line with a Text."""
+    text = message.copy() if isinstance(message, Text) else Text(message)
+    for line in text.split("\n"):
+        plain = line.plain
+        width = console.width - (len(plain.encode()) - len(plain))
+        indent = len(plain) - len(plain.lstrip(" ")) + HANGING_INDENT
+        first = line.wrap(console, width)[0]
+        rest = line[len(first.plain):]
+        rest = rest[len(rest.plain) - len(rest.plain.lstrip()):]
+        lines = [first]
+        if rest.plain:
+            lines += [Text(" " * indent) + part for part in rest.wrap(console, max(width - indent, WRAP_MIN))]
+        for part in lines:
+            part.rstrip()
+            console.print(part, highlight=False, markup=False, no_wrap=True, crop=False)
 
 
 def identical_rows(rows: list[list[str]], keep: int = 1) -> tuple[list[list[str]], list[str]]:

@@ -48,6 +48,19 @@ def test_check_passes_identical_and_fails_noisy_embeddings():
     assert noisy.to_dict()["passed"] is False
 
 
+def test_failure_summary_groups_failed_checks_by_statistic():
+    fp32 = _unit(RNG.normal(size=(40, DIM)))
+    noisy = check_against_fp32(fp32, fp32 + RNG.normal(scale=0.5, size=fp32.shape), table=_table(),
+                               thresholds={"dr": 0.5, "glaucoma": 0.5})
+    failed = {c.name: c for c in noisy.checks if not c.passed}
+    assert {"mean cosine", "dr: referral agreement", "glaucoma: referral agreement"} <= set(failed)
+    summary = noisy.failure_summary()
+    agreement = f"referral agreement < 0.99: dr {failed['dr: referral agreement'].value:.4f}, " \
+                f"glaucoma {failed['glaucoma: referral agreement'].value:.4f}"
+    assert summary.startswith(f"mean cosine < 0.99: {failed['mean cosine'].value:.4f}")
+    assert agreement in summary and summary.count("referral agreement") == 1
+
+
 def test_every_check_records_its_margin():
     fp32 = _unit(RNG.normal(size=(200, DIM)))
     candidate = _unit(fp32 + RNG.normal(scale=0.01, size=fp32.shape))
