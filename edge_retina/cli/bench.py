@@ -19,7 +19,7 @@ from rich.text import Text
 from edge_retina.bench.shared_datasets import shared_datasets_dir
 from edge_retina.cli.command_error import fail
 from edge_retina.cli.inputs import expand_inputs
-from edge_retina.console_tables import parity_console_tables, print_wrapped, rich_table
+from edge_retina.console_tables import parity_console_tables, plural, print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.extras import import_for
@@ -111,16 +111,16 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
         extra = []
         if baseline == "research":
             extra.append(_research_pipeline(bundle_path, checkpoint, threads))
-        with console.status(f"benchmarking {len(engines) + len(extra)} pipelines on {len(image_paths)} images"):
+        with console.status(f"benchmarking {plural(len(engines) + len(extra), 'pipeline')} on "
+                            f"{plural(len(image_paths), 'image')}"):
             report = run_latency(bundle_path, engines, image_paths, iterations=iterations, threads=threads,
                                  streams=streams, workers=workers, cold_runs=cold_runs, extra_pipelines=extra,
                                  baseline=None if baseline == "research" else baseline)
     except EdgeRetinaError as exc:
         fail(str(exc))
     data = report.to_dict()
-    images = f"{len(report.images)} image" + ("" if len(report.images) == 1 else "s")
-    rounds = f"{iterations} round" + ("" if iterations == 1 else "s")
-    console.print(rich_table(f"Latency per stage, median ms ({images} x {rounds}, "
+    console.print(rich_table(f"Latency per stage, median ms ({plural(len(report.images), 'image')} x "
+                             f"{plural(iterations, 'round')}, "
                              f"interleaved); speed-up against {data['baseline']}", *latency_table_rows(data),
                              width=console.width))
     console.print(rich_table("Throughput, cold start, memory", *system_table_rows(data), width=console.width))
@@ -200,7 +200,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
             student = host.bundle_student(manifest, student_checkpoint)  # None for a teacher bundle
             host_models = [student] if student is not None else []
             gate_baseline = student[0] if student is not None else None
-        with console.status(f"parity on {len(labelled.paths)} images"):
+        with console.status(f"parity on {plural(len(labelled.paths), 'image')}"):
             report = bundle_parity(bundle_path, labelled, reference=reference_model, host_models=host_models,
                                    engines=engines, threads=threads, replicates=replicates, seed=seed,
                                    base=reference == "base", labels_csv=labels_csv)
@@ -255,4 +255,4 @@ def labels(dataset, split, datasets, limit, out) -> None:
         fail(str(exc))
     write_labels_csv(labelled, out)
     counts = ", ".join(f"{c} {int((y == 1).sum())}/{int((y == 0).sum())}" for c, y in labelled.labels.items())
-    print_wrapped(Console(), f"{out}: {len(labelled.paths)} images ({counts} positives/negatives)")
+    print_wrapped(Console(), f"{out}: {plural(len(labelled.paths), 'image')} ({counts} positives/negatives)")
