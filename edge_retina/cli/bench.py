@@ -28,12 +28,16 @@ from edge_retina.out_paths import unwritable_reason
 EXIT_GATE_FAILED = 1
 
 
-def _check_out(*paths: Path | None) -> None:
-    """Refuse an --out or --html that cannot be written before the benchmark runs, not after it."""
+def _check_out(*paths: Path | None, overwrite: bool) -> None:
+    """Refuse an --out or --html that cannot be written, or that holds a report and --overwrite was not
+    given, before the benchmark runs, not after it."""
     for path in paths:
-        reason = unwritable_reason(path) if path is not None else None
+        reason = unwritable_reason(path, overwrite=overwrite) if path is not None else None
         if reason:
             fail(f"cannot write the report to {path}: {reason}")
+
+
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing --out or --html report.")
 
 
 def _write_json(data: dict, path: Path | None, to_stdout: bool) -> None:
@@ -89,8 +93,9 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
 @click.option("--json", "as_json", is_flag=True, help="Print the full report (with samples and machine) as JSON.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Write an HTML report (host only).")
+@overwrite_option
 def latency(bundle_path, backend, precision, images, max_images, iterations, threads, streams, workers, cold_runs,
-            baseline, checkpoint, as_json, out, html) -> None:
+            baseline, checkpoint, as_json, out, html, overwrite) -> None:
     """Per-stage latency, raw engine, throughput, cold start and peak RSS, engines interleaved."""
     from edge_retina.bench.latency import (
         latency_table_rows,
@@ -100,7 +105,7 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     )
 
     console = Console(stderr=as_json)
-    _check_out(out, html)
+    _check_out(out, html, overwrite=overwrite)
     try:
         image_paths = _benchmark_images(images, max_images)
         engines = select_engines(bundle_path, backend, precision)
@@ -172,14 +177,15 @@ def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int 
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Write an HTML report (host only).")
+@overwrite_option
 @click.option("--latency-json", type=click.Path(path_type=Path, exists=True), default=None,
               help="A 'bench latency --out' report to include in the HTML report.")
 def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, backend, precision, max_drop,
-           replicates, seed, threads, as_json, out, html, latency_json) -> None:
+           replicates, seed, threads, as_json, out, html, overwrite, latency_json) -> None:
     """AUROC per condition and engine against a reference, with CIs; a release gate.
 
     Exit status: 0 when every engine is within --max-drop of the reference, 1 when one is not,
-    2 when the run could not be made (bundle, labels, missing extra).
+    2 when the run could not be made (bundle, labels, an --out or --html refused, missing extra).
     """
     from edge_retina.bench.labels import read_labels_csv
     from edge_retina.bench.latency import select_engines
@@ -187,7 +193,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
     from edge_retina.bundle import load_bundle
 
     console = Console(stderr=as_json)
-    _check_out(out, html)
+    _check_out(out, html, overwrite=overwrite)
     try:
         manifest = load_bundle(bundle_path).manifest
         labelled = read_labels_csv(labels_csv, conditions=[c.name for c in manifest.prompts.conditions])
