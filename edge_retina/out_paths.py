@@ -6,8 +6,10 @@ import tempfile
 from pathlib import Path
 
 
-def unwritable_reason(path: Path, *, folder: bool = False) -> str | None:
+def unwritable_reason(path: Path, *, folder: bool = False, overwrite: bool = True) -> str | None:
     """Why ``path`` cannot receive a results file (``folder``: a results folder), or None if it can.
+    With ``overwrite=False`` an existing file is a reason too, so that an earlier run's results are not
+    replaced unasked; the reason names ``--overwrite``, the flag of the commands that pass its value.
 
     Missing parent folders are fine (the writers create them) when the nearest one that exists takes
     new files. That is tried by creating a temporary file there, because permission bits say nothing
@@ -20,6 +22,8 @@ def unwritable_reason(path: Path, *, folder: bool = False) -> str | None:
         if path.exists() and not path.is_dir():
             if folder:
                 return "it is a file; these results are a folder (name a new one or an earlier run's)"
+            if not overwrite:
+                return "it exists; move it away or pass --overwrite to replace it"
             existing = path.parent
         else:
             existing = path if folder else path.parent

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -14,9 +15,11 @@ import click
 
 from edge_retina import LOG_FORMAT
 from edge_retina.errors import EdgeRetinaError
+from edge_retina.preprocess.decode import MIN_SIDE
+from edge_retina.preprocess.raw import PIXEL_FORMATS
 from edge_retina.screener import Screener
 
-from .protocol import DEFAULT_MAX_PAYLOAD
+from .protocol import DEFAULT_MAX_PAYLOAD, MAX_METADATA
 from .store import ResultStore, parse_time
 
 
@@ -116,9 +119,31 @@ def _open_serial(device: str, baud: int):
         raise click.UsageError(str(exc)) from None
 
 
-#: Seconds and MiB options: a timeout of -1 s or a frame limit of 0 MiB (like a queue of 0) would
-#: start a server on which every SCREEN fails.
+#: Seconds options: a timeout of -1 s (like a queue of 0) would start a server on which every SCREEN fails.
 _ABOVE_ZERO = click.FloatRange(min=0, min_open=True)
+
+#: The smallest --max-frame-mb and --max-inflight-mb: a payload that holds the most metadata the
+#: protocol allows (after its 4-byte length) and the smallest photo screened, MIN_SIDE px square as a
+#: raw frame of the widest pixel format; rounded up to the tenth of a MiB the help and errors show.
+#: A smaller limit refuses SCREENs the protocol allows, and one such as 1e-7 MiB is 0 bytes once
+#: rounded down to bytes: every frame would be refused.
+MIN_FRAME_LIMIT_MB = math.ceil(
+    (4 + MAX_METADATA + MIN_SIDE * MIN_SIDE * max(channels for channels, _ in PIXEL_FORMATS.values()))
+    / 2**20 * 10) / 10
+
+
+class _FrameLimitMb(click.FloatRange):
+    """MiB of frames, at least MIN_FRAME_LIMIT_MB; NaN and infinity are refused too (they pass a range
+    check, and have no number of bytes)."""
+
+    def __init__(self):
+        super().__init__(min=MIN_FRAME_LIMIT_MB)
+
+    def convert(self, value, param, ctx) -> float:
+        mb = super().convert(value, param, ctx)
+        if not math.isfinite(mb):
+            self.fail(f"{mb} is not a finite number of MiB", param, ctx)
+        return mb
 
 
 @click.group("bridge")
@@ -143,10 +168,10 @@ def bridge() -> None:
               help="Seconds per SCREEN.")
 @click.option("--frame-timeout", type=_ABOVE_ZERO, default=5.0, show_default=True,
               help="Seconds a frame may stall mid-way.")
-@click.option("--max-frame-mb", type=_ABOVE_ZERO, default=DEFAULT_MAX_PAYLOAD / 2**20, show_default=True,
+@click.option("--max-frame-mb", type=_FrameLimitMb(), default=DEFAULT_MAX_PAYLOAD / 2**20, show_default=True,
               help="Largest payload (MiB).")
 @click.option("--max-connections", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--max-inflight-mb", type=_ABOVE_ZERO, default=None,
+@click.option("--max-inflight-mb", type=_FrameLimitMb(), default=None,
               help="Bytes of frames being received at once, all connections (MiB) [default: 4 x --max-frame-mb].")
 @click.option("--idle-timeout", type=_ABOVE_ZERO, default=120.0, show_default=True,
               help="Seconds a silent connection is kept.")

@@ -105,7 +105,7 @@ def test_fit_site_adaptation_replaces_only_the_adapted_rows_and_keeps_scarce_con
     assert glaucoma.head != ZERO_SHOT and glaucoma.threshold_source == "site"
     assert glaucoma.report["n_pos"] == 20 and glaucoma.report["bundle_threshold"] == 0.3
     assert (cataract.head, cataract.threshold, cataract.threshold_source) == (ZERO_SHOT, 0.6, "bundle")
-    assert "fewer than" in cataract.report["note"]
+    assert cataract.report["note"].startswith(f"5 of the {MIN_POSITIVES} positives a site threshold needs")
     np.testing.assert_array_equal(adaptation.class_embeddings[[0, 2]], table.class_embeddings[[0, 2]])
     adapted = adaptation.table(table)
     probabilities = adapted.score(x).condition_probabilities["glaucoma"]
@@ -220,6 +220,7 @@ def test_bad_site_labels_are_refused_before_anything_is_written(tiny_bundle, sit
     refused(LabelledImages(photos, {"glaukoma": y}), r"not conditions this bundle refers for")
     refused(LabelledImages(photos, {"normal": y}), r"not conditions this bundle refers for")
     refused(LabelledImages(photos, {"glaucoma": np.ones(24)}), r"24 positives and 0 negatives")
+    refused(LabelledImages(photos[:1], {"glaucoma": np.ones(1)}), r"1 positive and 0 negatives")
     refused(LabelledImages(photos + photos[:1], {"glaucoma": np.r_[y, 1.0]}), r"rows 2 and 26")
     with pytest.raises(BundleError, match="never modifies its input"):
         adapt_bundle(tiny_bundle, site_labels, tiny_bundle)
@@ -258,6 +259,25 @@ def test_adapt_messages_fit_80_columns_and_name_photos_as_listed(tiny_bundle, si
     code, left_out = run(LabelledImages(photos + [broken], {"glaucoma": np.r_[y, 1.0]}))
     assert code == 0 and unwrapped(f"left out {broken.name}: not an image file") in left_out, left_out
     assert unwrapped(str(folder)) not in left_out
+
+
+def test_one_photo_is_counted_in_the_singular(tiny_bundle, site_labels, tmp_path):
+    """Two labelled photos, one of them unreadable: one photo, one positive, in the table and in
+    `bundle inspect`."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a photo")
+    labels = write_labels_csv(LabelledImages([site_labels.parent / "photo00.png", broken],
+                                             {"glaucoma": np.array([1.0, 0.0])}), tmp_path / "labels.csv")
+    out = tmp_path / "adapted"
+    runner = narrow_runner()
+    adapted = runner.invoke(cli, ["adapt", "--bundle", str(tiny_bundle), "--labels", str(labels), "--out", str(out),
+                                  "--json"], catch_exceptions=False)
+    assert adapted.exit_code == 0, adapted.output
+    assert unwrapped("site adaptation (1 photo,") in unwrapped(adapted.stderr), adapted.stderr
+    note = json.loads(adapted.stdout)["conditions"]["glaucoma"]["note"]
+    assert note.startswith(f"1 of the {MIN_POSITIVES} positives a site threshold needs"), note
+    inspected = runner.invoke(cli, ["bundle", "inspect", str(out)], catch_exceptions=False)
+    assert unwrapped("; 1 photo of labels.csv") in unwrapped(inspected.output), inspected.output
 
 
 def test_adapt_command_inspect_and_parity_against_the_base(tiny_bundle, site_labels, tmp_path):

@@ -13,6 +13,7 @@ from narrow_terminal import COLUMNS, narrow_runner, unwrapped, widest_line
 
 pytest.importorskip("ray")
 
+from edge_retina.archive_screening import cli as archive_cli  # noqa: E402
 from edge_retina.archive_screening.results import read_results, write_part  # noqa: E402
 from edge_retina.archive_screening.run import ArchiveProgress, pending_work  # noqa: E402
 from edge_retina.archive_screening.sources import expand_sources  # noqa: E402
@@ -172,3 +173,26 @@ def test_summary_table_title_fits_80_columns(worker, photos, tmp_path):
     lines = run.output.splitlines()
     assert any(f"{rows.num_rows} photos" in line for line in lines), run.output  # not folded mid-phrase
     assert any(worker.provenance["bundle_sha256"][:12] in line for line in lines), run.output
+
+
+def test_one_photo_error_and_worker_are_counted_in_the_singular(worker, photos, tmp_path, monkeypatch):
+    def screen_one_photo(listed, out, bundle_path, *, on_progress, **_):
+        progress = ArchiveProgress(total=1, seen=1, screened=1, errors=1, workers=1)
+        progress.started -= archive_cli.LOG_EVERY_SECONDS  # a progress line is due (no terminal here)
+        on_progress(progress)
+        return progress
+
+    monkeypatch.setattr(archive_cli, "screen_archive", screen_one_photo)
+    run = narrow_runner().invoke(cli, ["archive", "screen", str(photos / "IMG_0.jpg"), "--bundle", "unused",
+                                       "--out", str(tmp_path / "results.parquet")])
+    assert run.exit_code == 1, run.output  # every row an error
+    said = unwrapped(run.output)
+    assert unwrapped("1/1 photo, ") in said, run.output  # the progress line
+    assert unwrapped("1 photo: 1 screened (1 error), 0 already screened") in said, run.output
+    assert unwrapped(" on 1 worker (Ray up in") in said, run.output
+
+    out = tmp_path / "one.parquet"
+    write_part(out, worker(pending_work(expand_sources([str(photos / "IMG_0.jpg")]), out,
+                                        worker.provenance["bundle_sha256"])))
+    summary = narrow_runner().invoke(cli, ["archive", "summary", str(out)])
+    assert summary.exit_code == 0 and "1 photo" in summary.output and "1 photos" not in summary.output, summary.output

@@ -17,7 +17,7 @@ from edge_retina.bench import latency
 from edge_retina.bench.parity import bundle_prompt_table
 from edge_retina.bundle import load_bundle
 from edge_retina.cli.bench import bench
-from edge_retina.errors import MissingExtraError
+from edge_retina.errors import EdgeRetinaError, MissingExtraError
 
 
 class RecordingPipeline:
@@ -175,3 +175,31 @@ def test_latency_command_refuses_an_unwritable_out_before_benchmarking(tiny_bund
                                         "--out", "/proc/nope.json"])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert unwrapped("cannot write the report to /proc/nope.json") in unwrapped(result.output)
+
+
+@pytest.mark.parametrize("report", ["--out", "--html"])
+def test_latency_command_keeps_an_earlier_report_unless_overwrite(report, tiny_bundle, retina_jpeg, tmp_path,
+                                                                  monkeypatch):
+    """Like screen's --out: refused before the benchmark runs, and replaced with --overwrite."""
+    def benchmark(*args, **kwargs):
+        raise EdgeRetinaError("the benchmark ran")
+
+    monkeypatch.setattr("edge_retina.bench.latency.run_latency", benchmark)
+    earlier = tmp_path / "earlier-report"
+    earlier.write_text("an earlier run's report\n")
+    args = ["latency", "--bundle", str(tiny_bundle), "--images", str(retina_jpeg), report, str(earlier)]
+    kept = narrow_runner().invoke(bench, args)
+    assert kept.exit_code == 2 and widest_line(kept.output) <= COLUMNS, kept.output
+    assert unwrapped(f"cannot write the report to {earlier}: it exists; move it away or pass --overwrite to "
+                     "replace it") in unwrapped(kept.output), kept.output
+    assert earlier.read_text() == "an earlier run's report\n"
+    replaced = narrow_runner().invoke(bench, [*args, "--overwrite"])
+    assert unwrapped("the benchmark ran") in unwrapped(replaced.output), replaced.output
+
+
+def test_parity_command_keeps_an_earlier_report_unless_overwrite(tiny_bundle, tmp_path):
+    earlier = tmp_path / "parity.json"
+    earlier.write_text("{}\n")
+    kept = CliRunner().invoke(bench, ["parity", "--bundle", str(tiny_bundle), "--labels", str(tmp_path / "labels.csv"),
+                                      "--out", str(earlier)])
+    assert kept.exit_code == 2 and unwrapped("it exists; move it away or pass --overwrite") in unwrapped(kept.output)

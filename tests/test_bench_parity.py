@@ -1,6 +1,7 @@
 """Parity runs: comparing embeddings, the labels CSV, and `edge-retina bench parity`'s gate exit codes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -64,6 +65,14 @@ def test_compare_embeddings_finds_a_drop_and_not_a_copy():
     data = json.loads(json.dumps(report.to_dict()))
     assert data["conditions"][0]["models"]["degraded"]["delta_ci95"][1] < 0
     assert data["cosine_to_reference"]["same"]["min"] == pytest.approx(1.0)
+
+
+def test_table_titles_count_one_image_and_one_positive_in_the_singular():
+    report = degraded_report()
+    one = dataclasses.replace(report, n_images=1,
+                              conditions=[dataclasses.replace(report.conditions[0], n_pos=1, n_neg=1)])
+    titles = [title for title, _, _ in parity_module.parity_tables(one)]
+    assert titles[0].startswith("glaucoma: 1 positive / 1 negative, ") and titles[-1].endswith("(1 image)"), titles
 
 
 def test_labels_csv_round_trip(tmp_path):
@@ -189,6 +198,9 @@ def test_labels_command_writes_a_shared_dataset_split(shared_datasets, tmp_path)
     labelled = read_labels_csv(out)
     assert len(labelled.paths) == 30 and all(p.is_file() for p in labelled.paths)
     assert set(np.unique(labelled.labels["glaucoma"])) == {0.0, 1.0}
+    one = narrow_runner().invoke(bench, ["labels", "--dataset", "rimone", "--datasets", str(shared_datasets),
+                                         "--limit", "1", "--out", str(tmp_path / "one.csv")], catch_exceptions=False)
+    assert one.exit_code == 0 and unwrapped("one.csv: 1 image (glaucoma ") in unwrapped(one.output), one.output
 
 
 DEVICE = (  # the bench group as on a device: no host packages installed

@@ -15,10 +15,10 @@ from bridge_support import REPO, ServerProcess, connect, small_jpeg
 from click.testing import CliRunner
 
 from edge_retina.screener import Screener
-from firmware_bridge.cli import bridge
+from firmware_bridge.cli import MIN_FRAME_LIMIT_MB, bridge
 from firmware_bridge.client import BridgeError
 from firmware_bridge.hotfolder import HotFolder, sidecar_path
-from firmware_bridge.protocol import Message, MessageType
+from firmware_bridge.protocol import MAX_METADATA, FrameParser, Message, MessageType, encode_frame, encode_payload
 from firmware_bridge.server import BridgeServer
 from firmware_bridge.store import ResultStore
 from narrow_terminal import unwrapped
@@ -235,6 +235,11 @@ def test_serve_needs_exactly_one_transport_and_loopback_by_default(tiny_bundle, 
     (["--tcp", "0", "--frame-timeout", "0"], "--frame-timeout"),
     (["--tcp", "0", "--max-frame-mb", "0"], "--max-frame-mb"),
     (["--tcp", "0", "--max-inflight-mb", "0"], "--max-inflight-mb"),
+    # Positive, but 0 bytes once in bytes (every frame refused), or no number of bytes at all.
+    (["--tcp", "0", "--max-frame-mb", "1e-7"], "--max-frame-mb': 1e-07 is not in the range x>=0.1"),
+    (["--tcp", "0", "--max-inflight-mb", "1e-7"], "--max-inflight-mb': 1e-07 is not in the range x>=0.1"),
+    (["--tcp", "0", "--max-frame-mb", "inf"], "--max-frame-mb': inf is not a finite number of MiB"),
+    (["--tcp", "0", "--max-inflight-mb", "nan"], "--max-inflight-mb': nan is not a finite number of MiB"),
     (["--tcp", "0", "--idle-timeout", "0"], "--idle-timeout"),
     (["--tcp", "0", "--max-connections", "0"], "--max-connections"),
     (["--serial", "/dev/nonexistent"], "cannot open /dev/nonexistent: No such file or directory"),
@@ -246,6 +251,18 @@ def test_serve_refuses_bad_options_before_loading_the_engine(args, said, tiny_bu
     refused = CliRunner().invoke(bridge, ["serve", "--bundle", str(tiny_bundle), "--store", "s.sqlite3", *args])
     assert refused.exit_code == 2 and isinstance(refused.exception, SystemExit), refused.output
     assert unwrapped(said) in unwrapped(refused.output), refused.output
+
+
+def test_the_smallest_frame_limit_takes_the_most_metadata_and_the_smallest_photo():
+    from edge_retina.preprocess.decode import MIN_SIDE
+
+    padding = "x" * (MAX_METADATA - len('{"pad":""}'))
+    photo = bytes(MIN_SIDE * MIN_SIDE * 3)  # rgb8, the widest pixel format
+    payload = encode_payload({"pad": padding}, photo)
+    assert len(payload) == 4 + MAX_METADATA + len(photo)
+    parser = FrameParser(max_payload=int(MIN_FRAME_LIMIT_MB * 2**20))
+    parser.feed(encode_frame(MessageType.SCREEN, payload))
+    assert parser.next().body == photo
 
 
 @pytest.mark.parametrize("args", [["--interval", "0"], ["--settle", "-1"], ["--threads", "0"]])

@@ -44,7 +44,12 @@ def test_screen_folder_writes_a_row_for_everything(tiny_bundle, mixed_folder, tm
     assert by_name["missing.jpg"]["error_code"] == "not_found"
     assert not out.with_name("results.csv.partial").exists()
     assert unwrapped("Screening results") in unwrapped(res.output) and "errors" in res.output
-    assert re.search(r"5 images in [0-9.]+ s, [0-9.]+ images/s \(\d+ workers\); start-up [0-9.]+ s", res.output)
+    assert re.search(r"5 images in [0-9.]+ s, [0-9.]+ images/s \(\d+ workers?\); start-up [0-9.]+ s", res.output)
+
+
+def test_screen_counts_one_worker_in_the_singular(tiny_bundle, retina_jpeg):
+    res = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--workers", "1")
+    assert res.exit_code == 0 and re.search(r"1 image in [0-9.]+ s, .* \(1 worker\); start-up", res.output), res.output
 
 
 def test_screen_with_workers_keeps_the_input_order(tiny_bundle, mixed_folder):

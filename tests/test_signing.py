@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import stat
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -33,7 +36,9 @@ from edge_retina.bundle.signing import (
 )
 from edge_retina.cli.bundle import bundle as bundle_cli
 from edge_retina.errors import BundleError
-from narrow_terminal import unwrapped
+from narrow_terminal import COLUMNS, unwrapped, widest_line
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +147,20 @@ def test_a_manifest_changed_after_signing_is_reported_without_keys_when_not_cano
     caplog.clear()
     load_bundle(signed)
     assert not caplog.records and not any(changed in w for w in verify_bundle(signed).warnings)
+
+
+def test_the_command_says_a_bundle_warning_in_one_wrapped_warning_line(signed):
+    """A real process: under pytest, logging has handlers and Python's handler of last resort, which
+    the command replaces, is never reached."""
+    manifest = json.loads((signed / MANIFEST_NAME).read_text())
+    (signed / MANIFEST_NAME).write_text(json.dumps(manifest, indent=4))  # not canonical: changed after signing
+    inspected = subprocess.run([sys.executable, "-m", "edge_retina", "bundle", "inspect", str(signed)], cwd=REPO,
+                               capture_output=True, text=True, env={**os.environ, "COLUMNS": str(COLUMNS)})
+    assert inspected.returncode == 0, inspected.stderr
+    assert widest_line(inspected.stderr) <= COLUMNS, inspected.stderr
+    said = unwrapped(inspected.stderr)  # the warning alone, its lines joined
+    assert said.startswith(unwrapped(f"warning: {signed}: manifest.json was changed after the bundle was signed"))
+    assert said.endswith(unwrapped("rebuild the bundle and sign it again")), inspected.stderr
 
 
 def test_verify_without_keys_says_it_did_not_check_the_signature(bundle_copy, keys):

@@ -24,6 +24,7 @@ from edge_retina.adapt.overlay import HEAD_FILE, bundle_scoring, check_output, h
 from edge_retina.bench.labels import LabelledImages, listed_name, read_labels_csv
 from edge_retina.bundle import AdaptationEntry, Bundle
 from edge_retina.bundle.manifest import CREATED_FORMAT
+from edge_retina.console_tables import plural
 from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.files import sha256_file
 from edge_retina.screener import Screener
@@ -63,8 +64,9 @@ def check_site_labels(labelled: LabelledImages, bundle: Bundle, labels_csv: Path
         n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
         if n_pos == 0 or n_neg == 0:
             raise EdgeRetinaError(
-                f"{labels_csv}: condition {condition!r} has {n_pos} positives and {n_neg} negatives; adapting needs "
-                "photos of both classes (label negatives with 0, or drop the column)")
+                f"{labels_csv}: condition {condition!r} has {plural(n_pos, 'positive')} and "
+                f"{plural(n_neg, 'negative')}; adapting needs photos of both classes (label negatives with 0, "
+                "or drop the column)")
     seen: dict[str, int] = {}
     duplicates = []
     for row, path in enumerate(labelled.paths, start=2):

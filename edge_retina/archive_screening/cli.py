@@ -14,7 +14,7 @@ from edge_retina.archive_screening.run import ArchiveProgress, screen_archive
 from edge_retina.archive_screening.sources import expand_sources
 from edge_retina.archive_screening.summary import summarise_results
 from edge_retina.cli.command_error import fail
-from edge_retina.console_tables import print_wrapped, rich_table
+from edge_retina.console_tables import plural, print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 
@@ -78,7 +78,8 @@ def screen_command(sources, bundle_path, out, address, workers, threads, batch_s
         bar.update(task, total=p.total, completed=p.seen, rate=p.rate)
         if not err.is_terminal and p.seconds - last_line[0] >= LOG_EVERY_SECONDS:
             last_line[0] = p.seconds
-            print_wrapped(err, f"{p.seen}/{p.total} photos, {p.rate:.1f} photos/s, ETA {_duration(p.eta_seconds)}")
+            print_wrapped(err, f"{p.seen}/{plural(p.total, 'photo')}, {p.rate:.1f} photos/s, "
+                               f"ETA {_duration(p.eta_seconds)}")
 
     try:
         with bar:
@@ -89,9 +90,10 @@ def screen_command(sources, bundle_path, out, address, workers, threads, batch_s
         fail(exc)
     print_wrapped(
         err,
-        f"{progress.total} photos: {progress.screened} screened ({progress.errors} errors), {progress.skipped} "
-        f"already screened with this bundle; {progress.seconds:.1f} s, {progress.rate:.1f} photos/s"
-        + (f" on {progress.workers} workers (Ray up in {progress.ray_start_seconds:.1f} s)" if progress.workers else "")
+        f"{plural(progress.total, 'photo')}: {progress.screened} screened ({plural(progress.errors, 'error')}), "
+        f"{progress.skipped} already screened with this bundle; {progress.seconds:.1f} s, {progress.rate:.1f} photos/s"
+        + (f" on {plural(progress.workers, 'worker')} (Ray up in {progress.ray_start_seconds:.1f} s)"
+           if progress.workers else "")
         + f"; results in {out}"
     )
     if progress.screened and progress.errors == progress.screened:
@@ -116,7 +118,7 @@ def summary_command(results, as_json) -> None:
         rows.append(["any", str(s["refer"]), _percent(s["refer_rate"])])
         # The photo count in the caption: the title wraps at the table's width, which is narrow.
         console.print(rich_table(f"{s['bundle']} ({s['bundle_sha256'][:12]})",
-                                 ["condition", "referred", "of gradable"], rows, note=f"{s['photos']} photos"))
+                                 ["condition", "referred", "of gradable"], rows, note=plural(s['photos'], 'photo')))
         print_wrapped(console, f"ungradable: {s['ungradable']} ({_percent(s['ungradable_rate'])} of readable "
                                f"photos); errors: {s['errors']} ({_percent(s['error_rate'])})")
         for code, count in s["errors_by_code"].items():

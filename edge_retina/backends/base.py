@@ -105,7 +105,7 @@ class Runner(abc.ABC):
             step = model_batch
         else:
             raise BackendError(
-                f"{self.name}: the model has a fixed batch of {model_batch}; got {count} images "
+                f"{self.name}: the model has a fixed batch of {model_batch}; got a batch of {count} "
                 f"(export it with batch 1 or a dynamic batch to run any number)"
             )
         outputs = []

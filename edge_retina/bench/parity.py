@@ -26,6 +26,7 @@ from edge_retina.backends import Runner, create_runner
 from edge_retina.bench import metrics
 from edge_retina.bench.labels import LabelledImages, listed_name
 from edge_retina.bundle import Bundle, EngineEntry, load_bundle
+from edge_retina.console_tables import plural
 from edge_retina.errors import EdgeRetinaError, ImageError, named_once
 from edge_retina.preprocess import InputSpec, Preprocessor
 from edge_retina.prompt_table import PromptTable
@@ -333,11 +334,12 @@ def parity_tables(report: ParityReport) -> list[tuple[str, list[str], list[list[
                  f"{m.auroc:.4f}", format_delta(m) or "(reference)",
                  "" if name == report.reference else _ratio(m.retention), _percent(m.sensitivity),
                  _percent(m.specificity), _percent(m.agreement)] for name, m in c.models.items()]
-        tables.append((f"{c.condition}: {c.n_pos} positives / {c.n_neg} negatives, {threshold}",
+        counts = f"{plural(c.n_pos, 'positive')} / {plural(c.n_neg, 'negative')}"
+        tables.append((f"{c.condition}: {counts}, {threshold}",
                        ["model", "AUROC", "ΔAUROC [95% CI] DeLong p", "retention", "sensitivity", "specificity",
                         "agreement"], rows))
     cosine_rows = [[name, *(f"{v:.6f}" for v in metrics.distribution(values).values())]
                    for name, values in report.cosine.items()]
-    tables.append((f"Embedding cosine to {report.reference} ({report.n_images} images)",
+    tables.append((f"Embedding cosine to {report.reference} ({plural(report.n_images, 'image')})",
                    ["model", "min", "p1", "p5", "median", "mean", "max"], cosine_rows))
     return tables

@@ -14,7 +14,7 @@ from edge_retina.adapt.overlay import SUMMARY_HEADERS, adaptation_summary, remov
 from edge_retina.adapt.selection import METHODS
 from edge_retina.adapt.thresholds import MIN_POSITIVES
 from edge_retina.cli.command_error import fail
-from edge_retina.console_tables import print_wrapped, rich_table
+from edge_retina.console_tables import plural, print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 
@@ -73,7 +73,7 @@ def adapt(bundle_path, labels_csv, out, method, target_sensitivity, remove, back
                                "conditions": {name: {"head": c.head, "threshold": c.threshold,
                                                      "threshold_source": c.threshold_source, **c.report}
                                               for name, c in adaptation.conditions.items()}}, indent=1))
-    console.print(rich_table(f"site adaptation ({report.photos} photos, {adaptation.method}, target sensitivity "
-                             f"{adaptation.target_sensitivity:.0%})", SUMMARY_HEADERS,
+    console.print(rich_table(f"site adaptation ({plural(report.photos, 'photo')}, {adaptation.method}, "
+                             f"target sensitivity {adaptation.target_sensitivity:.0%})", SUMMARY_HEADERS,
                              adaptation_summary(adaptation.conditions), wrap_last=True))
     print_wrapped(console, f"wrote {report.out} (unsigned: sign it with `edge-retina bundle sign`)")

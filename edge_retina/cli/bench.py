@@ -19,7 +19,7 @@ from rich.text import Text
 from edge_retina.bench.shared_datasets import shared_datasets_dir
 from edge_retina.cli.command_error import fail
 from edge_retina.cli.inputs import expand_inputs
-from edge_retina.console_tables import parity_console_tables, print_wrapped, rich_table
+from edge_retina.console_tables import parity_console_tables, plural, print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.extras import import_for
@@ -28,12 +28,16 @@ from edge_retina.out_paths import unwritable_reason
 EXIT_GATE_FAILED = 1
 
 
-def _check_out(*paths: Path | None) -> None:
-    """Refuse an --out or --html that cannot be written before the benchmark runs, not after it."""
+def _check_out(*paths: Path | None, overwrite: bool) -> None:
+    """Refuse an --out or --html that cannot be written, or that holds a report and --overwrite was not
+    given, before the benchmark runs, not after it."""
     for path in paths:
-        reason = unwritable_reason(path) if path is not None else None
+        reason = unwritable_reason(path, overwrite=overwrite) if path is not None else None
         if reason:
             fail(f"cannot write the report to {path}: {reason}")
+
+
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing --out or --html report.")
 
 
 def _write_json(data: dict, path: Path | None, to_stdout: bool) -> None:
@@ -89,8 +93,9 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
 @click.option("--json", "as_json", is_flag=True, help="Print the full report (with samples and machine) as JSON.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Write an HTML report (host only).")
+@overwrite_option
 def latency(bundle_path, backend, precision, images, max_images, iterations, threads, streams, workers, cold_runs,
-            baseline, checkpoint, as_json, out, html) -> None:
+            baseline, checkpoint, as_json, out, html, overwrite) -> None:
     """Per-stage latency, raw engine, throughput, cold start and peak RSS, engines interleaved."""
     from edge_retina.bench.latency import (
         latency_table_rows,
@@ -100,7 +105,7 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     )
 
     console = Console(stderr=as_json)
-    _check_out(out, html)
+    _check_out(out, html, overwrite=overwrite)
     try:
         image_paths = _benchmark_images(images, max_images)
         engines = select_engines(bundle_path, backend, precision)
@@ -111,16 +116,16 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
         extra = []
         if baseline == "research":
             extra.append(_research_pipeline(bundle_path, checkpoint, threads))
-        with console.status(f"benchmarking {len(engines) + len(extra)} pipelines on {len(image_paths)} images"):
+        with console.status(f"benchmarking {plural(len(engines) + len(extra), 'pipeline')} on "
+                            f"{plural(len(image_paths), 'image')}"):
             report = run_latency(bundle_path, engines, image_paths, iterations=iterations, threads=threads,
                                  streams=streams, workers=workers, cold_runs=cold_runs, extra_pipelines=extra,
                                  baseline=None if baseline == "research" else baseline)
     except EdgeRetinaError as exc:
         fail(str(exc))
     data = report.to_dict()
-    images = f"{len(report.images)} image" + ("" if len(report.images) == 1 else "s")
-    rounds = f"{iterations} round" + ("" if iterations == 1 else "s")
-    console.print(rich_table(f"Latency per stage, median ms ({images} x {rounds}, "
+    console.print(rich_table(f"Latency per stage, median ms ({plural(len(report.images), 'image')} x "
+                             f"{plural(iterations, 'round')}, "
                              f"interleaved); speed-up against {data['baseline']}", *latency_table_rows(data),
                              width=console.width))
     console.print(rich_table("Throughput, cold start, memory", *system_table_rows(data), width=console.width))
@@ -172,14 +177,15 @@ def _research_pipeline(bundle_path: Path, checkpoint: Path | None, threads: int 
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Write an HTML report (host only).")
+@overwrite_option
 @click.option("--latency-json", type=click.Path(path_type=Path, exists=True), default=None,
               help="A 'bench latency --out' report to include in the HTML report.")
 def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, backend, precision, max_drop,
-           replicates, seed, threads, as_json, out, html, latency_json) -> None:
+           replicates, seed, threads, as_json, out, html, overwrite, latency_json) -> None:
     """AUROC per condition and engine against a reference, with CIs; a release gate.
 
     Exit status: 0 when every engine is within --max-drop of the reference, 1 when one is not,
-    2 when the run could not be made (bundle, labels, missing extra).
+    2 when the run could not be made (bundle, labels, an --out or --html refused, missing extra).
     """
     from edge_retina.bench.labels import read_labels_csv
     from edge_retina.bench.latency import select_engines
@@ -187,7 +193,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
     from edge_retina.bundle import load_bundle
 
     console = Console(stderr=as_json)
-    _check_out(out, html)
+    _check_out(out, html, overwrite=overwrite)
     try:
         manifest = load_bundle(bundle_path).manifest
         labelled = read_labels_csv(labels_csv, conditions=[c.name for c in manifest.prompts.conditions])
@@ -200,7 +206,7 @@ def parity(bundle_path, labels_csv, reference, checkpoint, student_checkpoint, b
             student = host.bundle_student(manifest, student_checkpoint)  # None for a teacher bundle
             host_models = [student] if student is not None else []
             gate_baseline = student[0] if student is not None else None
-        with console.status(f"parity on {len(labelled.paths)} images"):
+        with console.status(f"parity on {plural(len(labelled.paths), 'image')}"):
             report = bundle_parity(bundle_path, labelled, reference=reference_model, host_models=host_models,
                                    engines=engines, threads=threads, replicates=replicates, seed=seed,
                                    base=reference == "base", labels_csv=labels_csv)
@@ -255,4 +261,4 @@ def labels(dataset, split, datasets, limit, out) -> None:
         fail(str(exc))
     write_labels_csv(labelled, out)
     counts = ", ".join(f"{c} {int((y == 1).sum())}/{int((y == 0).sum())}" for c, y in labelled.labels.items())
-    print_wrapped(Console(), f"{out}: {len(labelled.paths)} images ({counts} positives/negatives)")
+    print_wrapped(Console(), f"{out}: {plural(len(labelled.paths), 'image')} ({counts} positives/negatives)")

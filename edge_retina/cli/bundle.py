@@ -14,7 +14,7 @@ from rich.text import Text
 
 from edge_retina.bundle import load_bundle, verify_bundle
 from edge_retina.cli.command_error import fail
-from edge_retina.console_tables import print_wrapped, rich_table
+from edge_retina.console_tables import plural, print_wrapped, rich_table
 from edge_retina.bundle.signing import (
     TrustedKeys,
     check_signature,
@@ -94,7 +94,7 @@ def _adaptation_table(adaptation) -> Table:
 
     made = adaptation.provenance
     return rich_table(f"site adaptation ({adaptation.method}, target sensitivity "
-                      f"{adaptation.target_sensitivity:.0%}; {made.get('photos_used')} photos of "
+                      f"{adaptation.target_sensitivity:.0%}; {plural(made.get('photos_used'), 'photo')} of "
                       f"{made.get('labels_file')} sha256 {str(made.get('labels_sha256'))[:12]}, {made.get('created')})",
                       SUMMARY_HEADERS, adaptation_summary(adaptation.conditions), wrap_last=True)
 

@@ -7,6 +7,12 @@ decides it: ``configure`` when the options are parsed, ``quiet_libraries`` aroun
 The bridge's commands log lines of their own, so they pass only our loggers' records to stderr
 (firmware_bridge.cli, which may not import this module); with -v, ``configure`` has set up logging
 for every logger before they run.
+
+Our own warnings (a signed bundle's manifest edited since, an engine cache that cannot be written)
+are log records, so that a library user's logging shows them with the rest; with logging not set up
+(every command but the bridge's, without -v) Python's handler of last resort prints them, as a bare
+line however long. ``configure`` replaces that handler with one that prints them as our lines for
+people are: "warning: ..." on stderr, wrapped to the terminal.
 """
 from __future__ import annotations
 
@@ -16,12 +22,31 @@ import os
 import warnings
 from typing import Iterator
 
+from rich.console import Console
+from rich.text import Text
+
 from edge_retina import LOG_FORMAT
+from edge_retina.console_tables import print_wrapped
+
+
+class _LastResortLines(logging.Handler):
+    """Records no handler took (warnings and errors), each as one "warning:"/"error:" line."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            label = ("warning:", "yellow") if record.levelno < logging.ERROR else ("error:", "red")
+            print_wrapped(Console(stderr=True), Text.assemble(label, f" {self.format(record)}"))
+        except Exception:
+            self.handleError(record)
 
 
 def configure(verbose: bool) -> None:
     """Runs while the options are parsed, before a host command's modules are imported: model-loading
     progress bars (Hugging Face) read their switch at import time."""
+    logging.lastResort = _LastResortLines()
     if verbose:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     else:

@@ -154,7 +154,7 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
             print_wrapped(console, f"referral covers only: {', '.join(screener.conditions)} (--conditions)")
         print_wrapped(console, f"engine: {engine.get('backend')} {engine.get('precision')} ({bundle_path})")
         if throughput and screened_any:
-            console.print(f"{throughput.describe()} ({pipeline.workers} workers); start-up {startup_s:.2f} s")
+            console.print(f"{throughput.describe()} ({plural(pipeline.workers, 'worker')}); start-up {startup_s:.2f} s")
         if rows_at and not interrupted:
             print_wrapped(console, f"results written to {rows_at}")
     if interrupted:
