@@ -44,7 +44,9 @@ from edge_retina.prompt_table import PromptTable
 DEFAULT_EXCLUSION_STEPS = (1, 2, 4, 8)
 #: Revision of the fallback ladder (part of the converter's engine cache key: a changed ladder
 #: rebuilds cached engines). 2: output-level layer ranking; QAT with the most sensitive layers in float.
-LADDER_REVISION = 2
+#: 3: OpenVINO engines checked in f32 on the CPU (bf16 before, on CPUs with AMX), and the verdict
+#: records the machine it was measured on.
+LADDER_REVISION = 3
 #: Layers QAT keeps in float: the most sensitive ones. Quantization noise made at the input side runs
 #: through the whole network: on the default student (EfficientNet-Lite0, OpenVINO PTQ) the four
 #: input-side convolutions, a tenth of its compute, made two thirds of the zero-shot score noise.

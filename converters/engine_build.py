@@ -19,6 +19,7 @@ from converters.accuracy_guard import GuardLimits, guarded_build, layer_sensitiv
 from converters.bundle_builder import BuiltEngine, engine_stem
 from converters.quantize.qat import QatArtefacts
 from converters.quantize.registry import build_engine, host_backend, quantizer_versions
+from devices import read_machine
 from edge_retina.backends import create_runner
 from edge_retina.bench.metrics import auroc
 from edge_retina.bundle import CalibrationInfo, EngineEntry
@@ -171,12 +172,20 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
         if directory != shipped_files[0].parent:
             shutil.rmtree(directory)
     notes = result.notes(context.limits)
+    notes["accuracy_guard"]["measured_on"] = measured_on()
     if result.method == "qat":
         notes["qat"] = context.qat(result.excluded_nodes).record
     return _entry(context, backend, shipped_precision, shipped_files,
                   calibration=(CalibrationInfo(calibration.manifest_sha256, calibration.size, calibration.method)
                                if shipped_precision == "int8" else None),
                   notes=notes, fallback=result.fallback_record())
+
+
+def measured_on() -> dict[str, Any]:
+    """The machine the guard's numbers come from: another family of INT8 kernels computes other
+    numbers, which the runtime checks (``edge_retina.engines.guard_measured_elsewhere``)."""
+    machine = read_machine()
+    return {"cpu_model": machine.cpu_model, "int8_kernels": machine.int8_kernels}
 
 
 def save_engine(engine: BuiltEngine, directory: Path) -> None:

@@ -176,3 +176,21 @@ def memory_report(profile: devices.DeviceProfile) -> dict[str, Any]:
         "rss_mib": round(rss_mib, 1),
         "within_budget": rss_mib <= profile.memory_budget_mib,
     }
+
+
+def guard_measured_elsewhere(engine: "EngineEntry", machine: devices.MachineFacts, backend_device: str = "CPU") -> str | None:
+    """Why ``engine``'s accuracy-guard verdict may not hold on ``machine``, or None.
+
+    An INT8 engine on the CPU computes other numbers on another family of INT8 kernels
+    (``devices.MachineFacts.int8_kernels``: x86 with VNNI, x86 without, ARM): the converter records
+    the family the guard measured on, and a device on another family should check the engine itself.
+    """
+    guard = engine.notes.get("accuracy_guard") or {}
+    measured = (guard.get("measured_on") or {}).get("int8_kernels")
+    on_cpu = engine.backend in _CPU_BACKENDS and backend_device.upper().startswith("CPU")
+    if engine.precision != "int8" or not on_cpu or measured is None or measured == machine.int8_kernels:
+        return None
+    here = machine.int8_kernels or "of an unknown family"
+    return (f"{engine.describe()} passed the accuracy guard on a CPU with {measured} INT8 kernels; this "
+            f"machine's are {here} and compute other numbers, so check the engine here with "
+            f"`edge-retina bench parity` on labelled photos (or use an FP32 engine: --precision fp32)")

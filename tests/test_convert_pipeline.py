@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from quantize_fixtures import CLASSES, eye4class_rows, write_csv
 from tiny_bundle import _tiny_encoder, tiny_recipe
 
@@ -17,9 +18,14 @@ from converters.convert_pipeline import (
     EngineTarget,
     convert,
 )
+import devices
 from edge_retina.bench.labels import LabelledImages, read_labels_csv
 from edge_retina.bundle import load_bundle
+from edge_retina.cli.bundle import bundle as bundle_cli
+from edge_retina.screener import Screener
 from narrow_terminal import unwrapped
+
+BOARDS = Path(__file__).parent / "data" / "boards"
 
 # TensorRT first: ModelOpt must not disturb the ONNX Runtime quantization that follows it.
 TARGETS = [EngineTarget("tensorrt", "int8"), EngineTarget("onnxruntime", "fp32"), EngineTarget("onnxruntime", "int8"),
@@ -47,7 +53,8 @@ def _settings(image_sets, cache: Path, **overrides) -> ConvertSettings:
     return ConvertSettings(**(options | overrides))
 
 
-def test_convert_builds_guarded_int8_with_thresholds_and_parity_then_resumes_from_cache(image_sets, tmp_path):
+def test_convert_builds_guarded_int8_with_thresholds_and_parity_then_resumes_from_cache(image_sets, tmp_path,
+                                                                                      monkeypatch, caplog):
     first_log: list[str] = []
     bundle_dir = convert(tiny_recipe(64), tmp_path / "bundle", _settings(image_sets, tmp_path / "cache"),
                          progress=first_log.append)
@@ -62,6 +69,7 @@ def test_convert_builds_guarded_int8_with_thresholds_and_parity_then_resumes_fro
             assert guard["conditions"][condition]["referral_agreement"] >= 0.9
             assert len(guard["conditions"][condition]["delta_auroc_ci"]) == 2
         assert all(check["margin"] >= 0 for check in guard["checks"])
+        assert guard["measured_on"]["int8_kernels"] == devices.read_machine().int8_kernels  # where it holds
         if engine.precision == "int8":
             assert engine.calibration.size == 6 and engine.calibration.method == "kcenter-embeddings"
     thresholds = {c.name: c for c in manifest.prompts.conditions}
@@ -70,6 +78,19 @@ def test_convert_builds_guarded_int8_with_thresholds_and_parity_then_resumes_fro
     parity = json.loads((bundle_dir / "reports" / "parity.json").read_text())
     assert parity["reference"] == "fp32 onnx" and parity["images"] == 12
     assert not any("cached" in line for line in first_log)
+    inspected = CliRunner().invoke(bundle_cli, ["inspect", str(bundle_dir)])
+    assert inspected.exit_code == 0, inspected.output
+    here = devices.read_machine()
+    for phrase in ("onnxruntime/int8/teacher: passed the accuracy guard on 12 photos (closest: ",
+                   f"measured on {here.cpu_model} ({here.int8_kernels} INT8 kernels)"):
+        assert unwrapped(phrase) in unwrapped(inspected.output), inspected.output
+    # A device whose INT8 kernels are another family than the guard's is told to check the engine.
+    other = "x86-avx2" if here.int8_kernels != "x86-avx2" else "x86-avx512-vnni"
+    monkeypatch.setattr(devices, "read_machine", lambda root="/": devices.facts.read_machine(BOARDS / other))
+    with Screener.from_bundle(bundle_dir, backend="onnxruntime", precision="int8"):
+        pass
+    assert any("passed the accuracy guard on a CPU with" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records), caplog.text
 
     second_log: list[str] = []
     again = convert(tiny_recipe(64), tmp_path / "again", _settings(image_sets, tmp_path / "cache"),

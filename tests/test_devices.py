@@ -387,3 +387,28 @@ def test_this_machine_screens_with_openvino_int8_by_default(bundle_with_openvino
         assert s.screen(retina_jpeg).screened
     with Screener.from_bundle(bundle_with_openvino_int8, device="arm64-cpu") as s:  # OpenVINO gains nothing on ARM
         assert (s.engine_info["backend"], s.engine_info["precision"]) == ("onnxruntime", "fp32")
+
+
+# -- where an INT8 engine's accuracy-guard verdict holds ---------------------------------------
+
+@pytest.mark.parametrize("board, kernels", [("x86-avx512-vnni", "x86-vnni"), ("x86-avx2", "x86-avx2"),
+                                            ("raspberry-pi-5", "arm64"), ("xavier-nx-jp51", "arm64")])
+def test_each_board_names_its_int8_kernel_family(board, kernels):
+    assert devices.read_machine(BOARDS / board).int8_kernels == kernels
+    assert detect_board(board).facts["machine"]["int8_kernels"] == kernels
+
+
+def guarded(backend, precision, measured_on):
+    return replace(engine(backend, precision), notes={"accuracy_guard": {"passed": True, "measured_on": measured_on}})
+
+
+def test_an_int8_engine_guarded_on_another_kernel_family_says_to_check_it_here():
+    avx2, vnni = devices.read_machine(BOARDS / "x86-avx2"), devices.read_machine(BOARDS / "x86-avx512-vnni")
+    int8 = guarded("openvino", "int8", {"cpu_model": "Xeon", "int8_kernels": "x86-vnni"})
+    message = engines.guard_measured_elsewhere(int8, avx2)
+    assert "x86-vnni" in message and "x86-avx2" in message and "bench parity" in message
+    assert engines.guard_measured_elsewhere(int8, vnni) is None                      # the same family
+    assert engines.guard_measured_elsewhere(int8, avx2, backend_device="GPU") is None  # not the CPU's kernels
+    fp16 = guarded("openvino", "fp16", {"cpu_model": "Xeon", "int8_kernels": "x86-vnni"})
+    assert engines.guard_measured_elsewhere(fp16, avx2) is None                     # no INT8 arithmetic
+    assert engines.guard_measured_elsewhere(engine("onnxruntime", "int8"), avx2) is None  # older bundles: no record

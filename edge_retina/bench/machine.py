@@ -5,9 +5,10 @@ import importlib.metadata
 import os
 import platform
 import sys
-from pathlib import Path
 
 import psutil
+
+from devices import read_machine
 
 #: CPU flags that decide which kernels the inference libraries pick (x86 SIMD / AMX, ARM NEON / dot).
 RELEVANT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
@@ -16,21 +17,6 @@ RELEVANT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw",
 
 LIBRARIES = ("numpy", "opencv-python-headless", "opencv-python", "onnxruntime", "openvino", "tensorrt", "pillow",
              "torch")
-
-
-def _cpuinfo() -> tuple[str, list[str]]:
-    """(model name, flags) from /proc/cpuinfo on Linux; platform's answer elsewhere."""
-    model, flags = platform.processor() or platform.machine(), []
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "cpu model", "hardware") and value.strip():
-                model = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = value.split()
-    return model, flags
 
 
 def library_versions() -> dict[str, str]:
@@ -44,10 +30,11 @@ def library_versions() -> dict[str, str]:
 
 
 def machine_info() -> dict:
-    model, flags = _cpuinfo()
+    facts = read_machine()  # /proc/cpuinfo on Linux; platform's answer for the model elsewhere
     return {
-        "cpu_model": model,
-        "cpu_flags": [f for f in RELEVANT_FLAGS if f in flags],
+        "cpu_model": facts.cpu_model or platform.processor() or platform.machine(),
+        "cpu_flags": [f for f in RELEVANT_FLAGS if f in facts.cpu_flags],
+        "int8_kernels": facts.int8_kernels,
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edge_retina.bundle import load_bundle, verify_bundle
+from edge_retina.bundle import EngineEntry, load_bundle, verify_bundle
 from edge_retina.cli.command_error import fail
 from edge_retina.console_tables import plural, print_wrapped, rich_table
 from edge_retina.bundle.signing import (
@@ -70,6 +70,10 @@ def inspect(path: Path, as_json: bool) -> None:
                 if e.get("calibration") else "-", e["files"][0]] for e in m["engines"]]
     console.print(rich_table("engines", ["backend", "precision", "role", "device profile", "calibration", "file"],
                              engines))
+    for engine in manifest.engines:
+        verdict = _guard_verdict(engine)
+        if verdict:
+            print_wrapped(console, f"{engine.describe()}: {verdict}")
     prompts = m["prompts"]
     conditions = []
     for c in prompts["conditions"]:
@@ -86,6 +90,28 @@ def inspect(path: Path, as_json: bool) -> None:
     prov = m["provenance"]
     print_wrapped(console, f"built by {prov.get('tool')} {prov.get('tool_version')} on {prov.get('created')}: "
                            f"{prov.get('command')}")
+
+
+def _guard_verdict(engine: EngineEntry) -> str | None:
+    """What the converter's accuracy guard said of an engine, in a line: what was asked for and
+    shipped, on how many photos, how close the closest check came, and on which CPU it measured."""
+    guard = engine.notes.get("accuracy_guard")
+    if not isinstance(guard, dict) or engine.precision == "fp32" and not engine.fallback:
+        return None
+    parts = []
+    if engine.fallback:
+        attempts = engine.fallback.get("attempts") or []
+        parts.append(f"{engine.fallback.get('requested')} requested; {plural(len(attempts) - 1, 'attempt')} "
+                     f"failed the accuracy guard, {engine.precision} shipped")
+    else:
+        checks = [c for c in guard.get("checks") or [] if "margin" in c]
+        closest = min(checks, key=lambda c: c["margin"], default=None)
+        parts.append(f"passed the accuracy guard on {guard.get('images')} photos"
+                     + (f" (closest: {closest['check']}, margin {closest['margin']:+.4f})" if closest else ""))
+    measured = guard.get("measured_on") or {}
+    if measured.get("int8_kernels"):
+        parts.append(f"measured on {measured.get('cpu_model')} ({measured['int8_kernels']} INT8 kernels)")
+    return "; ".join(parts)
 
 
 def _adaptation_table(adaptation) -> Table:
