@@ -62,9 +62,8 @@ class MachineFacts:
 
         - ``x86-vnni``: AVX-512 VNNI, AVX-VNNI or AMX multiply INT8 and add into 32 bits;
         - ``x86-avx2``: without VNNI, u8 x s8 products are added in pairs in 16 bits, which can
-          saturate (what NNCF's overflow fix and ONNX Runtime's ``reduce_range`` are for). Measured
-          here on the default student, ONNX Runtime INT8 embeddings against FP32: mean cosine 0.980
-          on an AVX2 EPYC, 0.997 on a Xeon with VNNI;
+          saturate (what NNCF's overflow fix and ONNX Runtime's ``reduce_range`` are for; the two
+          families side by side: BENCHMARKS.md, "INT8 engines");
         - ``arm64``: NEON (and the dot-product and i8mm extensions) add into 32 bits;
         - None: another or an unknown CPU.
         """

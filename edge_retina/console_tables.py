@@ -95,19 +95,21 @@ def print_wrapped(console: Console, message: str | Text) -> None:
     wrapped progress line under a step reads as one item. A str is printed as it is (no markup);
     style parts of a line with a Text."""
     text = message.copy() if isinstance(message, Text) else Text(message)
+    text.expand_tabs(console.tab_size)  # so that the wrapped first line is a prefix of the line
     for line in text.split("\n"):
         plain = line.plain
-        width = console.width - (len(plain.encode()) - len(plain))
-        indent = len(plain) - len(plain.lstrip(" ")) + HANGING_INDENT
+        # A character takes at most 3 bytes per column (e.g. "…"), so a third of the terminal always fits.
+        width = max(console.width // 3, console.width - (len(plain.encode()) - len(plain)), 1)
+        indent = min(len(plain) - len(plain.lstrip(" ")) + HANGING_INDENT, max(0, width - WRAP_MIN))
         first = line.wrap(console, width)[0]
         rest = line[len(first.plain):]
         rest = rest[len(rest.plain) - len(rest.plain.lstrip()):]
         lines = [first]
         if rest.plain:
-            lines += [Text(" " * indent) + part for part in rest.wrap(console, max(width - indent, WRAP_MIN))]
+            lines += [Text(" " * indent) + part for part in rest.wrap(console, max(width - indent, 1))]
         for part in lines:
             part.rstrip()
-            console.print(part, highlight=False, markup=False, no_wrap=True, crop=False)
+            console.print(part, highlight=False, markup=False, overflow="fold", width=width)
 
 
 def identical_rows(rows: list[list[str]], keep: int = 1) -> tuple[list[list[str]], list[str]]:

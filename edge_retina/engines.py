@@ -10,7 +10,7 @@ choices, the manifest schema and the runners take their names from here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Collection, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence
 
 import psutil
 
@@ -33,6 +33,8 @@ BACKEND_PREFERENCE = ("onnxruntime", "openvino", "tensorrt")
 PRECISION_PREFERENCE = ("int8", "fp16", "fp32")
 
 _CPU_BACKENDS = ("onnxruntime", "openvino")
+#: OpenVINO's devices that are not hardware: they dispatch to those listed after ":" (or any that fits).
+OPENVINO_VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 
 
 def _preference_rank(e: "EngineEntry") -> tuple[int, int, int]:
@@ -178,19 +180,34 @@ def memory_report(profile: devices.DeviceProfile) -> dict[str, Any]:
     }
 
 
-def guard_measured_elsewhere(engine: "EngineEntry", machine: devices.MachineFacts, backend_device: str = "CPU") -> str | None:
-    """Why ``engine``'s accuracy-guard verdict may not hold on ``machine``, or None.
+
+def runs_on_cpu(backend: str, device: str = "CPU") -> bool:
+    """Whether ``backend`` on ``device`` may compute on the CPU: ONNX Runtime (its CPU provider), and
+    OpenVINO on "CPU" or on a virtual device that names the CPU or no device at all (AUTO may pick it)."""
+    if backend != "openvino":
+        return backend == "onnxruntime"
+    family, _, targets = device.upper().partition(":")
+    family = family.split(".")[0]
+    if family in OPENVINO_VIRTUAL_DEVICES:
+        return not targets or "CPU" in {t.strip().split(".")[0] for t in targets.split(",")}
+    return family == "CPU"
+
+
+def int8_guard_caveat(engine: "EngineEntry", device: str,
+                      machine: Callable[[], devices.MachineFacts] | None = None) -> str | None:
+    """Why ``engine``'s accuracy-guard verdict may not hold on this ``machine()``, or None.
 
     An INT8 engine on the CPU computes other numbers on another family of INT8 kernels
     (``devices.MachineFacts.int8_kernels``: x86 with VNNI, x86 without, ARM): the converter records
-    the family the guard measured on, and a device on another family should check the engine itself.
+    the family the guard measured on, and a device of another family should check the engine itself.
+    ``machine`` (default: ``devices.read_machine``) is only called for such an engine.
     """
-    guard = engine.notes.get("accuracy_guard") or {}
-    measured = (guard.get("measured_on") or {}).get("int8_kernels")
-    on_cpu = engine.backend in _CPU_BACKENDS and backend_device.upper().startswith("CPU")
-    if engine.precision != "int8" or not on_cpu or measured is None or measured == machine.int8_kernels:
+    measured = engine.guard_measured_on.get("int8_kernels")
+    if engine.precision != "int8" or not measured or not runs_on_cpu(engine.backend, device):
         return None
-    here = machine.int8_kernels or "of an unknown family"
+    here = (machine or devices.read_machine)().int8_kernels
+    if here == measured:
+        return None
     return (f"{engine.describe()} passed the accuracy guard on a CPU with {measured} INT8 kernels; this "
-            f"machine's are {here} and compute other numbers, so check the engine here with "
-            f"`edge-retina bench parity` on labelled photos (or use an FP32 engine: --precision fp32)")
+            f"machine's are {here or 'of an unknown family'} and compute other numbers: check the engine "
+            f"here with `edge-retina bench parity` on labelled photos, or open an FP32 engine")

@@ -173,9 +173,9 @@ class Screener:
                 logger.info("%s", reason)
         if threads is not None:
             options["threads"] = threads
-        elsewhere = engines.guard_measured_elsewhere(engine, devices.read_machine(), options.get("device", "CPU"))
-        if elsewhere:
-            logger.warning("%s", elsewhere)
+        caveat = engines.int8_guard_caveat(engine, options.get("device", "CPU"))
+        if caveat:
+            logger.warning("%s", caveat)
         runner = create_runner(
             engine.backend,
             bundle.path_of(engine.files[0]),

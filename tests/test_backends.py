@@ -104,13 +104,14 @@ def test_openvino_fp32_matches_onnxruntime(models, images, reference, model):
     np.testing.assert_allclose(embeddings, reference, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_openvino_computes_in_f32_on_the_cpu_whatever_the_precision(models, images, reference, precision):
+@pytest.mark.parametrize("precision, device", [("fp16", "CPU"), ("int8", "CPU"), ("fp16", "AUTO"), ("fp16", "AUTO:CPU")])
+def test_openvino_computes_in_f32_on_the_cpu_whatever_the_precision(models, images, reference, precision, device):
     """What the accuracy guard checked on one CPU is what another computes: without the pin, a CPU with
     bf16 (AMX, AVX-512 BF16) would run the floating-point part of an FP16 or INT8 engine in bf16."""
-    with create_runner("openvino", models["dynamic"], precision=precision) as runner:
+    with create_runner("openvino", models["dynamic"], precision=precision, device=device) as runner:
         embeddings = runner.infer(images)
-        assert runner.compiled_model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+        if device == "CPU":
+            assert runner.compiled_model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
     np.testing.assert_allclose(embeddings, reference, rtol=1e-5, atol=1e-6)
     if ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT") != ov.Type.f32:  # a bf16 CPU, as here
         unpinned = ov.Core().compile_model(str(models["dynamic"]), "CPU")

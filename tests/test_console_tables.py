@@ -3,9 +3,18 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
+from rich.text import Text
 
-from edge_retina.console_tables import identical_rows, image_labels, parity_console_tables, rich_table
+from edge_retina.console_tables import (
+    HANGING_INDENT,
+    identical_rows,
+    image_labels,
+    parity_console_tables,
+    print_wrapped,
+    rich_table,
+)
 
 HEADERS = ["pipeline", "total", "speed-up wall/CPU", "decode", "preprocess", "inference", "lookup", "total p90",
            "total p99", "CPU", "engine alone", "overhead over engine"]
@@ -59,3 +68,38 @@ def test_image_labels_tell_apart_photos_with_the_same_name():
     assert image_labels(sources) == ["full/0003.jpg", "test/0003.jpg", "P1.jpg", "x/a/b/P2.jpg", "y/a/b/P2.jpg",
                                      "0003.jpg"]
     assert image_labels(["/a/x.jpg", "/a/x.jpg"]) == ["/a/x.jpg", "/a/x.jpg"]  # the same photo twice
+
+
+def _printed(message, width: int) -> list[str]:
+    out = io.StringIO()
+    print_wrapped(Console(file=out, width=width, color_system=None), message)
+    return out.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("width", [10, 20, 80])
+@pytest.mark.parametrize("message", [
+    "    int8 excluding 4 layer(s): " + "amd referral agreement 0.9801 < 0.99; " * 6,
+    "error: cannot read /" + "a-site-folder/" * 12 + "x.jpg: no such file",
+    " " * 30 + "word " * 20,
+    "ΔAUROC 95% CI … " * 12 + "é" * 200,
+    "a\tb word1 word2 word3 word4 word5 word6 word7 word8",
+])
+def test_a_wrapped_line_loses_nothing_and_no_line_is_wider_than_the_terminal_in_bytes(message, width):
+    lines = _printed(message, width)
+    assert "".join(message.expandtabs(8).split()) == "".join("".join(lines).split())  # every character, in order
+    assert all(len(line.encode()) <= width for line in lines), lines
+
+
+def test_continuation_lines_hang_under_the_first_and_styles_survive_the_split():
+    lines = _printed("    step: " + "word " * 30, 40)
+    assert len(lines) > 2 and lines[0].startswith("    step: ")
+    assert all(line.startswith(" " * (4 + HANGING_INDENT) + "word") for line in lines[1:]), lines
+    out = io.StringIO()
+    print_wrapped(Console(file=out, width=30, color_system="standard", force_terminal=True),
+                  Text.assemble(("error:", "red"), " " + "word " * 12))
+    assert out.getvalue().startswith("\x1b[31merror:\x1b[0m")
+
+
+def test_blank_and_multi_line_messages_keep_their_lines():
+    assert _printed("", 80) == [""]
+    assert _printed("first\n\nthird", 80) == ["first", "", "third"]

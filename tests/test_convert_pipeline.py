@@ -149,10 +149,15 @@ def test_int8_without_calibration_images_fails_at_the_calibration_step(tmp_path)
 def test_guard_limits_that_int8_cannot_meet_ship_fp32_and_say_so(image_sets, tmp_path):
     settings = _settings(image_sets, tmp_path / "cache", targets=[EngineTarget("onnxruntime", "int8")],
                          limits=GuardLimits(min_referral_agreement=0.9, min_mean_cosine=1.0 - 1e-9), qat="never")
-    engine = load_bundle(convert(tiny_recipe(64), tmp_path / "bundle", settings)).manifest.engines[0]
+    bundle_dir = convert(tiny_recipe(64), tmp_path / "bundle", settings)
+    engine = load_bundle(bundle_dir).manifest.engines[0]
     assert engine.precision == "fp32" and engine.calibration is None
     assert engine.fallback["requested"] == "int8" and engine.fallback["shipped"] == "fp32"
     assert engine.fallback["reason"].startswith("mean cosine")
+    failed = len(engine.fallback["attempts"]) - 1
+    inspected = CliRunner().invoke(bundle_cli, ["inspect", str(bundle_dir)])
+    assert unwrapped(f"onnxruntime/fp32/teacher: int8 requested; {failed} attempts failed the accuracy guard, "
+                     f"fp32 shipped; measured on") in unwrapped(inspected.output), inspected.output
 
 
 def test_qat_always_runs_once_for_every_backend_and_is_recorded(image_sets, tmp_path):

@@ -405,10 +405,31 @@ def guarded(backend, precision, measured_on):
 def test_an_int8_engine_guarded_on_another_kernel_family_says_to_check_it_here():
     avx2, vnni = devices.read_machine(BOARDS / "x86-avx2"), devices.read_machine(BOARDS / "x86-avx512-vnni")
     int8 = guarded("openvino", "int8", {"cpu_model": "Xeon", "int8_kernels": "x86-vnni"})
-    message = engines.guard_measured_elsewhere(int8, avx2)
+    message = engines.int8_guard_caveat(int8, "CPU", lambda: avx2)
     assert "x86-vnni" in message and "x86-avx2" in message and "bench parity" in message
-    assert engines.guard_measured_elsewhere(int8, vnni) is None                      # the same family
-    assert engines.guard_measured_elsewhere(int8, avx2, backend_device="GPU") is None  # not the CPU's kernels
+    assert engines.int8_guard_caveat(int8, "AUTO", lambda: avx2) == message           # AUTO may pick the CPU
+    assert engines.int8_guard_caveat(int8, "CPU", lambda: vnni) is None               # the same family
+    assert engines.int8_guard_caveat(int8, "GPU.0", lambda: avx2) is None             # not the CPU's kernels
+    ort = guarded("onnxruntime", "int8", {"cpu_model": "Xeon", "int8_kernels": "x86-vnni"})
+    assert engines.int8_guard_caveat(ort, "CPU", lambda: avx2) == message.replace("openvino", "onnxruntime")
+
+
+@pytest.mark.parametrize("notes", [{}, {"accuracy_guard": "passed"}, {"accuracy_guard": {"measured_on": "a Xeon"}},
+                                   {"accuracy_guard": {"passed": True}}])
+def test_engines_without_a_usable_guard_record_open_without_reading_the_machine(notes):
+    """Older bundles and other writers' free-form notes: no caveat, and /proc/cpuinfo is not read."""
+    def unread():
+        raise AssertionError("read the machine")
+    for precision in ("fp32", "fp16", "int8"):
+        assert engines.int8_guard_caveat(replace(engine("openvino", precision), notes=notes), "CPU", unread) is None
     fp16 = guarded("openvino", "fp16", {"cpu_model": "Xeon", "int8_kernels": "x86-vnni"})
-    assert engines.guard_measured_elsewhere(fp16, avx2) is None                     # no INT8 arithmetic
-    assert engines.guard_measured_elsewhere(engine("onnxruntime", "int8"), avx2) is None  # older bundles: no record
+    assert engines.int8_guard_caveat(fp16, "CPU", unread) is None                      # no INT8 arithmetic
+
+
+@pytest.mark.parametrize("backend, device, expected", [
+    ("onnxruntime", "CPU", True), ("openvino", "CPU", True), ("openvino", "cpu.0", True),
+    ("openvino", "GPU", False), ("openvino", "GPU.1", False), ("openvino", "AUTO", True),
+    ("openvino", "AUTO:GPU,CPU", True), ("openvino", "AUTO:GPU", False), ("openvino", "HETERO:GPU.0,CPU", True),
+    ("tensorrt", "CPU", False)])
+def test_which_backend_and_device_compute_on_the_cpu(backend, device, expected):
+    assert engines.runs_on_cpu(backend, device) is expected

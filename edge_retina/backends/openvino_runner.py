@@ -12,27 +12,24 @@ import openvino.properties as ov_props
 import openvino.properties.hint as ov_hints
 
 from edge_retina.backends.base import Dim, Runner
+from edge_retina.engines import OPENVINO_VIRTUAL_DEVICES, runs_on_cpu
 from edge_retina.errors import BackendError
 from edge_retina.user_caches import mark_used
 
 logger = logging.getLogger(__name__)
 
-# Device names OpenVINO accepts that are not hardware (they dispatch to the devices listed by Core).
-_VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 
 
 class OpenVinoRunner(Runner):
     """A model compiled by ``openvino.Core`` for ``device`` with the LATENCY performance hint.
 
-    On the CPU every precision pins ``INFERENCE_PRECISION_HINT`` to f32, and so does ``precision="fp32"``
-    on any device: on CPUs with AVX-512 BF16 or AMX, OpenVINO otherwise runs the floating-point part of
-    a model in bf16, so an FP32 model drifts from its reference and an FP16 IR computes something else
-    than what the accuracy guard checked on a CPU without bf16 (measured on a Xeon with AMX, the
-    default student's FP16 IR against its FP32 ONNX on 1,000 photos: mean cosine 0.99930, p1 0.9946 in
-    bf16; 1.00000 and 0.99999 pinned; its referral agreement in bf16 was 0.981 for diabetic
-    retinopathy, below the guard's 0.99). An FP16 IR's weights are then widened to f32 on the CPU; an
-    INT8 IR's quantized layers run in INT8 either way (same embeddings, same speed, measured). A GPU
-    keeps the plugin default (f16) for FP16 and INT8.
+    Whatever the precision, the CPU computes the floating-point part of a model in f32
+    (``INFERENCE_PRECISION_HINT``; for "fp32" on every device): on CPUs with AVX-512 BF16 or AMX,
+    OpenVINO's default is bf16, in which an FP32 model drifts from its reference and an FP16 or INT8
+    engine computes something else than the accuracy guard checked on a CPU without bf16 (the default
+    student's FP16 IR in bf16 failed the guard: BENCHMARKS.md, "INT8 engines"). An FP16 IR's weights are
+    widened to f32 on the CPU; an INT8 IR's quantized layers run in INT8 either way. Under AUTO, HETERO
+    or MULTI only the CPU gets the hint; a GPU keeps its default (f16) for FP16 and INT8.
     ``threads`` sets ``INFERENCE_NUM_THREADS`` on the CPU (the GPU plugin has no such pool);
     ``cache_dir`` turns on OpenVINO's compiled-model cache, which makes later loads much faster.
     """
@@ -64,9 +61,11 @@ class OpenVinoRunner(Runner):
 
         self._check_device_available(core)
         config: dict[str, Any] = {ov_hints.performance_mode: ov_hints.PerformanceMode.LATENCY}
-        if precision == "fp32" or self._on_cpu:
+        if precision == "fp32":
             config[ov_hints.inference_precision] = ov.Type.f32
-        if threads is not None and self._on_cpu:
+        elif runs_on_cpu("openvino", device):  # the CPU's share only: a GPU that AUTO picks keeps f16
+            config[ov_props.device.properties] = {"CPU": {ov_hints.inference_precision: ov.Type.f32}}
+        if threads is not None and self._on_cpu_plugin:
             config[ov_props.inference_num_threads] = threads
         if self.cache_dir is not None:
             self._use_cache(core, self.cache_dir)
@@ -93,7 +92,7 @@ class OpenVinoRunner(Runner):
         core.set_property({ov_props.cache_dir: str(cache_dir)})
 
     @property
-    def _on_cpu(self) -> bool:
+    def _on_cpu_plugin(self) -> bool:  # the CPU plugin itself, whose properties (threads) may be set
         return self.device.upper().split(".")[0] == "CPU"
 
     def _read_model(self, core: ov.Core) -> ov.Model:
@@ -114,7 +113,7 @@ class OpenVinoRunner(Runner):
 
     def _check_device_available(self, core: ov.Core) -> None:
         family = self.device.upper().split(":")[0].split(".")[0]
-        if family in _VIRTUAL_DEVICES:
+        if family in OPENVINO_VIRTUAL_DEVICES:
             return
         available = core.available_devices
         if self.device.upper() not in available and family not in {d.split(".")[0] for d in available}:
@@ -148,7 +147,7 @@ class OpenVinoRunner(Runner):
             "inference_precision": self._compiled.get_property(ov_hints.inference_precision).get_type_name(),
             "performance_hint": str(self._compiled.get_property(ov_hints.performance_mode)),
         }
-        if self._on_cpu:
+        if self._on_cpu_plugin:
             details["inference_num_threads"] = self._compiled.get_property(ov_props.inference_num_threads)
         return details
 

@@ -108,6 +108,19 @@ class EngineEntry:
         profile = f"@{self.device_profile}" if self.device_profile else ""
         return f"{self.backend}/{self.precision}/{self.role}{profile}"
 
+    @property
+    def accuracy_guard(self) -> Mapping[str, Any]:
+        """The converter's accuracy-guard record (``notes.accuracy_guard``, docs/QUANTIZATION.md), or {}:
+        ``notes`` is free-form, so another writer's engine may have none or another shape."""
+        guard = self.notes.get("accuracy_guard")
+        return guard if isinstance(guard, Mapping) else {}
+
+    @property
+    def guard_measured_on(self) -> Mapping[str, Any]:
+        """Where the guard measured: ``cpu_model`` and ``int8_kernels`` (``devices.MachineFacts``), or {}."""
+        measured = self.accuracy_guard.get("measured_on")
+        return measured if isinstance(measured, Mapping) else {}
+
 
 @dataclass(frozen=True)
 class ConditionEntry:

@@ -95,22 +95,23 @@ def inspect(path: Path, as_json: bool) -> None:
 def _guard_verdict(engine: EngineEntry) -> str | None:
     """What the converter's accuracy guard said of an engine, in a line: what was asked for and
     shipped, on how many photos, how close the closest check came, and on which CPU it measured."""
-    guard = engine.notes.get("accuracy_guard")
-    if not isinstance(guard, dict) or engine.precision == "fp32" and not engine.fallback:
+    guard = engine.accuracy_guard
+    if not guard or engine.precision == "fp32" and not engine.fallback:
         return None
-    parts = []
     if engine.fallback:
-        attempts = engine.fallback.get("attempts") or []
-        parts.append(f"{engine.fallback.get('requested')} requested; {plural(len(attempts) - 1, 'attempt')} "
-                     f"failed the accuracy guard, {engine.precision} shipped")
+        failed = len(engine.fallback.get("attempts") or [None]) - 1  # the last attempt is what shipped
+        parts = [f"{engine.fallback.get('requested')} requested; {plural(failed, 'attempt')} failed the "
+                 f"accuracy guard, {engine.precision} shipped"]
     else:
-        checks = [c for c in guard.get("checks") or [] if "margin" in c]
+        checks = [c for c in guard.get("checks") or [] if isinstance(c, dict) and "margin" in c]
         closest = min(checks, key=lambda c: c["margin"], default=None)
-        parts.append(f"passed the accuracy guard on {guard.get('images')} photos"
-                     + (f" (closest: {closest['check']}, margin {closest['margin']:+.4f})" if closest else ""))
-    measured = guard.get("measured_on") or {}
-    if measured.get("int8_kernels"):
-        parts.append(f"measured on {measured.get('cpu_model')} ({measured['int8_kernels']} INT8 kernels)")
+        parts = [f"passed the accuracy guard on {guard.get('images', 0):,} photos"
+                 + (f" (closest: {closest['check']}, margin {closest['margin']:+.4f})" if closest else "")]
+    measured = engine.guard_measured_on
+    if measured:
+        kernels = measured.get("int8_kernels")
+        parts.append(f"measured on {measured.get('cpu_model') or 'an unknown CPU'}"
+                     + (f" ({kernels} INT8 kernels)" if kernels else ""))
     return "; ".join(parts)
 
 

@@ -18,13 +18,19 @@ EXIT_INTERRUPTED = 130
 EXIT_REFUSED = 2
 
 
+def print_labelled(label: str, message: str) -> None:
+    """One of our lines for people on stderr: "error: ..." (red) or "warning: ..." (yellow), wrapped."""
+    print_wrapped(Console(stderr=True), Text.assemble((f"{label}:", "red" if label == "error" else "yellow"),
+                                                      f" {message}"))
+
+
 class CommandError(click.ClickException):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        print_wrapped(Console(stderr=True), Text.assemble(("error:", "red"), f" {self.format_message()}"))
+        print_labelled("error", self.format_message())
 
 
 def fail(message: object, exit_code: int = EXIT_REFUSED) -> NoReturn:

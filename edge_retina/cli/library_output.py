@@ -22,23 +22,25 @@ import os
 import warnings
 from typing import Iterator
 
-from rich.console import Console
-from rich.text import Text
-
 from edge_retina import LOG_FORMAT
-from edge_retina.console_tables import print_wrapped
+from edge_retina.cli.command_error import print_labelled
+
+#: The packages whose loggers are ours (pyproject.toml's importlinter root packages).
+OUR_PACKAGES = ("edge_retina", "converters", "calibration", "devices", "firmware_bridge")
 
 
 class _LastResortLines(logging.Handler):
-    """Records no handler took (warnings and errors), each as one "warning:"/"error:" line."""
+    """Records no handler took (warnings and errors), each as one "warning:"/"error:" line; another
+    library's are prefixed with its logger's name, so that they are not read as ours."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            label = ("warning:", "yellow") if record.levelno < logging.ERROR else ("error:", "red")
-            print_wrapped(Console(stderr=True), Text.assemble(label, f" {self.format(record)}"))
+            ours = record.name.split(".")[0] in OUR_PACKAGES
+            message = self.format(record) if ours else f"{record.name}: {self.format(record)}"
+            print_labelled("warning" if record.levelno < logging.ERROR else "error", message)
         except Exception:
             self.handleError(record)
 
