@@ -183,7 +183,7 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
 
 def measured_on() -> dict[str, Any]:
     """The machine the guard's numbers come from: another family of INT8 kernels computes other
-    numbers, which the runtime checks (``edge_retina.engines.guard_measured_elsewhere``)."""
+    numbers, which the runtime checks (``edge_retina.engines.int8_guard_caveat``)."""
     machine = read_machine()
     return {"cpu_model": machine.cpu_model, "int8_kernels": machine.int8_kernels}
 

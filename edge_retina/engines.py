@@ -180,7 +180,6 @@ def memory_report(profile: devices.DeviceProfile) -> dict[str, Any]:
     }
 
 
-
 def runs_on_cpu(backend: str, device: str = "CPU") -> bool:
     """Whether ``backend`` on ``device`` may compute on the CPU: ONNX Runtime (its CPU provider), and
     OpenVINO on "CPU" or on a virtual device that names the CPU or no device at all (AUTO may pick it)."""

@@ -19,7 +19,6 @@ from edge_retina.user_caches import mark_used
 logger = logging.getLogger(__name__)
 
 
-
 class OpenVinoRunner(Runner):
     """A model compiled by ``openvino.Core`` for ``device`` with the LATENCY performance hint.
 
