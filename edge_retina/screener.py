@@ -23,7 +23,7 @@ import devices
 from . import engines
 from .adapt.overlay import bundle_scoring
 from .backends import Runner, available_backends, create_runner
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, EngineEntry, load_bundle
 from .errors import EdgeRetinaError, ImageError
 from .user_caches import user_cache_dir
 from .preprocess import Preprocessor
@@ -106,6 +106,24 @@ def engine_cache_dir(bundle: Bundle) -> Path:
     return user_cache_dir("engines") / hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
 
 
+def choose_engine(
+    bundle: Bundle, backend: str | None = None, device: str | None = None, precision: str | None = None,
+) -> tuple[EngineEntry, dict[str, Any], devices.DeviceProfile | None]:
+    """The engine ``Screener.from_bundle`` opens for these arguments, the runner options its device
+    profile gives (backend device, threads) and that profile (None when no profile applies); for a
+    caller that opens the engine elsewhere, e.g. on archive workers, to say what they will run."""
+    profile = engines.device_profile(bundle.manifest.engines, device, backend, precision)
+    if profile is None:
+        return bundle.select_engine(backend=backend, precision=precision), {}, None
+    selection = engines.select_engine_for_profile(
+        bundle.manifest.engines, profile, available_backends(),
+        backend=backend, precision=precision, apply_settings=device is not None,
+    )
+    for reason in selection.reasons:
+        logger.info("%s", reason)
+    return selection.engine, selection.runner_options, profile
+
+
 class Screener:
     """Preprocessing, one engine and the prompt table of a bundle, ready to screen images."""
 
@@ -159,18 +177,7 @@ class Screener:
             from .bundle.signing import check_signature  # cryptography: only when signatures are checked
 
             check_signature(bundle.root, trusted_keys, name=path)
-        profile = engines.device_profile(bundle.manifest.engines, device, backend, precision)
-        options: dict[str, Any] = {}
-        if profile is None:
-            engine = bundle.select_engine(backend=backend, precision=precision)
-        else:
-            selection = engines.select_engine_for_profile(
-                bundle.manifest.engines, profile, available_backends(),
-                backend=backend, precision=precision, apply_settings=device is not None,
-            )
-            engine, options = selection.engine, selection.runner_options
-            for reason in selection.reasons:
-                logger.info("%s", reason)
+        engine, options, profile = choose_engine(bundle, backend, device, precision)
         if threads is not None:
             options["threads"] = threads
         caveat = engines.int8_guard_caveat(engine, options.get("device", "CPU"))

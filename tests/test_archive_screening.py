@@ -196,3 +196,19 @@ def test_one_photo_error_and_worker_are_counted_in_the_singular(worker, photos, 
                                         worker.provenance["bundle_sha256"])))
     summary = narrow_runner().invoke(cli, ["archive", "summary", str(out)])
     assert summary.exit_code == 0 and "1 photo" in summary.output and "1 photos" not in summary.output, summary.output
+
+
+def test_the_driver_says_when_the_workers_int8_engine_was_guarded_on_other_kernels(tiny_bundle, photos, tmp_path,
+                                                                                   monkeypatch, caplog):
+    """Ray passes the workers' log lines on only with --verbose: the driver warns once, before Ray starts."""
+    from edge_retina.archive_screening import run
+
+    monkeypatch.setattr(run, "int8_guard_caveat", lambda engine, device: f"check {engine.describe()} here")
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped before Ray")
+
+    monkeypatch.setattr(run, "connect", stop)
+    with pytest.raises(RuntimeError, match="stopped before Ray"):
+        run.screen_archive(expand_sources([str(photos)]), tmp_path / "out", tiny_bundle, backend="onnxruntime")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == ["check onnxruntime/fp32/teacher here"]

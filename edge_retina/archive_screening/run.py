@@ -24,8 +24,12 @@ import pyarrow.compute as pc
 from edge_retina.archive_screening.results import already_screened, bundle_sha256, write_part
 from edge_retina.archive_screening.worker import SKIPPED, ScreeningWorker
 from edge_retina.bundle import load_bundle
+from edge_retina.engines import int8_guard_caveat
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.out_paths import unwritable_reason
+from edge_retina.screener import choose_engine
+
+logger = logging.getLogger(__name__)
 
 #: Object store of a local Ray: only paths and result rows travel through it (workers read the
 #: photographs themselves), so a small store is plenty and leaves the memory to the engines.
@@ -144,7 +148,10 @@ def screen_archive(
         raise EdgeRetinaError(f"cannot write results to {out}: {reason}")
     bundle = Path(bundle).resolve()  # actors do not share the driver's working directory
     opened = load_bundle(bundle)  # verified here first: a bad bundle or engine choice is one clear error
-    opened.select_engine(backend=backend, precision=precision)
+    engine, options, _ = choose_engine(opened, backend, None, precision)
+    caveat = int8_guard_caveat(engine, options.get("device", "CPU"))
+    if caveat:  # the workers' own warning reaches the driver only with --verbose (Ray's log_to_driver)
+        logger.warning("%s", caveat)
     todo = pending_work(sources, out, bundle_sha256(opened))
     progress = ArchiveProgress(total=todo.num_rows, done_before=pc.sum(todo.column("done")).as_py() or 0)
     if todo.num_rows == 0:
