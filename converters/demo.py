@@ -19,6 +19,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from converters.accuracy_guard import LADDER_REVISION
 from converters.bundle_builder import BundleRecipe
 from converters.convert_pipeline import ConvertSettings, EngineTarget, convert
 from converters.distill.bundling import student_recipe
@@ -42,7 +43,7 @@ from edge_retina.bench.latency import (
 )
 from edge_retina.bench.parity import bundle_parity
 from edge_retina.bench.parity import parity_tables as parity_tables_rows
-from edge_retina.bundle import load_bundle
+from edge_retina.bundle import Manifest, load_bundle
 from edge_retina.console_tables import parity_console_tables, print_results, print_wrapped, rich_table, summarise
 from edge_retina.errors import BundleError
 from edge_retina.screener import Screener
@@ -84,16 +85,24 @@ def default_recipe(teacher: Teacher) -> BundleRecipe:
     return student_recipe(teacher, STUDENT_WEIGHTS)
 
 
+def bundle_is_current(manifest: Manifest, teacher: Teacher, recipe: BundleRecipe) -> bool:
+    """Whether a bundle is what converting ``recipe`` again would ship: built from this teacher and
+    student, its engines' precisions decided by this accuracy guard's ladder (a newer ladder, or one
+    that measures differently, may ship other engines)."""
+    student = manifest.model.student
+    return (manifest.model.teacher_checkpoint_sha256 == teacher.checkpoint_sha256 and student is not None
+            and student.checkpoint_sha256 == recipe.student.checkpoint_sha256
+            and all(e.accuracy_guard.get("ladder_revision") == LADDER_REVISION
+                    for e in manifest.engines if e.accuracy_guard))
+
+
 def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, console: Console, rebuild: bool) -> Path:
-    """Reuse ``bundle_dir`` when it verifies and was built from this teacher and the default student;
-    otherwise (re)build it with the one-shot converter (each of its steps is cached, so a rebuild resumes)."""
+    """Reuse ``bundle_dir`` when it verifies and is current (``bundle_is_current``); otherwise (re)build
+    it with the one-shot converter (each of its steps is cached, so a rebuild resumes)."""
     recipe = default_recipe(teacher)
     if not rebuild and bundle_dir.exists():
         try:
-            manifest = load_bundle(bundle_dir).manifest
-            student = manifest.model.student
-            if manifest.model.teacher_checkpoint_sha256 == teacher.checkpoint_sha256 and student is not None \
-                    and student.checkpoint_sha256 == recipe.student.checkpoint_sha256:
+            if bundle_is_current(load_bundle(bundle_dir).manifest, teacher, recipe):
                 print_wrapped(console, f"default bundle: {bundle_dir} (up to date; --rebuild to rebuild)")
                 return bundle_dir
         except BundleError as exc:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from calibration.calibration_set import CalibrationSet
-from converters.accuracy_guard import GuardLimits, guarded_build, layer_sensitivity
+from converters.accuracy_guard import LADDER_REVISION, GuardLimits, guarded_build, layer_sensitivity
 from converters.bundle_builder import BuiltEngine, engine_stem
 from converters.quantize.qat import QatArtefacts
 from converters.quantize.registry import build_engine, host_backend, quantizer_versions
@@ -172,7 +172,7 @@ def build_target(backend: str, precision: str, options: Mapping[str, Any], conte
         if directory != shipped_files[0].parent:
             shutil.rmtree(directory)
     notes = result.notes(context.limits)
-    notes["accuracy_guard"]["measured_on"] = measured_on()
+    notes["accuracy_guard"].update(measured_on=measured_on(), ladder_revision=LADDER_REVISION)
     if result.method == "qat":
         notes["qat"] = context.qat(result.excluded_nodes).record
     return _entry(context, backend, shipped_precision, shipped_files,

@@ -203,6 +203,17 @@ def test_the_driver_says_when_the_workers_int8_engine_was_guarded_on_other_kerne
     """Ray passes the workers' log lines on only with --verbose: the driver warns once, before Ray starts."""
     from edge_retina.archive_screening import run
 
+    import shutil
+
+    # The tiny bundle's ONNX Runtime engine labelled INT8, with a guard record: only such a bundle makes
+    # the driver look (what the record says is the caveat's business, stubbed here).
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for entry in manifest["engines"]:
+        if entry["backend"] == "onnxruntime":
+            entry.update(precision="int8", calibration={"manifest_sha256": "0" * 64, "size": 1, "method": "test"},
+                         notes={"accuracy_guard": {"measured_on": {"cpu_model": "x", "int8_kernels": "x86-vnni"}}})
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(run, "int8_guard_caveat", lambda engine, device: f"check {engine.describe()} here")
 
     def stop(*args, **kwargs):
@@ -210,5 +221,5 @@ def test_the_driver_says_when_the_workers_int8_engine_was_guarded_on_other_kerne
 
     monkeypatch.setattr(run, "connect", stop)
     with pytest.raises(RuntimeError, match="stopped before Ray"):
-        run.screen_archive(expand_sources([str(photos)]), tmp_path / "out", tiny_bundle, backend="onnxruntime")
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == ["check onnxruntime/fp32/teacher here"]
+        run.screen_archive(expand_sources([str(photos)]), tmp_path / "out", bundle, backend="onnxruntime")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == ["check onnxruntime/int8/teacher here"]

@@ -507,3 +507,22 @@ def test_cli_lines_naming_long_paths_fit_80_columns_but_the_started_path_is_whol
     started = for_people(["start", "--root", root], "self-test passed", script_path=root / "slots" / "b")
     assert started.stdout == f"{root / 'slots' / 'b'}\n"  # messages on stderr, the path alone on stdout
     for_people(["rollback", "--root", root], "active slot is now a")
+
+
+def test_a_trial_start_hashes_each_file_once_and_still_rolls_back_a_damaged_one(root, bundles, trusted, monkeypatch):
+    from collections import Counter
+
+    from edge_retina.bundle import loader
+
+    install_bundle(root, bundles["v1"], trusted)
+    hashed: Counter = Counter()
+    real = loader.sha256_file
+    monkeypatch.setattr(loader, "sha256_file", lambda path: hashed.update([Path(path).name]) or real(path))
+    started = start(root, trusted=trusted)
+    assert started.selftest.passed and hashed and max(hashed.values()) == 1, hashed
+
+    install_bundle(root, bundles["v2"], trusted)
+    _flip_a_byte_of_an_engine(root / "slots" / "b")
+    started = start(root, trusted=trusted)
+    assert (started.slot, started.rolled_back_from) == ("a", "b")
+    assert "self-test FAILED" in started.selftest.message and "engines/" in started.selftest.message

@@ -81,11 +81,13 @@ def screen_command(sources, bundle_path, out, address, workers, threads, batch_s
             print_wrapped(err, f"{p.seen}/{plural(p.total, 'photo')}, {p.rate:.1f} photos/s, "
                                f"ETA {_duration(p.eta_seconds)}")
 
+    from edge_retina.cli.main import is_verbose  # the root command, which imports this one lazily
+
     try:
         with bar:
             progress = screen_archive(listed, out, bundle_path, address=address, workers=workers, threads=threads,
                                       batch_size=batch_size, backend=backend, precision=precision,
-                                      on_progress=report, verbose=_verbose())
+                                      on_progress=report, verbose=is_verbose(click.get_current_context()))
     except EdgeRetinaError as exc:
         fail(exc)
     print_wrapped(
@@ -123,12 +125,6 @@ def summary_command(results, as_json) -> None:
                                f"photos); errors: {s['errors']} ({_percent(s['error_rate'])})")
         for code, count in s["errors_by_code"].items():
             print_wrapped(console, f"  {code}: {count}")
-
-
-def _verbose() -> bool:
-    from edge_retina.cli.main import VERBOSE_KEY  # set by ``edge-retina -v``, which runs this command
-
-    return bool(click.get_current_context().find_root().meta.get(VERBOSE_KEY))
 
 
 def _percent(rate: float | None) -> str:

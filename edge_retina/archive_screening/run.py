@@ -148,10 +148,14 @@ def screen_archive(
         raise EdgeRetinaError(f"cannot write results to {out}: {reason}")
     bundle = Path(bundle).resolve()  # actors do not share the driver's working directory
     opened = load_bundle(bundle)  # verified here first: a bad bundle or engine choice is one clear error
-    engine, options, _ = choose_engine(opened, backend, None, precision)
-    caveat = int8_guard_caveat(engine, options.get("device", "CPU"))
-    if caveat:  # the workers' own warning reaches the driver only with --verbose (Ray's log_to_driver)
-        logger.warning("%s", caveat)
+    opened.select_engine(backend=backend, precision=precision)
+    if any(e.precision == "int8" and e.guard_measured_on for e in opened.manifest.engines):
+        # The workers' own warning reaches the driver only with --verbose (Ray's log_to_driver). Only
+        # then is the workers' choice made here too: it detects the device profile (OpenVINO's devices).
+        engine, options, _ = choose_engine(opened, backend, None, precision)
+        caveat = int8_guard_caveat(engine, options.get("device", "CPU"))
+        if caveat:
+            logger.warning("%s", caveat)
     todo = pending_work(sources, out, bundle_sha256(opened))
     progress = ArchiveProgress(total=todo.num_rows, done_before=pc.sum(todo.column("done")).as_py() or 0)
     if todo.num_rows == 0:

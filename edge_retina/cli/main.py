@@ -87,7 +87,7 @@ def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
     invoke = command.invoke
 
     def guarded_invoke(ctx: click.Context):
-        verbose = _verbose(ctx)
+        verbose = is_verbose(ctx)
         try:
             with contextlib.nullcontext() if verbose else library_output.quiet_libraries():
                 return invoke(ctx)
@@ -105,7 +105,8 @@ def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
     return command
 
 
-def _verbose(ctx: click.Context) -> bool:
+def is_verbose(ctx: click.Context) -> bool:
+    """Whether ``edge-retina -v`` runs the command of ``ctx``."""
     return bool(ctx.find_root().meta.get(VERBOSE_KEY))
 
 
