@@ -19,6 +19,7 @@ from converters.reference.captions import (  # noqa: E402
 from converters.reference.evaluate import zero_shot_auroc  # noqa: E402
 from converters.reference.model import (  # noqa: E402
     EMBED_DIM,
+    ImageEncoder,
     REFERENCE_INPUT_SPEC,
     build_reference_model,
 )
@@ -64,15 +65,23 @@ def test_state_dict_follows_flair_layout(model):
     assert model.state_dict()["vision_model.projection_head_vision.projection.weight"].shape == (EMBED_DIM, 1280)
 
 
-def test_the_trainable_head_on_trunk_features_is_the_whole_encoder(model):
+@pytest.mark.parametrize("frozen_blocks", [None, 5])
+def test_the_trainable_head_on_trunk_features_is_the_whole_encoder(model, frozen_blocks):
+    """Wherever training splits the network (``train --frozen-blocks``), trunk + head is the encoder."""
     from converters.backbones import lite_trunk
 
     x = _image_batch(2)
     encoder = model.image_encoder
+    if frozen_blocks is not None:
+        encoder = ImageEncoder(frozen_blocks=frozen_blocks)
+        encoder.load_state_dict(model.image_encoder.state_dict())
+        encoder.eval()
     with torch.no_grad():
         whole = encoder(x)
         split = encoder.embed_trunk_features(lite_trunk(encoder.model, x, encoder.frozen_blocks))
+        default = model.image_encoder(x)
     torch.testing.assert_close(whole, split)
+    torch.testing.assert_close(whole, default)
 
 
 def test_encode_text_is_normalised_and_frozen(model):

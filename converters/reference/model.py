@@ -38,7 +38,7 @@ from edge_retina.preprocess.spec import InputSpec
 EMBED_DIM = 512
 IMAGE_ARCH = "efficientnet_lite2"
 IMAGE_FEATURE_DIM = 1280  # EfficientNet-Lite pooled features
-FROZEN_BLOCKS = 6  # stem + stages 0-5 keep their ImageNet weights; stage 6 and the head train
+FROZEN_BLOCKS = 6  # default: stem + stages 0-5 keep their ImageNet weights; stage 6 and the head train
 TEXT_FEATURE_DIM = 384  # all-MiniLM-L6-v2 sentence embeddings
 INITIAL_TEMPERATURE = 0.07  # CLIP's and FLAIR's starting temperature
 
@@ -74,22 +74,22 @@ class ImageEncoder(nn.Module):
     """Normalised image tensor (N, 3, H, W) -> L2-normalised embedding (N, EMBED_DIM).
 
     Self-contained and export-ready: this module alone is what goes to ONNX. ``embed_trunk_features``
-    runs the trainable part on the frozen trunk's features (what training caches).
+    runs the trainable part on the frozen trunk's features (what training caches): the stages after
+    the first ``frozen_blocks``. Where the split lies changes training only, never the function.
     """
 
-    frozen_blocks = FROZEN_BLOCKS
-
-    def __init__(self, embed_dim: int = EMBED_DIM, pretrained: bool = False):
+    def __init__(self, embed_dim: int = EMBED_DIM, pretrained: bool = False, frozen_blocks: int = FROZEN_BLOCKS):
         super().__init__()
+        self.frozen_blocks = frozen_blocks
         self.model = create_lite(IMAGE_ARCH, pretrained=pretrained)
         self.projection_head_vision = ProjectionHead(IMAGE_FEATURE_DIM, embed_dim)
 
     def embed_trunk_features(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = F.normalize(lite_head(self.model, features, FROZEN_BLOCKS), dim=-1)
+        pooled = F.normalize(lite_head(self.model, features, self.frozen_blocks), dim=-1)
         return F.normalize(self.projection_head_vision(pooled), dim=-1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.embed_trunk_features(lite_trunk(self.model, image, FROZEN_BLOCKS))
+        return self.embed_trunk_features(lite_trunk(self.model, image, self.frozen_blocks))
 
 
 def load_sentence_encoder():
@@ -137,10 +137,10 @@ class TextEncoder(nn.Module):
 class ReferenceDualEncoder(nn.Module):
     """Image and text towers sharing one embedding space, with a learnt temperature."""
 
-    def __init__(self, embed_dim: int = EMBED_DIM, pretrained: bool = False):
+    def __init__(self, embed_dim: int = EMBED_DIM, pretrained: bool = False, frozen_blocks: int = FROZEN_BLOCKS):
         super().__init__()
         self.embed_dim = embed_dim
-        self.vision_model = ImageEncoder(embed_dim, pretrained)
+        self.vision_model = ImageEncoder(embed_dim, pretrained, frozen_blocks)
         self.text_model = TextEncoder(embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / INITIAL_TEMPERATURE)))
 
@@ -156,10 +156,13 @@ class ReferenceDualEncoder(nn.Module):
         return self.text_model(texts)
 
 
-def build_reference_model(embed_dim: int = EMBED_DIM, pretrained: bool = False) -> ReferenceDualEncoder:
+def build_reference_model(
+    embed_dim: int = EMBED_DIM, pretrained: bool = False, frozen_blocks: int = FROZEN_BLOCKS
+) -> ReferenceDualEncoder:
     """A reference model: MiniLM pretrained and frozen; the image backbone ImageNet-initialised with
-    ``pretrained`` (to train), else left for shipped weights to fill."""
-    return ReferenceDualEncoder(embed_dim, pretrained)
+    ``pretrained`` (to train), else left for shipped weights to fill; ``frozen_blocks`` ImageNet
+    stages kept frozen while training."""
+    return ReferenceDualEncoder(embed_dim, pretrained, frozen_blocks)
 
 
 def trainable_state_dict(model: ReferenceDualEncoder) -> dict[str, torch.Tensor]:

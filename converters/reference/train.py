@@ -52,13 +52,15 @@ from converters.reference.evaluate import (
     mean_auroc,
     zero_shot_auroc,
 )
-from converters.reference.model import IMAGE_ARCH, REFERENCE_INPUT_SPEC, build_reference_model
+from converters.reference.model import FROZEN_BLOCKS, IMAGE_ARCH, REFERENCE_INPUT_SPEC, build_reference_model
 from converters.reference.weights import REFERENCE_WEIGHTS, save_reference
 from edge_retina.preprocess import pixels_key
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: keeps the temperature from collapsing
 
 RECIPE = {
+    "frozen_blocks": FROZEN_BLOCKS,  # ImageNet stages kept frozen; their output is what the cache holds
+    "bf16_autocast": False,  # the trainable stages in bfloat16 autocast: fast only on AMX/AVX-512 BF16 CPUs
     "epochs": 6,
     "views": 3,
     "batch_size": 64,
@@ -127,8 +129,9 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def _features_path(cache: Path, name: str, records: list[Record], views: int, recipe: dict) -> Path:
-    key = hashlib.sha256(json.dumps([IMAGE_ARCH, pixels_key(REFERENCE_INPUT_SPEC), split_hash(records), views,
-                                     recipe["augment"], recipe["seed"]], sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([IMAGE_ARCH, recipe["frozen_blocks"], pixels_key(REFERENCE_INPUT_SPEC),
+                                     split_hash(records), views, recipe["augment"], recipe["seed"]],
+                                    sort_keys=True).encode()).hexdigest()
     return cache / f"trunk-{IMAGE_ARCH}-{name}-{key[:16]}.npy"
 
 
@@ -140,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=REFERENCE_WEIGHTS.stem,
                         help="weights file name (and model name) written to --out; default: the shipped one's")
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    parser.add_argument("--frozen-blocks", type=int, default=RECIPE["frozen_blocks"], choices=range(3, 8),
+                        help="ImageNet stages kept frozen (default %(default)s: stage 6 and the head train)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="train the unfrozen stages under bfloat16 autocast (for CPUs with AMX or AVX-512 BF16)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export-only", action="store_true",
                         help="skip training: write the safetensors from <out>/best.pt (history from last.pt)")
@@ -148,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                              + ", ".join(SHARED_DATASETS))
     args = parser.parse_args(argv)
 
-    recipe = dict(RECIPE, epochs=args.epochs, leave_out=sorted(set(args.leave_out)))
+    recipe = dict(RECIPE, epochs=args.epochs, frozen_blocks=args.frozen_blocks, bf16_autocast=args.bf16,
+                  leave_out=sorted(set(args.leave_out)))
     torch.set_num_threads(2)
     torch.manual_seed(recipe["seed"])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     train_records = [records[train_idx[j]] for j in train_rows]
     val_records = [records[val_idx[j]] for j in val_rows]
 
-    model = build_reference_model(pretrained=True)
+    model = build_reference_model(pretrained=True, frozen_blocks=recipe["frozen_blocks"])
     encoder = model.vision_model
     conditions = load_prompt_file(DEFAULT_PROMPT_FILE)
     texts, text_choices = training_texts(train_records)
@@ -263,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             step = epoch * steps_per_epoch + b
             for g in optimiser.param_groups:
                 g["lr"] = g["base_lr"] * lr_factor(step, total_steps, warmup_steps)
-            image_emb = encoder.embed_trunk_features(features)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe["bf16_autocast"]):
+                image_emb = encoder.embed_trunk_features(features).float()
             text_emb = model.text_model.project(text_features[torch.from_numpy(text_of[sl])])
             loss = soft_clip_loss(image_emb, text_emb, findings[torch.from_numpy(order[sl])], model.logit_scale)
             optimiser.zero_grad(set_to_none=True)
