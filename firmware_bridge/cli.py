@@ -18,6 +18,7 @@ from edge_retina.errors import EdgeRetinaError
 from edge_retina.preprocess.decode import MIN_SIDE
 from edge_retina.preprocess.raw import PIXEL_FORMATS
 from edge_retina.screener import Screener
+from edge_retina.wording import plural
 
 from .protocol import DEFAULT_MAX_PAYLOAD, MAX_METADATA
 from .store import ResultStore, parse_time
@@ -279,7 +280,7 @@ def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threa
     try:
         if once:
             written = watcher.scan_once()
-            click.echo(f"{len(written)} sidecar(s) written")
+            click.echo(f"{plural(len(written), 'sidecar')} written")
             return
         stop = threading.Event()
         _stop_on_signals(stop.set)

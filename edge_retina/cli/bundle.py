@@ -14,7 +14,7 @@ from rich.text import Text
 
 from edge_retina.bundle import EngineEntry, load_bundle, verify_bundle
 from edge_retina.cli.command_error import fail
-from edge_retina.console_tables import plural, print_wrapped, rich_table
+from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.bundle.signing import (
     TrustedKeys,
     check_signature,
@@ -23,6 +23,7 @@ from edge_retina.bundle.signing import (
     sign_bundle,
 )
 from edge_retina.errors import BundleError, EdgeRetinaError
+from edge_retina.wording import plural
 
 if TYPE_CHECKING:
     from edge_retina.install import StartReport

@@ -20,12 +20,13 @@ from rich.text import Text
 from edge_retina.cli.command_error import EXIT_INTERRUPTED, fail
 from edge_retina.cli.inputs import expand_inputs
 from edge_retina.cli.results_io import ResultWriter, existing_results, result_format
-from edge_retina.console_tables import plural, print_results, print_wrapped, summarise
+from edge_retina.console_tables import print_results, print_wrapped, summarise
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.out_paths import unwritable_reason
 from edge_retina.pipeline import ScreeningPipeline
 from edge_retina.screener import Result, Screener
+from edge_retina.wording import plural
 
 
 @click.command()
