@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import re
 import socket
 import statistics
 import subprocess
@@ -41,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from edge_retina.bench.machine import machine_info  # noqa: E402
 from firmware_bridge.client import BridgeClient, BridgeError  # noqa: E402
 from firmware_bridge.protocol import (  # noqa: E402
     HEADER,
@@ -282,8 +281,8 @@ def main() -> None:
 
             bundle = build_tiny_bundle(work / "bundle")
         report = {
-            "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+            "machine": machine_info(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "bundle": "tiny random (tests/tiny_bundle.py)" if args.bundle is None else str(args.bundle),
             "load": load_test(bundle, work, args.clients, args.requests, args.queue),
             "faults": fault_test(bundle, work, args.kills, 4, 40, args.seed),
@@ -293,16 +292,6 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return re.sub(r"\s+", " ", line.split(":", 1)[1]).strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

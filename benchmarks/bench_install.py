@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edge_retina.bench.machine import machine_info  # noqa: E402
 from edge_retina.bundle import load_bundle, pack_bundle, write_bundle  # noqa: E402
 from edge_retina.bundle.signing import (  # noqa: E402
     TrustedKeys, check_signature, generate_key_pair, load_private_key, sign_bundle,
@@ -154,9 +154,8 @@ def main() -> None:
             faults[label] = {"kill_points": len(STEPS) + 1, "started_a_verified_bundle": survived}
 
     result = {
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine_info(),  # its load_average_1min: read after the runs
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_average_1min": os.getloadavg()[0],
         "bundle_mb": round(size_mb, 1),
         "repeats": args.repeats,
         "median_wall_ms": {k: round(statistics.median(w for w, _ in v), 1) for k, v in rows.items()},
@@ -167,13 +166,6 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

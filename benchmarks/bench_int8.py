@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from edge_retina.bench.machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,15 +61,6 @@ def load_encoder_and_table(weights: Path):
     recipe = BundleRecipe(model.image_encoder.eval(), REFERENCE_INPUT_SPEC, embed_texts, load_prompt_file(),
                           "mean_renormalised", float(model.logit_scale.detach().exp()), "reference", weights.name, "0" * 64)
     return recipe.encoder, recipe_prompt_table(recipe), REFERENCE_INPUT_SPEC
-
-
-def machine() -> dict:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
-    import os
-
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "loadavg": os.getloadavg()}
 
 
 def embed(backend: str, path: Path, precision: str, tensors: np.ndarray, threads: int = 2) -> np.ndarray:
@@ -153,7 +143,8 @@ def main() -> None:
     from edge_retina.bench.parity import prepare_tensors
     from edge_retina.preprocess import Preprocessor
 
-    results: dict = {"machine": machine(), "weights": str(args.weights), "sizes": {}}
+    results: dict = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "weights": str(args.weights), "sizes": {}}
     encoder, table, spec = load_encoder_and_table(args.weights)
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     fp32_onnx = export_onnx(encoder, spec.size, work / "fp32.onnx")

@@ -27,13 +27,15 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from bench_int8 import REPO, interleaved_ms, machine
+from bench_int8 import REPO, interleaved_ms
 from converters.quantize.openvino_nncf import OVERFLOW_FIXES
+from edge_retina.bench.machine import machine_info
 
 
 def logit_noise(table, before: np.ndarray, after: np.ndarray) -> dict[str, float]:
@@ -95,7 +97,7 @@ def main() -> None:
     photos = merge_labelled([shared_dataset_labels(args.datasets, d, split="val") for d in SHARED_DATASETS]).paths
     tensors, kept, _ = prepare_tensors(preprocessor, photos)
     photos = [photos[i] for i in kept]
-    print(f"{machine()}\n{len(photos)} validation photos, {len(thresholds)} thresholded conditions", flush=True)
+    print(f"{machine_info()}\n{len(photos)} validation photos, {len(thresholds)} thresholded conditions", flush=True)
     reference = embed_tensors("onnxruntime", fp32, "fp32", tensors, None)
 
     rows = []
@@ -167,8 +169,9 @@ def main() -> None:
     for name, ms in medians.items():
         print(f"| {name} | {ms:.2f} | {base / ms:.2f}x |")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "photos": len(photos), "ranking": ranked,
-                                         "rows": rows, "latency_ms": medians,
+        args.json.write_text(json.dumps({"machine": machine_info(),
+                                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                         "photos": len(photos), "ranking": ranked, "rows": rows, "latency_ms": medians,
                                          "reproducible_share": {c: float(m.mean()) for c, m in reproducible.items()}},
                                         indent=2))
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_int8 import REPO, embed, load_encoder_and_table, machine
+from bench_int8 import REPO, embed, load_encoder_and_table
+
+from edge_retina.bench.machine import machine_info
 
 VARIANTS = {
     "inputs only, int8 activations": {"activation_type": "int8", "quantize_outputs": False},
@@ -46,7 +48,7 @@ def main() -> None:
     from converters.reference.data import load_records
     from edge_retina.backends import create_runner
 
-    print(machine())
+    print(machine_info())
     encoder, _, spec = load_encoder_and_table(args.weights)
     work = Path(tempfile.mkdtemp(prefix="bench-ort-qdq-"))
     fp32 = export_onnx(encoder, spec.size, work / "fp32.onnx")

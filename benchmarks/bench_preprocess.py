@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from edge_retina.bench.machine import machine_info
 from edge_retina.preprocess import InputSpec, Preprocessor, crop_to_fov, decode_image, find_field_of_view
 from edge_retina.preprocess.decode import choose_reduction
 from edge_retina.preprocess.fov import downscale
@@ -127,26 +127,6 @@ def bench(inputs: dict[str, list[Path]], spec: InputSpec, repeats: int) -> dict[
     return results
 
 
-def machine() -> dict[str, str | int]:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "logical_cpus": os.cpu_count() or 0,
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0,
-        "opencv": cv2.__version__,
-        "pillow": Image.__version__,
-        "python": platform.python_version(),
-        "load_average_1min": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "",
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
@@ -171,11 +151,11 @@ def main() -> None:
         sizes = {"12mp": f"4000x3000, {megabytes:.1f} MB", "heimed-full": "2196x1958, 8 files"}
         results = bench(inputs, spec, args.repeats)
 
-    report = {"machine": machine(), "spec": spec.to_dict(), "repeats": args.repeats, "inputs": sizes}
+    report = {"machine": machine_info(), "spec": spec.to_dict(), "repeats": args.repeats, "inputs": sizes}
     report["results"] = {}
     m = report["machine"]
-    cpus = f"{m['logical_cpus']} CPUs ({m['usable_cpus']} usable)"
-    print(f"{m['cpu']}, {cpus}, single-threaded, load average {m['load_average_1min']}")
+    cpus = f"{m['logical_cores']} CPUs ({m['usable_cores']} usable)"
+    print(f"{m['cpu_model']}, {cpus}, single-threaded, load average {m['load_average_1min']}")
     print(f"model input {args.size}x{args.size}; {args.repeats} interleaved repeats per file\n")
     print(f"{'input':<12} {'variant':<20} {'median ms':>10} {'p90 ms':>8}")
     for name, samples in results.items():

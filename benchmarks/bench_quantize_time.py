@@ -13,7 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_int8 import REPO, machine
+from bench_int8 import REPO
+
+from edge_retina.bench.machine import machine_info
 
 
 def main() -> None:
@@ -34,7 +36,7 @@ def main() -> None:
     from converters.torch_compat import ensure_torchvision
     from edge_retina.preprocess import InputSpec
 
-    print(machine())
+    print(machine_info())
     ensure_torchvision()
     import torchvision
 

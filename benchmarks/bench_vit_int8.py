@@ -32,8 +32,9 @@ from collections import Counter
 from pathlib import Path
 
 
-from bench_int8 import REPO, embed, machine
+from bench_int8 import REPO, embed
 from bench_int8_floor import latency
+from edge_retina.bench.machine import machine_info
 
 #: ViT-B/16 at 224 px with a 512-d projection: the tower of RET-CLIP / ViLReF and open_clip's ViT-B-16.
 VIT_B16 = dict(layers=12, width=768, head_width=64, patch_size=16, image_size=224)
@@ -87,7 +88,8 @@ def main() -> None:
     from edge_retina.bench.parity import prepare_tensors
     from edge_retina.preprocess import Preprocessor
 
-    results: dict = {"machine": machine(), "tower": {**VIT_B16, "embed_dim": EMBED_DIM, "seed": args.seed}}
+    results: dict = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "tower": {**VIT_B16, "embed_dim": EMBED_DIM, "seed": args.seed}}
     work = Path(tempfile.mkdtemp(prefix="bench-vit-int8-"))
     spec = clip_input_spec(VIT_B16["image_size"])
     t = time.perf_counter()

@@ -13,6 +13,7 @@ import numpy as np
 
 from edge_retina.bench.metrics import sensitivity_specificity
 from edge_retina.prompt_table import PromptTable
+from edge_retina.wording import plural
 
 DEFAULT_TARGET_SENSITIVITY = 0.90
 
@@ -28,7 +29,8 @@ class ThresholdChoice:
 
     def source(self) -> str:
         return (f"validation set: sensitivity {self.sensitivity:.3f}, specificity {self.specificity:.3f} "
-                f"for target sensitivity {self.target_sensitivity:.2f} ({self.n_pos} positives, {self.n_neg} negatives)")
+                f"for target sensitivity {self.target_sensitivity:.2f} "
+                f"({plural(self.n_pos, 'positive')}, {plural(self.n_neg, 'negative')})")
 
 
 def threshold_for_sensitivity(y: np.ndarray, scores: np.ndarray, target: float) -> float:

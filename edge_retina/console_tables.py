@@ -19,6 +19,7 @@ from rich.text import Text
 
 from edge_retina.errors import named_once
 from edge_retina.screener import STAGES, Result
+from edge_retina.wording import plural
 
 
 # The head rule in ASCII: a terminal's byte-counting tools (and 80-column checks) see one byte a column.
@@ -76,11 +77,6 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]], *, width: 
         last_width = max(WRAP_MIN, 1 + width - narrowest)
     return fit_columns(lambda shown, caption: make(shown, caption, last_width), headers, width, details, note,
                        [headers, *rows])
-
-
-def plural(count: int, noun: str) -> str:
-    """"1 image", "3 images": a count for people."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 #: How much further than its first line a wrapped line's continuation lines are indented.

@@ -34,9 +34,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
-from .console_tables import plural
 from .preprocess.decode import ImageSource
 from .screener import Result, Screener, Staged
+from .wording import plural
 
 T = TypeVar("T")
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import click
 
 from edge_retina import LOG_FORMAT
+from edge_retina.bundle.trusted_keys_option import trusted_keys_option
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.preprocess.decode import MIN_SIDE
 from edge_retina.preprocess.raw import PIXEL_FORMATS
 from edge_retina.screener import Screener
+from edge_retina.wording import plural
 
 from .protocol import DEFAULT_MAX_PAYLOAD, MAX_METADATA
 from .store import ResultStore, parse_time
@@ -60,11 +62,6 @@ def _open_screener(bundle: Path, backend: str | None, threads: int | None, trust
         return Screener.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted)
     except EdgeRetinaError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-trusted_keys_option = click.option(
-    "--trusted-keys", "trusted_dir", type=click.Path(path_type=Path), default=None,
-    help="Serve only a bundle signed by a key in this directory of *.pub keys.")
 
 
 def _return_freed_frames_to_the_os() -> None:
@@ -180,7 +177,7 @@ def bridge() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Threads decoding and preprocessing queued images [default: the device profile's, else one per core].")
 @click.option("--allow-remote", is_flag=True, help="Allow a TCP address other than loopback.")
-@trusted_keys_option
+@trusted_keys_option()
 def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, queue_capacity, request_timeout,
           frame_timeout, max_frame_mb, max_connections, max_inflight_mb, idle_timeout, backend, threads,
           workers, allow_remote, trusted_dir) -> None:
@@ -267,7 +264,7 @@ def results(store, since) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode/preprocessing threads for a burst of captures [default: one per core].")
-@trusted_keys_option
+@trusted_keys_option()
 def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threads, workers, trusted_dir) -> None:
     """Screen each new capture written to FOLDER once; write IMAGE.result.json beside it."""
     from .hotfolder import HotFolder
@@ -279,7 +276,7 @@ def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threa
     try:
         if once:
             written = watcher.scan_once()
-            click.echo(f"{len(written)} sidecar(s) written")
+            click.echo(f"{plural(len(written), 'sidecar')} written")
             return
         stop = threading.Event()
         _stop_on_signals(stop.set)

@@ -16,7 +16,7 @@ from converters.accuracy_guard import (
     layer_sensitivity,
 )
 from converters.quantize.onnxruntime_qdq import quantize_onnxruntime
-from converters.thresholds import choose_thresholds, threshold_for_sensitivity
+from converters.thresholds import ThresholdChoice, choose_thresholds, threshold_for_sensitivity
 from edge_retina.bench.metrics import sensitivity_specificity
 from edge_retina.prompt_table import PromptTable
 
@@ -227,3 +227,6 @@ def test_choose_thresholds_per_condition_records_what_it_gave():
     dr = choices["dr"]
     assert dr.sensitivity >= 0.9 and 0.0 <= dr.specificity <= 1.0
     assert "sensitivity" in dr.source() and "target sensitivity 0.90" in dr.source()
+    assert dr.source().endswith(f"({dr.n_pos} positives, {dr.n_neg} negatives)")
+    one = ThresholdChoice(0.5, 1.0, 0.5, 0.9, n_pos=1, n_neg=1)
+    assert one.source().endswith("(1 positive, 1 negative)"), one.source()

@@ -105,7 +105,7 @@ def test_fit_site_adaptation_replaces_only_the_adapted_rows_and_keeps_scarce_con
     assert glaucoma.head != ZERO_SHOT and glaucoma.threshold_source == "site"
     assert glaucoma.report["n_pos"] == 20 and glaucoma.report["bundle_threshold"] == 0.3
     assert (cataract.head, cataract.threshold, cataract.threshold_source) == (ZERO_SHOT, 0.6, "bundle")
-    assert cataract.report["note"].startswith(f"5 of the {MIN_POSITIVES} positives a site threshold needs")
+    assert cataract.report["note"].startswith(f"5 positives, fewer than the {MIN_POSITIVES} a site threshold needs")
     np.testing.assert_array_equal(adaptation.class_embeddings[[0, 2]], table.class_embeddings[[0, 2]])
     adapted = adaptation.table(table)
     probabilities = adapted.score(x).condition_probabilities["glaucoma"]
@@ -275,7 +275,7 @@ def test_one_photo_is_counted_in_the_singular(tiny_bundle, site_labels, tmp_path
     assert adapted.exit_code == 0, adapted.output
     assert unwrapped("site adaptation (1 photo,") in unwrapped(adapted.stderr), adapted.stderr
     note = json.loads(adapted.stdout)["conditions"]["glaucoma"]["note"]
-    assert note.startswith(f"1 of the {MIN_POSITIVES} positives a site threshold needs"), note
+    assert note.startswith(f"1 positive, fewer than the {MIN_POSITIVES} a site threshold needs"), note
     inspected = runner.invoke(cli, ["bundle", "inspect", str(out)], catch_exceptions=False)
     assert unwrapped("; 1 photo of labels.csv") in unwrapped(inspected.output), inspected.output
 

@@ -152,9 +152,9 @@ def test_fixed_batch_above_1_needs_exactly_that_many_images(tmp_path, models, im
     onnx.save_model(model, str(tmp_path / "batch2.onnx"))
     with create_runner("onnxruntime", tmp_path / "batch2.onnx", precision="fp32") as runner:
         assert runner.infer(images[:2]).shape == (2, EMBED_DIM)
-        with pytest.raises(BackendError, match="fixed batch of 2; got a batch of 3 "):
+        with pytest.raises(BackendError, match="fixed batch of 2; got 3 images "):
             runner.infer(images[:3])
-        with pytest.raises(BackendError, match="fixed batch of 2; got a batch of 1 "):
+        with pytest.raises(BackendError, match="fixed batch of 2; got 1 image "):
             runner.infer(images[:1])
 
 

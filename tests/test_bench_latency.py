@@ -92,6 +92,13 @@ def test_run_latency_on_the_tiny_bundle(tiny_bundle, images, tmp_path):
     assert page.count("<img") == 2 and "onnxruntime/fp32/teacher" in page and "peak RSS" in page
 
 
+def test_system_table_names_one_stream_and_one_worker_in_the_singular():
+    headers, _ = latency.system_table_rows({"streams": 1, "workers": 1, "pipelines": {}})
+    assert "1 stream img/s" in headers and "1 worker img/s" in headers
+    headers, _ = latency.system_table_rows({"streams": 2, "workers": 4, "pipelines": {}})
+    assert "2 streams img/s" in headers and "4 workers img/s" in headers
+
+
 def test_research_baseline_is_compared_with_the_engine(tiny_bundle, images):
     from tiny_bundle import _tiny_encoder
 

@@ -181,9 +181,9 @@ def test_hotfolder_command_once(tiny_bundle, retina_rgb, tmp_path):
             "--backend", "onnxruntime"]
     first = CliRunner().invoke(bridge, args)
     assert first.exit_code == 0, first.output
-    assert unwrapped("1 sidecar(s) written") in unwrapped(first.output)
+    assert unwrapped("1 sidecar written") in unwrapped(first.output)
     assert (tmp_path / ".edge-retina" / "journal.sqlite3").is_file()
-    assert "0 sidecar(s) written" in CliRunner().invoke(bridge, args).output
+    assert "0 sidecars written" in CliRunner().invoke(bridge, args).output
 
 
 def test_bridge_logs_its_own_lines_and_libraries_only_with_v(tiny_bundle, retina_rgb, tmp_path):

@@ -150,7 +150,9 @@ def test_cli_writes_a_set(candidates_csv, tmp_path):
                                             "--spec", str(spec_file), "--stratify", "label"])
     assert result.exit_code == 0, result.output
     assert unwrapped("calibration set of 4 images (stratified:label, seed 0)") in unwrapped(result.output)
-    assert unwrapped("ungradable or unreadable candidate(s) dropped") in unwrapped(result.output)
+    rejected = len(json.loads((tmp_path / "cli" / MANIFEST_NAME).read_text())["rejected"])
+    assert rejected > 1  # the astronaut and at least one ungradable photo
+    assert unwrapped(f"; {rejected} ungradable or unreadable candidates dropped") in unwrapped(result.output)
     assert load_calibration_set(tmp_path / "cli", spec=SPEC).size == 4
 
 

@@ -1,4 +1,5 @@
-"""Every command's --help, and a refused or interrupted command's message, fit an 80-column terminal."""
+"""Every command's --help, and a refused or interrupted command's message, fit an 80-column terminal;
+an option several commands share reads the same in each."""
 from __future__ import annotations
 
 import click
@@ -23,6 +24,25 @@ def test_every_help_fits_80_columns():
         result = runner.invoke(cli, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
         assert widest_line(result.output) <= COLUMNS, (path, result.output)
+
+
+def test_every_trusted_keys_option_is_the_same_option():
+    """--trusted-keys: one help text, one type and metavar, wherever a bundle's signature is checked
+    (required only by `bundle install`)."""
+    ctx = click.Context(cli)
+    options = {}
+    for path in command_paths(cli, ctx):
+        command = ctx.command
+        for name in path:
+            command = command.get_command(click.Context(command), name)
+        for param in command.params:
+            if "--trusted-keys" in param.opts:
+                options[" ".join(path)] = param
+    assert set(options) == {"screen", "bundle verify", "bundle install", "bundle start", "bridge serve",
+                            "bridge hotfolder"}
+    shapes = {(p.name, p.help, p.metavar, repr(sorted(vars(p.type).items()))) for p in options.values()}
+    assert len(shapes) == 1, shapes
+    assert {name for name, p in options.items() if p.required} == {"bundle install"}
 
 
 def test_an_error_line_wraps_to_the_terminal():

@@ -197,6 +197,8 @@ def test_cli_prune(root):
     assert unwrapped("convert/reference-old 5.0 kB, last used") in unwrapped(dry.output)
     assert unwrapped("would remove 3 entries (8.4 kB); 4 kept (3.8 kB)") in unwrapped(dry.output)
     assert (root / "convert" / "reference-old").is_dir()
+    one = runner.invoke(cli, ["cache", "prune", "--max-size", "0", "--cache", "bundles", "--dry-run"])
+    assert unwrapped("would remove 1 entry (1.0 kB)") in unwrapped(one.output), one.output
     done = runner.invoke(cli, ["cache", "prune", "--max-size", "0", "--cache", "engines", "--json"])
     assert done.exit_code == 0 and json.loads(done.output)["over_limit"] is True
     pruned = runner.invoke(cli, ["cache", "prune", "--max-size", "500"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from calibration.calibration_set import DEFAULT_SIZE
+from edge_retina.wording import plural
 
 
 def _model_and_spec(model: Path | None, spec_file: Path | None):
@@ -64,5 +65,5 @@ def calibrate(sources: tuple[Path, ...], out: Path, size: int, seed: int, model:
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     rejected = len(result.manifest["rejected"])
-    click.echo(f"calibration set of {result.size} images ({result.method}, seed {seed}) written to {out}; "
-               f"{rejected} ungradable or unreadable candidate(s) dropped")
+    click.echo(f"calibration set of {plural(result.size, 'image')} ({result.method}, seed {seed}) written to "
+               f"{out}; {plural(rejected, 'ungradable or unreadable candidate')} dropped")

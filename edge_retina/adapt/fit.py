@@ -11,6 +11,7 @@ from edge_retina.adapt.selection import choose_head
 from edge_retina.adapt.thresholds import MIN_POSITIVES, site_threshold
 from edge_retina.bundle.manifest import AdaptedCondition
 from edge_retina.prompt_table import PromptTable, l2_normalise
+from edge_retina.wording import plural
 
 DEFAULT_TARGET_SENSITIVITY = 0.9
 
@@ -62,13 +63,14 @@ def fit_site_adaptation(
         u0 = table.logit_scale * (class_embeddings[row] - class_embeddings[normal])
         report: dict[str, Any] = {"n_pos": n_pos, "n_neg": n_neg}
         if n_pos < MIN_POSITIVES:
-            report["note"] = (f"{n_pos} of the {MIN_POSITIVES} positives a site threshold needs: the bundle's "
-                              "threshold and zero-shot scores are kept")
+            report["note"] = (f"{plural(n_pos, 'positive')}, fewer than the {MIN_POSITIVES} a site threshold "
+                              "needs: the bundle's threshold and zero-shot scores are kept")
             conditions[condition] = AdaptedCondition(ZERO_SHOT, bundle_thresholds[condition], "bundle", report)
             continue
         if n_neg < MIN_POSITIVES:
             choice = choose_head(x[labelled], y, u0, "threshold", seed=seed)
-            choice.reason = f"{n_neg} of the {MIN_POSITIVES} negatives a head needs: zero-shot scores are kept"
+            choice.reason = (f"{plural(n_neg, 'negative')}, fewer than the {MIN_POSITIVES} a head needs: zero-shot "
+                             "scores are kept")
         else:
             choice = choose_head(x[labelled], y, u0, method, seed=seed)
         probabilities = 1.0 / (1.0 + np.exp(-choice.out_of_fold_logits))

@@ -24,10 +24,10 @@ from edge_retina.adapt.overlay import HEAD_FILE, bundle_scoring, check_output, h
 from edge_retina.bench.labels import LabelledImages, listed_name, read_labels_csv
 from edge_retina.bundle import AdaptationEntry, Bundle
 from edge_retina.bundle.manifest import CREATED_FORMAT
-from edge_retina.console_tables import plural
 from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.files import sha256_file
 from edge_retina.screener import Screener
+from edge_retina.wording import plural
 
 ProgressCallback = Callable[[int], None]
 

@@ -14,9 +14,10 @@ from edge_retina.archive_screening.run import ArchiveProgress, screen_archive
 from edge_retina.archive_screening.sources import expand_sources
 from edge_retina.archive_screening.summary import summarise_results
 from edge_retina.cli.command_error import fail
-from edge_retina.console_tables import plural, print_wrapped, rich_table
+from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
+from edge_retina.wording import plural
 
 #: Without a terminal (a batch job's log), a progress line this often.
 LOG_EVERY_SECONDS = 30.0

@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_retina.engines import PRECISIONS
 from edge_retina.errors import BackendError
+from edge_retina.wording import plural
 
 #: The name of a bundle model's input (the converter exports it so; TensorRT build profiles name it).
 INPUT_NAME = "image"
@@ -105,7 +106,7 @@ class Runner(abc.ABC):
             step = model_batch
         else:
             raise BackendError(
-                f"{self.name}: the model has a fixed batch of {model_batch}; got a batch of {count} "
+                f"{self.name}: the model has a fixed batch of {model_batch}; got {plural(count, 'image')} "
                 f"(export it with batch 1 or a dynamic batch to run any number)"
             )
         outputs = []

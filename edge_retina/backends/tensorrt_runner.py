@@ -26,6 +26,7 @@ from edge_retina.backends import tensorrt_engine_cache as engine_cache
 from edge_retina.backends.tensorrt_engine_cache import DEFAULT_MAX_BATCH
 from edge_retina.backends.base import Dim, Runner
 from edge_retina.errors import BackendError
+from edge_retina.wording import plural
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class TensorRTRunner(Runner):
         if dla_core is not None:
             if dla_core >= builder.num_DLA_cores:
                 raise BackendError(f"tensorrt: DLA core {dla_core} asked for, this device has "
-                                   f"{builder.num_DLA_cores} DLA core(s)")
+                                   f"{plural(builder.num_DLA_cores, 'DLA core')}")
             config.default_device_type = trt.DeviceType.DLA
             config.DLA_core = dla_core
             if self._gpu_fallback:

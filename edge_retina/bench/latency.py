@@ -29,6 +29,7 @@ from edge_retina.bundle import EngineEntry, load_bundle
 from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.pipeline import ScreeningPipeline, usable_cores
 from edge_retina.screener import STAGES, Screener
+from edge_retina.wording import plural
 
 
 class Pipeline(Protocol):
@@ -344,8 +345,9 @@ def latency_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str
 def system_table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(headers, rows): throughput, cold start and peak RSS per pipeline, from ``LatencyReport.to_dict()``."""
     streams = report["streams"]
-    headers = ["pipeline", "batch 1 img/s", f"{streams} streams img/s", f"{report.get('workers')} workers img/s",
-               "load to 1st result ms", "start to 1st result ms", "peak RSS MB"]
+    headers = ["pipeline", "batch 1 img/s", f"{plural(streams, 'stream')} img/s",
+               f"{plural(report.get('workers'), 'worker')} img/s", "load to 1st result ms", "start to 1st result ms",
+               "peak RSS MB"]
     rows = []
     for name, p in report["pipelines"].items():
         throughput = p.get("throughput_images_per_s", {})

@@ -26,11 +26,11 @@ from edge_retina.backends import Runner, create_runner
 from edge_retina.bench import metrics
 from edge_retina.bench.labels import LabelledImages, listed_name
 from edge_retina.bundle import Bundle, EngineEntry, load_bundle
-from edge_retina.console_tables import plural
 from edge_retina.errors import EdgeRetinaError, ImageError, named_once
 from edge_retina.preprocess import InputSpec, Preprocessor
 from edge_retina.prompt_table import PromptTable
 from edge_retina.screener import engine_cache_dir
+from edge_retina.wording import plural
 
 ProgressCallback = Callable[[int], None]  # called with the number of images just prepared
 EmbedFunction = Callable[[np.ndarray], np.ndarray]  # prepared tensors (N, 3, H, W) -> embeddings (N, D)

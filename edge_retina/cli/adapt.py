@@ -14,9 +14,10 @@ from edge_retina.adapt.overlay import SUMMARY_HEADERS, adaptation_summary, remov
 from edge_retina.adapt.selection import METHODS
 from edge_retina.adapt.thresholds import MIN_POSITIVES
 from edge_retina.cli.command_error import fail
-from edge_retina.console_tables import plural, print_wrapped, rich_table
+from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
+from edge_retina.wording import plural
 
 
 @click.command(help=f"""Adapt a bundle to a site from a few labelled photos: per condition, a referral threshold

@@ -19,11 +19,12 @@ from rich.text import Text
 from edge_retina.bench.shared_datasets import shared_datasets_dir
 from edge_retina.cli.command_error import fail
 from edge_retina.cli.inputs import expand_inputs
-from edge_retina.console_tables import parity_console_tables, plural, print_wrapped, rich_table
+from edge_retina.console_tables import parity_console_tables, print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.extras import import_for
 from edge_retina.out_paths import unwritable_reason
+from edge_retina.wording import plural
 
 EXIT_GATE_FAILED = 1
 

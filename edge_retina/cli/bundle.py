@@ -14,7 +14,7 @@ from rich.text import Text
 
 from edge_retina.bundle import EngineEntry, load_bundle, verify_bundle
 from edge_retina.cli.command_error import fail
-from edge_retina.console_tables import plural, print_wrapped, rich_table
+from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.bundle.signing import (
     TrustedKeys,
     check_signature,
@@ -22,7 +22,9 @@ from edge_retina.bundle.signing import (
     load_private_key,
     sign_bundle,
 )
+from edge_retina.bundle.trusted_keys_option import trusted_keys_option
 from edge_retina.errors import BundleError, EdgeRetinaError
+from edge_retina.wording import plural
 
 if TYPE_CHECKING:
     from edge_retina.install import StartReport
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 # inspect/verify/sign stay quick to start.
 
 BUNDLE_PATH = click.Path(path_type=Path)
-TRUSTED_DIR = click.option("--trusted-keys", "trusted_dir", type=BUNDLE_PATH, help="Directory of trusted *.pub keys.")
 
 
 @click.group()
@@ -150,7 +151,7 @@ def _distillation_table(report: dict) -> Table:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--public-key", "public_keys", type=BUNDLE_PATH, multiple=True,
               help="Also require a signature by this public key (repeatable).")
-@TRUSTED_DIR
+@trusted_keys_option()
 def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir: Path | None) -> None:
     """Check the manifest and every file's sha256, and with keys given the signature.
     Exit status 1 when anything is wrong."""
@@ -232,7 +233,7 @@ INSTALL_ROOT = click.option("--root", type=BUNDLE_PATH, required=True, help="The
 @bundle.command()
 @click.argument("source", type=BUNDLE_PATH)
 @INSTALL_ROOT
-@click.option("--trusted-keys", "trusted_dir", type=BUNDLE_PATH, required=True, help="Directory of trusted *.pub keys.")
+@trusted_keys_option(required=True)
 @click.option("--no-start", is_flag=True, help="Only install (on trial); the next `bundle start` runs the self-test.")
 @click.option("--backend", default=None, help="Engine backend the self-test runs (default: the screener's choice).")
 def install(source: Path, root: Path, trusted_dir: Path, no_start: bool, backend: str | None) -> None:
@@ -256,7 +257,7 @@ def install(source: Path, root: Path, trusted_dir: Path, no_start: bool, backend
 
 @bundle.command(name="start")
 @INSTALL_ROOT
-@TRUSTED_DIR
+@trusted_keys_option()
 @click.option("--backend", default=None, help="Engine backend the self-test runs (default: the screener's choice).")
 def start_command(root: Path, trusted_dir: Path | None, backend: str | None) -> None:
     """Resolve the bundle to run: self-test a new one, re-check a known one; roll back if it fails.

@@ -10,6 +10,7 @@ from rich.filesize import decimal as format_size
 
 from edge_retina import user_caches
 from edge_retina.console_tables import print_wrapped, rich_table
+from edge_retina.wording import plural
 
 
 class _Parsed(click.ParamType):
@@ -100,8 +101,7 @@ def _print_report(console: Console, report: user_caches.PruneReport) -> None:
                                    f"last used {_day(entry.last_used)}")
     for name in report.busy:
         print_wrapped(console, f"{name}: left alone, a run (a conversion) is using it")
-    removed = len(report.removed)
-    print_wrapped(console, f"{verb} {removed} {'entry' if removed == 1 else 'entries'} "
+    print_wrapped(console, f"{verb} {plural(len(report.removed), 'entry', 'entries')} "
                            f"({format_size(sum(e.size_bytes for e in report.removed))}); "
                            f"{len(report.kept) + len(report.failed)} kept ({format_size(report.kept_bytes)})")
     for entry, why in report.failed:

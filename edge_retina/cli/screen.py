@@ -17,15 +17,17 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from edge_retina.bundle.trusted_keys_option import trusted_keys_option
 from edge_retina.cli.command_error import EXIT_INTERRUPTED, fail
 from edge_retina.cli.inputs import expand_inputs
 from edge_retina.cli.results_io import ResultWriter, existing_results, result_format
-from edge_retina.console_tables import plural, print_results, print_wrapped, summarise
+from edge_retina.console_tables import print_results, print_wrapped, summarise
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.out_paths import unwritable_reason
 from edge_retina.pipeline import ScreeningPipeline
 from edge_retina.screener import Result, Screener
+from edge_retina.wording import plural
 
 
 @click.command()
@@ -55,8 +57,7 @@ from edge_retina.screener import Result, Screener
               help="Replace an existing --out file (and an interrupted run's <out>.partial).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout instead of a table.")
 @click.option("--recursive/--no-recursive", default=True, help="Descend into sub-folders (default: yes).")
-@click.option("--trusted-keys", "trusted_dir", type=click.Path(path_type=Path), default=None,
-              help="Screen only if the bundle is signed by a key in this directory of *.pub keys.")
+@trusted_keys_option()
 def screen(paths, bundle_path, backend, precision, device, threads, workers, max_batch, conditions, out, overwrite,
            as_json, recursive, trusted_dir) -> None:
     """Screen fundus photographs (files, folders, globs) offline.
