@@ -143,6 +143,44 @@ def test_bundle_inspect_and_verify(tiny_bundle, tmp_path):
     assert res.exit_code == 1 and "prompts.npz" in unwrapped(res.output)
 
 
+def test_bundle_inspect_shows_a_damaged_bundle_and_names_the_damage(tiny_bundle, tiny_bundle_archive, tmp_path):
+    """What a device maker needs from a bundle damaged in transfer: what it is, and which file is wrong."""
+    damaged = Path(shutil.copytree(tiny_bundle, tmp_path / "damaged"))
+    prompts = damaged / "prompts.npz"
+    data = bytearray(prompts.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    prompts.write_bytes(bytes(data))
+    [engine] = [p for p in (damaged / "engines").iterdir() if p.suffix == ".onnx"]
+    engine.unlink()
+    runner = narrow_runner()
+    shown = runner.invoke(cli, ["bundle", "inspect", str(damaged)], catch_exceptions=False)
+    said = unwrapped(shown.output)
+    assert shown.exit_code == 1 and widest_line(shown.output) <= COLUMNS, shown.output
+    assert "glaucoma" in said and "onnxruntime" in said and unwrapped("built by") in said, shown.output
+    assert unwrapped("damaged prompts.npz: expected sha256 ") in said, shown.output
+    assert unwrapped(f"damaged engines/{engine.name}: file is missing") in said, shown.output
+    assert unwrapped("bundle DAMAGED (2 problems): it will not load or install") in said, shown.output
+    as_json = json.loads(runner.invoke(cli, ["bundle", "inspect", str(damaged), "--json"]).stdout)
+    assert as_json["schema_version"] == 1 and len(as_json["damage"]) == 2, as_json["damage"]
+    assert json.loads(run("bundle", "inspect", tiny_bundle, "--json").stdout)["damage"] == []
+
+    # An archive cut short in transfer: its manifest (the first member) is still shown.
+    cut = tmp_path / "cut.erb.tar"
+    content = tiny_bundle_archive.read_bytes().rstrip(b"\0")  # cut inside the last member, not in the padding
+    cut.write_bytes(content[:-1000])
+    shown = runner.invoke(cli, ["bundle", "inspect", str(cut)], catch_exceptions=False)
+    assert shown.exit_code == 1 and "glaucoma" in shown.output, shown.output
+    assert unwrapped(f"damaged {cut} is truncated or corrupt") in unwrapped(shown.output), shown.output
+    assert widest_line(shown.output) <= COLUMNS, shown.output
+
+    # Only a manifest that cannot be read leaves nothing to show: one message saying so.
+    (damaged / "manifest.json").write_bytes(b'{"schema_version": 1, "model": {')
+    refused = runner.invoke(cli, ["bundle", "inspect", str(damaged)], catch_exceptions=False)
+    assert refused.exit_code == 2 and "glaucoma" not in refused.output, refused.output
+    assert unwrapped(f"error: {damaged / 'manifest.json'} is not a valid bundle manifest: - malformed JSON") \
+        in unwrapped(refused.output), refused.output
+
+
 def test_device_bundle_and_prompt_tables_fit_80_columns(tiny_bundle):
     """Free text (a profile's title, a threshold's source, prompts) wraps in its column; the rest stays whole.
     A detection's reasons (a sentence each) wrap as lines."""

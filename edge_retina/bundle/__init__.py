@@ -8,6 +8,7 @@ from edge_retina.bundle.cache import default_cache_dir
 from edge_retina.bundle.loader import (
     Bundle,
     VerificationReport,
+    examine_bundle,
     load_bundle,
     verify_bundle,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "StudentInfo",
     "VerificationReport",
     "default_cache_dir",
+    "examine_bundle",
     "load_bundle",
     "pack_bundle",
     "verify_bundle",

@@ -64,7 +64,9 @@ def extract_archive(archive: Path, destination: Path) -> None:
     listed = _listed_names(archive)
     with _open_archive(archive) as tar:
         members = list(_safe_members(tar, archive))  # every header is checked before anything is written
-        refuse_unlisted(archive, [name for name, _ in members if name not in listed])
+        unlisted = unlisted_members_problem(archive, [name for name, _ in members if name not in listed])
+        if unlisted:
+            raise BundleError(unlisted)
         for name, member in members:
             target = destination / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -77,16 +79,16 @@ def extract_archive(archive: Path, destination: Path) -> None:
                 raise BundleError(f"{archive} is truncated or corrupt: member {name!r} ({exc})") from None
 
 
-def refuse_unlisted(archive: Path, unlisted: Sequence[str]) -> None:
-    """BundleError naming (the first few of) an archive's members that its manifest does not list."""
-    if unlisted:
-        shown = ", ".join(repr(n) for n in unlisted[:5])
-        if len(unlisted) > 5:
-            shown += f" and {len(unlisted) - 5} more"
-        raise BundleError(
-            f"{archive}: refusing members not listed in its {MANIFEST_NAME}: {shown} (a bundle holds only "
-            f"its manifest, its signature and the files the manifest lists)"
-        )
+def unlisted_members_problem(archive: Path, unlisted: Sequence[str]) -> str | None:
+    """What is wrong with an archive holding ``unlisted``, members its manifest does not list (the
+    first few named), or None when it holds none."""
+    if not unlisted:
+        return None
+    shown = ", ".join(repr(n) for n in unlisted[:5])
+    if len(unlisted) > 5:
+        shown += f" and {len(unlisted) - 5} more"
+    return (f"{archive}: refusing members not listed in its {MANIFEST_NAME}: {shown} (a bundle holds only "
+            f"its manifest, its signature and the files the manifest lists)")
 
 
 def _listed_names(archive: Path) -> set[str]:
@@ -97,21 +99,26 @@ def _listed_names(archive: Path) -> set[str]:
     return {MANIFEST_NAME, SIGNATURE_NAME, *Manifest.from_bytes(manifest, source=f"{archive}:{MANIFEST_NAME}").files}
 
 
-def hash_archive(archive: Path) -> tuple[bytes | None, dict[str, str]]:
-    """Read ``archive`` without extracting: (manifest.json bytes or None, {member: sha256})."""
+def hash_archive(archive: Path) -> tuple[bytes | None, dict[str, str], str | None]:
+    """Read ``archive`` without extracting: (manifest.json bytes or None, {member: sha256}, why the
+    reading stopped before the end or None). What was read before any damage is kept: a bundle
+    truncated in transfer still shows its manifest (its first member)."""
     manifest_bytes = None
     hashes: dict[str, str] = {}
-    with _open_archive(archive) as tar:
-        for name, member in _safe_members(tar, archive):
-            stream = tar.extractfile(member)
-            try:
-                if name == MANIFEST_NAME:
-                    manifest_bytes = stream.read()
-                else:
-                    hashes[name] = sha256_stream(stream)
-            except tarfile.ReadError as exc:
-                raise BundleError(f"{archive} is truncated or corrupt: member {name!r} ({exc})") from None
-    return manifest_bytes, hashes
+    try:
+        with _open_archive(archive) as tar:
+            for name, member in _safe_members(tar, archive):
+                stream = tar.extractfile(member)
+                try:
+                    if name == MANIFEST_NAME:
+                        manifest_bytes = stream.read()
+                    else:
+                        hashes[name] = sha256_stream(stream)
+                except tarfile.ReadError as exc:
+                    raise BundleError(f"{archive} is truncated or corrupt: member {name!r} ({exc})") from None
+    except BundleError as exc:
+        return manifest_bytes, hashes, str(exc)
+    return manifest_bytes, hashes, None
 
 
 def read_small_members(archive: Path, names: Collection[str], max_bytes: int) -> dict[str, bytes]:

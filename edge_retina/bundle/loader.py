@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from edge_retina.bundle.archive import hash_archive, refuse_unlisted
+from edge_retina.bundle.archive import hash_archive, unlisted_members_problem
 from edge_retina.bundle.cache import default_cache_dir, extracted
 from edge_retina.bundle.manifest import EngineEntry, Manifest, ManifestError
 from edge_retina.bundle.paths import MANIFEST_NAME, SIGNATURE_NAME, relpath_problem
@@ -99,35 +99,52 @@ def verify_bundle(path: str | os.PathLike[str]) -> VerificationReport:
 
     An archive is checked by streaming its members, without extracting anything.
     """
-    source = Path(path)
     try:
-        if source.is_dir():
-            manifest_bytes = _read_manifest_bytes(source, source)
-            manifest = Manifest.from_bytes(manifest_bytes, source=_describe(source, source))
-            actual, unreadable = _hash_directory(source, manifest.files)
-            unlisted = _unlisted_files(source, manifest.files)
-        elif source.is_file():
-            manifest_bytes, actual = hash_archive(source)
-            if manifest_bytes is None:
-                raise BundleError(f"{source} is not a bundle: the archive has no {MANIFEST_NAME}")
-            manifest = Manifest.from_bytes(manifest_bytes, source=_describe(source, source))
-            unreadable = {}
-            refuse_unlisted(source, sorted(set(actual) - set(manifest.files) - {SIGNATURE_NAME}))
-            unlisted = []
-        else:
-            raise BundleError(f"no bundle at {source}")
+        return examine_bundle(path)[1]
     except ManifestError as exc:
         return VerificationReport(ok=False, problems=[f"{MANIFEST_NAME}: {p}" for p in exc.problems], checked={})
     except BundleError as exc:
         return VerificationReport(ok=False, problems=[str(exc)], checked={})
 
-    problems, checked = _compare(manifest.files, actual, unreadable)
+
+def examine_bundle(path: str | os.PathLike[str]) -> tuple[Manifest, VerificationReport]:
+    """A bundle's manifest and what is wrong with its files (as ``verify_bundle``), for showing a
+    damaged bundle: only a manifest that cannot be read or is not valid raises (BundleError,
+    ManifestError), as then there is nothing to show. An archive is streamed, not extracted; one
+    damaged part way (truncated in transfer) is reported with what was read before the damage."""
+    source = Path(path)
+    problems: list[str] = []
+    unreadable: dict[str, str] = {}
+    unlisted: list[str] = []
+    if source.is_dir():
+        manifest_bytes = _read_manifest_bytes(source, source)
+        manifest = Manifest.from_bytes(manifest_bytes, source=_describe(source, source))
+        actual, unreadable = _hash_directory(source, manifest.files)
+        unlisted = _unlisted_files(source, manifest.files)
+        expected = manifest.files
+    elif source.is_file():
+        manifest_bytes, actual, stopped = hash_archive(source)
+        if manifest_bytes is None:
+            raise BundleError(stopped or f"{source} is not a bundle: the archive has no {MANIFEST_NAME}")
+        manifest = Manifest.from_bytes(manifest_bytes, source=_describe(source, source))
+        unlisted_problem = unlisted_members_problem(
+            source, sorted(set(actual) - set(manifest.files) - {SIGNATURE_NAME}))
+        problems += [p for p in (stopped, unlisted_problem) if p]
+        # Past the damage nothing was read: those files are neither checked nor reported one by one.
+        expected = {rel: sha for rel, sha in manifest.files.items() if stopped is None or rel in actual}
+    else:
+        raise BundleError(f"no bundle at {source}")
+
+    file_problems, checked = _compare(expected, actual, unreadable)
+    problems += file_problems
     warnings = [f"{rel}: not listed in {MANIFEST_NAME} (ignored)" for rel in unlisted]
     signed = (source / SIGNATURE_NAME).is_file() if source.is_dir() else SIGNATURE_NAME in actual
     form_warning = _manifest_form_warning(manifest_bytes, manifest, signed)
     if form_warning:
         warnings.append(form_warning)
-    return VerificationReport(ok=not problems, problems=problems, checked=checked, warnings=warnings, signed=signed)
+    report = VerificationReport(ok=not problems, problems=problems, checked=checked, warnings=warnings,
+                                signed=signed)
+    return manifest, report
 
 
 def _manifest_form_warning(manifest_bytes: bytes, manifest: Manifest, signed: bool) -> str | None:

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edge_retina.bundle import EngineEntry, load_bundle, verify_bundle
-from edge_retina.cli.command_error import fail
+from edge_retina.bundle import EngineEntry, Manifest, examine_bundle, verify_bundle
+from edge_retina.cli.command_error import fail, print_labelled
 from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.bundle.signing import (
     TrustedKeys,
@@ -42,17 +42,33 @@ def bundle() -> None:
 
 @bundle.command()
 @click.argument("path", type=BUNDLE_PATH)
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print the manifest as JSON, with a "damage" list (empty when intact).')
 def inspect(path: Path, as_json: bool) -> None:
-    """Show a bundle's model, input spec, engines, conditions and provenance (after verifying it)."""
+    """Show a bundle's model, input spec, engines, conditions and provenance, then any damage (a
+    file missing or not matching its sha256, an archive cut short). Exit status 1 when damaged."""
     try:
-        manifest = load_bundle(path).manifest
-    except BundleError as exc:
+        manifest, report = examine_bundle(path)
+    except BundleError as exc:  # no valid manifest: nothing to show
         fail(exc)
+    for warning in report.warnings:
+        print_labelled("warning", f"{path}: {warning}")
     if as_json:
-        click.echo(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
-        return
-    console = Console()
+        click.echo(json.dumps({**manifest.to_dict(), "damage": report.problems}, indent=2, sort_keys=True))
+    else:
+        console = Console()
+        _show_manifest(console, path, manifest)
+        for problem in report.problems:
+            print_wrapped(console, Text.assemble(("  damaged", "red"), f"  {problem}"))
+        if report.problems:
+            print_wrapped(console, Text(f"bundle DAMAGED ({plural(len(report.problems), 'problem')}): it will not "
+                                        "load or install", style="red"))
+    if report.problems:
+        sys.exit(1)
+
+
+def _show_manifest(console: Console, path: Path, manifest: Manifest) -> None:
+    """What ``bundle inspect`` prints of the manifest of the bundle at ``path``."""
     m = manifest.to_dict()
     model = m["model"]
     print_wrapped(console, Text.assemble((str(path), "bold"), f"  schema v{m['schema_version']}"))
