@@ -80,6 +80,10 @@ def rule_evidence(rule: DetectRule, machine: MachineFacts, libraries: LibraryFac
         if present:
             return None
         evidence.append(f"CPU flags lack {', '.join(rule.cpu_flags_none)}")
+    if rule.int8_kernels:
+        if machine.int8_kernels not in rule.int8_kernels:
+            return None
+        evidence.append(f"{machine.int8_kernels_evidence}: {machine.int8_kernels} INT8 kernels")
     if rule.openvino_device_any:
         families = {d.split(".")[0].upper() for d in libraries.openvino_devices}
         present = [d for d in rule.openvino_device_any if d.upper() in families]

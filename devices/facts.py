@@ -14,6 +14,9 @@ from typing import Any
 
 # One "key : value" line of /proc/cpuinfo (flags on x86, Features on ARM, one block per processor).
 _CPUINFO_FIELD = re.compile(r"^(?P<key>[^:\n]+?)[ \t]*:[ \t]*(?P<value>.*)$", re.MULTILINE)
+#: The x86 CPU flags of the instructions that multiply INT8 and add into 32 bits (AVX-512 VNNI,
+#: AVX-VNNI on Alder Lake and later, AMX on Sapphire Rapids and later): the ``x86-vnni`` family.
+X86_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # "# R36 (release), REVISION: 4.0, GCID: ..., BOARD: generic, EABI: aarch64, DATE: ..."
 _L4T_RELEASE = re.compile(r"#\s*R(?P<major>\d+)\s*\(release\),\s*REVISION:\s*(?P<revision>[\d.]+)")
 
@@ -59,21 +62,34 @@ class MachineFacts:
     def int8_kernels(self) -> str | None:
         """Which family of INT8 kernels the CPU inference libraries run here; INT8 engines compute
         different numbers on different families, so an accuracy guard's verdict holds within one.
+        Profiles detect by it too (``int8_kernels`` in a detect rule), so both mean the same CPUs.
 
-        - ``x86-vnni``: AVX-512 VNNI, AVX-VNNI or AMX multiply INT8 and add into 32 bits;
+        - ``x86-vnni``: AVX-512 VNNI, AVX-VNNI or AMX (``X86_VNNI_FLAGS``) multiply INT8 and add
+          into 32 bits;
         - ``x86-avx2``: without VNNI, u8 x s8 products are added in pairs in 16 bits, which can
           saturate (what NNCF's overflow fix and ONNX Runtime's ``reduce_range`` are for; the two
           families side by side: BENCHMARKS.md, "INT8 engines");
         - ``arm64``: NEON (and the dot-product and i8mm extensions) add into 32 bits;
         - None: another or an unknown CPU.
         """
+        return self._int8_kernels()[0]
+
+    @property
+    def int8_kernels_evidence(self) -> str:
+        """What ``int8_kernels`` follows from, in words a person can check against /proc/cpuinfo."""
+        return self._int8_kernels()[1]
+
+    def _int8_kernels(self) -> tuple[str | None, str]:
+        """(the family, what it follows from)."""
         if self.cpu_arch == "aarch64":
-            return "arm64"
+            return "arm64", "CPU architecture aarch64"
         if self.cpu_arch == "x86_64":
-            if self.cpu_flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
-                return "x86-vnni"
-            return "x86-avx2" if "avx2" in self.cpu_flags else None
-        return None
+            vnni = [f for f in X86_VNNI_FLAGS if f in self.cpu_flags]
+            if vnni:
+                return "x86-vnni", f"CPU flags include {', '.join(vnni)}"
+            if "avx2" in self.cpu_flags:
+                return "x86-avx2", f"CPU flags include avx2, none of {', '.join(X86_VNNI_FLAGS)}"
+        return None, "no known family of INT8 kernels"
 
     @property
     def modules(self) -> frozenset[str]:

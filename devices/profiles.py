@@ -39,6 +39,7 @@ class DetectRule:
     cpu_flags_all: tuple[str, ...] = ()
     cpu_flags_any: tuple[str, ...] = ()
     cpu_flags_none: tuple[str, ...] = ()
+    int8_kernels: tuple[str, ...] = ()
     openvino_device_any: tuple[str, ...] = ()
 
 

@@ -172,10 +172,21 @@ def test_equal_priorities_are_reported(tmp_path):
     assert any(r.startswith("equally good: x86-64-avx2-twin") for r in detection.reasons)
 
 
+def test_avx_vnni_alone_is_a_vnni_cpu_for_detection_and_its_int8_kernels(tmp_path):
+    """An Alder Lake-class CPU: AVX-VNNI without AVX-512. Its profile and its INT8 kernel family
+    (where an accuracy guard's verdict holds) are one fact, not two definitions of VNNI."""
+    cpuinfo = (BOARDS / "x86-avx2" / "proc" / "cpuinfo").read_text()
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text(re.sub(r"^(flags\s*:.*)$", r"\1 avx_vnni", cpuinfo, flags=re.M))
+    detection = devices.detect(tmp_path, libraries=board_libraries("x86-avx2"))
+    assert detection.facts["machine"]["int8_kernels"] == "x86-vnni"
+    assert detection.profile.name == "x86-64-avx512-vnni", detection.reasons
+    assert "CPU flags include avx_vnni: x86-vnni INT8 kernels" in detection.reasons
+
+
 def test_this_machine_is_an_avx512_vnni_box_that_prefers_openvino_int8():
-    flags = devices.read_machine("/").cpu_flags
-    if not flags & {"avx512_vnni", "amx_int8"}:
-        pytest.skip("this CPU has neither AVX-512 VNNI nor AMX")
+    if devices.read_machine("/").int8_kernels != "x86-vnni":
+        pytest.skip("this CPU has no VNNI (AVX-512 VNNI, AVX-VNNI or AMX)")
     detection = devices.detect()
     assert detection.profile.name == "x86-64-avx512-vnni"
     first = detection.profile.preference[0]
