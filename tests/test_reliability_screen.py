@@ -136,7 +136,8 @@ def test_a_rerun_keeps_earlier_results_unless_told_to_overwrite(tiny_bundle, ret
     earlier = out.read_text()
     again = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--out", out)
     assert again.exit_code == 2 and out.read_text() == earlier, again.output
-    assert unwrapped(f"{out} holds earlier results") in unwrapped(again.output) and "--overwrite" in again.output
+    assert unwrapped(f"cannot write results to {out}: it exists; move it away or pass --overwrite to replace it") \
+        in unwrapped(again.output), again.output
     forced = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--out", out, "--overwrite")
     assert forced.exit_code == 0 and len(list(csv.DictReader(out.open()))) == 1, forced.output
 
@@ -177,7 +178,8 @@ def test_ctrl_c_keeps_what_was_screened(tiny_bundle, retina_jpeg, tmp_path, monk
     monkeypatch.undo()
     again = run("screen", retina_jpeg, "--bundle", tiny_bundle, "--out", out)
     assert again.exit_code == 2 and len(json.loads(Path(f"{out}.partial").read_text())) == 2, again.output
-    assert unwrapped(f"{out}.partial holds the rows of an interrupted run") in unwrapped(again.output)
+    assert unwrapped(f"cannot write results to {out}.partial (the rows of an interrupted run): it exists; move it "
+                     "away or pass --overwrite to replace it") in unwrapped(again.output), again.output
 
 
 def test_ctrl_c_while_a_row_is_written_counts_only_the_rows_kept(tiny_bundle, retina_jpeg, tmp_path, monkeypatch):

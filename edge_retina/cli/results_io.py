@@ -3,9 +3,8 @@
 Rows are written and flushed as each image finishes, into ``<out>.partial``; the file gets its final
 name when the batch ends. An interrupted batch therefore leaves every finished row on disk (in the
 ``.partial`` file, a whole CSV/JSON file of the rows done) and never a half-written file under the
-final name. ``existing_results`` names the files a new run would replace: ``screen`` refuses to
-unless told to (``--overwrite``), so neither an earlier run's results nor an interrupted run's rows
-are lost to a re-run.
+final name. ``screen`` refuses to replace either file unless told to (``--overwrite``), so neither
+an earlier run's results nor an interrupted run's rows are lost to a re-run.
 
 A file name that is not valid UTF-8 (a byte such as 0xE9 in a Latin-1 name) reaches Python as a
 lone surrogate; CSV writes it as its escape (``\udce9``), as JSON does, so the file stays UTF-8.
@@ -70,11 +69,6 @@ def result_format(path: Path) -> str:
 def partial_path(path: Path) -> Path:
     """Where the rows go until the batch ends (and stay if it is interrupted)."""
     return path.with_name(path.name + ".partial")
-
-
-def existing_results(path: Path) -> list[Path]:
-    """The results file ``path`` and an interrupted run's ``.partial`` beside it, those that exist."""
-    return [p for p in (Path(path), partial_path(Path(path))) if p.is_file()]
 
 
 class ResultWriter:

@@ -20,7 +20,7 @@ from rich.text import Text
 from edge_retina.bundle.trusted_keys_option import trusted_keys_option
 from edge_retina.cli.command_error import EXIT_INTERRUPTED, fail
 from edge_retina.cli.inputs import expand_inputs
-from edge_retina.cli.results_io import ResultWriter, existing_results, result_format
+from edge_retina.cli.results_io import ResultWriter, partial_path, result_format
 from edge_retina.console_tables import print_results, print_wrapped, summarise
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
@@ -76,13 +76,13 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
             result_format(out)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--out") from None
-        reason = unwritable_reason(out)
+        reason = unwritable_reason(out, overwrite=overwrite)
         if reason:
             fail(f"cannot write results to {out}: {reason}")
-        earlier = existing_results(out)
-        if earlier and not overwrite:
-            held = "earlier results" if earlier[0] == out else "the rows of an interrupted run"
-            fail(f"{earlier[0]} holds {held}; move it away or pass --overwrite to replace it")
+        # The rows go to <out>.partial until the batch ends: one already there is an interrupted run's.
+        partial = partial_path(out)
+        if partial.is_file() and (reason := unwritable_reason(partial, overwrite=overwrite)):
+            fail(f"cannot write results to {partial} (the rows of an interrupted run): {reason}")
     chosen = None
     if conditions:
         chosen = [c.strip() for c in conditions.split(",") if c.strip()]
