@@ -13,7 +13,7 @@ thresholds; --draws seeded draws per K. The photos are embedded once by the bund
 engine through the Screener (ungradable photos are left out, as on the device) and cached under
 artifacts/bench_adaptation/.
 
-The default model's teacher (reference-v3) trained on every shared dataset's train split
+The default model's teacher (reference-v3, reference-v4) trained on every shared dataset's train split
 (converters/reference/data.py reads all five folders), so for it the shots come from photos the
 model trained on: the JSON gives each task's zero-shot AUROC on its shot pool beside the test
 split's, to show how much easier the shots are than a new site's photos. With --shot-split val the

