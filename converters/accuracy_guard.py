@@ -40,6 +40,7 @@ from edge_retina.bench.labels import LabelledImages
 from edge_retina.bench.metrics import cosine_similarity, decision_agreement, distribution, paired_bootstrap_delta
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.prompt_table import PromptTable
+from edge_retina.wording import plural
 
 DEFAULT_EXCLUSION_STEPS = (1, 2, 4, 8)
 #: Revision of the fallback ladder (part of the converter's engine cache key: a changed ladder
@@ -348,7 +349,8 @@ def guarded_build(
         if progress:
             verdict = (f"passed (closest: {check.closest.name}, margin {check.closest.margin:+.4f})" if check.passed
                        else "failed: " + check.failure_summary())
-            how = (" by QAT" if method == "qat" else "") + (f" excluding {len(excluded)} layer(s)" if excluded else "")
+            how = ((" by QAT" if method == "qat" else "")
+                   + (f" excluding {plural(len(excluded), 'layer')}" if excluded else ""))
             progress(f"{precision}{how}: mean cosine {check.cosine['mean']:.4f}, {verdict}")
         return GuardedResult(artefact, precision, list(excluded), check, attempts, method)
 

