@@ -141,14 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{task.condition}/{task.dataset}: " + " ".join(f"{n} {row[n]:.3f}" for n in FEATURE_SETS), flush=True)
 
-    # 80 columns: task 22, counts 8, then the zero-shot and the four probes at 9 each.
+    # 77 columns: task 22, counts 8, then the zero-shot and the four probes at 9 each.
     columns = ["teacher_zero_shot", *FEATURE_SETS]
     print("\ntest AUROC: the teacher zero-shot, then supervised linear probes")
-    print(f"{'task':<22} {'n+/n-':>8}" + "".join(f"{n:>9}" for n in ["zero-shot", "s5", "s4+s5", "pooled",
-                                                                          "teacher"]))
+    print(f"{'task':<22} {'n+/n-':>8} " + "".join(f"{n:>9}" for n in ["zero-shot", "s5", "s4+s5", "pooled",
+                                                                           "teacher"]))
     for row in rows:
         task = f"{row['condition'][:12]}/{row['dataset'][:9]}"
-        print(f"{task:<22} {row['test_pos']:>3}/{row['test_neg']:<4}" + "".join(f"{row[n]:>9.3f}" for n in columns))
+        print(f"{task:<22} {row['test_pos']:>3}/{row['test_neg']:<4} " + "".join(f"{row[n]:>9.3f}" for n in columns))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                          time.gmtime()), "teacher": str(args.teacher or "shipped"),
