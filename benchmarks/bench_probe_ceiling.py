@@ -62,6 +62,8 @@ def extract(teacher_path: Path | None, datasets: Path, cache: Path, batch: int =
     dual_encoder = load_reference(teacher_path or REFERENCE_WEIGHTS)
     teacher = dual_encoder.vision_model
 
+    # One graph for all four feature sets (rather than evaluate.embed_images for the teacher plus a
+    # pass for ImageNet): each batch is normalised once and runs through one compiled graph.
     class Features(torch.nn.Module):
         def __init__(self):
             super().__init__()
