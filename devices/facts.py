@@ -17,6 +17,9 @@ _CPUINFO_FIELD = re.compile(r"^(?P<key>[^:\n]+?)[ \t]*:[ \t]*(?P<value>.*)$", re
 #: The x86 CPU flags of the instructions that multiply INT8 and add into 32 bits (AVX-512 VNNI,
 #: AVX-VNNI on Alder Lake and later, AMX on Sapphire Rapids and later): the ``x86-vnni`` family.
 X86_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: The x86 CPU flags of bfloat16 arithmetic in hardware (AVX-512 BF16 on Cooper Lake and Zen 4 and
+#: later, AMX on Sapphire Rapids and later); without them torch emulates bfloat16, slowly.
+X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # "# R36 (release), REVISION: 4.0, GCID: ..., BOARD: generic, EABI: aarch64, DATE: ..."
 _L4T_RELEASE = re.compile(r"#\s*R(?P<major>\d+)\s*\(release\),\s*REVISION:\s*(?P<revision>[\d.]+)")
 
@@ -90,6 +93,12 @@ class MachineFacts:
             if "avx2" in self.cpu_flags:
                 return "x86-avx2", f"CPU flags include avx2, none of {', '.join(X86_VNNI_FLAGS)}"
         return None, "no known family of INT8 kernels"
+
+    @property
+    def bf16_emulated(self) -> bool:
+        """An x86 CPU without bfloat16 in hardware (``X86_BF16_FLAGS``), where bfloat16 autocast is
+        slower than float32; False elsewhere (ARM's bf16 support is not looked at)."""
+        return self.cpu_arch == "x86_64" and not any(f in self.cpu_flags for f in X86_BF16_FLAGS)
 
     @property
     def modules(self) -> frozenset[str]:

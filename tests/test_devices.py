@@ -409,6 +409,15 @@ def test_each_board_names_its_int8_kernel_family(board, kernels):
     assert detect_board(board).facts["machine"]["int8_kernels"] == kernels
 
 
+@pytest.mark.parametrize("extra_flag, emulated", [("", True), (" avx512_bf16", False), (" amx_bf16", False)])
+def test_bf16_is_emulated_on_x86_without_its_flags(tmp_path, extra_flag, emulated):
+    cpuinfo = (BOARDS / "x86-avx512-vnni" / "proc" / "cpuinfo").read_text()  # a Cascade Lake: VNNI, no BF16
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text(re.sub(r"^(flags\s*:.*)$", r"\1" + extra_flag, cpuinfo, flags=re.M))
+    assert devices.read_machine(tmp_path).bf16_emulated is emulated
+    assert devices.read_machine(BOARDS / "raspberry-pi-5").bf16_emulated is False  # ARM: not looked at
+
+
 def guarded(backend, precision, measured_on):
     return replace(engine(backend, precision), notes={"accuracy_guard": {"passed": True, "measured_on": measured_on}})
 

@@ -55,6 +55,7 @@ from converters.reference.evaluate import (
 )
 from converters.reference.model import IMAGE_ARCH, REFERENCE_INPUT_SPEC, build_reference_model
 from converters.reference.weights import REFERENCE_WEIGHTS, save_reference
+from devices.facts import X86_BF16_FLAGS, read_machine
 from edge_retina.preprocess import pixels_key
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: keeps the temperature from collapsing
@@ -64,8 +65,8 @@ RECIPE = {
     # train. reference-v3 trained stage 6 only: test mean AUROC 0.880, against 0.906 with stage 5 too.
     "frozen_blocks": 5,
     # The trained stages under bfloat16 autocast (weights and optimiser in float32): 1.4x faster on a
-    # CPU with AMX or AVX-512 BF16, where reference-v4 trained; elsewhere pass --no-bf16 (emulated
-    # bfloat16 is slow), which changes the numbers slightly.
+    # CPU with AMX or AVX-512 BF16, where reference-v4 trained; elsewhere bfloat16 is emulated and slow
+    # (train warns): pass --no-bf16 there, which changes the numbers slightly.
     "bf16_autocast": True,
     "epochs": 4,
     "views": 3,
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe = dict(RECIPE, epochs=args.epochs, frozen_blocks=args.frozen_blocks, bf16_autocast=args.bf16,
                   leave_out=sorted(set(args.leave_out)))
+    if recipe["bf16_autocast"] and read_machine().bf16_emulated:
+        print(f"warning: this CPU has none of {', '.join(X86_BF16_FLAGS)}, so bfloat16 autocast is emulated "
+              "and slower than float32; --no-bf16 trains faster here (the numbers change slightly)", flush=True)
     torch.set_num_threads(2)
     torch.manual_seed(recipe["seed"])
     args.out.mkdir(parents=True, exist_ok=True)
