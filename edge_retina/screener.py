@@ -97,13 +97,17 @@ class Staged:
     start: float  # time.perf_counter() when its preprocessing started
 
 
-def engine_cache_dir(bundle: Bundle) -> Path:
-    """Per-bundle cache for compiled engines (OpenVINO model cache, TensorRT engines built on the device).
+def engine_cache_dir(bundle: Bundle, engine: EngineEntry) -> Path:
+    """Cache for what a backend compiles from ``engine`` (OpenVINO model cache, TensorRT engines built
+    on the device).
 
     Kept outside the bundle, which may sit on read-only storage or be a shared archive extraction,
-    and keyed by the manifest's bytes, which pin every file of the bundle.
+    and keyed by the sha256 of the engine's files as the manifest pins them, not by the manifest: a
+    bundle adapted to a site or signed again (a new manifest, the same engine) finds the engine it
+    compiled before, which on a Jetson saves minutes of TensorRT building at the next start.
     """
-    return user_cache_dir("engines") / hashlib.sha256(bundle.manifest.canonical_bytes()).hexdigest()[:16]
+    pinned = "".join(bundle.manifest.files[f] for f in engine.files)
+    return user_cache_dir("engines") / hashlib.sha256(pinned.encode()).hexdigest()[:16]
 
 
 def choose_engine(
@@ -187,7 +191,7 @@ class Screener:
             engine.backend,
             bundle.path_of(engine.files[0]),
             precision=engine.precision,
-            cache_dir=engine_cache_dir(bundle),
+            cache_dir=engine_cache_dir(bundle, engine),
             **options,
         )
         applied = profile if device is not None else None

@@ -33,7 +33,7 @@ except ImportError:  # not POSIX: no lock, prune relies on KEEP_RECENT_SECONDS a
 #: touched.
 CACHES = {
     "bundles": "extracted bundle archives",
-    "engines": "engines compiled here (OpenVINO, TensorRT), per bundle",
+    "engines": "engines compiled here (OpenVINO, TensorRT), per engine",
     "tensorrt": "TensorRT engines built here, per GPU",
     "convert": "converter steps: exports, calibration, embeddings, engines",
 }

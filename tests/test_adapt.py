@@ -22,7 +22,7 @@ from edge_retina.bundle.signing import TrustedKeys, check_signature, generate_ke
 from edge_retina.cli.main import cli
 from edge_retina.errors import BundleError, EdgeRetinaError
 from edge_retina.prompt_table import PromptTable
-from edge_retina.screener import Screener
+from edge_retina.screener import Screener, engine_cache_dir
 
 
 # -- thresholds -------------------------------------------------------------------------------------
@@ -168,6 +168,16 @@ def test_adapted_bundle_verifies_screens_with_its_overlay_and_leaves_the_input_a
         float(adapted_table.score(result_embedding(adapted.out, site_labels)).condition_probabilities["glaucoma"][0]),
         rel=1e-5)
 
+
+
+def test_an_adapted_bundle_finds_its_engines_compiled_where_the_base_left_them(tiny_bundle, adapted):
+    """A new manifest, the same engine files: the compiled-engine cache is keyed by the engines, so
+    the first start after `adapt` does not compile (or, on a Jetson, build) them again."""
+    base, site = load_bundle(tiny_bundle), load_bundle(adapted.out)
+    assert base.manifest.canonical_bytes() != site.manifest.canonical_bytes()
+    for engine in base.manifest.engines:
+        assert engine_cache_dir(site, engine) == engine_cache_dir(base, engine)
+    assert len({engine_cache_dir(base, e) for e in base.manifest.engines}) == len(base.manifest.engines)
 
 def result_embedding(bundle, site_labels):
     with Screener.from_bundle(bundle, keep_embeddings=True) as screener:

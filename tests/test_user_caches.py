@@ -56,9 +56,10 @@ def names(entries) -> set[str]:
 
 
 def test_every_cache_the_code_writes_is_described():
-    bundle = SimpleNamespace(manifest=SimpleNamespace(canonical_bytes=lambda: b"{}"))
+    bundle = SimpleNamespace(manifest=SimpleNamespace(files={"engines/model.onnx": "0" * 64}))
+    engine = SimpleNamespace(files=("engines/model.onnx",))
     used = {convert_cache_dir().name, bundles_cache_dir().name, tensorrt_cache_dir().name,
-            engine_cache_dir(bundle).parent.name}
+            engine_cache_dir(bundle, engine).parent.name}
     assert used == set(user_caches.CACHES)
 
 

@@ -220,7 +220,7 @@ def engine_embeddings(bundle: Bundle, tensors: np.ndarray, engines: Sequence[Eng
     out = {}
     for engine in engines:
         with create_runner(engine.backend, bundle.path_of(engine.primary_file), precision=engine.precision,
-                           threads=threads, cache_dir=engine_cache_dir(bundle)) as runner:
+                           threads=threads, cache_dir=engine_cache_dir(bundle, engine)) as runner:
             out[engine.describe()] = runner_embeddings(runner, tensors)
     return out
 
