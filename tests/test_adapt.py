@@ -169,7 +169,6 @@ def test_adapted_bundle_verifies_screens_with_its_overlay_and_leaves_the_input_a
         rel=1e-5)
 
 
-
 def test_an_adapted_bundle_finds_its_engines_compiled_where_the_base_left_them(tiny_bundle, adapted):
     """A new manifest, the same engine files: the compiled-engine cache is keyed by the engines, so
     the first start after `adapt` does not compile (or, on a Jetson, build) them again."""
@@ -178,6 +177,7 @@ def test_an_adapted_bundle_finds_its_engines_compiled_where_the_base_left_them(t
     for engine in base.manifest.engines:
         assert engine_cache_dir(site, engine) == engine_cache_dir(base, engine)
     assert len({engine_cache_dir(base, e) for e in base.manifest.engines}) == len(base.manifest.engines)
+
 
 def result_embedding(bundle, site_labels):
     with Screener.from_bundle(bundle, keep_embeddings=True) as screener:
