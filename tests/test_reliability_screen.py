@@ -3,6 +3,7 @@ and the batch goes on; nothing raises or leaves a traceback."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import pickle
@@ -128,6 +129,28 @@ def test_a_failed_rename_says_where_the_rows_are(tiny_bundle, retina_jpeg, tmp_p
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
     assert unwrapped(f"the results are in {out}.partial") in unwrapped(res.output)
     assert len(list(csv.DictReader(open(f"{out}.partial")))) == 1
+
+
+def test_a_full_disk_stops_the_batch_with_a_message_and_keeps_the_rows_written(tiny_bundle, retina_jpeg, tmp_path,
+                                                                                 monkeypatch):
+    from edge_retina.cli.screen import ResultWriter
+
+    original, calls = ResultWriter.write, []
+
+    def disk_full_on_the_second_row(self, result):
+        calls.append(result)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        original(self, result)
+
+    monkeypatch.setattr(ResultWriter, "write", disk_full_on_the_second_row)
+    out = tmp_path / "r.csv"
+    res = run("screen", *photo_copies(retina_jpeg, tmp_path, 3), "--bundle", tiny_bundle, "--out", out)
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert unwrapped(f"cannot write results to {out}.partial: No space left on device; screening stopped after "
+                     "1 of 3 images") in unwrapped(res.output), res.output
+    assert "Screening results" in res.output and "results written to" not in res.output
+    assert not out.exists() and len(list(csv.DictReader(open(f"{out}.partial")))) == 1
 
 
 def test_a_rerun_keeps_earlier_results_unless_told_to_overwrite(tiny_bundle, retina_jpeg, tmp_path):

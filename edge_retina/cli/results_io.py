@@ -11,6 +11,7 @@ lone surrogate; CSV writes it as its escape (``\udce9``), as JSON does, so the f
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -100,6 +101,13 @@ class ResultWriter:
             self._file.write(text)
         self._count += 1
         self._file.flush()
+
+    def abandon(self) -> Path:
+        """Close the file after a row could not be written (a full disk), not renaming it: the rows
+        written before stay in the ``.partial`` file (the last one may be cut short). Where they are."""
+        with contextlib.suppress(OSError):  # flushing what is buffered fails again; the file is closed anyway
+            self._file.close()
+        return self.partial
 
     def close(self, *, interrupted: bool = False) -> Path:
         """End the file (a JSON array is closed) and rename it into place, unless the batch was

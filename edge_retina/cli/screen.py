@@ -64,9 +64,10 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
 
     A failed image becomes a row with its error and does not stop the batch. Exit status: 0 when at
     least one image was screened, 1 when none could be, 2 when the bundle could not be loaded, the
-    --out file cannot be written, or --out or <out>.partial already exists and --overwrite was not
-    given, 130 when interrupted (Ctrl-C): what was screened is shown, and with --out its rows are
-    kept in <out>.partial.
+    --out file cannot be written (a full disk stops the batch; the rows written are kept in
+    <out>.partial), or --out or <out>.partial already exists and --overwrite was not given, 130
+    when interrupted (Ctrl-C): what was screened is shown, and with --out its rows are kept in
+    <out>.partial.
     """
     console = Console(stderr=as_json)
     err = Console(stderr=True)
@@ -119,18 +120,25 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
                                                              error_code=item.problem_code)
 
     interrupted = False
+    write_error: OSError | None = None  # the --out file could not take a row (a full disk): screening stops
     with screener, progress, pipeline:
         task = progress.add_task("screen", total=len(items))
         try:
             for _, result in pipeline.run(items, source=source, name=lambda item: item.path):
                 if writer:  # written before it is counted: a Ctrl-C between the two never counts a lost row
-                    writer.write(result)
+                    try:
+                        writer.write(result)
+                    except OSError as exc:
+                        write_error = exc
+                        break
                 results.append(result)
                 progress.advance(task)
         except KeyboardInterrupt:  # Ctrl-C: stop taking photos, keep and show those finished
             interrupted = True
     rows_at = None
-    if writer:
+    if writer and write_error is not None:
+        rows_at = writer.abandon()
+    elif writer:
         try:
             rows_at = writer.close(interrupted=interrupted)
         except OSError as exc:
@@ -156,8 +164,11 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
         print_wrapped(console, f"engine: {engine.get('backend')} {engine.get('precision')} ({bundle_path})")
         if throughput and screened_any:
             console.print(f"{throughput.describe()} ({plural(pipeline.workers, 'worker')}); start-up {startup_s:.2f} s")
-        if rows_at and not interrupted:
+        if rows_at and not interrupted and write_error is None:
             print_wrapped(console, f"results written to {rows_at}")
+    if write_error is not None:
+        fail(f"cannot write results to {rows_at}: {write_error.strerror or write_error}; screening stopped after "
+             f"{len(results)} of {plural(len(items), 'image')} (the rows written so far stay in that file)")
     if interrupted:
         kept = f"; their rows are in {rows_at} (not renamed to {out}: the run did not finish)" if rows_at else ""
         print_wrapped(err, Text.assemble(("interrupted", "yellow"),
