@@ -208,7 +208,7 @@ class Screener:
         available = self.prompt_table.conditions
         if requested is None:
             return available
-        requested = tuple(requested)
+        requested = tuple(dict.fromkeys(requested))  # "glaucoma,glaucoma" reports glaucoma once
         unknown = [c for c in requested if c not in available]
         if unknown:
             raise EdgeRetinaError(f"unknown condition(s) {unknown}; this bundle reports {list(available)}")

@@ -64,6 +64,11 @@ def test_choose_conditions(tiny_bundle, retina_jpeg):
         Screener.from_bundle(tiny_bundle, conditions=["scurvy"])
 
 
+def test_a_condition_asked_for_twice_is_reported_once(tiny_bundle):
+    with Screener.from_bundle(tiny_bundle, conditions=["glaucoma", "glaucoma"]) as s:
+        assert s.conditions == ("glaucoma",)  # one table column, one CSV column
+
+
 def test_bad_input_becomes_an_error_result(screener, tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
