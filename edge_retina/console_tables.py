@@ -189,15 +189,22 @@ def print_results(console: Console, results: list[Result], conditions: tuple[str
         rows.append([escape(_shown(label)),
                      f"[{styles[r.status]}]{detail}[/]", *cells, "" if total is None else f"{total:.1f}"])
 
-    def make(shown: int, caption: str | None) -> Table:
+    def make(shown: int, caption: str | None, image_width: int | None = None) -> Table:
         table = _table("Screening results", caption)
         for i, h in enumerate(headers[:shown]):
-            table.add_column(h, justify="right" if i >= 2 else "left", no_wrap=i > 0, overflow="fold")
+            table.add_column(h, justify="right" if i >= 2 else "left", no_wrap=i > 0, overflow="fold",
+                             max_width=image_width if i == 0 else None)
         for row in rows:
             table.add_row(*row[:shown])
         return table
 
-    console.print(fit_columns(make, headers, console.width, details="--json and --out"))
+    # A long file name folds rather than push the status out of the table (leaving names alone): the
+    # image column gets at most what the status column leaves, as rich_table's wrapping column does.
+    wide = Console(width=10_000)
+    narrowest = Measurement.get(wide, wide.options, make(2, None, 1)).maximum
+    image_width = max(WRAP_MIN, 1 + console.width - narrowest)
+    console.print(fit_columns(lambda shown, caption: make(shown, caption, image_width), headers, console.width,
+                              details="--json and --out"))
     console.print("* = over the bundle's referral threshold")
     for r in results:
         if r.error:

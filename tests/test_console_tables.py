@@ -12,9 +12,12 @@ from edge_retina.console_tables import (
     identical_rows,
     image_labels,
     parity_console_tables,
+    print_results,
     print_wrapped,
     rich_table,
+    summarise,
 )
+from edge_retina.screener import Result
 
 HEADERS = ["pipeline", "total", "speed-up wall/CPU", "decode", "preprocess", "inference", "lookup", "total p90",
            "total p99", "CPU", "engine alone", "overhead over engine"]
@@ -60,6 +63,17 @@ def test_a_free_text_last_column_wraps_in_the_room_left_or_is_named_when_there_i
     assert "no DLA)" in " ".join(lines) and sum("NVIDIA" in line for line in lines) == 1  # wrapped, whole
     narrow = " ".join(printed(rich_table("profiles", headers, rows, width=45, wrap_last=True), width=45))
     assert "more in --json: title" in narrow and "NVIDIA" not in narrow
+
+
+def test_a_long_file_name_folds_and_leaves_the_status_in_the_table():
+    name = "patient_0001_visit_2026-12-07_left_eye_macula_centred_capture_number_0003_highres.jpg"
+    result = Result(f"site/{name}", probabilities={"glaucoma": 0.8}, referral={"glaucoma": True}, gradable=True)
+    console = Console(width=80, record=True, file=io.StringIO())
+    print_results(console, [result], ("glaucoma",), summarise([result]))
+    lines = console.export_text().splitlines()
+    assert max(len(line.encode()) for line in lines) <= 80
+    assert "status" in lines[2] and "refer" in lines[4]  # the decision is on the photo's first line
+    assert "".join(line.split()[0] for line in lines[4:6]) == name  # whole, folded in its column
 
 
 def test_image_labels_tell_apart_photos_with_the_same_name():
