@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import click
 
 from edge_retina import LOG_FORMAT
 from edge_retina.bundle.trusted_keys_option import trusted_keys_option
+from edge_retina.cli.command_error import fail
 from edge_retina.errors import EdgeRetinaError
+from edge_retina.out_paths import unwritable_reason
 from edge_retina.preprocess.decode import MIN_SIDE
 from edge_retina.preprocess.raw import PIXEL_FORMATS
 from edge_retina.screener import Screener
@@ -34,6 +37,18 @@ store_option = click.option(
     "--store", type=click.Path(dir_okay=False, path_type=Path), envvar="EDGE_RETINA_BRIDGE_STORE",
     default=default_store, show_default="$XDG_DATA_HOME/edge-retina/bridge.sqlite3",
     help="SQLite result store (env EDGE_RETINA_BRIDGE_STORE).")
+
+
+def _open_store(path: Path) -> ResultStore:
+    """The result store at ``path``, or one message saying why it cannot be opened (a read-only
+    folder, a file where a folder should be, a file that is not a SQLite database)."""
+    reason = unwritable_reason(path)
+    if reason is None:
+        try:
+            return ResultStore(path)
+        except (OSError, sqlite3.Error) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+    fail(f"cannot open the result store {path}: {reason}")
 
 
 def _stop_on_signals(stop) -> None:
@@ -190,6 +205,7 @@ def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, que
         raise click.UsageError("give exactly one of --socket, --tcp, --serial")
     if tcp_address and not is_loopback(tcp_address[0]) and not allow_remote:
         raise click.UsageError(f"{tcp_address[0]} is not a loopback address: pass --allow-remote to listen on it")
+    result_store = _open_store(store)
     _log_to_stderr()
     config = BridgeConfig(queue_capacity=queue_capacity, request_timeout=request_timeout, frame_timeout=frame_timeout,
                           max_payload=int(max_frame_mb * 2**20), max_connections=max_connections,
@@ -203,7 +219,7 @@ def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, que
         if first_serial is not None:
             first_serial.close()
         raise
-    server = BridgeServer(screener, ResultStore(store), config)
+    server = BridgeServer(screener, result_store, config)
     _stop_on_signals(server.stop)
     if serial_device:
         where = f"serial:{serial_device}"
@@ -243,7 +259,7 @@ def results(store, since) -> None:
         raise click.BadParameter(f"{since!r} is not an ISO-8601 time or epoch seconds", param_hint="--since") from None
     if not store.is_file():
         raise click.ClickException(f"no result store at {store}")
-    result_store = ResultStore(store)
+    result_store = _open_store(store)
     try:
         for row in result_store.done_since(since_us):
             click.echo(json.dumps(row.record(), separators=(",", ":")))
@@ -269,9 +285,9 @@ def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threa
     """Screen each new capture written to FOLDER once; write IMAGE.result.json beside it."""
     from .hotfolder import HotFolder
 
+    result_store = _open_store(store or folder / ".edge-retina" / "journal.sqlite3")
     _log_to_stderr()
     screener = _open_screener(bundle_path, backend, threads, trusted_dir)
-    result_store = ResultStore(store or folder / ".edge-retina" / "journal.sqlite3")
     watcher = HotFolder(screener, result_store, folder, settle_seconds=settle, workers=workers)
     try:
         if once:

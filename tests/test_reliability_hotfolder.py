@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 import threading
+from pathlib import Path
 
 import pytest
 from bridge_support import small_jpeg
+from click.testing import CliRunner
+from narrow_terminal import unwrapped
 
+from edge_retina.cli.main import cli
 from edge_retina.screener import Screener
 from firmware_bridge.hotfolder import HotFolder, sidecar_path
 from firmware_bridge.store import ResultStore
@@ -81,3 +85,20 @@ def test_a_capture_written_in_two_goes_ends_with_the_complete_files_result(scree
         rest.write(data[len(data) // 2:])
     assert scan_within(watcher) == [sidecar_path(capture)]
     assert json.loads(sidecar_path(capture).read_text())["result"]["status"] in ("refer", "no-referral")
+
+
+
+@pytest.mark.parametrize("arguments, why", [
+    (["hotfolder", "captures", "--store", "notes.txt"], "notes.txt: file is not a database"),
+    (["hotfolder", "captures", "--store", "notes.txt/journal.sqlite3"], "notes.txt/journal.sqlite3: notes.txt is not a folder"),
+    (["results", "--store", "notes.txt"], "notes.txt: file is not a database"),
+], ids=["hotfolder-not-sqlite", "hotfolder-under-a-file", "results-not-sqlite"])
+def test_a_store_that_cannot_be_opened_is_one_message(tiny_bundle, tmp_path, monkeypatch, arguments, why):
+    monkeypatch.chdir(tmp_path)
+    Path("notes.txt").write_text("a text file, not a result store")
+    Path("captures").mkdir()
+    bundle = ["--bundle", str(tiny_bundle), "--once"] if arguments[0] == "hotfolder" else []
+    res = CliRunner().invoke(cli, ["bridge", *arguments, *bundle])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert unwrapped(f"error: cannot open the result store {why}") in unwrapped(res.output), res.output
+    assert Path("notes.txt").read_text() == "a text file, not a result store"
