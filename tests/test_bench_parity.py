@@ -93,10 +93,12 @@ def test_labels_csv_round_trip(tmp_path):
     ("image,glaucoma\na.jpg,1\n", "'file' column"),
     ("file,glaucoma\na.jpg,yes\n", "expected 0, 1 or blank"),
     ("file,glaucoma\n", "no rows"),
+    ("file,glaucoma\na.jpg,1\n".encode("utf-16"), "not UTF-8 text"),  # a spreadsheet's "Unicode text"
+    ("file,glaucoma\n" + "a" * 200_000 + ",1\n", "not a CSV file"),  # csv's field size limit
 ])
 def test_bad_labels_csv_is_refused(tmp_path, text, message):
     path = tmp_path / "labels.csv"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(EdgeRetinaError, match=message):
         read_labels_csv(path)
 

@@ -44,6 +44,11 @@ def read_labels_csv(path: str | os.PathLike[str], conditions: Collection[str] | 
             rows = list(reader)
     except OSError as exc:
         raise EdgeRetinaError(f"labels CSV {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:  # a spreadsheet's "Unicode text" (UTF-16) or a Latin-1 export
+        raise EdgeRetinaError(f"labels CSV {path}: not UTF-8 text (byte {exc.start}); save it as "
+                              "\"CSV UTF-8\"") from None
+    except csv.Error as exc:
+        raise EdgeRetinaError(f"labels CSV {path}: not a CSV file ({exc})") from None
     if "file" not in columns or len(columns) < 2:
         raise EdgeRetinaError(f"{path}: a labels CSV needs a 'file' column and one 0/1 column per condition "
                               f"(found columns {columns}); see docs/LABELS.md")
