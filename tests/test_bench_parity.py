@@ -177,6 +177,17 @@ def test_parity_names_a_skipped_photo_as_the_labels_csv_lists_it(tiny_bundle, la
     assert str(folder) not in data["skipped"][0]
 
 
+def test_parity_on_no_readable_photo_says_why(tiny_bundle, tmp_path):
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,glaucoma\nnotes.jpg,1\nmissing.jpg,0\n")
+    result = invoke("parity", "--bundle", tiny_bundle, "--labels", labels, "--reference", "fp32")
+    assert result.exit_code == 2, result.output
+    assert unwrapped("none of the 2 labelled images could be read: notes.jpg: not an image file") \
+        in unwrapped(result.output), result.output
+    assert unwrapped("missing.jpg: ") in unwrapped(result.output)
+
+
 def test_parity_cannot_run_exits_2(tiny_bundle, labelled_folder, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("image,glaucoma\na.jpg,1\n")

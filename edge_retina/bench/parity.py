@@ -194,7 +194,7 @@ def prepare_pixels(preprocessor: Preprocessor, paths: Sequence[Path], progress: 
         if progress:
             progress(1)
     if not images:
-        raise EdgeRetinaError(f"none of the {len(paths)} labelled images could be read")
+        raise EdgeRetinaError(f"none of the {len(paths)} labelled images could be read: " + "; ".join(skipped[:3]))
     return np.stack(images), kept, skipped
 
 
