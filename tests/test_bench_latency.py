@@ -152,6 +152,17 @@ def test_latency_command_names_left_out_images_once_in_80_columns(tiny_bundle, r
         str(broken)) == 1
 
 
+def test_max_images_counts_only_images_that_can_be_timed(tiny_bundle, retina_jpeg, tmp_path):
+    broken = tmp_path / "0-broken.jpg"
+    broken.write_bytes(retina_jpeg.read_bytes()[:5000])
+    copies = [shutil.copy(retina_jpeg, tmp_path / f"{i}-photo.jpg") for i in (1, 2, 3)]
+    engines = latency.select_engines(tiny_bundle, backend="onnxruntime")
+    report = latency.run_latency(tiny_bundle, engines, [broken, *copies], iterations=1, streams=1, cold_runs=0,
+                                 max_images=2)
+    assert report.images == [str(p) for p in copies[:2]]  # the broken photo took no place
+    assert len(report.left_out) == 1 and report.left_out[0].startswith(f"{broken}: truncated JPEG")
+
+
 def test_research_baseline_without_torch_names_the_extra(monkeypatch):
     from edge_retina.extras import import_for
 

@@ -267,11 +267,13 @@ def run_latency(
     cold_runs: int = 3,
     extra_pipelines: Sequence[Pipeline] = (),
     baseline: str | None = None,
+    max_images: int | None = None,
 ) -> LatencyReport:
     """The whole latency benchmark for ``engines`` of a bundle (plus e.g. the research baseline).
 
     ``baseline`` names the pipeline ratios are taken against (default: the first extra pipeline,
     else the first engine). ``workers``: the pipeline throughput test's (default: the usable cores).
+    ``max_images``: time the first that many usable images (one left out does not take a place).
     """
     workers = workers or usable_cores()
     deployed = [DeployedPipeline(bundle_path, e, threads) for e in engines]
@@ -284,6 +286,8 @@ def run_latency(
         judges = [deployed[0], *extra_pipelines]
         left_out, timed = [], []
         for image in map(Path, images):
+            if len(timed) == max_images:
+                break
             why = next(filter(None, (p.unusable(image) for p in judges)), None)  # the first reason given
             if why is None:
                 timed.append(image)

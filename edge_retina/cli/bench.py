@@ -55,7 +55,7 @@ def bench() -> None:
     """Benchmark a bundle here: latency per stage, and AUROC parity against a reference."""
 
 
-def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
+def _benchmark_images(images: tuple[str, ...]) -> list[Path]:
     if not images:
         shared = shared_datasets_dir()
         if shared is None:
@@ -65,7 +65,7 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
     problems = [named_once(i.path, i.problem) for i in items if i.problem]
     if problems:
         raise EdgeRetinaError("; ".join(problems))
-    return [Path(i.path) for i in items][:limit]
+    return [Path(i.path) for i in items]
 
 
 @bench.command()
@@ -76,7 +76,8 @@ def _benchmark_images(images: tuple[str, ...], limit: int) -> list[Path]:
 @click.option("--precision", default="all", show_default=True, type=click.Choice(["all", *PRECISIONS]))
 @click.option("--images", multiple=True, help="Image files, folders or globs (repeatable; default: the 8 HEI-MED "
               "camera originals of the shared datasets).")
-@click.option("--max-images", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-images", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Time the first this many images that can be read (those left out do not count).")
 @click.option("--iterations", type=click.IntRange(min=1), default=10, show_default=True, help="Rounds over the images.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Inference threads per engine (default: the backend's).")
@@ -108,7 +109,7 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
     console = Console(stderr=as_json)
     _check_out(out, html, overwrite=overwrite)
     try:
-        image_paths = _benchmark_images(images, max_images)
+        image_paths = _benchmark_images(images)
         engines = select_engines(bundle_path, backend, precision)
         if baseline not in (None, "research", *(e.describe() for e in engines)):
             raise EdgeRetinaError(f"--baseline {baseline!r} is neither 'research' nor one of the engines benchmarked "
@@ -118,10 +119,10 @@ def latency(bundle_path, backend, precision, images, max_images, iterations, thr
         if baseline == "research":
             extra.append(_research_pipeline(bundle_path, checkpoint, threads))
         with console.status(f"benchmarking {plural(len(engines) + len(extra), 'pipeline')} on "
-                            f"{plural(len(image_paths), 'image')}"):
+                            f"{plural(min(len(image_paths), max_images), 'image')}"):
             report = run_latency(bundle_path, engines, image_paths, iterations=iterations, threads=threads,
                                  streams=streams, workers=workers, cold_runs=cold_runs, extra_pipelines=extra,
-                                 baseline=None if baseline == "research" else baseline)
+                                 baseline=None if baseline == "research" else baseline, max_images=max_images)
     except EdgeRetinaError as exc:
         fail(str(exc))
     data = report.to_dict()
