@@ -96,6 +96,18 @@ def test_permissions_give_unreadable_rows_and_lose_nothing(shared_tmp, retina_jp
     assert as_unprivileged(_decode_code, str(locked / "a.jpg")) == "unreadable"
 
 
+def test_a_broken_link_or_a_fifo_in_a_folder_gets_its_row(tiny_bundle, retina_jpeg, tmp_path):
+    shutil.copy(retina_jpeg, tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "unmounted" / "b.jpg")
+    os.mkfifo(tmp_path / "c.jpg")
+    res = run("screen", tmp_path, tmp_path / "b.jpg", "--bundle", tiny_bundle, "--json")
+    assert res.exit_code == 0, res.output
+    rows = {Path(r["source"]).name: r for r in json.loads(res.stdout)["results"]}
+    assert sorted(rows) == ["a.jpg", "b.jpg", "c.jpg"]  # the link named twice is one row
+    assert rows["b.jpg"]["error"] == f"{tmp_path / 'b.jpg'}: a link to a missing file ({tmp_path}/unmounted/b.jpg)"
+    assert rows["c.jpg"]["error_code"] == "not_a_file"
+
+
 def test_csv_keeps_every_row_of_a_non_utf8_file_name(tiny_bundle, retina_jpeg, tmp_path):
     odd = tmp_path / os.fsdecode(b"caf\xe9.jpg")
     shutil.copy(retina_jpeg, odd)

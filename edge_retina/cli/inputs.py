@@ -41,18 +41,11 @@ def _images_in(folder: Path, recursive: bool) -> list[WorkItem]:
         if (info.st_dev, info.st_ino) in visited:
             continue
         visited.add((info.st_dev, info.st_ino))
-        for name in files:
+        for name in files:  # everything but folders: a broken link or a FIFO gets its error row too
             path = Path(root) / name
-            if path.suffix.lower() in IMAGE_EXTENSIONS and _is_file(path):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(WorkItem(str(path)))
     return sorted(found, key=lambda item: item.path)
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # listed, but in a folder without search permission: the screener reports it
-        return True
 
 
 def expand_inputs(arguments: list[str], *, recursive: bool = True) -> list[WorkItem]:
@@ -81,11 +74,11 @@ def expand_inputs(arguments: list[str], *, recursive: bool = True) -> list[WorkI
                 found.insert(0, WorkItem(argument, f"folder contains no images ({exts})", "no_images"))
             for item in found:
                 add(item)
-        elif exists:
+        elif exists or path.is_symlink():  # a broken link too: the screener says where it points
             add(WorkItem(argument))  # an explicit file is always tried, whatever its suffix
         elif _GLOB_CHARS & set(argument):
             matches = sorted(glob.glob(argument, recursive=True))
-            files = [m for m in matches if _is_file(Path(m))]
+            files = [m for m in matches if not os.path.isdir(m)]
             if not files:
                 add(WorkItem(argument, "pattern matched no files", "no_match"))
             for match in files:

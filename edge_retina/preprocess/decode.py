@@ -182,6 +182,8 @@ def _read_file(path: Path, name: str) -> bytes:
     try:
         st = path.stat()
     except FileNotFoundError:
+        if path.is_symlink():  # in a folder of links to an archive that has moved or is not mounted
+            raise ImageError("not_found", f"{name}: a link to a missing file ({os.readlink(path)})") from None
         raise ImageError("not_found", f"{name}: no such file") from None
     except PermissionError as exc:
         raise ImageError("unreadable", f"{name}: cannot access the file ({exc.strerror})") from None
