@@ -15,6 +15,7 @@ from PIL import Image, PngImagePlugin
 
 from edge_retina.errors import ImageError
 from edge_retina.preprocess import (
+    MAX_PIXELS,
     MIN_SIDE,
     InputSpec,
     Preprocessor,
@@ -151,8 +152,8 @@ def test_enormous_image_refused_before_decoding(preprocessor, tmp_path):
     path.write_bytes(_png_header_only(12_000, 10_000))  # 120 MP: only a warning for Pillow
     with warnings.catch_warnings(record=True) as shown:
         _expect(preprocessor, path, "too_large", name="12000x10000")
-        # 400 MP: Pillow's own hard limit would fire; it is still our error.
-        _expect(preprocessor, _png_header_only(20_000, 20_000), "too_large")
+        # 400 MP: Pillow's own hard limit would fire; it is still our error, naming our limit.
+        _expect(preprocessor, _png_header_only(20_000, 20_000), "too_large", name=f"limit of {MAX_PIXELS:,} pixels")
     assert [str(w.message) for w in shown] == []  # Pillow's bomb warning must not escape
 
 

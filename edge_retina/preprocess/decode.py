@@ -248,10 +248,10 @@ def _encoded_header(data: bytes, name: str, max_pixels: int, min_side: int) -> I
     _quiet_pillow()
     try:
         im = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError:  # above Pillow's hard limit, so above ours: named as ours
         raise ImageError(
             "too_large",
-            f"{name}: more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
+            f"{name}: above the limit of {min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0)):,} pixels "
             "(refused before decoding: possible decompression bomb)",
         ) from None
     except UnidentifiedImageError:
