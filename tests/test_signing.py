@@ -167,6 +167,9 @@ def test_verify_without_keys_says_it_did_not_check_the_signature(bundle_copy, ke
     runner = CliRunner()
     unsigned = runner.invoke(bundle_cli, ["verify", str(bundle_copy)])
     assert unsigned.exit_code == 0 and "NOT checked" not in unsigned.output, unsigned.output
+    assert unwrapped("the bundle is unsigned: its files match its manifest, but an edited manifest cannot be "
+                     "detected") in unwrapped(unsigned.output)
+    assert unsigned.output.strip().splitlines()[-1] == "bundle verified (files only, unsigned)"
     sign_bundle(bundle_copy, load_private_key(keys["device"]["private"]))
     unchecked = runner.invoke(bundle_cli, ["verify", str(bundle_copy)])
     assert unchecked.exit_code == 0, unchecked.output

@@ -180,8 +180,10 @@ def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir
     except EdgeRetinaError as exc:
         problems.append(str(exc))
     ok = not problems
-    # Without a public key a signature cannot be checked: "verified" must not read as "authentic".
+    # Without a public key a signature cannot be checked, and without a signature an edited manifest
+    # (a threshold, a condition) matches itself: "verified" must not read as "authentic".
     unchecked = report.signed and trusted is None
+    unsigned = not report.signed and trusted is None
     if as_json:
         click.echo(json.dumps({"ok": ok, "problems": problems, "warnings": report.warnings,
                                "checked": report.checked, "signed": report.signed, "signed_by": signed_by},
@@ -197,9 +199,14 @@ def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir
         if unchecked:
             print_wrapped(console, Text.assemble(("  note", "yellow"), "  the bundle is signed but its signature was "
                                                  "NOT checked: give --trusted-keys DIR (or --public-key FILE)"))
+        if unsigned:
+            print_wrapped(console, Text.assemble(("  note", "yellow"), "  the bundle is unsigned: its files match its "
+                                                 "manifest, but an edited manifest cannot be detected; sign it "
+                                                 "with `edge-retina bundle sign`"))
         for problem in problems:
             print_wrapped(console, Text.assemble(("  problem", "red"), f"  {problem}"))
-        verdict = "bundle verified (files only, signature NOT checked)" if unchecked else "bundle verified"
+        verdict = ("bundle verified (files only, signature NOT checked)" if unchecked
+                   else "bundle verified (files only, unsigned)" if unsigned else "bundle verified")
         console.print(f"[green]{verdict}[/]" if ok else "[red]bundle REFUSED[/]")
     sys.exit(0 if ok else 1)
 
