@@ -234,6 +234,13 @@ def test_bad_site_labels_are_refused_before_anything_is_written(tiny_bundle, sit
     refused(LabelledImages(photos + photos[:1], {"glaucoma": np.r_[y, 1.0]}), r"rows 2 and 26")
     with pytest.raises(BundleError, match="never modifies its input"):
         adapt_bundle(tiny_bundle, site_labels, tiny_bundle)
+    (tmp_path / "notes.txt").write_text("a file where a folder is needed")
+    for out in (tmp_path / "notes.txt" / "adapted", tmp_path / "notes.txt" / "adapted.erb.tar"):
+        res = narrow_runner().invoke(cli, ["adapt", "--bundle", str(tiny_bundle), "--labels", str(site_labels),
+                                           "--out", str(out)])
+        assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+        assert unwrapped(f"cannot write the bundle to {out}: {tmp_path}/notes.txt is not a folder") \
+            in unwrapped(res.output)
 
 
 def test_unreadable_photos_are_listed_and_left_out(tiny_bundle, site_labels, tmp_path):

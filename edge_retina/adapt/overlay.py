@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edge_retina.bundle import ARCHIVE_SUFFIX, Bundle, load_bundle, pack_bundle, write_bundle
+from edge_retina.out_paths import unwritable_reason
 from edge_retina.bundle.manifest import ADAPTATION_SCHEMA_VERSION, AdaptationEntry, AdaptedCondition, Manifest
 from edge_retina.errors import BundleError
 from edge_retina.prompt_table import PromptTable
@@ -55,6 +56,9 @@ def check_output(source: Path, out: Path) -> None:
         raise BundleError(f"--out {out} is the input bundle; adapting never modifies its input: choose a new path")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out} already exists; remove it or choose another")
+    reason = unwritable_reason(out, folder=not out.name.endswith(ARCHIVE_SUFFIX))
+    if reason:
+        raise BundleError(f"cannot write the bundle to {out}: {reason}")
 
 
 def write_overlay(base: Bundle, out: Path, adaptation: AdaptationEntry | None, head: bytes | None = None) -> Path:
