@@ -163,6 +163,19 @@ def test_the_command_says_a_bundle_warning_in_one_wrapped_warning_line(signed):
     assert said.endswith(unwrapped("rebuild the bundle and sign it again")), inspected.stderr
 
 
+def test_signing_where_the_signature_cannot_be_written_is_one_message(bundle_copy, keys):
+    (bundle_copy / "manifest.sig").mkdir()  # in the way, as a read-only bundle would be
+    res = CliRunner().invoke(bundle_cli, ["sign", str(bundle_copy), "--key", str(keys["device"]["private"])])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert unwrapped(f"cannot sign {bundle_copy}: Is a directory; nothing was changed") in unwrapped(res.output)
+
+
+def test_verify_with_an_unreadable_key_does_not_ask_for_keys(signed, tmp_path):
+    res = CliRunner().invoke(bundle_cli, ["verify", str(signed), "--public-key", str(tmp_path / "missing.pub")])
+    assert res.exit_code == 1 and unwrapped("cannot read key file") in unwrapped(res.output), res.output
+    assert "NOT checked" not in res.output and "unsigned" not in res.output
+
+
 def test_verify_without_keys_says_it_did_not_check_the_signature(bundle_copy, keys):
     runner = CliRunner()
     unsigned = runner.invoke(bundle_cli, ["verify", str(bundle_copy)])

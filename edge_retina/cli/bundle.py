@@ -182,8 +182,9 @@ def verify(path: Path, as_json: bool, public_keys: tuple[Path, ...], trusted_dir
     ok = not problems
     # Without a public key a signature cannot be checked, and without a signature an edited manifest
     # (a threshold, a condition) matches itself: "verified" must not read as "authentic".
-    unchecked = report.signed and trusted is None
-    unsigned = not report.signed and trusted is None
+    keys_given = bool(public_keys) or trusted_dir is not None  # a key that cannot be read is a problem below
+    unchecked = report.signed and not keys_given
+    unsigned = not report.signed and not keys_given
     if as_json:
         click.echo(json.dumps({"ok": ok, "problems": problems, "warnings": report.warnings,
                                "checked": report.checked, "signed": report.signed, "signed_by": signed_by},
@@ -245,6 +246,8 @@ def sign(path: Path, key_path: Path) -> None:
         signature = sign_bundle(path, load_private_key(key_path))
     except EdgeRetinaError as exc:
         fail(exc)
+    except OSError as exc:  # a read-only bundle: the signature (and an archive's new copy) cannot be written
+        fail(f"cannot sign {path}: {exc.strerror or exc}; nothing was changed")
     print_wrapped(Console(), f"signed {path} with key {signature.key_id}")
 
 
