@@ -201,6 +201,15 @@ def test_parity_cannot_run_exits_2(tiny_bundle, labelled_folder, tmp_path):
     assert unwrapped("cannot load the bundle's teacher (test-tiny)") in unwrapped(result.output)
 
 
+def test_labels_command_refuses_an_out_it_cannot_write(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file where a folder is needed")
+    out = tmp_path / "notes.txt" / "labels.csv"
+    result = invoke("labels", "--dataset", "rimone", "--datasets", tmp_path, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert unwrapped(f"cannot write the labels CSV to {out}: {tmp_path}/notes.txt is not a folder") \
+        in unwrapped(result.output)
+
+
 def test_labels_command_writes_a_shared_dataset_split(shared_datasets, tmp_path):
     """A shared dataset's split as a labels CSV; the line saying so fits 80 columns, however long its path."""
     out = folder_wider_than_the_terminal(tmp_path) / "rimone-test.csv"

@@ -253,6 +253,8 @@ def labels(dataset, split, datasets, limit, out) -> None:
     """Write a labels CSV for one of the shared datasets' splits (host only)."""
     from edge_retina.bench.labels import write_labels_csv
 
+    if reason := unwritable_reason(out):
+        fail(f"cannot write the labels CSV to {out}: {reason}")
     try:
         root = datasets or shared_datasets_dir()
         if root is None:
