@@ -19,7 +19,8 @@ What is not a capture is skipped with one warning, and never blocks the watcher:
 under an image name (opened without blocking, then refused), a symlink loop. A writer that pauses
 for longer than the settle time gets its partial file screened (as ``corrupt``, with a sidecar);
 when the file is complete its new sha256 makes it a new capture, screened again, and its sidecar
-is replaced.
+is replaced. A sidecar that cannot be written (the folder went read-only) is warned about once and
+tried again at each scan; the journal keeps its result meanwhile.
 
 The folder is polled rather than watched with inotify: polling works the same on every file system a
 camera writes to (SMB/NFS shares and FAT-formatted USB media send no inotify events) and needs no
@@ -75,7 +76,9 @@ class HotFolder:
         self.pipeline = ScreeningPipeline(screener, workers=workers)
         # (size, mtime_ns) of files already handled in this run: spares re-hashing them every poll.
         self._handled: dict[Path, tuple[int, int]] = {}
-        self._skipped: dict[Path, str] = {}  # why a path is not a capture (warned about once)
+        # Why a path is skipped, or its sidecar not written, while that holds: warned about once, not
+        # at every scan (a read-only folder would otherwise log a line per capture every second).
+        self._warned: dict[Path, str] = {}
 
     def captures(self) -> list[Path]:
         """Image files under the folder (hidden files and folders skipped), in name order."""
@@ -118,7 +121,7 @@ class HotFolder:
             try:
                 capture = self._journal(path, signature)
             except OSError as exc:  # unreadable now (permissions, a share gone): tried again next scan
-                log.warning("%s: %s", path, exc)
+                self._warn_once(path, f"cannot be read ({exc.strerror or exc}); tried again at each scan")
                 continue
             if capture is None:
                 self._handled[path] = signature
@@ -128,9 +131,12 @@ class HotFolder:
                 yield capture
 
     def _skip(self, path: Path, why: str) -> None:
-        if self._skipped.get(path) != why:
-            log.warning("%s: %s; skipped", path, why)
-            self._skipped[path] = why
+        self._warn_once(path, f"{why}; skipped")
+
+    def _warn_once(self, path: Path, why: str) -> None:
+        if self._warned.get(path) != why:
+            log.warning("%s: %s", path, why)
+            self._warned[path] = why
 
     def _journal(self, path: Path, signature: tuple[int, int]) -> _Capture | None:
         """Read a capture and journal it unless its sidecar is up to date or it is not a regular
@@ -153,8 +159,11 @@ class HotFolder:
         try:
             write_sidecar(sidecar, stored, capture.path, self.folder)
         except OSError as exc:  # the folder went read-only or away: the journal keeps the result
-            log.warning("%s: %s", sidecar, exc)
+            self._warn_once(sidecar, f"cannot be written ({exc.strerror or exc}); the result is in the journal, "
+                                     "tried again at each scan")
             return
+        for path in (capture.path, sidecar):  # a problem that comes back is warned about again
+            self._warned.pop(path, None)
         log.info("%s -> %s", capture.path, stored.result.get("status") if stored.result else None)
         self._handled[capture.path] = capture.signature
         written.append(sidecar)

@@ -58,6 +58,26 @@ def test_fifo_and_symlink_loop_are_skipped_and_later_captures_screened(screener,
     assert sum("x.jpg: cannot be read" in w for w in warnings) == 1
 
 
+def test_a_sidecar_that_cannot_be_written_is_warned_about_once_and_written_when_it_can(screener, store, retina_rgb,
+                                                                                     tmp_path, caplog, monkeypatch):
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(small_jpeg(retina_rgb))
+    watcher = HotFolder(screener, store, folder, settle_seconds=0)
+
+    def read_only(sidecar, *args):
+        raise PermissionError(1, "Operation not permitted", str(sidecar.with_name(".a.jpg.result.json.x.partial")))
+
+    monkeypatch.setattr("firmware_bridge.hotfolder.write_sidecar", read_only)
+    for _ in range(3):  # a poll every second would otherwise log a line per capture every second
+        assert scan_within(watcher) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{sidecar_path(folder / 'a.jpg')}: cannot be written (Operation not permitted); the "
+                        "result is in the journal, tried again at each scan"]
+    monkeypatch.undo()
+    assert scan_within(watcher) == [sidecar_path(folder / "a.jpg")]
+
+
 def test_each_sidecar_names_its_own_capture(screener, store, retina_rgb, tmp_path):
     folder = tmp_path / "captures"
     (folder / "day2").mkdir(parents=True)
