@@ -75,8 +75,8 @@ def _open_screener(bundle: Path, backend: str | None, threads: int | None, trust
 
             trusted = TrustedKeys.from_directory(trusted_dir)
         return Screener.from_bundle(bundle, backend=backend, threads=threads, trusted_keys=trusted)
-    except EdgeRetinaError as exc:
-        raise click.ClickException(str(exc)) from None
+    except EdgeRetinaError as exc:  # exit 2, as `screen` refuses a bundle
+        fail(exc)
 
 
 def _return_freed_frames_to_the_os() -> None:
