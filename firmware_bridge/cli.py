@@ -196,7 +196,10 @@ def bridge() -> None:
 def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, queue_capacity, request_timeout,
           frame_timeout, max_frame_mb, max_connections, max_inflight_mb, idle_timeout, backend, threads,
           workers, allow_remote, trusted_dir) -> None:
-    """Serve camera requests until SIGTERM/SIGINT."""
+    """Serve camera requests until SIGTERM/SIGINT.
+
+    Exit status: 0 when stopped, 2 when an option, the bundle or the store is refused, 1 when the
+    address cannot be listened on."""
     from .server import BridgeConfig, BridgeServer
     from .transports import is_loopback, serial_streams, tcp_listener, unix_listener
 
@@ -282,7 +285,10 @@ def results(store, since) -> None:
               help="Decode/preprocessing threads for a burst of captures [default: one per core].")
 @trusted_keys_option()
 def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threads, workers, trusted_dir) -> None:
-    """Screen each new capture written to FOLDER once; write IMAGE.result.json beside it."""
+    """Screen each new capture written to FOLDER once; write IMAGE.result.json beside it.
+
+    Exit status: 0 when stopped (or, with --once, scanned), 2 when an option, the bundle or the
+    store is refused."""
     from .hotfolder import HotFolder
 
     result_store = _open_store(store or folder / ".edge-retina" / "journal.sqlite3")

@@ -25,7 +25,9 @@ for the target sensitivity and, where it helps, a few-shot head. Writes a new bu
 `edge-retina bundle sign`); adapting an adapted bundle replaces its adaptation.
 
 A condition needs at least {MIN_POSITIVES} positives for a site threshold, and as many negatives for a
-head; below that the bundle's threshold and zero-shot scores are kept.""")
+head; below that the bundle's threshold and zero-shot scores are kept.
+
+Exit status: 0 when written, 2 when the bundle, the labels or --out is refused.""")
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
               help="The bundle to adapt (directory or archive); it is only read.")
 @click.option("--labels", "labels_csv", type=click.Path(path_type=Path, dir_okay=False),

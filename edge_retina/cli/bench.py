@@ -98,7 +98,9 @@ def _benchmark_images(images: tuple[str, ...]) -> list[Path]:
 @overwrite_option
 def latency(bundle_path, backend, precision, images, max_images, iterations, threads, streams, workers, cold_runs,
             baseline, checkpoint, as_json, out, html, overwrite) -> None:
-    """Per-stage latency, raw engine, throughput, cold start and peak RSS, engines interleaved."""
+    """Per-stage latency, raw engine, throughput, cold start and peak RSS, engines interleaved.
+
+    Exit status: 0 when measured, 2 when the bundle, the images, --out or --html is refused."""
     from edge_retina.bench.latency import (
         latency_table_rows,
         run_latency,
