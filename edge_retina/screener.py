@@ -211,7 +211,8 @@ class Screener:
         requested = tuple(dict.fromkeys(requested))  # "glaucoma,glaucoma" reports glaucoma once
         unknown = [c for c in requested if c not in available]
         if unknown:
-            raise EdgeRetinaError(f"unknown condition(s) {unknown}; this bundle reports {list(available)}")
+            raise EdgeRetinaError(f"unknown {'condition' if len(unknown) == 1 else 'conditions'} "
+                                  f"{', '.join(map(repr, unknown))}; this bundle reports {', '.join(available)}")
         return requested
 
     @property
