@@ -271,6 +271,9 @@ def test_signature_by_another_key_claiming_a_trusted_id_is_refused(bundle_copy, 
 def test_trusted_keys_directory_must_hold_valid_keys(tmp_path, keys):
     with pytest.raises(SignatureError, match="does not exist"):
         TrustedKeys.from_directory(tmp_path / "absent")
+    one_key = keys["device"]["public"]
+    with pytest.raises(SignatureError, match=f"{one_key} is a file \\(give its folder, {one_key.parent}\\)"):
+        TrustedKeys.from_directory(one_key)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SignatureError, match=r"holds no \*.pub key"):
         TrustedKeys.from_directory(tmp_path / "empty")

@@ -185,6 +185,9 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
     def from_directory(cls, directory: str | os.PathLike[str]) -> "TrustedKeys":
         """Every ``*.pub`` file of ``directory``; a malformed one is an error, not skipped."""
         directory = Path(directory)
+        if directory.is_file():  # one key given where its folder is asked for
+            raise SignatureError(f"--trusted-keys takes a directory of *{PUBLIC_KEY_SUFFIX} keys, and {directory} "
+                                 f"is a file (give its folder, {directory.parent})")
         if not directory.is_dir():
             raise SignatureError(f"trusted-keys directory {directory} does not exist")
         keys = cls([load_public_key(p) for p in sorted(directory.glob(f"*{PUBLIC_KEY_SUFFIX}"))], source=str(directory))
