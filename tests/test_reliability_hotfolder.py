@@ -110,7 +110,8 @@ def test_a_capture_written_in_two_goes_ends_with_the_complete_files_result(scree
 
 @pytest.mark.parametrize("arguments, why", [
     (["hotfolder", "captures", "--store", "notes.txt"], "notes.txt: file is not a database"),
-    (["hotfolder", "captures", "--store", "notes.txt/journal.sqlite3"], "notes.txt/journal.sqlite3: notes.txt is not a folder"),
+    (["hotfolder", "captures", "--store", "notes.txt/journal.sqlite3"],
+     "notes.txt/journal.sqlite3: notes.txt is not a folder"),
     (["results", "--store", "notes.txt"], "notes.txt: file is not a database"),
 ], ids=["hotfolder-not-sqlite", "hotfolder-under-a-file", "results-not-sqlite"])
 def test_a_store_that_cannot_be_opened_is_one_message(tiny_bundle, tmp_path, monkeypatch, arguments, why):
