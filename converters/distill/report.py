@@ -31,7 +31,7 @@ from converters.parity_references import torch_embeddings
 from converters.prompt_tables import DEFAULT_THRESHOLD, embed_conditions
 from converters.prompt_files import DEFAULT_PROMPT_FILE, load_prompt_file
 from converters.teachers import Teacher, load_teacher
-from edge_retina.backends import create_runner
+from edge_retina.backends import available_backends, create_runner
 from edge_retina.bench import metrics
 from edge_retina.bench.labels import LabelledImages
 from edge_retina.bench.machine import machine_info
@@ -120,9 +120,9 @@ def interleaved_latency(models: dict[str, Path], input_sizes: dict[str, tuple[in
     return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90))} for name, t in times.items()}
 
 
-def compute_profile(teacher: Teacher, student: StudentEncoder, student_spec: InputSpec, *, threads: int | None = 1,
-                    repeats: int = 50, onnx_paths: dict[str, Path] | None = None) -> dict:
-    """Parameters, FLOPs and interleaved FP32 ONNX Runtime latency of teacher and student.
+def compute_profile(teacher: Teacher, student: StudentEncoder, student_spec: InputSpec, *, backend: str = "onnxruntime",
+                    threads: int | None = 1, repeats: int = 50, onnx_paths: dict[str, Path] | None = None) -> dict:
+    """Parameters, FLOPs and interleaved FP32 latency on ``backend`` of teacher and student.
 
     ``onnx_paths`` ("teacher" / "student" -> FP32 ONNX) reuses exports the caller already has; the
     others are exported here, through the same path as every encoder.
@@ -132,14 +132,14 @@ def compute_profile(teacher: Teacher, student: StudentEncoder, student_spec: Inp
         paths = {name: (onnx_paths or {}).get(name) or export_onnx(model, size, Path(tmp) / f"{name}.onnx")
                  for name, (model, size) in models.items()}
         latency = interleaved_latency(paths, {name: size for name, (_, size) in models.items()},
-                                      threads=threads, repeats=repeats)
+                                      backend=backend, threads=threads, repeats=repeats)
     profile = {
         "teacher": {"params": count_parameters(teacher.image_encoder),
                     "flops": count_flops(teacher.image_encoder, teacher.input_spec.size),
                     "input_size": list(teacher.input_spec.size), **latency["teacher"]},
         "student": {"params": count_parameters(student), "flops": count_flops(student, student_spec.size),
                     "input_size": list(student_spec.size), **latency["student"]},
-        "backend": "onnxruntime", "threads": threads, "repeats": repeats,
+        "backend": backend, "threads": threads, "repeats": repeats,
     }
     profile["speedup"] = profile["teacher"]["median_ms"] / profile["student"]["median_ms"]
     profile["flops_ratio"] = profile["teacher"]["flops"] / profile["student"]["flops"]
@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per dataset")
     parser.add_argument("--bundle", type=Path, default=None,
                         help="decision agreement at this bundle's referral thresholds (default: 0.5 everywhere)")
-    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch and engine threads")
+    parser.add_argument("--backend", default="onnxruntime", choices=available_backends(),
+                        help="engine of the FP32 latency comparison")
     parser.add_argument("--repeats", type=int, default=50, help="latency repeats per model")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
@@ -235,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         thresholds = {c.name: c.threshold for c in load_bundle(args.bundle).manifest.prompts.conditions
                       if c.threshold is not None}
     parity = student_parity(teacher, student, spec, table, labelled, thresholds)
-    profile = None if args.no_latency else compute_profile(teacher, student, spec, threads=args.threads,
-                                                           repeats=args.repeats)
+    profile = None if args.no_latency else compute_profile(teacher, student, spec, backend=args.backend,
+                                                           threads=args.threads, repeats=args.repeats)
     markdown = format_markdown(parity, profile, args.split)
     sys.stdout.write(markdown)
     if args.markdown:

@@ -31,7 +31,7 @@ DEFAULT_SIZE = 192
 DEFAULT_FROZEN_BLOCKS = 5
 FORMAT_VERSION = 1
 #: Where the distilled default student (from the reference teacher) is shipped.
-STUDENT_WEIGHTS = Path(__file__).with_name("weights") / "student-v4.safetensors"
+STUDENT_WEIGHTS = Path(__file__).with_name("weights") / "student-v5.safetensors"
 WEIGHTS_FORMAT = "edge-retina-student"
 
 

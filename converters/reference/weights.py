@@ -21,7 +21,7 @@ from converters.reference.model import (
 )
 from converters.teachers.checkpoints import layout_error, load_exact, read_state_dict
 
-REFERENCE_WEIGHTS = Path(__file__).with_name("weights") / "reference-v4.safetensors"
+REFERENCE_WEIGHTS = Path(__file__).with_name("weights") / "reference-v5.safetensors"
 FORMAT_VERSION = 1
 FROZEN_PREFIX = "text_model.model."  # MiniLM: from its pip package, never in our files
 
