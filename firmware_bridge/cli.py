@@ -39,13 +39,14 @@ store_option = click.option(
     help="SQLite result store (env EDGE_RETINA_BRIDGE_STORE).")
 
 
-def _open_store(path: Path) -> ResultStore:
+def _open_store(path: Path, *, read_only: bool = False) -> ResultStore:
     """The result store at ``path``, or one message saying why it cannot be opened (a read-only
-    folder, a file where a folder should be, a file that is not a SQLite database)."""
-    reason = unwritable_reason(path)
+    folder, a file where a folder should be, a file that is not a SQLite database or, ``read_only``,
+    not a result store)."""
+    reason = None if read_only else unwritable_reason(path)
     if reason is None:
         try:
-            return ResultStore(path)
+            return ResultStore(path, read_only=read_only)
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
     fail(f"cannot open the result store {path}: {reason}")
@@ -262,7 +263,7 @@ def results(store, since) -> None:
         raise click.BadParameter(f"{since!r} is not an ISO-8601 time or epoch seconds", param_hint="--since") from None
     if not store.is_file():
         raise click.ClickException(f"no result store at {store}")
-    result_store = _open_store(store)
+    result_store = _open_store(store, read_only=True)
     try:
         for row in result_store.done_since(since_us):
             click.echo(json.dumps(row.record(), separators=(",", ":")))

@@ -2,8 +2,10 @@
 speaks for its own capture, and a capture written in two goes ends with the complete file's result."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -123,3 +125,30 @@ def test_a_store_that_cannot_be_opened_is_one_message(tiny_bundle, tmp_path, mon
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
     assert unwrapped(f"error: cannot open the result store {why}") in unwrapped(res.output), res.output
     assert Path("notes.txt").read_text() == "a text file, not a result store"
+
+
+@pytest.mark.parametrize("kind", ["empty-file", "another-database"])
+def test_bridge_results_neither_creates_nor_changes_a_store(tmp_path, kind):
+    """A reader command: an empty file (an empty SQLite database) or another program's database is
+    refused as it is, not given the store's tables."""
+    path = tmp_path / "store.sqlite3"
+    path.touch()
+    if kind == "another-database":
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            other.execute("CREATE TABLE patients (name TEXT)")
+            other.commit()
+    before = path.read_bytes()
+    res = CliRunner().invoke(cli, ["bridge", "results", "--store", str(path)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert unwrapped(f"error: cannot open the result store {path}: it is not a bridge result store (it has no "
+                     "requests table)") in unwrapped(res.output), res.output
+    assert path.read_bytes() == before
+
+
+def test_bridge_results_reads_a_store_the_bridge_has_open(store):
+    """Read-only, beside the writer: what it has committed is printed."""
+    store.settle("r1", "0" * 64, {"eye": "left"}, 1, {"status": "refer"})
+    res = CliRunner().invoke(cli, ["bridge", "results", "--store", str(store.path)])
+    assert res.exit_code == 0, res.output
+    (line,) = res.output.splitlines()
+    assert json.loads(line)["request_id"] == "r1" and json.loads(line)["result"] == {"status": "refer"}
