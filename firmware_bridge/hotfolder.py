@@ -16,7 +16,8 @@ A journalled capture that was deleted or replaced before its result was committe
 someone tidied the folder) is closed with a ``not_found`` error rather than left pending forever.
 
 What is not a capture is skipped with one warning, and never blocks the watcher: a FIFO or device
-under an image name (opened without blocking, then refused), a symlink loop. A writer that pauses
+under an image name (opened without blocking, then refused), a symlink loop, a link to a missing file
+(until the file appears). A writer that pauses
 for longer than the settle time gets its partial file screened (as ``corrupt``, with a sidecar);
 when the file is complete its new sha256 makes it a new capture, screened again, and its sidecar
 is replaced. A sidecar that cannot be written (the folder went read-only) is warned about once and
@@ -110,7 +111,11 @@ class HotFolder:
         for path in self.captures():
             try:
                 info = path.stat()
-            except FileNotFoundError:  # removed between the listing and now
+            except FileNotFoundError:
+                try:  # a link to a missing file (an archive moved or not mounted): `screen` reports it too
+                    self._skip(path, f"a link to a missing file ({os.readlink(path)})")
+                except OSError:  # no link: removed between the listing and now
+                    pass
                 continue
             except OSError as exc:  # a symlink loop, a name the file system refuses...
                 self._skip(path, f"cannot be read ({exc.strerror})")

@@ -60,6 +60,22 @@ def test_fifo_and_symlink_loop_are_skipped_and_later_captures_screened(screener,
     assert sum("x.jpg: cannot be read" in w for w in warnings) == 1
 
 
+def test_a_link_to_a_missing_file_is_warned_about_once_and_screened_when_the_file_appears(screener, store, retina_rgb,
+                                                                                        tmp_path, caplog):
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    archive = tmp_path / "archive"  # not mounted yet
+    (folder / "IMG_1.jpg").symlink_to(archive / "IMG_1.jpg")
+    watcher = HotFolder(screener, store, folder, settle_seconds=0)
+    for _ in range(2):
+        assert scan_within(watcher) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{folder / 'IMG_1.jpg'}: a link to a missing file ({archive / 'IMG_1.jpg'}); skipped"]
+    archive.mkdir()
+    (archive / "IMG_1.jpg").write_bytes(small_jpeg(retina_rgb))
+    assert scan_within(watcher) == [sidecar_path(folder / "IMG_1.jpg")]
+
+
 def test_a_sidecar_that_cannot_be_written_is_warned_about_once_and_written_when_it_can(screener, store, retina_rgb,
                                                                                      tmp_path, caplog, monkeypatch):
     folder = tmp_path / "captures"
