@@ -288,8 +288,9 @@ def results(store, since) -> None:
 def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threads, workers, trusted_dir) -> None:
     """Screen each new capture written to FOLDER once; write IMAGE.result.json beside it.
 
-    Exit status: 0 when stopped (or, with --once, scanned), 2 when an option, the bundle or the
-    store is refused."""
+    Exit status: 0 when stopped (or, with --once, scanned), 1 when --once left a capture without
+    its sidecar (unreadable, or the sidecar could not be written: the next scan tries again), 2
+    when an option, the bundle or the store is refused."""
     from .hotfolder import HotFolder
 
     result_store = _open_store(store or folder / ".edge-retina" / "journal.sqlite3")
@@ -300,6 +301,9 @@ def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threa
         if once:
             written = watcher.scan_once()
             click.echo(f"{plural(len(written), 'sidecar')} written")
+            if watcher.unfinished:
+                fail(f"{plural(len(watcher.unfinished), 'capture')} left without a sidecar (see the warnings); "
+                     "the next scan tries again", exit_code=1)
             return
         stop = threading.Event()
         _stop_on_signals(stop.set)

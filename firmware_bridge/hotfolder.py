@@ -80,6 +80,9 @@ class HotFolder:
         # Why a path is skipped, or its sidecar not written, while that holds: warned about once, not
         # at every scan (a read-only folder would otherwise log a line per capture every second).
         self._warned: dict[Path, str] = {}
+        #: The captures the last scan left without a sidecar (unreadable, or the sidecar could not be
+        #: written): tried again at the next scan; `hotfolder --once` exits 1 for them.
+        self.unfinished: list[Path] = []
 
     def captures(self) -> list[Path]:
         """Image files under the folder (hidden files and folders skipped), in name order."""
@@ -94,6 +97,7 @@ class HotFolder:
     def scan_once(self) -> list[Path]:
         """Handle every settled capture not handled yet; returns the sidecars written."""
         self.close_orphans()
+        self.unfinished = []
         restored: list[Path] = []  # sidecars written from results the journal already held
         screened: list[Path] = []
         # The captures are read and journalled lazily, on the pipeline's feeder thread: at most its
@@ -127,6 +131,7 @@ class HotFolder:
                 capture = self._journal(path, signature)
             except OSError as exc:  # unreadable now (permissions, a share gone): tried again next scan
                 self._warn_once(path, f"cannot be read ({exc.strerror or exc}); tried again at each scan")
+                self.unfinished.append(path)
                 continue
             if capture is None:
                 self._handled[path] = signature
@@ -166,6 +171,7 @@ class HotFolder:
         except OSError as exc:  # the folder went read-only or away: the journal keeps the result
             self._warn_once(sidecar, f"cannot be written ({exc.strerror or exc}); the result is in the journal, "
                                      "tried again at each scan")
+            self.unfinished.append(capture.path)
             return
         for path in (capture.path, sidecar):  # a problem that comes back is warned about again
             self._warned.pop(path, None)

@@ -96,6 +96,27 @@ def test_a_sidecar_that_cannot_be_written_is_warned_about_once_and_written_when_
     assert scan_within(watcher) == [sidecar_path(folder / "a.jpg")]
 
 
+def test_once_exits_1_when_a_capture_is_left_without_its_sidecar(tiny_bundle, retina_rgb, tmp_path, monkeypatch):
+    """A script running `hotfolder --once` learns that a result did not reach its sidecar (it is in the
+    journal); the next run writes it and exits 0."""
+    (tmp_path / "a.jpg").write_bytes(small_jpeg(retina_rgb))
+    args = ["bridge", "hotfolder", str(tmp_path), "--bundle", str(tiny_bundle), "--once", "--settle", "0",
+            "--backend", "onnxruntime"]
+
+    def read_only(sidecar, *args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("firmware_bridge.hotfolder.write_sidecar", read_only)
+    failed = CliRunner().invoke(cli, args)
+    assert failed.exit_code == 1 and isinstance(failed.exception, SystemExit), failed.output
+    assert unwrapped("0 sidecars written") in unwrapped(failed.output), failed.output
+    assert unwrapped("error: 1 capture left without a sidecar (see the warnings); the next scan tries again") \
+        in unwrapped(failed.output), failed.output
+    monkeypatch.undo()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and unwrapped("1 sidecar written") in unwrapped(again.output), again.output
+
+
 def test_each_sidecar_names_its_own_capture(screener, store, retina_rgb, tmp_path):
     folder = tmp_path / "captures"
     (folder / "day2").mkdir(parents=True)
