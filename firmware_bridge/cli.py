@@ -39,13 +39,14 @@ store_option = click.option(
     help="SQLite result store (env EDGE_RETINA_BRIDGE_STORE).")
 
 
-def _open_store(path: Path) -> ResultStore:
+def _open_store(path: Path, *, read_only: bool = False) -> ResultStore:
     """The result store at ``path``, or one message saying why it cannot be opened (a read-only
-    folder, a file where a folder should be, a file that is not a SQLite database)."""
-    reason = unwritable_reason(path)
+    folder, a file where a folder should be, a file that is not a SQLite database or, ``read_only``,
+    not a result store)."""
+    reason = None if read_only else unwritable_reason(path)
     if reason is None:
         try:
-            return ResultStore(path)
+            return ResultStore(path, read_only=read_only)
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
     fail(f"cannot open the result store {path}: {reason}")
@@ -262,7 +263,7 @@ def results(store, since) -> None:
         raise click.BadParameter(f"{since!r} is not an ISO-8601 time or epoch seconds", param_hint="--since") from None
     if not store.is_file():
         raise click.ClickException(f"no result store at {store}")
-    result_store = _open_store(store)
+    result_store = _open_store(store, read_only=True)
     try:
         for row in result_store.done_since(since_us):
             click.echo(json.dumps(row.record(), separators=(",", ":")))
@@ -287,8 +288,9 @@ def results(store, since) -> None:
 def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threads, workers, trusted_dir) -> None:
     """Screen each new capture written to FOLDER once; write IMAGE.result.json beside it.
 
-    Exit status: 0 when stopped (or, with --once, scanned), 2 when an option, the bundle or the
-    store is refused."""
+    Exit status: 0 when stopped (or, with --once, scanned), 1 when --once left a capture without
+    its sidecar (unreadable, or the sidecar could not be written: the next scan tries again), 2
+    when an option, the bundle or the store is refused."""
     from .hotfolder import HotFolder
 
     result_store = _open_store(store or folder / ".edge-retina" / "journal.sqlite3")
@@ -299,6 +301,9 @@ def hotfolder(folder, bundle_path, store, interval, settle, once, backend, threa
         if once:
             written = watcher.scan_once()
             click.echo(f"{plural(len(written), 'sidecar')} written")
+            if watcher.unfinished:
+                fail(f"{plural(len(watcher.unfinished), 'capture')} left without a sidecar (see the warnings); "
+                     "the next scan tries again", exit_code=1)
             return
         stop = threading.Event()
         _stop_on_signals(stop.set)

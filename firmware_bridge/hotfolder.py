@@ -16,7 +16,8 @@ A journalled capture that was deleted or replaced before its result was committe
 someone tidied the folder) is closed with a ``not_found`` error rather than left pending forever.
 
 What is not a capture is skipped with one warning, and never blocks the watcher: a FIFO or device
-under an image name (opened without blocking, then refused), a symlink loop. A writer that pauses
+under an image name (opened without blocking, then refused), a symlink loop, a link to a missing file
+(until the file appears). A writer that pauses
 for longer than the settle time gets its partial file screened (as ``corrupt``, with a sidecar);
 when the file is complete its new sha256 makes it a new capture, screened again, and its sidecar
 is replaced. A sidecar that cannot be written (the folder went read-only) is warned about once and
@@ -79,6 +80,9 @@ class HotFolder:
         # Why a path is skipped, or its sidecar not written, while that holds: warned about once, not
         # at every scan (a read-only folder would otherwise log a line per capture every second).
         self._warned: dict[Path, str] = {}
+        #: The captures the last scan left without a sidecar (unreadable, or the sidecar could not be
+        #: written): tried again at the next scan; `hotfolder --once` exits 1 for them.
+        self.unfinished: list[Path] = []
 
     def captures(self) -> list[Path]:
         """Image files under the folder (hidden files and folders skipped), in name order."""
@@ -93,6 +97,7 @@ class HotFolder:
     def scan_once(self) -> list[Path]:
         """Handle every settled capture not handled yet; returns the sidecars written."""
         self.close_orphans()
+        self.unfinished = []
         restored: list[Path] = []  # sidecars written from results the journal already held
         screened: list[Path] = []
         # The captures are read and journalled lazily, on the pipeline's feeder thread: at most its
@@ -110,7 +115,11 @@ class HotFolder:
         for path in self.captures():
             try:
                 info = path.stat()
-            except FileNotFoundError:  # removed between the listing and now
+            except FileNotFoundError:
+                try:  # a link to a missing file (an archive moved or not mounted): `screen` reports it too
+                    self._skip(path, f"a link to a missing file ({os.readlink(path)})")
+                except OSError:  # no link: removed between the listing and now
+                    pass
                 continue
             except OSError as exc:  # a symlink loop, a name the file system refuses...
                 self._skip(path, f"cannot be read ({exc.strerror})")
@@ -122,6 +131,7 @@ class HotFolder:
                 capture = self._journal(path, signature)
             except OSError as exc:  # unreadable now (permissions, a share gone): tried again next scan
                 self._warn_once(path, f"cannot be read ({exc.strerror or exc}); tried again at each scan")
+                self.unfinished.append(path)
                 continue
             if capture is None:
                 self._handled[path] = signature
@@ -161,6 +171,7 @@ class HotFolder:
         except OSError as exc:  # the folder went read-only or away: the journal keeps the result
             self._warn_once(sidecar, f"cannot be written ({exc.strerror or exc}); the result is in the journal, "
                                      "tried again at each scan")
+            self.unfinished.append(capture.path)
             return
         for path in (capture.path, sidecar):  # a problem that comes back is warned about again
             self._warned.pop(path, None)

@@ -102,10 +102,13 @@ def parse_time(text: str) -> int:
 
 
 class ResultStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        if read_only:
+            self._db = _open_read_only(self.path)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         # 64 KiB pages (for a new store; an existing one keeps its own): an image is journalled and
         # dropped as a chain of overflow pages, and 16x fewer of them made a 9 MB raw frame's journal
@@ -187,6 +190,22 @@ class ResultStore:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall()
         return {"pending": 0, "done": 0, **dict(rows)}
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write (SQLite's mode=ro), to a file that holds a result store: a reader
+    (`bridge results`) must neither create a store nor add its tables to another file (an empty file
+    is an empty SQLite database: opened read-write, it would become a store). sqlite3.Error otherwise."""
+    db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        (tables,) = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'requests'"
+                               ).fetchone()
+        if not tables:
+            raise sqlite3.DatabaseError("it is not a bridge result store (it has no requests table)")
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
 
 
 _SELECT = "SELECT seq, request_id, image_sha256, meta, state, accepted_us, completed_us, result FROM requests"

@@ -241,6 +241,13 @@ def test_bad_site_labels_are_refused_before_anything_is_written(tiny_bundle, sit
         assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
         assert unwrapped(f"cannot write the bundle to {out}: {tmp_path}/notes.txt is not a folder") \
             in unwrapped(res.output)
+    for out in (tmp_path / "adapted.zip", tmp_path / "adapted.TAR.GZ", tmp_path / ".erb.tar"):
+        res = narrow_runner().invoke(cli, ["adapt", "--bundle", str(tiny_bundle), "--labels", str(site_labels),
+                                           "--out", str(out)])
+        assert res.exit_code == 2 and widest_line(res.output) <= COLUMNS, res.output
+        assert unwrapped(f"error: {out}: a bundle archive must be named <something>.erb.tar; any other --out is "
+                         "written as a new folder") in unwrapped(res.output), res.output
+        assert not out.exists()
 
 
 def test_unreadable_photos_are_listed_and_left_out(tiny_bundle, site_labels, tmp_path):

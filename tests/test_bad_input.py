@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import sys
 import threading
@@ -83,6 +84,18 @@ def test_text_file(preprocessor, tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("patient 12, left eye: photo to follow\n" * 20)
     _expect(preprocessor, path, "not_an_image", name=str(path))
+
+
+@pytest.mark.parametrize("name, kind", [("photos.zip", "ZIP"), ("photos.tar", "tar"), ("photos.tar.gz", "gzip")])
+def test_an_archive_of_photos_is_named_as_an_archive(preprocessor, retina_jpeg, tmp_path, name, kind):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(retina_jpeg, folder / "IMG_1.jpg")
+    archive = shutil.make_archive(str(tmp_path / "photos"), {"ZIP": "zip", "tar": "tar", "gzip": "gztar"}[kind],
+                                  folder)
+    assert archive == str(tmp_path / name)
+    error = _expect(preprocessor, archive, "not_an_image", name=archive)
+    assert str(error) == f"{archive}: a {kind} archive, not an image file (extract it and screen the folder)"
 
 
 def test_random_bytes(preprocessor, tmp_path):

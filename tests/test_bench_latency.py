@@ -203,7 +203,7 @@ def test_latency_command_keeps_an_earlier_report_unless_overwrite(report, tiny_b
         raise EdgeRetinaError("the benchmark ran")
 
     monkeypatch.setattr("edge_retina.bench.latency.run_latency", benchmark)
-    earlier = tmp_path / "earlier-report"
+    earlier = tmp_path / ("earlier-report.json" if report == "--out" else "earlier-report.html")
     earlier.write_text("an earlier run's report\n")
     args = ["latency", "--bundle", str(tiny_bundle), "--images", str(retina_jpeg), report, str(earlier)]
     kept = narrow_runner().invoke(bench, args)
@@ -213,6 +213,21 @@ def test_latency_command_keeps_an_earlier_report_unless_overwrite(report, tiny_b
     assert earlier.read_text() == "an earlier run's report\n"
     replaced = narrow_runner().invoke(bench, [*args, "--overwrite"])
     assert unwrapped("the benchmark ran") in unwrapped(replaced.output), replaced.output
+
+
+@pytest.mark.parametrize("command", ["latency", "parity"])
+@pytest.mark.parametrize("name", ["r.csv", "report"])
+def test_out_that_is_not_a_json_file_is_refused_before_benchmarking(command, name, tiny_bundle, retina_jpeg,
+                                                                    tmp_path, monkeypatch):
+    """The report is JSON: `--out r.csv` would hold JSON under a CSV's name."""
+    monkeypatch.setattr("edge_retina.bench.latency.run_latency", lambda *a, **k: pytest.fail("benchmarked first"))
+    inputs = ["--images", str(retina_jpeg)] if command == "latency" else ["--labels", str(tmp_path / "labels.csv")]
+    out = tmp_path / name
+    result = narrow_runner().invoke(bench, [command, "--bundle", str(tiny_bundle), *inputs, "--out", str(out)])
+    assert result.exit_code == 2 and widest_line(result.output) <= COLUMNS, result.output
+    assert unwrapped(f"error: cannot write the report to {out}: the report is JSON; name a .json file") in unwrapped(
+        result.output), result.output
+    assert not out.exists()
 
 
 def test_parity_command_keeps_an_earlier_report_unless_overwrite(tiny_bundle, tmp_path):

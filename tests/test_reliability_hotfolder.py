@@ -2,8 +2,10 @@
 speaks for its own capture, and a capture written in two goes ends with the complete file's result."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -58,6 +60,22 @@ def test_fifo_and_symlink_loop_are_skipped_and_later_captures_screened(screener,
     assert sum("x.jpg: cannot be read" in w for w in warnings) == 1
 
 
+def test_a_link_to_a_missing_file_is_warned_about_once_and_screened_when_the_file_appears(screener, store, retina_rgb,
+                                                                                        tmp_path, caplog):
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    archive = tmp_path / "archive"  # not mounted yet
+    (folder / "IMG_1.jpg").symlink_to(archive / "IMG_1.jpg")
+    watcher = HotFolder(screener, store, folder, settle_seconds=0)
+    for _ in range(2):
+        assert scan_within(watcher) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{folder / 'IMG_1.jpg'}: a link to a missing file ({archive / 'IMG_1.jpg'}); skipped"]
+    archive.mkdir()
+    (archive / "IMG_1.jpg").write_bytes(small_jpeg(retina_rgb))
+    assert scan_within(watcher) == [sidecar_path(folder / "IMG_1.jpg")]
+
+
 def test_a_sidecar_that_cannot_be_written_is_warned_about_once_and_written_when_it_can(screener, store, retina_rgb,
                                                                                      tmp_path, caplog, monkeypatch):
     folder = tmp_path / "captures"
@@ -76,6 +94,27 @@ def test_a_sidecar_that_cannot_be_written_is_warned_about_once_and_written_when_
                         "result is in the journal, tried again at each scan"]
     monkeypatch.undo()
     assert scan_within(watcher) == [sidecar_path(folder / "a.jpg")]
+
+
+def test_once_exits_1_when_a_capture_is_left_without_its_sidecar(tiny_bundle, retina_rgb, tmp_path, monkeypatch):
+    """A script running `hotfolder --once` learns that a result did not reach its sidecar (it is in the
+    journal); the next run writes it and exits 0."""
+    (tmp_path / "a.jpg").write_bytes(small_jpeg(retina_rgb))
+    args = ["bridge", "hotfolder", str(tmp_path), "--bundle", str(tiny_bundle), "--once", "--settle", "0",
+            "--backend", "onnxruntime"]
+
+    def read_only(sidecar, *args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("firmware_bridge.hotfolder.write_sidecar", read_only)
+    failed = CliRunner().invoke(cli, args)
+    assert failed.exit_code == 1 and isinstance(failed.exception, SystemExit), failed.output
+    assert unwrapped("0 sidecars written") in unwrapped(failed.output), failed.output
+    assert unwrapped("error: 1 capture left without a sidecar (see the warnings); the next scan tries again") \
+        in unwrapped(failed.output), failed.output
+    monkeypatch.undo()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and unwrapped("1 sidecar written") in unwrapped(again.output), again.output
 
 
 def test_each_sidecar_names_its_own_capture(screener, store, retina_rgb, tmp_path):
@@ -123,3 +162,30 @@ def test_a_store_that_cannot_be_opened_is_one_message(tiny_bundle, tmp_path, mon
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
     assert unwrapped(f"error: cannot open the result store {why}") in unwrapped(res.output), res.output
     assert Path("notes.txt").read_text() == "a text file, not a result store"
+
+
+@pytest.mark.parametrize("kind", ["empty-file", "another-database"])
+def test_bridge_results_neither_creates_nor_changes_a_store(tmp_path, kind):
+    """A reader command: an empty file (an empty SQLite database) or another program's database is
+    refused as it is, not given the store's tables."""
+    path = tmp_path / "store.sqlite3"
+    path.touch()
+    if kind == "another-database":
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            other.execute("CREATE TABLE patients (name TEXT)")
+            other.commit()
+    before = path.read_bytes()
+    res = CliRunner().invoke(cli, ["bridge", "results", "--store", str(path)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert unwrapped(f"error: cannot open the result store {path}: it is not a bridge result store (it has no "
+                     "requests table)") in unwrapped(res.output), res.output
+    assert path.read_bytes() == before
+
+
+def test_bridge_results_reads_a_store_the_bridge_has_open(store):
+    """Read-only, beside the writer: what it has committed is printed."""
+    store.settle("r1", "0" * 64, {"eye": "left"}, 1, {"status": "refer"})
+    res = CliRunner().invoke(cli, ["bridge", "results", "--store", str(store.path)])
+    assert res.exit_code == 0, res.output
+    (line,) = res.output.splitlines()
+    assert json.loads(line)["request_id"] == "r1" and json.loads(line)["result"] == {"status": "refer"}

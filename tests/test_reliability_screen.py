@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -215,6 +216,27 @@ def test_ctrl_c_keeps_what_was_screened(tiny_bundle, retina_jpeg, tmp_path, monk
     assert again.exit_code == 2 and len(json.loads(Path(f"{out}.partial").read_text())) == 2, again.output
     assert unwrapped(f"cannot write results to {out}.partial (the rows of an interrupted run): it exists; move it "
                      "away or pass --overwrite to replace it") in unwrapped(again.output), again.output
+
+
+def test_a_second_ctrl_c_while_winding_down_keeps_the_summary(tiny_bundle, retina_jpeg, tmp_path, monkeypatch):
+    """Ctrl-C pressed twice: the second SIGINT (a real one) comes while the photos in flight are waited
+    for, and the table and the line saying where the rows are still come; Ctrl-C works again after."""
+    from edge_retina.pipeline import ScreeningPipeline
+
+    interrupt_after(1, monkeypatch)
+    original_close = ScreeningPipeline.close
+
+    def second_ctrl_c_then_close(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        original_close(self)
+
+    monkeypatch.setattr(ScreeningPipeline, "close", second_ctrl_c_then_close)
+    out = tmp_path / "r.csv"
+    res = run("screen", *photo_copies(retina_jpeg, tmp_path, 3), "--bundle", tiny_bundle, "--out", out)
+    said = unwrapped(res.output)
+    assert res.exit_code == 130 and "Screening results" in res.output, res.output
+    assert unwrapped(f"interrupted after 1 of 3 images; their rows are in {out}.partial") in said, res.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_while_a_row_is_written_counts_only_the_rows_kept(tiny_bundle, retina_jpeg, tmp_path, monkeypatch):

@@ -50,13 +50,23 @@ def head_bytes(class_embeddings: np.ndarray, class_bias: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+#: Names of archives that are not a bundle archive: any --out but <something>.erb.tar is written as a
+#: folder, and a folder called adapted.zip is not what was asked for.
+_OTHER_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar")
+
+
 def check_output(source: Path, out: Path) -> None:
-    """Refuse an output that is the input bundle or would overwrite anything (before any work is done)."""
+    """Refuse an output that is the input bundle or would overwrite anything, or named as an archive
+    that is not a bundle archive (before any work is done)."""
+    archive = out.name.endswith(ARCHIVE_SUFFIX) and out.name != ARCHIVE_SUFFIX
+    if not archive and out.name.lower().endswith((*_OTHER_ARCHIVE_SUFFIXES, ARCHIVE_SUFFIX)):
+        raise BundleError(f"{out}: a bundle archive must be named <something>{ARCHIVE_SUFFIX}; any other --out is "
+                          "written as a new folder")
     if out.exists() and out.resolve() == Path(source).resolve():
         raise BundleError(f"--out {out} is the input bundle; adapting never modifies its input: choose a new path")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out} already exists; remove it or choose another")
-    reason = unwritable_reason(out, folder=not out.name.endswith(ARCHIVE_SUFFIX))
+    reason = unwritable_reason(out, folder=not archive)
     if reason:
         raise BundleError(f"cannot write the bundle to {out}: {reason}")
 

@@ -29,10 +29,13 @@ from edge_retina.wording import plural
 EXIT_GATE_FAILED = 1
 
 
-def _check_out(*paths: Path | None, overwrite: bool) -> None:
+def _check_out(out: Path | None, html: Path | None, *, overwrite: bool) -> None:
     """Refuse an --out or --html that cannot be written, or that holds a report and --overwrite was not
-    given, before the benchmark runs, not after it."""
-    for path in paths:
+    given, before the benchmark runs, not after it; and an --out not named .json, as `screen` refuses a
+    suffix it cannot write: --out r.csv would hold JSON under a CSV's name."""
+    if out is not None and out.suffix.lower() != ".json":
+        fail(f"cannot write the report to {out}: the report is JSON; name a .json file")
+    for path in (out, html):
         reason = unwritable_reason(path, overwrite=overwrite) if path is not None else None
         if reason:
             fail(f"cannot write the report to {path}: {reason}")

@@ -1,8 +1,11 @@
 """``edge-retina screen``: screen files, folders and globs offline with a bundle."""
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -135,6 +138,9 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
                 progress.advance(task)
         except KeyboardInterrupt:  # Ctrl-C: stop taking photos, keep and show those finished
             interrupted = True
+            # Until the command ends (click closes its context then): what follows, waiting for the
+            # photos in flight, closing <out>.partial and the summary, runs to its end.
+            click.get_current_context().with_resource(_further_ctrl_c_ignored())
     rows_at = None
     if writer and write_error is not None:
         rows_at = writer.abandon()
@@ -176,3 +182,19 @@ def screen(paths, bundle_path, backend, precision, device, threads, workers, max
         sys.exit(EXIT_INTERRUPTED)
     if not screened_any:
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def _further_ctrl_c_ignored():
+    """SIGINT ignored: a second Ctrl-C pressed while an interrupted run winds down would raise in the
+    middle of it, and lose the table and the line saying where the rows are. Only the main thread may
+    set signal handlers (and only it gets KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        # None: the handler was not set from Python; the default is the nearest to it.
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)

@@ -90,6 +90,19 @@ _SIGNATURES = (
     ("WEBP", b"RIFF"),  # followed by a 4-byte size and "WEBP"
 )
 
+#: Archives, by their first bytes: photos handed over zipped are named as such, not as "not an image".
+_ARCHIVE_SIGNATURES = (
+    ("ZIP", b"PK\x03\x04"),
+    ("ZIP", b"PK\x05\x06"),  # an empty one
+    ("gzip", b"\x1f\x8b"),
+    ("bzip2", b"BZh"),
+    ("xz", b"\xfd7zXZ\x00"),
+    ("Zstandard", b"\x28\xb5\x2f\xfd"),
+    ("7-Zip", b"7z\xbc\xaf\x27\x1c"),
+    ("RAR", b"Rar!\x1a\x07"),
+)
+_TAR_MAGIC_AT, _TAR_MAGIC = 257, b"ustar"
+
 #: The warnings Pillow gives while it reads a header for us, as (category, module regex); see
 #: ``_quiet_pillow``.
 _PILLOW_HEADER_WARNINGS = ((Image.DecompressionBombWarning, ""), (UserWarning, r"PIL\.\w+ImagePlugin$"))
@@ -343,6 +356,12 @@ def _not_decodable(data: bytes, name: str) -> ImageError:
         return ImageError(
             "unsupported", f"{name}: {fmt} images are not supported (use {', '.join(DECODABLE_FORMATS)})"
         )
+    archive = next((kind for kind, signature in _ARCHIVE_SIGNATURES if data.startswith(signature)), None)
+    if archive is None and data[_TAR_MAGIC_AT : _TAR_MAGIC_AT + len(_TAR_MAGIC)] == _TAR_MAGIC:
+        archive = "tar"
+    if archive:  # neither `screen` nor `archive screen` (folders, lists of paths) reads inside archives
+        return ImageError("not_an_image", f"{name}: a {archive} archive, not an image file (extract it and screen "
+                                          "the folder)")
     return ImageError("not_an_image", f"{name}: not an image file (no known image signature)")
 
 
