@@ -16,7 +16,7 @@ import click
 
 from edge_retina import LOG_FORMAT
 from edge_retina.bundle.trusted_keys_option import trusted_keys_option
-from edge_retina.cli.command_error import fail
+from edge_retina.command_error import fail
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.out_paths import unwritable_reason
 from edge_retina.preprocess.decode import MIN_SIDE

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,17 @@ def private_user_caches(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_restored():
+    """Each test starts with the SIGINT/SIGTERM handlers of a fresh process: the bridge's commands set
+    their own (stop the server), and one left behind by a test of `bridge serve` made a later test's
+    real Ctrl-C stop a server that no longer ran instead of raising KeyboardInterrupt."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")

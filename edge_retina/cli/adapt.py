@@ -13,7 +13,7 @@ from edge_retina.adapt.fit import DEFAULT_TARGET_SENSITIVITY
 from edge_retina.adapt.overlay import SUMMARY_HEADERS, adaptation_summary, remove_adaptation
 from edge_retina.adapt.selection import METHODS
 from edge_retina.adapt.thresholds import MIN_POSITIVES
-from edge_retina.cli.command_error import fail
+from edge_retina.command_error import fail
 from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError

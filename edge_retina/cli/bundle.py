@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edge_retina.bundle import EngineEntry, Manifest, examine_bundle, verify_bundle
-from edge_retina.cli.command_error import fail, print_labelled
+from edge_retina.command_error import fail, print_labelled
 from edge_retina.console_tables import print_wrapped, rich_table
 from edge_retina.bundle.signing import (
     TrustedKeys,

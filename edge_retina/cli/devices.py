@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 import devices
-from edge_retina.cli.command_error import CommandError
+from edge_retina.command_error import CommandError
 from edge_retina.console_tables import print_wrapped, rich_table
 
 

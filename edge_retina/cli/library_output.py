@@ -23,7 +23,7 @@ import warnings
 from typing import Iterator
 
 from edge_retina import LOG_FORMAT
-from edge_retina.cli.command_error import print_labelled
+from edge_retina.command_error import print_labelled
 
 #: The packages whose loggers are ours (pyproject.toml's importlinter root packages).
 OUR_PACKAGES = ("edge_retina", "converters", "calibration", "devices", "firmware_bridge")

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from edge_retina import __version__
 from edge_retina.cli import library_output
-from edge_retina.cli.command_error import EXIT_INTERRUPTED, CommandError
+from edge_retina.command_error import EXIT_INTERRUPTED, CommandError
 from edge_retina.console_tables import print_wrapped
 from edge_retina.errors import EdgeRetinaError, MissingExtraError
 from edge_retina.extras import import_for, missing_extra

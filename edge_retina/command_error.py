@@ -1,7 +1,8 @@
 """How a command stops on an error: ``CommandError``, click's way out of a command (``ClickException``),
 printed the way our lines for people are: one "error:" line on stderr, wrapped to the terminal (click
 prints it as one line, however long), with paths and messages whole (no rich markup). ``fail`` raises
-it with the status for input a command refuses."""
+it with the status for input a command refuses. It lives outside ``edge_retina.cli`` (an entry point
+nothing may import) because the bridge's commands stop the same way."""
 from __future__ import annotations
 
 from typing import NoReturn
