@@ -25,13 +25,14 @@ def private_user_caches(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def signal_handlers_restored():
-    """Each test starts with the SIGINT/SIGTERM handlers of a fresh process: the bridge's commands set
-    their own (stop the server), and one left behind by a test of `bridge serve` made a later test's
-    real Ctrl-C stop a server that no longer ran instead of raising KeyboardInterrupt."""
+    """Each test leaves the SIGINT/SIGTERM handlers as it found them: the bridge's commands set their
+    own (stop the server), and one left behind by a test of `bridge serve` made a later test's real
+    Ctrl-C stop a server that no longer ran instead of raising KeyboardInterrupt."""
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     yield
     for signum, handler in handlers.items():
-        signal.signal(signum, handler)
+        if handler is not None:  # None: set outside Python, and then never changed from Python either
+            signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")
