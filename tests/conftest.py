@@ -31,7 +31,7 @@ def signal_handlers_restored():
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     yield
     for signum, handler in handlers.items():
-        if handler is not None:  # None: set outside Python, and then never changed from Python either
+        if handler is not None:  # None: installed outside Python, which Python cannot put back
             signal.signal(signum, handler)
 
 
