@@ -223,6 +223,9 @@ def test_a_second_ctrl_c_while_winding_down_keeps_the_summary(tiny_bundle, retin
     for, and the table and the line saying where the rows are still come; Ctrl-C works again after."""
     from edge_retina.pipeline import ScreeningPipeline
 
+    # Ctrl-C raises KeyboardInterrupt, as in `edge-retina` started from a terminal: a test run started
+    # in the background inherits SIGINT ignored (the shell's rule for background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupt_after(1, monkeypatch)
     original_close = ScreeningPipeline.close
 
