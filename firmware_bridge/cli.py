@@ -245,7 +245,7 @@ def serve(bundle_path, socket_path, tcp_address, serial_device, baud, store, que
         click.echo(f"listening on {listener.address} ({server.bundle_id})")
         server.serve([listener])
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        fail(f"cannot listen on {where}: {exc.strerror or exc}", exit_code=1)
     finally:
         server.close()
         screener.close()
@@ -262,7 +262,7 @@ def results(store, since) -> None:
     except ValueError:
         raise click.BadParameter(f"{since!r} is not an ISO-8601 time or epoch seconds", param_hint="--since") from None
     if not store.is_file():
-        raise click.ClickException(f"no result store at {store}")
+        fail(f"no result store at {store}")
     result_store = _open_store(store, read_only=True)
     try:
         for row in result_store.done_since(since_us):

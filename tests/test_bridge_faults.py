@@ -280,7 +280,7 @@ def test_a_tcp_port_in_use_is_named(tiny_bundle, tmp_path):
         port = taken.getsockname()[1]
         refused = CliRunner().invoke(bridge, ["serve", "--bundle", str(tiny_bundle), "--store", str(tmp_path / "s"),
                                               "--tcp", str(port), "--backend", "onnxruntime"])
-    assert refused.exit_code == 1, refused.output
+    assert refused.exit_code == 1 and refused.output.startswith("error: "), refused.output
     assert unwrapped(f"cannot listen on tcp:127.0.0.1:{port}: Address already in use") in unwrapped(refused.output)
 
 

@@ -47,7 +47,7 @@ def test_every_trusted_keys_option_is_the_same_option():
 
 def test_an_error_line_wraps_to_the_terminal():
     result = narrow_runner().invoke(cli, ["devices", "show", "no-such-profile"])
-    assert result.exit_code == 1 and widest_line(result.output) <= COLUMNS, result.output
+    assert result.exit_code == 2 and widest_line(result.output) <= COLUMNS, result.output
     assert unwrapped("error: unknown device profile 'no-such-profile'; known profiles:") in unwrapped(result.output)
 
 

@@ -346,7 +346,7 @@ def test_cli_list_and_show():
     shown = run("show", "jetson-orin-nano")
     assert shown.exit_code == 0 and json.loads(shown.output) == profile_data("jetson-orin-nano")
     missing = run("show", "nope")
-    assert missing.exit_code == 1 and unwrapped("unknown device profile 'nope'") in unwrapped(missing.output)
+    assert missing.exit_code == 2 and unwrapped("unknown device profile 'nope'") in unwrapped(missing.output)
 
 
 def test_devices_and_the_runtime_never_import_torch_or_host_code():

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 import devices
-from edge_retina.command_error import CommandError
+from edge_retina.command_error import fail
 from edge_retina.console_tables import print_wrapped, rich_table
 
 
@@ -28,7 +28,7 @@ def detect(root: Path, as_json: bool) -> None:
     try:
         detection = devices.detect(root)
     except devices.ProfileError as exc:
-        raise CommandError(str(exc)) from None
+        fail(exc)
     if as_json:
         click.echo(json.dumps(detection.to_dict(), indent=2))
         return
@@ -65,5 +65,5 @@ def show(name: str) -> None:
     try:
         profile = devices.get_profile(name)
     except devices.ProfileError as exc:
-        raise CommandError(str(exc)) from None
+        fail(exc)
     click.echo(json.dumps(profile.to_dict(), indent=2))
