@@ -256,7 +256,7 @@ def test_a_missing_teacher_option_is_one_message_naming_the_fix(tmp_path):
     checkpoint.write_bytes(b"")
     args = ["convert", "--family", "flair", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "bundle")]
     result = narrow_runner().invoke(cli, args)
-    assert result.exit_code == 1 and one_error(result.output), result.output
+    assert result.exit_code == 2 and one_error(result.output), result.output
     assert unwrapped("--teacher-option text_model_path=") in unwrapped(result.output)
     verbose = CliRunner().invoke(cli, ["-v", *args])
     assert verbose.exit_code == 1 and isinstance(verbose.exception, TypeError)
@@ -269,5 +269,5 @@ def test_a_missing_or_unnamed_checkpoint_is_one_message(tmp_path, family, checkp
     args = ["convert", "--family", family, "--out", str(tmp_path / "bundle")]
     args += [] if checkpoint is None else ["--checkpoint", str(tmp_path / checkpoint)]
     result = narrow_runner().invoke(cli, args)
-    assert result.exit_code == 1 and unwrapped(fix) in unwrapped(result.output) and one_error(result.output), \
+    assert result.exit_code == 2 and unwrapped(fix) in unwrapped(result.output) and one_error(result.output), \
         result.output

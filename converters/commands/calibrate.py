@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from calibration.calibration_set import DEFAULT_SIZE
+from edge_retina.command_error import fail
 from edge_retina.wording import plural
 
 
@@ -57,13 +58,14 @@ def calibrate(sources: tuple[Path, ...], out: Path, size: int, seed: int, model:
     try:
         candidates = list_candidates(sources)
     except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        fail(exc)
     with click.progressbar(length=len(candidates), label="gating and embedding", file=sys.stderr) as bar:
         try:
             result = build_calibration_set(candidates, out, spec, size=size, seed=seed, embed=embed,
                                            model_sha256=model_sha, stratify_by=stratify, progress=bar.update)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
+        except ValueError as exc:  # found after gating every candidate (none gradable, a --stratify
+            # column missing): the run failed (1)
+            fail(exc, exit_code=1)
     rejected = len(result.manifest["rejected"])
     click.echo(f"calibration set of {plural(result.size, 'image')} ({result.method}, seed {seed}) written to "
                f"{out}; {plural(rejected, 'ungradable or unreadable candidate')} dropped")

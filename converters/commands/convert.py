@@ -13,6 +13,7 @@ from rich.console import Console
 from converters.commands.options import FAMILY_OPTION, TEACHER_OPTION
 from converters.commands.options import teacher_options as parse_teacher_options
 from converters.prompt_files import DEFAULT_PROMPT_FILE
+from edge_retina.command_error import fail
 
 
 def _comma_list(text: str) -> list[str]:
@@ -123,6 +124,6 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_wei
     try:
         bundle = run_convert(recipe, out, settings, archive=archive,
                              progress=lambda message: print_wrapped(stderr, message))
-    except ConvertError as exc:
-        raise click.ClickException(str(exc)) from None
+    except ConvertError as exc:  # a step failed: the run's outcome (1), not a refusal
+        fail(exc, exit_code=1)
     click.echo(f"bundle written to {bundle}" + (f" and {archive}" if archive else ""))

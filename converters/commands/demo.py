@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from edge_retina.bench.shared_datasets import shared_datasets_dir
+from edge_retina.command_error import fail
 
 
 @click.command()
@@ -19,9 +20,13 @@ from edge_retina.bench.shared_datasets import shared_datasets_dir
 def demo(workdir: Path, datasets: Path | None, rebuild: bool, parity_limit: int) -> None:
     """Build the default bundle (the embedded student, distilled from the embedded reference model),
     screen sample images, and print latency and parity tables."""
+    from converters.convert_pipeline import ConvertError
     from converters.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(workdir=workdir, datasets=datasets or shared_datasets_dir(), rebuild=rebuild,
-                        parity_limit=parity_limit))
+    try:
+        run_demo(DemoConfig(workdir=workdir, datasets=datasets or shared_datasets_dir(), rebuild=rebuild,
+                            parity_limit=parity_limit))
+    except ConvertError as exc:  # building the default bundle failed: the run's outcome (1), as `convert`'s
+        fail(exc, exit_code=1)
 
 

@@ -7,6 +7,7 @@ import click
 
 from converters.commands.options import FAMILY_OPTION, TEACHER_OPTION
 from converters.commands.options import teacher_options as parse_teacher_options
+from edge_retina.command_error import fail
 
 
 @click.group()
@@ -25,7 +26,11 @@ def show(source: Path) -> None:
     from edge_retina.console_tables import rich_table
 
     if source.suffix == ".json":
-        rows = [(c.name, c.label, c.normal, None, c.prompts) for c in load_prompt_file(source)]
+        try:
+            conditions = load_prompt_file(source)
+        except ValueError as exc:
+            fail(exc)
+        rows = [(c.name, c.label, c.normal, None, c.prompts) for c in conditions]
         title = f"{source}"
     else:
         manifest = load_bundle(source).manifest
@@ -60,5 +65,5 @@ def build(bundle_path: Path, prompt_file: Path, family: str, checkpoint: Path | 
         result = rebuild_bundle_prompts(bundle_path, load_teacher(family, checkpoint, **parse_teacher_options(teacher_options)),
                                         conditions, out)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        fail(exc)
     click.echo(f"bundle with {len(conditions)} classes written to {result}")

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from edge_retina import __version__
 from edge_retina.cli import library_output
-from edge_retina.command_error import EXIT_INTERRUPTED, CommandError
+from edge_retina.command_error import EXIT_INTERRUPTED, fail
 from edge_retina.console_tables import print_wrapped
 from edge_retina.errors import EdgeRetinaError, MissingExtraError
 from edge_retina.extras import import_for, missing_extra
@@ -75,14 +75,15 @@ def _missing_extra_command(name: str, extra: str, error: MissingExtraError) -> c
     @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
                    help=f"(needs the '{extra}' extra: pip install 'edge-retina[{extra}]')")
     def unavailable(**_: object) -> None:
-        raise CommandError(str(error))
+        fail(error)
 
     return unavailable
 
 
 def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
     """Host commands import their heavy dependencies when they run: turn a missing one into the
-    "install the extra" message there too, and a user's mistake (EdgeRetinaError) into one line.
+    "install the extra" message there too, and a user's mistake (EdgeRetinaError) into one line;
+    both refuse the command (exit 2), as the runtime commands refuse a bundle.
     Their libraries' logging and progress bars are silenced unless -v (``library_output``)."""
     invoke = command.invoke
 
@@ -95,11 +96,11 @@ def _guarded(command: click.Command, name: str, extra: str) -> click.Command:
             error = missing_extra(exc, f"'edge-retina {name}'", extra)
             if error is None:
                 raise
-            raise CommandError(str(error)) from None
+            fail(error)
         except EdgeRetinaError as exc:
             if verbose:
                 raise
-            raise CommandError(str(exc)) from None
+            fail(exc)
 
     command.invoke = guarded_invoke  # type: ignore[method-assign]
     return command
@@ -120,7 +121,13 @@ def _set_verbosity(ctx: click.Context, _: click.Parameter, verbose: bool) -> Non
 @click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbosity,
               help="Show libraries' log messages, and a traceback with every error.")
 def cli() -> None:
-    """Retinal foundation models on screening devices: convert on the host, screen offline on the device."""
+    """Retinal foundation models on screening devices: convert on the host, screen offline on the device.
+
+    Exit status, every command: 0 done; 1 it ran and the outcome is a failure (a parity gate
+    failed, `bundle verify` found a problem, nothing could be screened); 2 refused before the work
+    (an option, a bundle, the input or an output: an "error:" line says why); 130 interrupted
+    (Ctrl-C). `bundle install` adds 3: the new bundle failed its self-test and was rolled back.
+    """
 
 
 def main() -> None:
