@@ -17,6 +17,12 @@ def widest_line(text: str) -> int:
     return max((len(line.encode()) for line in text.splitlines()), default=0)
 
 
+def one_error(output: str) -> bool:
+    """One "error:" message, wrapped to an 80-column terminal, and no traceback."""
+    return output.startswith("error:") and output.count("error:") == 1 and "Traceback" not in output and \
+        widest_line(output) <= COLUMNS
+
+
 def unwrapped(text: str) -> str:
     """``text`` without whitespace, to look for a phrase in wrapped output: a line folds at a space or
     inside a long path, and where depends on how long the (temporary) path is, so a plain join of the

@@ -128,7 +128,7 @@ def test_without_ray_the_command_names_the_extra(tiny_bundle, photos, tmp_path, 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ModuleNotFoundError
     run = CliRunner().invoke(cli, ["archive", "screen", str(photos), "--bundle", str(tiny_bundle),
                                    "--out", str(tmp_path / "r.parquet")])
-    assert run.exit_code != 0 and unwrapped("pip install 'edge-retina[archive]'") in unwrapped(run.output)
+    assert run.exit_code == 2 and unwrapped("pip install 'edge-retina[archive]'") in unwrapped(run.output)
 
 
 def test_an_out_that_is_a_file_is_refused_before_ray_starts(tiny_bundle, photos, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, unwrapped, widest_line
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, one_error, unwrapped, widest_line
 
 from edge_retina.cli.main import cli
 
@@ -241,12 +241,6 @@ def test_screen_heimed_folder_writes_a_row_per_image(tiny_bundle, shared_dataset
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == expected == 169
     assert sum(r["status"] == "error" for r in rows) == 0
-
-
-def one_error(output: str) -> bool:
-    """One "error:" message, wrapped to an 80-column terminal, and no traceback."""
-    return output.startswith("error:") and output.count("error:") == 1 and "Traceback" not in output and \
-        widest_line(output) <= COLUMNS
 
 
 def test_a_missing_teacher_option_is_one_message_naming_the_fix(tmp_path):

@@ -1,0 +1,48 @@
+"""One exit-status convention for every command, as the top-level --help states it: a command refused
+before its work (an option, a bundle, the input or an output) exits 2 with one "error:" line, whether
+it is a runtime, a bridge or a host command."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from narrow_terminal import narrow_runner, one_error, unwrapped
+
+from edge_retina.cli.main import cli
+
+
+def test_the_top_level_help_states_the_convention():
+    said = unwrapped(narrow_runner().invoke(cli, ["--help"]).output)
+    for phrase in ("Exit status, every command: 0 done;", "1 it ran and the outcome is a failure",
+                   "2 refused before the work", "130 interrupted (Ctrl-C)"):
+        assert unwrapped(phrase) in said, said
+
+
+def _bad_prompt_file(tmp_path):
+    prompt_file = tmp_path / "prompts.json"
+    prompt_file.write_text(json.dumps({"schema": 9, "conditions": []}))
+    return ["prompts", "show", str(prompt_file)], "schema must be 1"
+
+
+def _calibration_csv_without_files(tmp_path):
+    listing = tmp_path / "calibration.csv"
+    listing.write_text("path,site\na.jpg,north\n")
+    return ["calibrate", str(listing), "--out", str(tmp_path / "set")], "needs a 'file' column"
+
+
+@pytest.mark.parametrize("refusal", [
+    pytest.param(lambda tmp_path, bundle, photo: (["devices", "show", "no-such-profile"],
+                                                  "unknown device profile 'no-such-profile'"), id="devices-show"),
+    pytest.param(lambda tmp_path, bundle, photo: (["screen", str(photo), "--bundle", str(bundle), "--device",
+                                                   "no-such-profile"], "unknown device profile 'no-such-profile'"),
+                 id="screen-device"),
+    pytest.param(lambda tmp_path, bundle, photo: (["bridge", "results", "--store", str(tmp_path / "none.sqlite3")],
+                                                  "no result store at"), id="bridge-results"),
+    pytest.param(lambda tmp_path, bundle, photo: _bad_prompt_file(tmp_path), id="prompts-show"),
+    pytest.param(lambda tmp_path, bundle, photo: _calibration_csv_without_files(tmp_path), id="calibrate"),
+])
+def test_a_refused_command_exits_2_with_one_error_line(refusal, tmp_path, tiny_bundle, retina_jpeg):
+    args, says = refusal(tmp_path, tiny_bundle, retina_jpeg)
+    result = narrow_runner().invoke(cli, args)
+    assert result.exit_code == 2 and one_error(result.output), result.output
+    assert unwrapped(says) in unwrapped(result.output), result.output
