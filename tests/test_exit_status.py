@@ -3,6 +3,7 @@ before its work (an option, a bundle, the input or an output) exits 2 with one "
 it is a runtime, a bridge or a host command."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -46,3 +47,20 @@ def test_a_refused_command_exits_2_with_one_error_line(refusal, tmp_path, tiny_b
     result = narrow_runner().invoke(cli, args)
     assert result.exit_code == 2 and one_error(result.output), result.output
     assert unwrapped(says) in unwrapped(result.output), result.output
+
+
+
+@pytest.mark.parametrize("command, module, function", [("convert", "converters.convert_pipeline", "convert"),
+                                                        ("demo", "converters.demo", "run_demo")])
+def test_a_conversion_that_fails_exits_1_in_the_same_form(command, module, function, tmp_path, monkeypatch):
+    """A step that fails is the run's outcome (1), not a refusal: the options were fine."""
+    from converters.convert_pipeline import ConvertError
+
+    def failing(*args, **kwargs):
+        raise ConvertError("engines", "the accuracy guard failed")
+
+    monkeypatch.setattr(importlib.import_module(module), function, failing)
+    where = ["--out", str(tmp_path / "bundle")] if command == "convert" else ["--workdir", str(tmp_path)]
+    result = narrow_runner().invoke(cli, [command, *where])
+    assert result.exit_code == 1 and one_error(result.output), result.output
+    assert unwrapped("convert failed at step 'engines'") in unwrapped(result.output), result.output
