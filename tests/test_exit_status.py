@@ -49,7 +49,6 @@ def test_a_refused_command_exits_2_with_one_error_line(refusal, tmp_path, tiny_b
     assert unwrapped(says) in unwrapped(result.output), result.output
 
 
-
 @pytest.mark.parametrize("command, module, function", [("convert", "converters.convert_pipeline", "convert"),
                                                         ("demo", "converters.demo", "run_demo")])
 def test_a_conversion_that_fails_exits_1_in_the_same_form(command, module, function, tmp_path, monkeypatch):
