@@ -17,8 +17,8 @@ from rich.markup import escape
 from rich.text import Text
 
 from edge_retina.bench.shared_datasets import shared_datasets_dir
-from edge_retina.command_error import fail
 from edge_retina.cli.inputs import expand_inputs
+from edge_retina.command_error import fail
 from edge_retina.console_tables import parity_console_tables, print_wrapped, rich_table
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError, named_once

@@ -21,9 +21,9 @@ from rich.progress import (
 from rich.text import Text
 
 from edge_retina.bundle.trusted_keys_option import trusted_keys_option
-from edge_retina.command_error import EXIT_INTERRUPTED, fail
 from edge_retina.cli.inputs import expand_inputs
 from edge_retina.cli.results_io import ResultWriter, partial_path, result_format
+from edge_retina.command_error import EXIT_INTERRUPTED, fail
 from edge_retina.console_tables import print_results, print_wrapped, summarise
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError
