@@ -46,6 +46,13 @@ def fit_columns(make: Callable[[int, str | None], Table], headers: list[str], wi
     return table
 
 
+def _room_left(narrowest: Table, width: int) -> int:
+    """How wide a wrapping column may be in ``width``: ``narrowest`` is the table with that column one
+    character wide, so the column gets the rest (at least ``WRAP_MIN``)."""
+    wide = Console(width=10_000)
+    return max(WRAP_MIN, 1 + width - Measurement.get(wide, wide.options, narrowest).maximum)
+
+
 def _table(title: str, caption: str | None) -> Table:
     return Table(title=escape(title), caption=escape(caption) if caption else None, box=ASCII_SIMPLE_HEAD,
                  caption_justify="left", pad_edge=False)
@@ -69,12 +76,7 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]], *, width: 
             table.add_row(*(escape(cell) for cell in row[:shown]))
         return table
 
-    last_width = None
-    if wrap_last:
-        # The table with the last column one character wide, then that column given the rest.
-        wide = Console(width=10_000)
-        narrowest = Measurement.get(wide, wide.options, make(len(headers), None, 1)).maximum
-        last_width = max(WRAP_MIN, 1 + width - narrowest)
+    last_width = _room_left(make(len(headers), None, 1), width) if wrap_last else None
     return fit_columns(lambda shown, caption: make(shown, caption, last_width), headers, width, details, note,
                        [headers, *rows])
 
@@ -199,10 +201,8 @@ def print_results(console: Console, results: list[Result], conditions: tuple[str
         return table
 
     # A long file name folds rather than push the status out of the table (leaving names alone): the
-    # image column gets at most what the status column leaves, as rich_table's wrapping column does.
-    wide = Console(width=10_000)
-    narrowest = Measurement.get(wide, wide.options, make(2, None, 1)).maximum
-    image_width = max(WRAP_MIN, 1 + console.width - narrowest)
+    # image column gets at most what the status column leaves.
+    image_width = _room_left(make(2, None, 1), console.width)
     console.print(fit_columns(lambda shown, caption: make(shown, caption, image_width), headers, console.width,
                               details="--json and --out"))
     console.print("* = over the bundle's referral threshold")

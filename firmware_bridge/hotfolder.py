@@ -42,7 +42,7 @@ from typing import Any, Iterator
 
 from edge_retina.files import write_atomically
 from edge_retina.pipeline import ScreeningPipeline
-from edge_retina.preprocess.decode import IMAGE_EXTENSIONS
+from edge_retina.preprocess.decode import IMAGE_EXTENSIONS, broken_link
 from edge_retina.screener import Result, Screener
 
 from .server import bundle_id
@@ -115,11 +115,9 @@ class HotFolder:
         for path in self.captures():
             try:
                 info = path.stat()
-            except FileNotFoundError:
-                try:  # a link to a missing file (an archive moved or not mounted): `screen` reports it too
-                    self._skip(path, f"a link to a missing file ({os.readlink(path)})")
-                except OSError:  # no link: removed between the listing and now
-                    pass
+            except FileNotFoundError:  # removed between the listing and now, or a link to a missing file
+                if why := broken_link(path):
+                    self._skip(path, why)
                 continue
             except OSError as exc:  # a symlink loop, a name the file system refuses...
                 self._skip(path, f"cannot be read ({exc.strerror})")

@@ -16,9 +16,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from edge_retina.bundle import ARCHIVE_SUFFIX, Bundle, load_bundle, pack_bundle, write_bundle
-from edge_retina.out_paths import unwritable_reason
 from edge_retina.bundle.manifest import ADAPTATION_SCHEMA_VERSION, AdaptationEntry, AdaptedCondition, Manifest
 from edge_retina.errors import BundleError
+from edge_retina.out_paths import unwritable_reason
 from edge_retina.prompt_table import PromptTable
 
 HEAD_FILE = "adaptation/head.npz"

@@ -191,13 +191,20 @@ def read_source(source: ImageSource, name: str | None = None) -> tuple[bytes | n
     return data, name
 
 
+def broken_link(path: Path) -> str | None:
+    """Where ``path`` points, said for people, when it is a link to a missing file (in a folder of links
+    to an archive that has moved or is not mounted); None when it is not a link."""
+    try:
+        return f"a link to a missing file ({os.readlink(path)})"
+    except OSError:
+        return None
+
+
 def _read_file(path: Path, name: str) -> bytes:
     try:
         st = path.stat()
     except FileNotFoundError:
-        if path.is_symlink():  # in a folder of links to an archive that has moved or is not mounted
-            raise ImageError("not_found", f"{name}: a link to a missing file ({os.readlink(path)})") from None
-        raise ImageError("not_found", f"{name}: no such file") from None
+        raise ImageError("not_found", f"{name}: {broken_link(path) or 'no such file'}") from None
     except PermissionError as exc:
         raise ImageError("unreadable", f"{name}: cannot access the file ({exc.strerror})") from None
     except OSError as exc:  # a symlink loop, a name too long...
