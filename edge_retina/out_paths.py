@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 
 def unwritable_reason(path: Path, *, folder: bool = False, overwrite: bool = True) -> str | None:
@@ -39,3 +40,12 @@ def unwritable_reason(path: Path, *, folder: bool = False, overwrite: bool = Tru
     except OSError as exc:
         return f"cannot create files in {existing}: {exc.strerror or exc}"
     return None
+
+
+def misnamed_reason(path: Path, format: str, suffixes: Sequence[str]) -> str | None:
+    """Why ``path`` is the wrong name for a ``format`` file (its suffix is not one of ``suffixes``, in
+    lower case), or None: a report written under another format's name (JSON in r.csv, HTML in r.json)
+    is opened by the wrong program."""
+    if Path(path).suffix.lower() in suffixes:
+        return None
+    return f"the report is {format}; name a {' or '.join(suffixes)} file"

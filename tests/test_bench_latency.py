@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, unwrapped, widest_line
+from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, one_error, unwrapped, widest_line
 
 from converters.research_baseline import ResearchPipeline
 from edge_retina.bench import latency
@@ -216,18 +216,20 @@ def test_latency_command_keeps_an_earlier_report_unless_overwrite(report, tiny_b
 
 
 @pytest.mark.parametrize("command", ["latency", "parity"])
-@pytest.mark.parametrize("name", ["r.csv", "report"])
-def test_out_that_is_not_a_json_file_is_refused_before_benchmarking(command, name, tiny_bundle, retina_jpeg,
-                                                                    tmp_path, monkeypatch):
-    """The report is JSON: `--out r.csv` would hold JSON under a CSV's name."""
+@pytest.mark.parametrize("option, name, says", [("--out", "r.csv", "the report is JSON; name a .json file"),
+                                                ("--out", "report", "the report is JSON; name a .json file"),
+                                                ("--html", "r.json", "the report is HTML; name a .html or .htm file"),
+                                                ("--html", "report", "the report is HTML; name a .html or .htm file")])
+def test_a_report_not_named_for_its_format_is_refused_before_benchmarking(command, option, name, says, tiny_bundle,
+                                                                         retina_jpeg, tmp_path, monkeypatch):
+    """`--out r.csv` would hold JSON under a CSV's name, `--html r.json` HTML under a JSON's."""
     monkeypatch.setattr("edge_retina.bench.latency.run_latency", lambda *a, **k: pytest.fail("benchmarked first"))
     inputs = ["--images", str(retina_jpeg)] if command == "latency" else ["--labels", str(tmp_path / "labels.csv")]
-    out = tmp_path / name
-    result = narrow_runner().invoke(bench, [command, "--bundle", str(tiny_bundle), *inputs, "--out", str(out)])
-    assert result.exit_code == 2 and widest_line(result.output) <= COLUMNS, result.output
-    assert unwrapped(f"error: cannot write the report to {out}: the report is JSON; name a .json file") in unwrapped(
-        result.output), result.output
-    assert not out.exists()
+    report = tmp_path / name
+    result = narrow_runner().invoke(bench, [command, "--bundle", str(tiny_bundle), *inputs, option, str(report)])
+    assert result.exit_code == 2 and one_error(result.output), result.output
+    assert unwrapped(f"error: cannot write the report to {report}: {says}") in unwrapped(result.output), result.output
+    assert not report.exists()
 
 
 def test_parity_command_keeps_an_earlier_report_unless_overwrite(tiny_bundle, tmp_path):

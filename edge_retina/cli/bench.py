@@ -23,7 +23,7 @@ from edge_retina.console_tables import parity_console_tables, print_wrapped, ric
 from edge_retina.engines import BACKENDS, PRECISIONS
 from edge_retina.errors import EdgeRetinaError, named_once
 from edge_retina.extras import import_for
-from edge_retina.out_paths import unwritable_reason
+from edge_retina.out_paths import misnamed_reason, unwritable_reason
 from edge_retina.wording import plural
 
 EXIT_GATE_FAILED = 1
@@ -31,12 +31,12 @@ EXIT_GATE_FAILED = 1
 
 def _check_out(out: Path | None, html: Path | None, *, overwrite: bool) -> None:
     """Refuse an --out or --html that cannot be written, or that holds a report and --overwrite was not
-    given, before the benchmark runs, not after it; and an --out not named .json, as `screen` refuses a
-    suffix it cannot write: --out r.csv would hold JSON under a CSV's name."""
-    if out is not None and out.suffix.lower() != ".json":
-        fail(f"cannot write the report to {out}: the report is JSON; name a .json file")
-    for path in (out, html):
-        reason = unwritable_reason(path, overwrite=overwrite) if path is not None else None
+    given, before the benchmark runs, not after it; and one not named for its format (--out .json,
+    --html .html or .htm), as `screen` refuses a suffix it cannot write."""
+    for path, format, suffixes in ((out, "JSON", (".json",)), (html, "HTML", (".html", ".htm"))):
+        if path is None:
+            continue
+        reason = misnamed_reason(path, format, suffixes) or unwritable_reason(path, overwrite=overwrite)
         if reason:
             fail(f"cannot write the report to {path}: {reason}")
 
