@@ -104,6 +104,11 @@ class ConvertSettings:
     def __post_init__(self) -> None:
         if self.qat not in QAT_MODES:
             raise ValueError(f"qat must be one of {QAT_MODES}, got {self.qat!r}")
+        # Here, not at the calibration step: a conversion refused for it must not export first.
+        int8 = [t.describe() for t in self.targets if t.precision == "int8"]
+        if int8 and not self.calibration:
+            raise ValueError(f"INT8 targets need calibration images (--calibration IMAGES_OR_CSV): "
+                             f"{', '.join(int8)}")
 
 
 @dataclass
@@ -181,8 +186,6 @@ def _calibration(spec: InputSpec, fp32_onnx: Path, onnx_sha: str, settings: Conv
     if not wants_int8 and not (guarded and sources and settings.validation is None):
         step.done(False, "skipped: no INT8 target")
         return None
-    if not sources:
-        raise ConvertError("calibration", "INT8 targets need calibration images (--calibration IMAGES_OR_CSV)")
     if len(sources) == 1 and (sources[0] / CALIBRATION_MANIFEST).is_file():
         calibration = load_calibration_set(sources[0], spec=spec)
         step.done(True, f"{calibration.size} images from {sources[0]}")

@@ -23,7 +23,7 @@ from edge_retina.bench.labels import LabelledImages, read_labels_csv
 from edge_retina.bundle import load_bundle
 from edge_retina.cli.bundle import bundle as bundle_cli
 from edge_retina.screener import Screener
-from narrow_terminal import unwrapped
+from narrow_terminal import narrow_runner, one_error, unwrapped
 
 BOARDS = Path(__file__).parent / "data" / "boards"
 
@@ -140,10 +140,11 @@ def test_guard_images_add_to_the_guard_but_not_to_thresholds_or_parity(image_set
     assert parity["images"] == 12
 
 
-def test_int8_without_calibration_images_fails_at_the_calibration_step(tmp_path):
-    settings = ConvertSettings(targets=[EngineTarget("openvino", "int8")], cache_dir=tmp_path / "cache")
-    with pytest.raises(ConvertError, match="step 'calibration'.*--calibration"):
-        convert(tiny_recipe(64), tmp_path / "bundle", settings)
+def test_int8_without_calibration_images_is_refused_by_the_settings_not_after_the_export(tmp_path):
+    with pytest.raises(ValueError, match=r"INT8 targets need calibration images \(--calibration IMAGES_OR_CSV\): "
+                                         r"openvino:int8$"):
+        ConvertSettings(targets=[EngineTarget("openvino", "int8"), EngineTarget("onnxruntime", "fp32")],
+                        cache_dir=tmp_path / "cache")
 
 
 def test_guard_limits_that_int8_cannot_meet_ship_fp32_and_say_so(image_sets, tmp_path):
@@ -198,6 +199,18 @@ def test_cli_refuses_an_unknown_int8_backend(tmp_path):
 
     result = CliRunner().invoke(convert_command, ["--out", str(tmp_path / "b"), "--int8", "coreml"])
     assert result.exit_code == 2 and unwrapped("unknown backend 'coreml'") in unwrapped(result.output)
+
+
+def test_cli_refuses_int8_without_calibration_images_before_loading_the_teacher(tmp_path, monkeypatch):
+    """A device profile's INT8 engine too: refused before the teacher loads and exports, not at the
+    calibration step after them."""
+    from converters.commands.convert import convert as convert_command
+
+    monkeypatch.setattr("converters.teachers.load_teacher", lambda *args, **kwargs: pytest.fail("loaded the teacher"))
+    result = narrow_runner().invoke(convert_command, ["--out", str(tmp_path / "b"), "--device", "arm64-cpu"])
+    assert result.exit_code == 2 and one_error(result.output), result.output
+    assert unwrapped("INT8 targets need calibration images (--calibration IMAGES_OR_CSV): onnxruntime:int8") in \
+        unwrapped(result.output)
 
 
 def test_convert_for_devices_emits_exactly_what_each_profile_needs(image_sets, tmp_path):
@@ -264,7 +277,7 @@ def test_a_student_bundle_reports_teacher_student_and_engines_side_by_side(image
     assert profile["teacher"]["input_size"] == [80, 80] and profile["student"]["input_size"] == [64, 64]
     assert profile["teacher"]["median_ms"] > 0 and profile["speedup"] > 0
     # The report card is shown by `bundle inspect` (runtime side).
-    from narrow_terminal import COLUMNS, narrow_runner, widest_line
+    from narrow_terminal import COLUMNS, widest_line
 
     from edge_retina.cli.main import cli
 

@@ -31,6 +31,11 @@ def _calibration_csv_without_files(tmp_path):
     return ["calibrate", str(listing), "--out", str(tmp_path / "set")], "needs a 'file' column"
 
 
+def _int8_without_calibration_images(tmp_path):
+    return (["convert", "--out", str(tmp_path / "bundle"), "--int8", "onnxruntime"],
+            "INT8 targets need calibration images (--calibration IMAGES_OR_CSV)")
+
+
 @pytest.mark.parametrize("refusal", [
     pytest.param(lambda tmp_path, bundle, photo: (["devices", "show", "no-such-profile"],
                                                   "unknown device profile 'no-such-profile'"), id="devices-show"),
@@ -41,6 +46,7 @@ def _calibration_csv_without_files(tmp_path):
                                                   "no result store at"), id="bridge-results"),
     pytest.param(lambda tmp_path, bundle, photo: _bad_prompt_file(tmp_path), id="prompts-show"),
     pytest.param(lambda tmp_path, bundle, photo: _calibration_csv_without_files(tmp_path), id="calibrate"),
+    pytest.param(lambda tmp_path, bundle, photo: _int8_without_calibration_images(tmp_path), id="convert"),
 ])
 def test_a_refused_command_exits_2_with_one_error_line(refusal, tmp_path, tiny_bundle, retina_jpeg):
     args, says = refusal(tmp_path, tiny_bundle, retina_jpeg)

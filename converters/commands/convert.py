@@ -103,13 +103,16 @@ def convert(family: str, checkpoint: Path | None, prompt_file: Path, student_wei
         raise click.BadParameter(str(exc)) from None
     if not targets:
         raise click.BadParameter("no engines requested: give --backends, --fp16 and/or --int8")
-    settings = ConvertSettings(
-        targets=targets, calibration=calibration_sources, calibration_size=calibration_size, seed=seed,
-        validation=read_labels_csv(validation_csv) if validation_csv else None,
-        guard_images=read_labels_csv(guard_csv) if guard_csv else None, target_sensitivity=target_sensitivity,
-        limits=GuardLimits(auroc_margin, min_referral_agreement, min_cosine, min_p1_cosine),
-        cache_dir=cache_dir or default_cache_dir(), threads=threads, qat=qat,
-    )
+    try:
+        settings = ConvertSettings(
+            targets=targets, calibration=calibration_sources, calibration_size=calibration_size, seed=seed,
+            validation=read_labels_csv(validation_csv) if validation_csv else None,
+            guard_images=read_labels_csv(guard_csv) if guard_csv else None, target_sensitivity=target_sensitivity,
+            limits=GuardLimits(auroc_margin, min_referral_agreement, min_cosine, min_p1_cosine),
+            cache_dir=cache_dir or default_cache_dir(), threads=threads, qat=qat,
+        )
+    except ValueError as exc:  # options that cannot make a bundle (INT8 without calibration images)
+        fail(exc)
     teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))
     if student_weights is None:
         recipe = BundleRecipe.from_teacher(teacher, prompt_file)
