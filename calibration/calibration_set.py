@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from calibration.selection import kcenter_greedy, stratified_sample, thumbnail_features
-from calibration.sources import Candidate
+from calibration.sources import Candidate, check_stratify_columns
 from edge_retina.errors import ImageError
 from edge_retina.files import sha256_file
 from edge_retina.preprocess import InputSpec, Preprocessor, pixels_key
@@ -85,6 +85,7 @@ def build_calibration_set(
     """
     if size < 1:
         raise ValueError(f"calibration size must be at least 1, got {size}")
+    check_stratify_columns(candidates, stratify_by)
     preprocessor = Preprocessor(spec)
     kept: list[Candidate] = []
     rejected: list[dict[str, str]] = []
@@ -115,9 +116,6 @@ def build_calibration_set(
     if not kept:
         raise ValueError(f"no gradable image among the {len(candidates)} calibration candidates")
 
-    missing = [c for c in stratify_by if any(c not in k.metadata for k in kept)]
-    if missing:
-        raise ValueError(f"stratification columns {missing} are not in the calibration CSV")
     if len(kept) <= size:
         method, chosen = "all", list(range(len(kept)))
     elif stratify_by:

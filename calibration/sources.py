@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from edge_retina.preprocess import IMAGE_EXTENSIONS
 
@@ -54,3 +54,20 @@ def list_candidates(sources: Iterable[str | Path]) -> list[Candidate]:
             seen.add(key)
             unique.append(c)
     return unique
+
+
+def check_stratify_columns(candidates: Sequence[Candidate], columns: Sequence[str]) -> None:
+    """ValueError naming the ``columns`` that some candidate lacks, and the columns they all have:
+    stratified selection groups every candidate by every one of them. Read from the CSVs' headers,
+    so it is known before an image is opened."""
+    if not columns or not candidates:
+        return
+    shared = [c for c in candidates[0].metadata if all(c in k.metadata for k in candidates)]
+    missing = ", ".join(repr(c) for c in columns if c not in shared)
+    if not missing:
+        return
+    if shared:
+        raise ValueError(f"cannot stratify by {missing}: not a column of the calibration CSV (its columns besides "
+                         f"'file': {', '.join(shared)})")
+    raise ValueError(f"cannot stratify by {missing}: the calibration candidates have no columns to group by (a "
+                     "calibration CSV's columns besides 'file'; images from folders have none)")

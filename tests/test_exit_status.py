@@ -31,6 +31,14 @@ def _calibration_csv_without_files(tmp_path):
     return ["calibrate", str(listing), "--out", str(tmp_path / "set")], "needs a 'file' column"
 
 
+def _calibration_csv_without_the_stratify_column(tmp_path):
+    listing = tmp_path / "calibration.csv"
+    listing.write_text("file,site,camera\na.jpg,north,x1\n")  # a.jpg is not there: the check reads no image
+    return (["calibrate", str(listing), "--out", str(tmp_path / "set"), "--stratify", "site", "--stratify", "region"],
+            "cannot stratify by 'region': not a column of the calibration CSV (its columns besides 'file': site, "
+            "camera)")
+
+
 def _int8_without_calibration_images(tmp_path):
     return (["convert", "--out", str(tmp_path / "bundle"), "--int8", "onnxruntime"],
             "INT8 targets need calibration images (--calibration IMAGES_OR_CSV)")
@@ -46,6 +54,8 @@ def _int8_without_calibration_images(tmp_path):
                                                   "no result store at"), id="bridge-results"),
     pytest.param(lambda tmp_path, bundle, photo: _bad_prompt_file(tmp_path), id="prompts-show"),
     pytest.param(lambda tmp_path, bundle, photo: _calibration_csv_without_files(tmp_path), id="calibrate"),
+    pytest.param(lambda tmp_path, bundle, photo: _calibration_csv_without_the_stratify_column(tmp_path),
+                 id="calibrate-stratify"),
     pytest.param(lambda tmp_path, bundle, photo: _int8_without_calibration_images(tmp_path), id="convert"),
 ])
 def test_a_refused_command_exits_2_with_one_error_line(refusal, tmp_path, tiny_bundle, retina_jpeg):

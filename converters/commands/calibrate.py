@@ -45,9 +45,14 @@ def calibrate(sources: tuple[Path, ...], out: Path, size: int, seed: int, model:
               spec_file: Path | None, stratify: tuple[str, ...]) -> None:
     """Pick a diverse, gradable calibration set from IMAGES_OR_CSV and cache its tensors."""
     from calibration.calibration_set import build_calibration_set
-    from calibration.sources import list_candidates
+    from calibration.sources import check_stratify_columns, list_candidates
     from edge_retina.files import sha256_file
 
+    try:  # before the model loads and the candidates are gated
+        candidates = list_candidates(sources)
+        check_stratify_columns(candidates, stratify)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(exc)
     onnx_path, spec = _model_and_spec(model, spec_file)
     embed, model_sha = None, None
     if onnx_path is not None:
@@ -55,16 +60,11 @@ def calibrate(sources: tuple[Path, ...], out: Path, size: int, seed: int, model:
 
         runner = create_runner("onnxruntime", onnx_path, precision="fp32")
         embed, model_sha = runner.infer, sha256_file(onnx_path)
-    try:
-        candidates = list_candidates(sources)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(exc)
     with click.progressbar(length=len(candidates), label="gating and embedding", file=sys.stderr) as bar:
         try:
             result = build_calibration_set(candidates, out, spec, size=size, seed=seed, embed=embed,
                                            model_sha256=model_sha, stratify_by=stratify, progress=bar.update)
-        except ValueError as exc:  # found after gating every candidate (none gradable, a --stratify
-            # column missing): the run failed (1)
+        except ValueError as exc:  # found after gating every candidate (none gradable): the run failed (1)
             fail(exc, exit_code=1)
     rejected = len(result.manifest["rejected"])
     click.echo(f"calibration set of {plural(result.size, 'image')} ({result.method}, seed {seed}) written to "
