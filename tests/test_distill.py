@@ -26,7 +26,7 @@ from converters.distill.augment import FundusAugment
 from converters.distill.loss import DistillLoss
 from converters.teachers import Teacher
 from edge_retina.preprocess.spec import InputSpec
-from narrow_terminal import unwrapped
+from narrow_terminal import COLUMNS, narrow_runner, one_error, unwrapped, widest_line
 
 EMBED_DIM = 24
 TINY = DistillConfig(arch="mobilenetv3_small_050", size=64, frozen_blocks=0, epochs=2, batch_size=3, seed=7)
@@ -108,8 +108,10 @@ def test_distillation_is_deterministic_and_resume_matches_an_uninterrupted_run(t
 
 
 def test_resume_refuses_another_recipe(tiny_teacher, photo_dir, tmp_path):
+    from converters.distill.train import DistillError
+
     distill(tiny_teacher, photos(photo_dir), tmp_path, TINY, max_epochs_this_run=1, progress=False)
-    with pytest.raises(ValueError, match="another recipe"):
+    with pytest.raises(DistillError, match="another recipe"):
         distill(tiny_teacher, photos(photo_dir), tmp_path, DistillConfig(**{**TINY.__dict__, "seed": 8}),
                 resume=True, progress=False)
 
@@ -253,6 +255,50 @@ def test_distill_command(tiny_teacher, photo_dir, tmp_path, monkeypatch):
     assert unwrapped("student written to") in unwrapped(result.output)
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["arch"] == TINY.arch and sidecar["n_images"] == 6 and len(sidecar["history"]) == 1
+
+
+def _distill_cli(tmp_path: Path, images: Path):
+    """`edge-retina distill` on ``images``, as the command line runs it (its error handling included)."""
+    from edge_retina.cli.main import cli
+
+    return narrow_runner().invoke(cli, [
+        "distill", "--images", str(images), "--work-dir", str(tmp_path / "run"),
+        "--out", str(tmp_path / "student.safetensors"), "--arch", TINY.arch, "--size", "64", "--epochs", "1",
+        "--batch-size", "3", "--workers", "1", "--quiet"])
+
+
+def test_distill_without_a_readable_image_ends_in_one_error_line(tiny_teacher, tmp_path, monkeypatch):
+    """Found in the run, once the photos were read: its outcome (1), said in one line, no traceback."""
+    monkeypatch.setattr("converters.teachers.load_teacher", lambda family, checkpoint, **options: tiny_teacher)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    result = _distill_cli(tmp_path, folder)
+    said = result.output  # what it is distilling, then the error
+    assert result.exit_code == 1 and one_error(said[said.find("error:"):]) and widest_line(said) <= COLUMNS, said
+    assert unwrapped("error: no usable images to distil from (1 unreadable)") in unwrapped(result.output)
+
+
+def test_distill_refuses_a_teacher_checkpoint_it_cannot_read_before_the_work(photo_dir, tmp_path, monkeypatch):
+    def unreadable(family, checkpoint, **options):
+        raise PermissionError(13, "Permission denied", "teacher.pt")
+
+    monkeypatch.setattr("converters.teachers.load_teacher", unreadable)
+    monkeypatch.setattr("converters.distill.distill", lambda *args, **kwargs: pytest.fail("distilled"))
+    result = _distill_cli(tmp_path, photo_dir)
+    assert result.exit_code == 2 and one_error(result.output), result.output
+    assert unwrapped("Permission denied: 'teacher.pt'") in unwrapped(result.output)
+
+
+def test_a_bug_in_a_distillation_run_still_shows_its_traceback(tiny_teacher, photo_dir, tmp_path, monkeypatch):
+    """Only the errors the run raises on purpose are one line: a ValueError from a bug is not one."""
+    def bug(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr("converters.teachers.load_teacher", lambda family, checkpoint, **options: tiny_teacher)
+    monkeypatch.setattr("converters.distill.distill", bug)
+    result = _distill_cli(tmp_path, photo_dir)
+    assert type(result.exception) is ValueError and "error:" not in result.output, result.output
 
 
 def test_parity_of_a_student_identical_to_its_teacher(tiny_teacher, photo_dir):

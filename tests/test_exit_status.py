@@ -44,6 +44,13 @@ def _int8_without_calibration_images(tmp_path):
             "INT8 targets need calibration images (--calibration IMAGES_OR_CSV)")
 
 
+def _unreadable_teacher_checkpoint(tmp_path, photo):
+    checkpoint = tmp_path / "teacher.safetensors"
+    checkpoint.write_bytes(b"cut short")
+    return (["distill", "--checkpoint", str(checkpoint), "--images", str(photo), "--work-dir", str(tmp_path / "run"),
+             "--out", str(tmp_path / "student.safetensors")], f"{checkpoint}: not a safetensors file")
+
+
 @pytest.mark.parametrize("refusal", [
     pytest.param(lambda tmp_path, bundle, photo: (["devices", "show", "no-such-profile"],
                                                   "unknown device profile 'no-such-profile'"), id="devices-show"),
@@ -57,6 +64,7 @@ def _int8_without_calibration_images(tmp_path):
     pytest.param(lambda tmp_path, bundle, photo: _calibration_csv_without_the_stratify_column(tmp_path),
                  id="calibrate-stratify"),
     pytest.param(lambda tmp_path, bundle, photo: _int8_without_calibration_images(tmp_path), id="convert"),
+    pytest.param(lambda tmp_path, bundle, photo: _unreadable_teacher_checkpoint(tmp_path, photo), id="distill"),
 ])
 def test_a_refused_command_exits_2_with_one_error_line(refusal, tmp_path, tiny_bundle, retina_jpeg):
     args, says = refusal(tmp_path, tiny_bundle, retina_jpeg)

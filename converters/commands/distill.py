@@ -4,11 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from converters.commands.options import FAMILY_OPTION, TEACHER_OPTION
 from converters.commands.options import teacher_options as parse_teacher_options
 from converters.prompt_files import DEFAULT_PROMPT_FILE
 from edge_retina.bench.shared_datasets import shared_datasets_dir
+from edge_retina.command_error import fail
+from edge_retina.out_paths import unwritable_reason
 
 _DEFAULTS_NOTE = "default: the recipe's (converters.distill.train.DistillConfig)"
 
@@ -84,17 +87,11 @@ def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ..
     from converters.distill import DistillConfig, save_student
     from converters.distill import distill as run_distillation
     from converters.distill.student import STUDENT_WEIGHTS
+    from converters.prompt_files import load_prompt_file
     from converters.teachers import load_teacher
+    from edge_retina.console_tables import print_wrapped
+    from edge_retina.errors import EdgeRetinaError
 
-    if image_dirs:
-        images = _image_files(image_dirs)
-    else:
-        datasets = datasets or shared_datasets_dir()
-        if datasets is None:
-            raise click.UsageError("no --images given and no shared datasets found: pass --images or --datasets")
-        images = _train_split(datasets)
-    if not images:
-        raise click.UsageError("no images found")
     if arch is not None and arch not in LITE_ARCHS:
         if frozen_blocks:
             raise click.UsageError(f"--frozen-blocks needs an EfficientNet-Lite student ({', '.join(LITE_ARCHS)})")
@@ -103,14 +100,37 @@ def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ..
                                     "batch_size": batch_size, "views": views, "seed": seed}.items() if v is not None}
     config = replace(DistillConfig(), **overrides)
     torch.set_num_threads(threads)
-    teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))
-    click.echo(f"distilling {teacher.family}/{teacher.name} into {config.arch}@{config.size} "
-               f"on {len(images)} images ({config.views} views each), {config.epochs} epochs", err=True)
-    result = run_distillation(teacher, images, work_dir, config, prompt_file=prompt_file, resume=resume,
-                              workers=workers, progress=not quiet)
+    # Refused before the work (exit 2): what is read first or written last, so that a mistake in it
+    # does not stop the run after the teacher has embedded every image, or the student has trained.
+    weights = out or STUDENT_WEIGHTS
+    unwritable = unwritable_reason(weights)
+    if unwritable:
+        fail(f"cannot write the student to {weights}: {unwritable}")
+    if not image_dirs:
+        datasets = datasets or shared_datasets_dir()
+        if datasets is None:
+            fail("no --images given and no shared datasets found: pass --images or --datasets")
+    try:
+        images = _image_files(image_dirs) if image_dirs else _train_split(datasets)
+        if not images:
+            fail("no images found")
+        load_prompt_file(prompt_file)
+        teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))
+    except EdgeRetinaError:
+        raise  # the command line prints it: one line, or the traceback with -v
+    except (OSError, ValueError) as exc:  # a file that cannot be read: the checkpoint, the prompt file...
+        fail(exc)
+    print_wrapped(Console(stderr=True), f"distilling {teacher.family}/{teacher.name} into {config.arch}@"
+                                        f"{config.size} on {len(images)} images ({config.views} views each), "
+                                        f"{config.epochs} epochs")
+    try:
+        result = run_distillation(teacher, images, work_dir, config, prompt_file=prompt_file, resume=resume,
+                                  workers=workers, progress=not quiet)
+    except EdgeRetinaError as exc:  # found in the run (no usable image...): its outcome (1), like convert's
+        fail(exc, exit_code=1)
     for reason in result.skipped:
         click.echo(f"skipped {reason}", err=True)
-    weights = save_student(result.student, result.input_spec, out or STUDENT_WEIGHTS, result.metadata())
+    weights = save_student(result.student, result.input_spec, weights, result.metadata())
     last = result.history[-1]
     click.echo(f"student written to {weights} ({result.n_images} images, final loss {last['loss']:.4f}, "
                f"{result.seconds / 60:.1f} min)")

@@ -38,6 +38,7 @@ from converters.backbones.trunk_cache import TrunkRunner, cached_trunk_features
 from converters.prompt_tables import embed_conditions
 from converters.prompt_files import DEFAULT_PROMPT_FILE, load_prompt_file
 from converters.teachers import Teacher
+from edge_retina.errors import EdgeRetinaError
 from edge_retina.preprocess import Preprocessor, pixels_key
 from edge_retina.preprocess.spec import InputSpec
 
@@ -55,6 +56,11 @@ from .student import (
 
 CHECKPOINT = "last.pt"
 TEACHER_BATCH = 32
+
+
+class DistillError(EdgeRetinaError, ValueError):
+    """What a run found it cannot train on: no usable image, or a checkpoint to resume that another
+    run wrote. A ValueError too, as these were before they had a type that tells them from a bug's."""
 
 
 @dataclass(frozen=True)
@@ -226,7 +232,7 @@ def distill(
         teacher, student_spec, images, Path(cache_dir) if cache_dir else work_dir / "cache", config,
         workers=workers, progress=progress)
     if not keys:
-        raise ValueError("no usable images to distil from" + (f" ({len(skipped)} unreadable)" if skipped else ""))
+        raise DistillError("no usable images to distil from" + (f" ({len(skipped)} unreadable)" if skipped else ""))
     data_sha256 = hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
     table = embed_conditions(teacher.embed_texts, load_prompt_file(prompt_file), teacher.ensembling,
@@ -253,8 +259,8 @@ def distill(
         state = torch.load(checkpoint, weights_only=False)
         if state["config"] != config.to_dict() or state["data_sha256"] != data_sha256 \
                 or state["teacher_sha256"] != teacher.checkpoint_sha256:
-            raise ValueError(f"{checkpoint} was written by another recipe, image set or teacher: "
-                             "resume with the same ones, or start afresh in another directory")
+            raise DistillError(f"{checkpoint} was written by another recipe, image set or teacher: "
+                               "resume with the same ones, or start afresh in another directory")
         student.load_state_dict(state["student"])
         optimiser.load_state_dict(state["optimiser"])
         start_epoch, history = state["epoch"] + 1, state["history"]

@@ -83,9 +83,13 @@ def read_state_dict(path: str | Path, nesting: Iterable[str] = ()) -> dict[str, 
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as exc:  # a truncated or foreign file under a .safetensors name
+            raise CheckpointLayoutError(f"{path}: not a safetensors file ({exc})") from exc
     if _is_torchscript_archive(path):
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     try:
