@@ -257,14 +257,14 @@ def test_distill_command(tiny_teacher, photo_dir, tmp_path, monkeypatch):
     assert sidecar["arch"] == TINY.arch and sidecar["n_images"] == 6 and len(sidecar["history"]) == 1
 
 
-def _distill_cli(tmp_path: Path, images: Path):
+def _distill_cli(tmp_path: Path, images: Path, *options: str):
     """`edge-retina distill` on ``images``, as the command line runs it (its error handling included)."""
     from edge_retina.cli.main import cli
 
     return narrow_runner().invoke(cli, [
         "distill", "--images", str(images), "--work-dir", str(tmp_path / "run"),
         "--out", str(tmp_path / "student.safetensors"), "--arch", TINY.arch, "--size", "64", "--epochs", "1",
-        "--batch-size", "3", "--workers", "1", "--quiet"])
+        "--batch-size", "3", "--workers", "1", "--quiet", *options])
 
 
 def test_distill_without_a_readable_image_ends_in_one_error_line(tiny_teacher, tmp_path, monkeypatch):
@@ -279,15 +279,29 @@ def test_distill_without_a_readable_image_ends_in_one_error_line(tiny_teacher, t
     assert unwrapped("error: no usable images to distil from (1 unreadable)") in unwrapped(result.output)
 
 
-def test_distill_refuses_a_teacher_checkpoint_it_cannot_read_before_the_work(photo_dir, tmp_path, monkeypatch):
-    def unreadable(family, checkpoint, **options):
-        raise PermissionError(13, "Permission denied", "teacher.pt")
+def _unreadable_teacher(family, checkpoint, **options):
+    raise PermissionError(13, "Permission denied", "teacher.pt")
 
-    monkeypatch.setattr("converters.teachers.load_teacher", unreadable)
+
+@pytest.mark.parametrize("refused, says", [
+    ("teacher", "Permission denied: 'teacher.pt'"),
+    ("out", "cannot write the student to /proc/student.safetensors"),
+    ("prompts", "cannot read prompt file"),
+    ("images", "no images found"),
+])
+def test_distill_refuses_what_it_cannot_read_or_write_before_the_work(refused, says, tiny_teacher, photo_dir, tmp_path,
+                                                                      monkeypatch):
+    """Not after the teacher has embedded every photo, or the student has trained: one line, exit 2."""
+    monkeypatch.setattr("converters.teachers.load_teacher", _unreadable_teacher if refused == "teacher"
+                        else lambda family, checkpoint, **options: tiny_teacher)
     monkeypatch.setattr("converters.distill.distill", lambda *args, **kwargs: pytest.fail("distilled"))
-    result = _distill_cli(tmp_path, photo_dir)
+    (tmp_path / "prompts.json").write_text("{not json")
+    (tmp_path / "no-photos").mkdir()
+    options = {"out": ["--out", "/proc/student.safetensors"], "prompts": ["--prompts", str(tmp_path / "prompts.json")]}
+    result = _distill_cli(tmp_path, tmp_path / "no-photos" if refused == "images" else photo_dir,
+                          *options.get(refused, []))
     assert result.exit_code == 2 and one_error(result.output), result.output
-    assert unwrapped("Permission denied: 'teacher.pt'") in unwrapped(result.output)
+    assert unwrapped(says) in unwrapped(result.output), result.output
 
 
 def test_a_bug_in_a_distillation_run_still_shows_its_traceback(tiny_teacher, photo_dir, tmp_path, monkeypatch):
