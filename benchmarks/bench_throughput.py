@@ -23,17 +23,20 @@ Measured, every variant interleaved round by round (rotating order) because the 
 - **pipeline variants** (in this process): micro-batches (``max_batch``) and engine threads, to decide
   whether batching pays for this engine;
 - **bridge**: one camera over a Unix socket, each photo sent as its 12 MP JPEG, as a 3 MP RGB8 raw
-  frame (the same canvas resized to 2000x1500), as the RGGB mosaic of that frame and as a 1000x750
+  frame (the same canvas resized to 2000x1500) in the SCREEN and by file descriptor (protocol 1.2:
+  copied into a sealed memfd per request, timed; and already in one, as a camera capturing into a
+  memfd has it, the memfd made before the timer), as the RGGB mosaic of that frame and as a 1000x750
   RGB8 frame (what a camera sending a smaller frame would send), in rotating order, fresh request
   ids; per-photo round trip (client send to RESULT), the server's screening time and the CPU time a
-  request costs the server and the client; with ``--baseline-repo``, the
-  server of that checkout too, in the same rotation (a before/after);
-- **bridge costs**: where a request's time goes, each part alone in this process, the 12 MP JPEG and
-  the 3 MP RGB8 frame interleaved: frame transfer over a socket pair (client write to parsed message,
-  CRCs checked), the body's sha256 (which the server computes beside the screening), journalling
-  the image (pending row with the image, then its drop: what a request waiting longer than
-  ``journal_after`` costs), committing a result without a journal row, and screening (decode to
-  result);
+  request costs the server and the client; with ``--baseline-repo``, the server of that checkout
+  too, in the same rotation (a before/after; by file descriptor only if its HELLO offers it);
+- **bridge costs**: where a request's time goes, each part alone in this process, the 12 MP JPEG,
+  the 3 MP RGB8 frame and that frame by file descriptor interleaved: the frame into a sealed memfd
+  (by fd), frame transfer over a socket pair (client write to parsed message, CRCs checked; by fd,
+  the descriptor taken and the memfd mapped), the image's sha256 (which the server computes beside
+  the screening), journalling the image (pending row with the image, then its drop: what a request
+  waiting longer than ``journal_after`` costs), committing a result without a journal row, and
+  screening (decode to result);
 - **memory**: peak RSS (VmHWM) of ``screen`` on ``--rss-photos`` photos.
 """
 from __future__ import annotations
@@ -65,11 +68,11 @@ from bridge_support import ServerProcess, connect  # noqa: E402
 
 from edge_retina.bench.machine import machine_info  # noqa: E402
 from edge_retina.preprocess.raw import RawFrame  # noqa: E402
-from firmware_bridge.client import BridgeClient  # noqa: E402
+from firmware_bridge.client import BridgeClient, sealed_memfd  # noqa: E402
 from firmware_bridge.protocol import FrameParser, Message, MessageType  # noqa: E402
 from firmware_bridge.server import sha256_hex  # noqa: E402
 from firmware_bridge.store import ResultStore  # noqa: E402
-from firmware_bridge.transports import SocketStream  # noqa: E402
+from firmware_bridge.transports import UnixSocketStream, map_sealed_frame  # noqa: E402
 from edge_retina.pipeline import ScreeningPipeline  # noqa: E402
 from edge_retina.screener import Screener  # noqa: E402
 
@@ -232,33 +235,46 @@ def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
     servers = {label: ServerProcess(bundle, work / f"bridge{i}.sqlite3", repo=root,
                                     transport=("--socket", str(work / f"bridge{i}.sock")))
                for i, (label, root) in enumerate(checkouts.items())}
-    formats = ("jpeg 12 MP", "raw rgb8 3 MP", "raw bayer_rggb8 3 MP", "raw rgb8 0.75 MP")
-    label_of = {label + f: label for label in servers for f in formats}  # variant -> its server
-    samples: dict[str, list[float]] = {name: [] for name in label_of}
-    server_ms: dict[str, list[float]] = {k: [] for k in samples}
-    # CPU time per request (server process, user + system; client, this process): the work a request
-    # costs, which a loaded machine stretches in wall time but does not change.
-    cpu_ms: dict[str, list[float]] = {k: [] for k in samples}
-    client_cpu_ms: dict[str, list[float]] = {k: [] for k in samples}
+    formats = ("jpeg 12 MP", "raw rgb8 3 MP", "raw rgb8 3 MP by fd", "raw rgb8 3 MP by fd, frame in a memfd",
+               "raw bayer_rggb8 3 MP", "raw rgb8 0.75 MP")
     probabilities: list[float] = []
+    fd_probabilities: list[float] = []
+
+    def largest_difference(a: dict, b: dict) -> float:
+        return max(abs(a[c] - b[c]) for c in a)
+
     try:
         processes = {label: psutil.Process(server.process.pid) for label, server in servers.items()}
         clients = {label: connect(server.address, timeout=120) for label, server in servers.items()}
         for label, client in clients.items():
+            client.hello()
             client.screen("warm-up", jpegs[0])
+        label_of = {label + f: label for label, client in clients.items() for f in formats  # variant -> its server
+                    if client.passes_fds or "by fd" not in f}
+        samples: dict[str, list[float]] = {name: [] for name in label_of}
+        server_ms: dict[str, list[float]] = {k: [] for k in samples}
+        # CPU time per request (server process, user + system; client, this process): the work a request
+        # costs, which a loaded machine stretches in wall time but does not change.
+        cpu_ms: dict[str, list[float]] = {k: [] for k in samples}
+        client_cpu_ms: dict[str, list[float]] = {k: [] for k in samples}
         for r in range(args.bridge_rounds):
             i = r % len(photos)
+            memfd = sealed_memfd(frames[i])  # the frame as a camera capturing into a memfd holds it
             sends = {}
             for label, client in clients.items():
                 sends.update({
                     label + formats[0]: lambda c=client: c.screen(f"j{r}", jpegs[i]),
-                    label + formats[1]: lambda c=client: c.screen_raw(f"r{r}", frames[i], width=2000, height=1500),
-                    label + formats[2]: lambda c=client: c.screen_raw(f"b{r}", mosaics[i], width=2000, height=1500,
-                                                                      pixel_format="bayer_rggb8"),
-                    label + formats[3]: lambda c=client: c.screen_raw(f"s{r}", small_frames[i], width=1000,
-                                                                      height=750)})
+                    label + formats[1]: lambda c=client: c.screen_raw(f"r{r}", frames[i], width=2000, height=1500,
+                                                                      by_fd=False),
+                    label + formats[2]: lambda c=client: c.screen_raw(f"f{r}", frames[i], width=2000, height=1500,
+                                                                      by_fd=True),
+                    label + formats[3]: lambda c=client: c.screen_memfd(f"m{r}", memfd, width=2000, height=1500),
+                    label + formats[4]: lambda c=client: c.screen_raw(f"b{r}", mosaics[i], width=2000, height=1500,
+                                                                      pixel_format="bayer_rggb8", by_fd=False),
+                    label + formats[5]: lambda c=client: c.screen_raw(f"s{r}", small_frames[i], width=1000,
+                                                                      height=750, by_fd=False)})
             replies = {}
-            for name in rotated(list(sends), r):
+            for name in rotated([name for name in sends if name in label_of], r):
                 process = processes[label_of[name]]
                 cpu, client_cpu, start = sum(process.cpu_times()[:2]), time.process_time(), time.perf_counter()
                 replies[name] = sends[name]()
@@ -266,8 +282,11 @@ def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
                 client_cpu_ms[name].append((time.process_time() - client_cpu) * 1e3)
                 cpu_ms[name].append((sum(process.cpu_times()[:2]) - cpu) * 1e3)
                 server_ms[name].append(replies[name]["result"]["timings_ms"]["total"])
-            a, b = (replies[n]["result"]["probabilities"] for n in formats[:2])
-            probabilities.append(max(abs(a[c] - b[c]) for c in a))
+            os.close(memfd)
+            jpeg, inline = (replies[n]["result"]["probabilities"] for n in formats[:2])
+            probabilities.append(largest_difference(jpeg, inline))
+            fd_probabilities += [largest_difference(inline, replies[n]["result"]["probabilities"])
+                                 for n in formats[2:4] if n in replies]
         for client in clients.values():
             client.close()
     finally:
@@ -282,35 +301,39 @@ def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
             "speedup_vs_jpeg": {n: medians[jpeg_of[n]] / m for n, m in medians.items()},
             "speedup_vs_jpeg_paired": {n: statistics.median(j / x for j, x in zip(samples[jpeg_of[n]], s))
                                        for n, s in samples.items()},
-            "max_probability_difference_raw_vs_jpeg": max(probabilities), "frame_bytes": {
+            "max_probability_difference_raw_vs_jpeg": max(probabilities),
+            "max_probability_difference_fd_vs_inline": max(fd_probabilities, default=None), "frame_bytes": {
                 "jpeg 12 MP": statistics.median(len(j) for j in jpegs), "raw rgb8 3 MP": len(frames[0]),
                 "raw bayer_rggb8 3 MP": len(mosaics[0]), "raw rgb8 0.75 MP": len(small_frames[0])},
             "baseline_repo": str(args.baseline_repo) if args.baseline_repo else None,
             "load_average": load()}
 
 
-def transfer_ms(message: Message) -> float:
-    """Client write to parsed message (both CRC-32s checked) over a Unix socket pair."""
+def transfer(message: Message, fds: tuple[int, ...] = ()) -> memoryview:
+    """Client write to parsed message (both CRC-32s checked) over a Unix socket pair, the server's
+    way; with ``fds``, its descriptor taken and mapped. The image received (body or mapping)."""
     ours, theirs = socket.socketpair()
-    stream, parsed = SocketStream(theirs, "bench"), {}
+    stream, parsed = UnixSocketStream(theirs, "bench"), {}
 
     def receive() -> None:
         parser = FrameParser(1 << 30)
         while True:
             parser.feed(stream.read() or b"")
-            if parser.next() is not None:
-                parsed["at"] = time.perf_counter()
+            if (received := parser.next()) is not None:
+                parsed["image"] = received.body
+                for memfd in stream.take_fds(0, parser.consumed):
+                    parsed["image"] = map_sealed_frame(memfd, 1 << 30)
+                    os.close(memfd)
                 return
 
     receiver = threading.Thread(target=receive)
     receiver.start()
-    start = time.perf_counter()
     client = BridgeClient(ours)
-    client.send(message)
+    client.send(message, fds)
     receiver.join()
     client.close()
     stream.close()
-    return (parsed["at"] - start) * 1e3
+    return parsed["image"]
 
 
 def bench_bridge_costs(args, bundle: Path, photos: list[Path], work: Path) -> dict:
@@ -320,9 +343,9 @@ def bench_bridge_costs(args, bundle: Path, photos: list[Path], work: Path) -> di
     rgb = cv2.resize(cv2.cvtColor(cv2.imread(str(photos[0])), cv2.COLOR_BGR2RGB), (2000, 1500),
                      interpolation=cv2.INTER_AREA)
     frame = np.ascontiguousarray(rgb).tobytes()
-    inputs = {"jpeg 12 MP": ({"format": "jpeg"}, jpeg, jpeg),
-              "raw rgb8 3 MP": ({"format": "raw", "pixel_format": "rgb8", "width": 2000, "height": 1500}, frame,
-                                RawFrame(frame, "rgb8", 2000, 1500))}
+    layout = {"format": "raw", "pixel_format": "rgb8", "width": 2000, "height": 1500}
+    inputs = {"jpeg 12 MP": ({"format": "jpeg"}, jpeg), "raw rgb8 3 MP": (layout, frame),
+              "raw rgb8 3 MP by fd": ({**layout, "body": "fd"}, frame)}
     store = ResultStore(work / "costs.sqlite3")
     screener = Screener.from_bundle(bundle)
     wall: dict[str, dict[str, list[float]]] = {n: collections.defaultdict(list) for n in inputs}
@@ -337,11 +360,18 @@ def bench_bridge_costs(args, bundle: Path, photos: list[Path], work: Path) -> di
 
     for r in range(args.bridge_rounds):
         for name in rotated(list(inputs), r):
-            meta, body, source = inputs[name]
-            message = Message(MessageType.SCREEN, {"request_id": "c", **meta}, body)
-            timed(name, "transfer", lambda: transfer_ms(message))
-            timed(name, "body sha256", lambda: sha256_hex(body))
-            timed(name, "journal and drop", lambda: (store.accept(f"{name}-j{r}", "0" * 64, meta, body),
+            meta, body = inputs[name]
+            if meta.get("body") == "fd":
+                memfd = timed(name, "frame into a sealed memfd", lambda: sealed_memfd(body))
+                message, fds = Message(MessageType.SCREEN, {"request_id": "c", **meta}), (memfd,)
+            else:
+                message, fds = Message(MessageType.SCREEN, {"request_id": "c", **meta}, body), ()
+            image = timed(name, "transfer", lambda: transfer(message, fds))
+            for memfd in fds:
+                os.close(memfd)
+            source = image if meta["format"] == "jpeg" else RawFrame(image, "rgb8", 2000, 1500)
+            timed(name, "body sha256", lambda: sha256_hex(image))
+            timed(name, "journal and drop", lambda: (store.accept(f"{name}-j{r}", "0" * 64, meta, image),
                                                      store.complete(f"{name}-j{r}", {"status": "no-referral"})))
             timed(name, "commit result",
                   lambda: store.settle(f"{name}-s{r}", "0" * 64, meta, 0, {"status": "no-referral"}))

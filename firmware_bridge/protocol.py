@@ -1,4 +1,4 @@
-"""Wire protocol v1 (revision 1.1) between a fundus camera and the bridge: frames, messages, error codes.
+"""Wire protocol v1 (revision 1.2) between a fundus camera and the bridge: frames, messages, error codes.
 
 docs/PROTOCOL.md is the normative description; this module is its reference implementation.
 
@@ -18,7 +18,9 @@ bytes) instead of making the receiver wait for a payload that never comes. The C
 CRC-32 (IEEE 802.3, the one in every camera SDK and in the C client).
 
 Payload: ``uint32 M | M bytes of UTF-8 JSON object (metadata) | N - 4 - M bytes of body``. Only
-SCREEN carries a body (the image).
+SCREEN carries a body (the image), unless its image is passed as a file descriptor beside the frame
+(1.2, Unix sockets): this module parses bytes only, the descriptors are the transport's
+(``transports.UnixSocketStream``), matched to frames by :attr:`FrameParser.consumed`.
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ MAGIC = b"ER"
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 #: Revision within VERSION: additions a v1 peer can ignore, on unchanged frames. 1.1 adds raw frames
-#: described by pixel_format, width, height and stride (docs/PROTOCOL.md "Raw frames").
-MINOR_VERSION = 1
+#: described by pixel_format, width, height and stride (docs/PROTOCOL.md "Raw frames"); 1.2 a raw
+#: frame passed as a sealed memfd over a Unix socket ("Raw frames by file descriptor").
+MINOR_VERSION = 2
 HEADER = struct.Struct(">2sBBI")  # magic, version, type, payload length
 HEADER_SIZE = HEADER.size + 4  # + header CRC
 TRAILER_SIZE = 4
@@ -213,13 +216,22 @@ class FrameParser:
         # megabytes). (The body's sha256 is the server's business, off the receiving path.)
         self._checked = 0
         self._crc = 0
+        self._fed = 0  # bytes fed so far, kept or dropped
 
     def feed(self, data: bytes) -> None:
+        self._fed += len(data)
         if self._skip:
             dropped = min(self._skip, len(data))
             self._skip -= dropped
             data = data[dropped:]
         self._buffer += data
+
+    @property
+    def consumed(self) -> int:
+        """Offset in the stream of the first byte not consumed yet: after :meth:`next` returned a
+        message, its frame is the bytes from the value before the call to this one (the transport
+        hands the file descriptors that came with those bytes to that message)."""
+        return self._fed - len(self._buffer)
 
     @property
     def pending(self) -> int:

@@ -18,8 +18,13 @@ from .protocol import ErrorCode, ProtocolError
 from .store import parse_time
 
 SCHEMA_PATH = Path(__file__).with_name("screen_request.schema.json")
+_PROPERTIES = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))["properties"]
 #: The image formats a SCREEN may carry (HELLO announces them).
-IMAGE_FORMATS = tuple(json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))["properties"]["format"]["enum"])
+IMAGE_FORMATS = tuple(_PROPERTIES["format"]["enum"])
+#: How a SCREEN's image may travel (its ``body``; HELLO announces those the connection takes), and the
+#: value for a raw frame in a sealed memfd passed with the frame (protocol 1.2, Unix sockets).
+BODY_TRANSPORTS = tuple(_PROPERTIES["body"]["enum"])
+FD_BODY = "fd"
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,10 +58,21 @@ def _problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
     return sorted(dict.fromkeys(found), key=lambda problem: problem[0] != "request_id")
 
 
-def validate_screen(meta: dict[str, Any], body: bytes) -> dict[str, Any]:
-    """The SCREEN metadata, checked and with defaults filled in (what gets journaled)."""
+def request_id_of(meta: dict[str, Any]) -> str | None:
+    """A message's request id, or None when it has no valid one (what an ERROR about it names)."""
+    return _request_id(meta, _problems(meta))
+
+
+def _request_id(meta: dict[str, Any], problems: list[tuple[str, str]]) -> str | None:
+    return None if any(field == "request_id" for field, _ in problems) else meta["request_id"]
+
+
+def validate_screen(meta: dict[str, Any], body: bytes | memoryview) -> dict[str, Any]:
+    """The SCREEN metadata, checked and with defaults filled in (what gets journaled). ``body``: the
+    image, the message's body or the frame its file descriptor holds (body fd, which the result's
+    metadata does not record: how the image travelled is not the request's)."""
     problems = _problems(meta)
-    request_id = None if any(field == "request_id" for field, _ in problems) else meta["request_id"]
+    request_id = _request_id(meta, problems)
     if problems:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "; ".join(message for _, message in problems),
                             request_id=request_id)
@@ -66,6 +82,8 @@ def validate_screen(meta: dict[str, Any], body: bytes) -> dict[str, Any]:
 
     if not body:
         raise bad("SCREEN carries no image")
+    if meta.get("body") == FD_BODY and not (meta["format"] == "raw" and "pixel_format" in meta):
+        raise bad("body fd carries a raw frame: format raw with pixel_format, width and height")
     clean: dict[str, Any] = {"request_id": request_id, "format": meta["format"], "eye": meta.get("eye", "unknown")}
     if meta["format"] == "raw" and "pixel_format" in meta:
         fields = {k: meta.get(k) for k in ("pixel_format", "width", "height", "stride")}

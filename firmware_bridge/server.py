@@ -19,12 +19,18 @@ TIMEOUT (which tells the camera "it stays queued") or a shutdown leaves it unscr
 therefore only lose a request the server never answered, which the camera sends again (same id). A
 request screened in time is never journalled: a 9 MB raw frame's journal and drop cost more than
 its screening (BENCHMARKS.md "Throughput").
+
+A raw frame passed by file descriptor (protocol 1.2, Unix sockets) is screened from a read-only
+mapping of the sender's sealed memfd, never copied: the transport holds the descriptors that come
+with a frame's bytes, the connection loop hands them to that frame's message, and :meth:`handle`
+closes every one of them whatever its reply (the mapping does not need the descriptor).
 """
 from __future__ import annotations
 
 import collections
 import hashlib
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +42,7 @@ from edge_retina.pipeline import ScreeningPipeline
 from edge_retina.preprocess.raw import PIXEL_FORMATS, RawFrame
 from edge_retina.screener import Screener
 from edge_retina.selftest import bundle_selftest
+from edge_retina.wording import plural
 
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -50,12 +57,11 @@ from .protocol import (
     encode_message,
     error_message,
 )
-from .screen_request import IMAGE_FORMATS, validate_screen
+from .screen_request import BODY_TRANSPORTS, FD_BODY, IMAGE_FORMATS, request_id_of, validate_screen
 from .store import ResultStore, StoredRequest, now_us
-from .transports import Listener, Stream
+from .transports import Listener, Stream, TooManyFds, map_sealed_frame
 
 log = logging.getLogger("edge_retina.bridge")
-
 
 
 @dataclass
@@ -262,6 +268,7 @@ class BridgeServer:
 
     def _converse(self, stream: Stream, parser: FrameParser, guard: _ConnectionGuard) -> None:
         while not self._stop.is_set():
+            start = parser.consumed
             try:
                 message = parser.next()
             except ProtocolError as exc:
@@ -270,7 +277,8 @@ class BridgeServer:
                 continue
             if message is not None:
                 guard.valid_frame()
-                if not self._send(stream, self.handle(message)):
+                fds = stream.take_fds(start, parser.consumed) if stream.passes_fds else None
+                if not self._send(stream, self.handle(message, fds)):
                     return
                 guard.heard()  # a long SCREEN is not idleness
                 continue
@@ -278,7 +286,12 @@ class BridgeServer:
                 log.info("%s: %s", stream.name, why)
                 self._send(stream, error_message(ErrorCode.TIMEOUT, why))
                 return
-            data = stream.read()
+            try:
+                data = stream.read()
+            except TooManyFds as exc:
+                log.warning("%s: %s", stream.name, exc)
+                self._send(stream, error_message(ErrorCode.BAD_REQUEST, str(exc)))
+                return
             if data is None:
                 if parser.pending and time.monotonic() - guard.last_byte > self.config.frame_timeout:
                     parser.discard()
@@ -309,17 +322,20 @@ class BridgeServer:
             return False
 
     # -- messages ------------------------------------------------------------------------------
-    def handle(self, message: Message) -> Message:
-        """The reply to one decoded request message."""
+    def handle(self, message: Message, fds: list[int] | None = None) -> Message:
+        """The reply to one decoded request message. ``fds``: the file descriptors that came with its
+        frame on a connection that passes them (a Unix socket), None on one that does not (TCP, a
+        serial line); every one is closed here, whatever the reply."""
         try:
+            fd = frame_fd(message, fds)
             if message.type is MessageType.HELLO:
-                return self._hello(message.meta)
+                return self._hello(message.meta, passes_fds=fds is not None)
             if message.type is MessageType.STATUS:
                 return Message(MessageType.STATUS, self.status())
             if message.type is MessageType.SELFTEST:
                 return self._run_selftest()
             if message.type is MessageType.SCREEN:
-                return self._screen(message)
+                return self._screen(message, fd)
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"{message.type.name} is sent by the server, not to it")
         except ProtocolError as exc:
             return self._error_reply(exc)
@@ -327,12 +343,15 @@ class BridgeServer:
             log.exception("internal error handling %s", message.type.name)
             return error_message(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
                                  request_id=message.meta.get("request_id") if isinstance(message.meta, dict) else None)
+        finally:
+            for fd in fds or ():
+                os.close(fd)
 
     def _error_reply(self, exc: ProtocolError) -> Message:
         busy = {"retry_after_ms": self.config.busy_retry_ms} if exc.code is ErrorCode.BUSY else {}
         return error_message(exc.code, str(exc), request_id=exc.request_id, **busy)
 
-    def _hello(self, meta: dict[str, Any]) -> Message:
+    def _hello(self, meta: dict[str, Any], *, passes_fds: bool) -> Message:
         offered = meta.get("versions", [1])
         if not isinstance(offered, list):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "HELLO 'versions' must be a list of integers")
@@ -349,6 +368,8 @@ class BridgeServer:
             "max_payload": self.config.max_payload,
             "formats": list(IMAGE_FORMATS),
             "pixel_formats": list(PIXEL_FORMATS),
+            # 1.2: how a SCREEN's image may travel; a descriptor only over a Unix socket.
+            "body_transports": [t for t in BODY_TRANSPORTS if passes_fds or t != FD_BODY],
         })
 
     def status(self) -> dict[str, Any]:
@@ -373,18 +394,27 @@ class BridgeServer:
         return Message(MessageType.SELFTEST, {
             **outcome, "bundle_id": self.bundle_id, "ms": round((time.perf_counter() - start) * 1e3, 3)})
 
-    def _screen(self, message: Message) -> Message:
-        meta = validate_screen(message.meta, message.body)
+    def _screen(self, message: Message, fd: int | None = None) -> Message:
+        """``fd``: the memfd holding the image of a SCREEN with body fd (None: the image is the body)."""
+        if fd is None:
+            image = message.body
+        else:
+            try:
+                image = map_sealed_frame(fd, self.config.max_payload)
+            except ProtocolError as exc:
+                exc.request_id = request_id_of(message.meta)
+                raise
+        meta = validate_screen(message.meta, image)
         request_id = meta["request_id"]
         # A request id seen for the first time (the usual case) is queued at once, its image's sha256
         # computed while it is screened; a known one (a retry) must first show the same image.
         with self._lock:
             first_time = request_id not in self._inflight and self.store.get(request_id) is None
             if first_time:
-                job = self._enqueue(request_id, meta, message.body, None)
+                job = self._enqueue(request_id, meta, image, None)
         duplicate = False
         if not first_time:
-            sha = sha256_hex(message.body)
+            sha = sha256_hex(image)
             with self._lock:
                 job = self._inflight.get(request_id)
             if job is not None:
@@ -401,7 +431,8 @@ class BridgeServer:
                     return result_message(stored, duplicate=True)
                 duplicate = job is not None
                 if job is None:
-                    job = self._enqueue(request_id, meta, message.body, sha)
+                    job = self._enqueue(request_id, meta, image, sha)
+        del image  # the job's now: the worker lets it go once it is screened, off this reply's path
         if not job.done.wait(self.config.request_timeout):
             self._wait_journalled(job)
             raise ProtocolError(
@@ -450,6 +481,10 @@ class BridgeServer:
                 job.stored = stored
                 job.done.set()
                 self._work.notify_all()  # the journal writer may be waiting on this job
+            # Not needed once the result is stored: let it go now, not when the pipeline lets go of the
+            # job, and here, beside the RESULT being sent (a frame passed by fd is a mapping, which
+            # holds a descriptor; unmapping a 9 MB one takes about 0.5 ms).
+            job.image = b""
 
     # -- the journal writer ----------------------------------------------------------------------
     def _journal_loop(self) -> None:
@@ -459,7 +494,8 @@ class BridgeServer:
                 job = self._next_to_journal()
                 if job is None:
                     return
-            if self.store.accept(job.request_id, job.image_sha256, job.meta, job.image, accepted_us=job.accepted_us):
+                image = job.image  # under the lock: the worker drops it once the result is stored
+            if self.store.accept(job.request_id, job.image_sha256, job.meta, image, accepted_us=job.accepted_us):
                 log.info("%s: not screened within %g s: journalled", job.request_id, self.config.journal_after)
             with self._work:
                 job.journalled = True
@@ -487,6 +523,34 @@ class BridgeServer:
         with self._work:
             while not (job.journalled or job.done.is_set()) and self._journal.is_alive():
                 self._work.wait(timeout=0.2)
+
+
+def frame_fd(message: Message, fds: list[int] | None) -> int | None:
+    """The memfd holding the image of ``message``, a SCREEN with body fd, from the descriptors that came
+    with its frame (``fds``, see :meth:`BridgeServer.handle`); None for any other message. A
+    ``bad_request`` when they do not match what the message declares."""
+    by_fd = message.type is MessageType.SCREEN and message.meta.get("body") == FD_BODY
+    came = len(fds or ())
+    if not by_fd:
+        if came:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{plural(came, 'file descriptor')} came with a "
+                                                       f"{message.type.name} message, which takes none (only a "
+                                                       f"SCREEN with body fd takes one)",
+                                request_id=request_id_of(message.meta))
+        return None
+    request_id = request_id_of(message.meta)
+    if fds is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "body fd: this connection passes no file descriptors (only a "
+                                                   "Unix socket on Linux does); send the frame as the body",
+                            request_id=request_id)
+    if came != 1:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a SCREEN with body fd takes one file descriptor (a sealed "
+                                                   f"memfd); {came or 'none'} came with it", request_id=request_id)
+    if message.body:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a SCREEN with body fd has its image in the file descriptor, "
+                                                   f"not in its frame ({len(message.body)} bytes there)",
+                            request_id=request_id)
+    return fds[0]
 
 
 def image_source(meta: dict[str, Any], image: bytes) -> bytes | RawFrame:

@@ -1,12 +1,17 @@
 """Byte streams and listeners for the bridge: Unix domain socket, TCP, serial line.
 
 A :class:`Stream` is what one connection loop talks to: ``read`` returns bytes, ``None`` when
-nothing arrived within the poll interval, or ``b""`` at end of stream.
+nothing arrived within the poll interval, or ``b""`` at end of stream. A Unix socket also passes
+file descriptors (protocol 1.2: a raw frame as a sealed memfd, docs/PROTOCOL.md), which its stream
+holds until the server takes them with the frame they came with, and :func:`map_sealed_frame` maps.
 """
 from __future__ import annotations
 
+import array
+import collections
 import ipaddress
 import logging
+import mmap
 import os
 import socket
 import stat
@@ -14,16 +19,37 @@ import time
 from pathlib import Path
 from typing import Iterator, Protocol
 
+from .protocol import ErrorCode, ProtocolError
+
 log = logging.getLogger("edge_retina.bridge")
 
 #: How long a read waits before the connection loop gets control back (to notice a stalled frame
 #: or a stop request).
 POLL_SECONDS = 0.2
 _READ_SIZE = 256 * 1024
+#: File descriptors a Unix socket connection may hold before the frames they came with are complete.
+#: A frame brings at most one, and a read can end in the next frame: more is a peer sending descriptors
+#: no frame claims, each one a slot of the server's descriptor table (RLIMIT_NOFILE), so it is refused.
+MAX_HELD_FDS = 4
+#: Whether this system passes frames by descriptor: memfd and its seals are Linux's (``fcntl``'s
+#: F_SEAL_* constants); elsewhere a Unix socket carries bytes only, and HELLO does not offer it.
+FRAMES_BY_FD = hasattr(os, "memfd_create")
+#: The seals (names in ``fcntl``) a frame passed by descriptor must have: nobody can write it
+#: (F_SEAL_WRITE also refuses to be set while a writable shared mapping exists), so the image the
+#: server checked, hashed and screens is the one it stores; nobody can shrink it, which would make
+#: the server's mapping fault (SIGBUS) on the pages cut off; nor grow it, so its size stays the one
+#: checked against the metadata.
+REQUIRED_SEALS = ("F_SEAL_WRITE", "F_SEAL_SHRINK", "F_SEAL_GROW")
+
+
+class TooManyFds(Exception):
+    """A peer sent more file descriptors than its frames can claim: its connection is closed."""
 
 
 class Stream(Protocol):
     name: str
+    #: Whether file descriptors come with the bytes (a Unix socket); such a stream has ``take_fds``.
+    passes_fds: bool
 
     def read(self) -> bytes | None: ...
 
@@ -33,6 +59,8 @@ class Stream(Protocol):
 
 
 class SocketStream:
+    passes_fds = False
+
     def __init__(self, sock: socket.socket, name: str):
         self.sock = sock
         self.name = name
@@ -40,11 +68,14 @@ class SocketStream:
 
     def read(self) -> bytes | None:
         try:
-            return self.sock.recv(_READ_SIZE)
+            return self._receive()
         except socket.timeout:
             return None
         except (ConnectionResetError, BrokenPipeError):
             return b""
+
+    def _receive(self) -> bytes:
+        return self.sock.recv(_READ_SIZE)
 
     def write(self, data: bytes) -> None:
         # A slow reader must not block the loop for ever: the send gets its own, longer deadline.
@@ -62,8 +93,93 @@ class SocketStream:
         self.sock.close()
 
 
+class UnixSocketStream(SocketStream):
+    """A Unix socket connection, whose peer may pass file descriptors (SCM_RIGHTS) with its bytes.
+
+    Each descriptor received is held, tagged with the stream offset of the last byte that came with
+    it, until the server takes it with the frame holding that byte (:meth:`take_fds`). The kernel
+    hands descriptors over with the bytes of the ``sendmsg`` that sent them, and a read stops after
+    them, so that byte belongs to the sender's write that carried the descriptor: a client sending a
+    descriptor with a write inside the frame that declares it (protocol 1.2) gets it matched to that
+    frame even when its frames are pipelined. Every held descriptor is closed with the stream.
+    """
+
+    passes_fds = True
+
+    def __init__(self, sock: socket.socket, name: str):
+        super().__init__(sock, name)
+        self._received = 0  # bytes read so far: the stream offset of the next byte
+        self._fds: collections.deque[tuple[int, int]] = collections.deque()  # (offset, descriptor)
+        # Ancillary room of one read: one descriptor more than may be held, so a read bringing too many is seen.
+        self._fd_room = socket.CMSG_SPACE((MAX_HELD_FDS + 1) * array.array("i").itemsize)
+
+    def _receive(self) -> bytes:
+        data, ancillary, flags, _ = self.sock.recvmsg(_READ_SIZE, self._fd_room, socket.MSG_CMSG_CLOEXEC)
+        self._received += len(data)
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                self._fds.extend((self._received - 1, fd) for fd in fds)
+        # MSG_CTRUNC: more descriptors came than the room; the kernel closed those that did not fit.
+        if flags & socket.MSG_CTRUNC or len(self._fds) > MAX_HELD_FDS:
+            self._close_fds()
+            raise TooManyFds(f"more file descriptors than the frames sent can carry (one per SCREEN with "
+                             f"body fd; at most {MAX_HELD_FDS} held): closing")
+        return data
+
+    def take_fds(self, start: int, end: int) -> list[int]:
+        """The descriptors that came with stream bytes ``start`` to ``end`` - 1 (one frame, see
+        ``FrameParser.consumed``), oldest first, now the caller's to close. Those that came before
+        ``start``, with bytes no frame was made of (a refused frame), are closed."""
+        taken = []
+        while self._fds and self._fds[0][0] < end:
+            offset, fd = self._fds.popleft()
+            if offset >= start:
+                taken.append(fd)
+            else:
+                os.close(fd)
+        return taken
+
+    def _close_fds(self) -> None:
+        while self._fds:
+            os.close(self._fds.popleft()[1])
+
+    def close(self) -> None:
+        self._close_fds()
+        super().close()
+
+
+def map_sealed_frame(fd: int, max_size: int) -> memoryview:
+    """A read-only view of the frame in the sealed memfd ``fd`` (the pixels are neither read nor
+    copied: they are the sender's pages, mapped). ``ProtocolError``: ``bad_request`` for a descriptor
+    that is not a memfd with :data:`REQUIRED_SEALS`, or holds nothing; ``frame_too_large`` above
+    ``max_size`` bytes, the limit of a frame's payload. ``fd`` stays the caller's to close: the
+    mapping does not need it."""
+    import fcntl  # here, not at the top: Windows has none, and the bridge serves TCP and serial lines there
+
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:  # EINVAL: not a file that takes seals (a pipe, a file on disk, a socket...)
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the file descriptor passed is not a memfd (memfd_create "
+                                                   "with MFD_ALLOW_SEALING)") from None
+    missing = [name for name in REQUIRED_SEALS if not seals & getattr(fcntl, name)]
+    if missing:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"the memfd passed is not sealed with {' | '.join(missing)} "
+                                                   "(fcntl F_ADD_SEALS): the sender could still change the frame")
+    size = os.fstat(fd).st_size
+    if size > max_size:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE,
+                            f"the frame passed by file descriptor is {size} bytes, over the limit of {max_size}")
+    if size == 0:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the memfd passed is empty")
+    return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ))
+
+
 class SerialStream:
     """A UART or USB-CDC port (pyserial): one camera, one stream, no end of stream."""
+
+    passes_fds = False
 
     def __init__(self, device: str, baudrate: int = 115200):
         import serial  # pyserial (a base dependency): loaded only when a serial line is served
@@ -101,10 +217,12 @@ class Listener(Protocol):
 class SocketListener:
     """Accepts connections on a bound socket; ``accept`` returns None every poll interval."""
 
-    def __init__(self, sock: socket.socket, address: str, cleanup: Path | None = None):
+    def __init__(self, sock: socket.socket, address: str, cleanup: Path | None = None,
+                 stream: type[SocketStream] = SocketStream):
         self.sock = sock
         self.address = address
         self._cleanup = cleanup
+        self._stream = stream
         sock.settimeout(POLL_SECONDS)
         sock.listen(16)
 
@@ -113,7 +231,7 @@ class SocketListener:
             conn, peer = self.sock.accept()
         except socket.timeout:
             return None
-        return SocketStream(conn, f"{self.address} <- {peer or 'local'}")
+        return self._stream(conn, f"{self.address} <- {peer or 'local'}")
 
     def close(self) -> None:
         self.sock.close()
@@ -130,7 +248,7 @@ def unix_listener(path: str | Path) -> SocketListener:
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(os.fspath(path))
-    return SocketListener(sock, f"unix:{path}", cleanup=path)
+    return SocketListener(sock, f"unix:{path}", cleanup=path, stream=UnixSocketStream if FRAMES_BY_FD else SocketStream)
 
 
 def parse_tcp_address(text: str) -> tuple[str, int]:

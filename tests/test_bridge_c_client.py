@@ -56,23 +56,31 @@ def test_c_example_screens_an_image(example, screener, retina_rgb, tmp_path, tra
             assert client.status()["processed"] == 1
 
 
-def test_c_example_screens_a_raw_rgb_frame(example, screener, retina_rgb, tmp_path):
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_c_example_screens_a_raw_rgb_frame(example, screener, retina_rgb, tmp_path, monkeypatch, transport):
+    """On a Unix socket the frame goes as a sealed memfd (protocol 1.2), over TCP in the SCREEN."""
     from edge_retina.preprocess.raw import RawFrame
+    from firmware_bridge import server as server_module
 
+    mapped = []
+    map_sealed_frame = server_module.map_sealed_frame
+    monkeypatch.setattr(server_module, "map_sealed_frame",
+                        lambda fd, max_size: mapped.append(fd) or map_sealed_frame(fd, max_size))
     frame = np.ascontiguousarray(retina_rgb[100:580, 100:740])  # 640x480 RGB8, rows without padding
     path = tmp_path / "capture.rgb"
     path.write_bytes(frame.tobytes())
-    with running_server(screener, tmp_path / "r.sqlite3") as (server, address):
-        where = address.partition(":")[2]
-        run = subprocess.run([example, "--unix", where, "--raw", "640x480", path, "cam-c:raw", "left"],
+    with running_server(screener, tmp_path / "r.sqlite3", transport=transport) as (server, address):
+        kind, _, where = address.partition(":")
+        run = subprocess.run([example, f"--{kind}", where, "--raw", "640x480", path, "cam-c:raw", "left"],
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
-        result = json.loads(run.stdout.splitlines()[1])
+        hello, result = (json.loads(line) for line in run.stdout.splitlines())
+        assert ("fd" in hello["body_transports"]) is (transport == "unix") is (len(mapped) == 1)
         assert result["meta"] == {"request_id": "cam-c:raw", "format": "raw", "eye": "left", "pixel_format": "rgb8",
                                   "width": 640, "height": 480, "stride": 1920}
         direct = screener.screen(RawFrame(frame.tobytes(), "rgb8", 640, 480), name="cam-c:raw").to_dict()
         assert result["result"] == direct | {"timings_ms": result["result"]["timings_ms"], "bundle_id": server.bundle_id}
 
-        wrong_size = subprocess.run([example, "--unix", where, "--raw", "640x479", path, "cam-c:raw2"],
+        wrong_size = subprocess.run([example, f"--{kind}", where, "--raw", "640x479", path, "cam-c:raw2"],
                                     capture_output=True, text=True)
         assert wrong_size.returncode == 64 and "640x479 RGB8 frame is 919680 bytes" in wrong_size.stderr

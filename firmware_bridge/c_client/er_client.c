@@ -1,15 +1,18 @@
-/* edge-retina firmware bridge: reference client, wire protocol v1 (revision 1.1). See er_client.h. */
-#define _POSIX_C_SOURCE 200809L
+/* edge-retina firmware bridge: reference client, wire protocol v1 (revision 1.2). See er_client.h. */
+#define _GNU_SOURCE /* POSIX 2008, and Linux's memfd_create and F_ADD_SEALS (frames by descriptor) */
 #include "er_client.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -149,7 +152,34 @@ void er_close(er_client *c) {
     c->fd = -1;
 }
 
-int er_send(er_client *c, uint8_t type, const char *meta_json, const void *body, size_t body_len) {
+/* Write `data` to the socket `sock`, the descriptor `fd` passed with its first bytes (SCM_RIGHTS). */
+static int write_with_fd(int sock, uint8_t *data, size_t len, int fd) {
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    struct iovec iov;
+    struct msghdr msg;
+    memset(&control, 0, sizeof control);
+    memset(&msg, 0, sizeof msg);
+    iov.iov_base = data;
+    iov.iov_len = len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
+    ssize_t n;
+    do n = sendmsg(sock, &msg, 0); while (n < 0 && errno == EINTR);
+    if (n <= 0) return ER_ERR_IO;
+    return write_all(sock, data + n, len - (size_t)n);
+}
+
+/* er_send, and `pass_fd` (unless -1) passed with the frame's first bytes: inside the frame, which is
+ * how the server tells which frame a descriptor came with. */
+static int send_frame(er_client *c, uint8_t type, const char *meta_json, const void *body, size_t body_len,
+                      int pass_fd) {
     size_t meta_len = strlen(meta_json);
     uint64_t payload_len = 4 + (uint64_t)meta_len + body_len;
     if (payload_len > 0xFFFFFFFFu) return ER_ERR_ARGUMENT;
@@ -162,12 +192,17 @@ int er_send(er_client *c, uint8_t type, const char *meta_json, const void *body,
     crc = er_crc32(crc, meta_json, meta_len);
     if (body_len) crc = er_crc32(crc, body, body_len);
     put_u32(trailer, crc);
-    int rc = write_all(c->fd, header, sizeof header);
+    int rc = pass_fd < 0 ? write_all(c->fd, header, sizeof header)
+                         : write_with_fd(c->fd, header, sizeof header, pass_fd);
     if (rc == ER_OK) rc = write_all(c->fd, meta_prefix, 4);
     if (rc == ER_OK) rc = write_all(c->fd, meta_json, meta_len);
     if (rc == ER_OK && body_len) rc = write_all(c->fd, body, body_len);
     if (rc == ER_OK) rc = write_all(c->fd, trailer, 4);
     return rc;
+}
+
+int er_send(er_client *c, uint8_t type, const char *meta_json, const void *body, size_t body_len) {
+    return send_frame(c, type, meta_json, body, body_len, -1);
 }
 
 /* Read and drop `len` payload bytes, folding them into the running CRC. */
@@ -210,11 +245,12 @@ int er_receive(er_client *c, uint8_t *type, char *json, size_t json_cap) {
     return ER_OK;
 }
 
-/* Send a request and read its reply; map ERROR replies to return codes. */
-static int exchange(er_client *c, uint8_t type, const char *meta, const void *body, size_t body_len,
+/* Send a request (with the descriptor `pass_fd` unless -1) and read its reply; map ERROR replies to
+ * return codes. */
+static int exchange(er_client *c, uint8_t type, const char *meta, const void *body, size_t body_len, int pass_fd,
                     uint8_t expected, char *reply, size_t reply_cap) {
     uint8_t got = 0;
-    int rc = er_send(c, type, meta, body, body_len);
+    int rc = send_frame(c, type, meta, body, body_len, pass_fd);
     if (rc == ER_OK) rc = er_receive(c, &got, reply, reply_cap);
     if (rc != ER_OK) return rc;
     if (got == ER_MSG_ERROR) {
@@ -226,16 +262,16 @@ static int exchange(er_client *c, uint8_t type, const char *meta, const void *bo
 }
 
 int er_hello(er_client *c, char *reply, size_t reply_cap) {
-    return exchange(c, ER_MSG_HELLO, "{\"versions\":[1],\"client\":\"edge-retina-c/1\"}", NULL, 0, ER_MSG_HELLO,
-                    reply, reply_cap);
+    return exchange(c, ER_MSG_HELLO, "{\"versions\":[1],\"client\":\"edge-retina-c/1\"}", NULL, 0, -1,
+                    ER_MSG_HELLO, reply, reply_cap);
 }
 
 int er_status(er_client *c, char *reply, size_t reply_cap) {
-    return exchange(c, ER_MSG_STATUS, "{}", NULL, 0, ER_MSG_STATUS, reply, reply_cap);
+    return exchange(c, ER_MSG_STATUS, "{}", NULL, 0, -1, ER_MSG_STATUS, reply, reply_cap);
 }
 
 int er_selftest(er_client *c, char *reply, size_t reply_cap) {
-    return exchange(c, ER_MSG_SELFTEST, "{}", NULL, 0, ER_MSG_SELFTEST, reply, reply_cap);
+    return exchange(c, ER_MSG_SELFTEST, "{}", NULL, 0, -1, ER_MSG_SELFTEST, reply, reply_cap);
 }
 
 /* Printable ASCII without '"' and '\\', so fields go into the JSON verbatim (no escaping code). */
@@ -295,27 +331,70 @@ int er_screen(er_client *c, const er_screen_meta *m, const void *image, size_t i
     rc = close_meta(meta, sizeof meta, &used, strcmp(m->format, "raw") == 0 ? ",\"shape\":[%lu,%lu,%lu]" : NULL,
                     (unsigned long)m->raw_height, (unsigned long)m->raw_width, (unsigned long)m->raw_channels);
     if (rc != ER_OK) return rc;
-    return exchange(c, ER_MSG_SCREEN, meta, image, image_len, ER_MSG_RESULT, reply, reply_cap);
+    return exchange(c, ER_MSG_SCREEN, meta, image, image_len, -1, ER_MSG_RESULT, reply, reply_cap);
+}
+
+/* The row stride and byte size of `frame` (ER_ERR_ARGUMENT for a layout the protocol refuses). */
+static int raw_layout(const er_raw_frame *frame, uint64_t *stride, uint64_t *size) {
+    if (!frame->pixel_format || frame->width == 0 || frame->height == 0) return ER_ERR_ARGUMENT;
+    int three = strcmp(frame->pixel_format, "rgb8") == 0 || strcmp(frame->pixel_format, "bgr8") == 0;
+    uint64_t row = (uint64_t)frame->width * (three ? 3u : 1u);
+    *stride = frame->stride ? frame->stride : row;
+    if (*stride < row) return ER_ERR_ARGUMENT;
+    *size = *stride * frame->height;
+    return *size > 0xFFFFFFFFu - ER_META_MAX ? ER_ERR_ARGUMENT : ER_OK;
+}
+
+/* The metadata of a raw frame's SCREEN; `by_fd`: the frame comes as a descriptor (revision 1.2). */
+static int raw_meta(const er_screen_meta *m, const er_raw_frame *frame, uint64_t stride, int by_fd, char *meta,
+                    size_t cap) {
+    size_t used;
+    int rc = screen_meta(m, "raw", meta, cap, &used);
+    if (rc == ER_OK) rc = append_field(meta, cap, &used, "pixel_format", frame->pixel_format);
+    if (rc == ER_OK && by_fd) rc = append_field(meta, cap, &used, "body", "fd");
+    if (rc == ER_OK) {
+        rc = close_meta(meta, cap, &used, ",\"width\":%lu,\"height\":%lu,\"stride\":%lu",
+                        (unsigned long)frame->width, (unsigned long)frame->height, (unsigned long)stride);
+    }
+    return rc;
 }
 
 int er_screen_raw(er_client *c, const er_screen_meta *m, const er_raw_frame *frame, char *reply, size_t reply_cap) {
     char meta[ER_META_MAX];
-    size_t used;
-    if (!frame->pixels || !frame->pixel_format || frame->width == 0 || frame->height == 0) return ER_ERR_ARGUMENT;
-    int three = strcmp(frame->pixel_format, "rgb8") == 0 || strcmp(frame->pixel_format, "bgr8") == 0;
-    uint64_t row = (uint64_t)frame->width * (three ? 3u : 1u);
-    uint64_t stride = frame->stride ? frame->stride : row;
-    if (stride < row) return ER_ERR_ARGUMENT;
-    uint64_t size = stride * frame->height;
-    if (size > 0xFFFFFFFFu - ER_META_MAX) return ER_ERR_ARGUMENT;
-    int rc = screen_meta(m, "raw", meta, sizeof meta, &used);
-    if (rc == ER_OK) rc = append_field(meta, sizeof meta, &used, "pixel_format", frame->pixel_format);
-    if (rc == ER_OK) {
-        rc = close_meta(meta, sizeof meta, &used, ",\"width\":%lu,\"height\":%lu,\"stride\":%lu",
-                        (unsigned long)frame->width, (unsigned long)frame->height, (unsigned long)stride);
-    }
+    uint64_t stride, size;
+    if (!frame->pixels || raw_layout(frame, &stride, &size) != ER_OK) return ER_ERR_ARGUMENT;
+    int rc = raw_meta(m, frame, stride, 0, meta, sizeof meta);
     if (rc != ER_OK) return rc;
-    return exchange(c, ER_MSG_SCREEN, meta, frame->pixels, (size_t)size, ER_MSG_RESULT, reply, reply_cap);
+    return exchange(c, ER_MSG_SCREEN, meta, frame->pixels, (size_t)size, -1, ER_MSG_RESULT, reply, reply_cap);
+}
+
+int er_frame_memfd(const er_raw_frame *frame) {
+    uint64_t stride, size;
+    if (!frame->pixels || raw_layout(frame, &stride, &size) != ER_OK) return ER_ERR_ARGUMENT;
+#if defined(MFD_ALLOW_SEALING) && defined(F_ADD_SEALS)
+    int fd = memfd_create("er-frame", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return ER_ERR_IO;
+    if (write_all(fd, frame->pixels, (size_t)size) == ER_OK
+        && fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0) {
+        return fd;
+    }
+    int saved = errno;
+    close(fd);
+    errno = saved;
+#else
+    errno = ENOSYS;
+#endif
+    return ER_ERR_IO;
+}
+
+int er_screen_raw_fd(er_client *c, const er_screen_meta *m, const er_raw_frame *frame, int frame_fd, char *reply,
+                     size_t reply_cap) {
+    char meta[ER_META_MAX];
+    uint64_t stride, size;
+    if (frame_fd < 0 || raw_layout(frame, &stride, &size) != ER_OK) return ER_ERR_ARGUMENT;
+    int rc = raw_meta(m, frame, stride, 1, meta, sizeof meta);
+    if (rc != ER_OK) return rc;
+    return exchange(c, ER_MSG_SCREEN, meta, NULL, 0, frame_fd, ER_MSG_RESULT, reply, reply_cap);
 }
 
 /* Position just after `"key":` (whitespace skipped), or NULL. */
@@ -344,6 +423,20 @@ int er_json_string(const char *json, const char *key, char *out, size_t out_cap)
     }
     out[n] = '\0';
     return *v == '"' ? ER_OK : ER_ERR_PROTOCOL;
+}
+
+int er_json_has(const char *json, const char *key, const char *value) {
+    const char *v = find_value(json, key);
+    size_t len = strlen(value);
+    if (!v || *v != '[') return 0;
+    for (v++; *v && *v != ']'; v++) {
+        if (*v != '"') continue;
+        const char *start = ++v;
+        while (*v && *v != '"') v += (*v == '\\' && v[1]) ? 2 : 1;
+        if (!*v) return 0;
+        if ((size_t)(v - start) == len && strncmp(start, value, len) == 0) return 1;
+    }
+    return 0;
 }
 
 int er_json_long(const char *json, const char *key, long *out) {

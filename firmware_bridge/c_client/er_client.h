@@ -1,8 +1,9 @@
 /*
- * edge-retina firmware bridge: reference client, wire protocol v1, revision 1.1 (docs/PROTOCOL.md).
+ * edge-retina firmware bridge: reference client, wire protocol v1, revision 1.2 (docs/PROTOCOL.md).
  *
  * C99, POSIX sockets only, no allocation, no other dependency: meant to be copied into camera
- * firmware. One request at a time per connection: send a message, read its reply.
+ * firmware. One request at a time per connection: send a message, read its reply. (Frames passed
+ * by file descriptor, revision 1.2, also need Linux's memfd_create: see er_frame_memfd.)
  *
  *   er_client c;
  *   if (er_connect_tcp(&c, "127.0.0.1", 7070) == ER_OK) {
@@ -99,9 +100,26 @@ int er_screen(er_client *c, const er_screen_meta *meta, const void *image, size_
 int er_screen_raw(er_client *c, const er_screen_meta *meta, const er_raw_frame *frame, char *reply,
                   size_t reply_cap);
 
+/* Revision 1.2, Unix sockets only (HELLO "body_transports" lists "fd"; er_json_has): the frame does
+ * not travel through the socket. It is put in a memfd sealed against writing, shrinking and growing
+ * (so the server screens and stores exactly the frame it checked), whose descriptor goes with the
+ * SCREEN (SCM_RIGHTS); the server maps it read-only.
+ *
+ * er_frame_memfd: a new such memfd holding `frame`'s stride x height bytes (one copy; a camera that
+ * captures into a memfd and seals it skips it). Returns the descriptor, for the caller to close once
+ * sent, or ER_ERR_ARGUMENT (bad layout) / ER_ERR_IO (memfd_create, write or sealing failed: errno;
+ * ENOSYS without memfd_create). */
+int er_frame_memfd(const er_raw_frame *frame);
+/* SCREEN the frame held by `frame_fd` (a memfd sealed as er_frame_memfd seals it) laid out as
+ * `frame` says (frame->pixels is not used). `frame_fd` stays the caller's. */
+int er_screen_raw_fd(er_client *c, const er_screen_meta *meta, const er_raw_frame *frame, int frame_fd,
+                     char *reply, size_t reply_cap);
+
 /* Minimal lookups in a reply (no JSON parser): the first "key" anywhere in `json`. */
 int er_json_string(const char *json, const char *key, char *out, size_t out_cap);
 int er_json_long(const char *json, const char *key, long *out);
+/* 1 when the value of "key" is an array of strings holding `value`, else 0. */
+int er_json_has(const char *json, const char *key, const char *value);
 
 #ifdef __cplusplus
 }

@@ -4,7 +4,8 @@
  *   er_screen_example (--tcp HOST:PORT | --unix PATH) [--raw WIDTHxHEIGHT] IMAGE REQUEST_ID [left|right|unknown]
  *
  * IMAGE is a JPEG or PNG file or, with --raw, a raw RGB8 frame (WIDTH*HEIGHT*3 bytes: rows of R,G,B
- * bytes, no padding), sent as a protocol 1.1 raw frame.
+ * bytes, no padding), sent as a protocol 1.1 raw frame; when the server's HELLO offers it (a Unix
+ * socket, revision 1.2), in a sealed memfd passed with the SCREEN instead of through the socket.
  * Prints the server's HELLO and RESULT JSON (one line each) on stdout. Exit status: 0 screened,
  * 1 connection or protocol failure, 2 refused by the server (ERROR, printed on stderr), 64 usage.
  * BUSY is retried with the same request id, which the server screens at most once.
@@ -12,10 +13,12 @@
 #define _POSIX_C_SOURCE 200809L
 #include "er_client.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAX_IMAGE (16u * 1024u * 1024u) /* the server's default frame limit */
 #define USAGE "usage: %s (--tcp HOST:PORT | --unix PATH) [--raw WIDTHxHEIGHT] IMAGE REQUEST_ID [EYE]\n"
@@ -90,18 +93,29 @@ int main(int argc, char **argv) {
     if (rc != ER_OK) { fprintf(stderr, "HELLO failed (%d): %s\n", rc, reply); er_close(&client); return rc == ER_ERR_SERVER ? 2 : 1; }
     printf("%s\n", reply);
 
+    int frame_fd = -1; /* the frame in a sealed memfd, when the server takes frames by descriptor */
+    if (frame.pixels && er_json_has(reply, "body_transports", "fd")) {
+        frame_fd = er_frame_memfd(&frame);
+        if (frame_fd < 0) {
+            fprintf(stderr, "cannot put the frame in a memfd: %s\n", strerror(errno));
+            er_close(&client);
+            return 1;
+        }
+    }
     er_screen_meta meta = {0};
     meta.request_id = request_id;
     meta.format = format;
     meta.eye = eye;
     for (int attempt = 0; attempt < 100; attempt++) {
-        rc = frame.pixels ? er_screen_raw(&client, &meta, &frame, reply, sizeof reply)
-                          : er_screen(&client, &meta, image, len, reply, sizeof reply);
+        if (frame_fd >= 0) rc = er_screen_raw_fd(&client, &meta, &frame, frame_fd, reply, sizeof reply);
+        else if (frame.pixels) rc = er_screen_raw(&client, &meta, &frame, reply, sizeof reply);
+        else rc = er_screen(&client, &meta, image, len, reply, sizeof reply);
         if (rc != ER_ERR_BUSY) break;
         long wait_ms = 200;
         er_json_long(reply, "retry_after_ms", &wait_ms);
         sleep_ms(wait_ms);
     }
+    if (frame_fd >= 0) close(frame_fd);
     er_close(&client);
     if (rc == ER_OK) {
         char status[32] = "";
