@@ -31,6 +31,13 @@ def small_jpeg(retina_rgb: np.ndarray, side: int = 128, quality: int = 90) -> by
     return encoded.tobytes()
 
 
+def camera_frame(retina_rgb: np.ndarray) -> np.ndarray:
+    """The real photograph on a 640x480 RGB8 frame (a camera sensor's 4:3 shape), as a camera holds it."""
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[:, 80:560] = cv2.resize(retina_rgb, (480, 480), interpolation=cv2.INTER_AREA)
+    return frame
+
+
 @contextlib.contextmanager
 def running_server(screener, store_path: Path, *, transport: str = "unix", **config) -> Iterator[tuple[BridgeServer, str]]:
     """A BridgeServer in this process; yields it and its address ("unix:PATH" or "tcp:HOST:PORT")."""

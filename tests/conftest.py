@@ -72,6 +72,15 @@ def tiny_bundle_archive(tiny_bundle) -> Path:
     return tiny_bundle.parent / "bundle.erb.tar"
 
 
+@pytest.fixture(scope="module")
+def screener(tiny_bundle):
+    """A Screener of the tiny bundle on ONNX Runtime, one thread (a module's tests share it)."""
+    from edge_retina.screener import Screener
+
+    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
+        yield s
+
+
 @pytest.fixture(scope="session")
 def calibration_tensors(shared_datasets, tiny_bundle) -> np.ndarray:
     """Calibration and held-out tensors the INT8 quantizer tests share (computed once)."""

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from bridge_support import REPO, running_server, small_jpeg
 
-from edge_retina.screener import Screener
 from firmware_bridge.client import BridgeClient
 
 C_CLIENT = REPO / "firmware_bridge" / "c_client"
@@ -23,12 +22,6 @@ def example(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("c-client")
     subprocess.run(["make", "-C", str(C_CLIENT), "CC=gcc", f"OUT={out}"], check=True, capture_output=True)
     return out / "er_screen_example"
-
-
-@pytest.fixture(scope="module")
-def screener(tiny_bundle):
-    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
-        yield s
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])

@@ -24,12 +24,6 @@ from firmware_bridge.store import ResultStore
 from narrow_terminal import unwrapped
 
 
-@pytest.fixture(scope="module")
-def screener(tiny_bundle):
-    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
-        yield s
-
-
 def test_kill_9_mid_stream_then_restart_loses_and_repeats_nothing(tiny_bundle, retina_rgb, tmp_path):
     """Requests whose RESULT arrived before the kill keep it (same completion time: not screened
     again); those cut off are screened once after the restart, when the camera retries them."""

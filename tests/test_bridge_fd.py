@@ -12,12 +12,10 @@ import socket
 import threading
 import time
 
-import cv2
 import numpy as np
 import pytest
-from bridge_support import connect, running_server, small_jpeg
+from bridge_support import camera_frame, connect, running_server, small_jpeg
 
-from edge_retina.screener import Screener
 from firmware_bridge import server as server_module
 from firmware_bridge.client import BridgeClient, BridgeError, sealed_memfd
 from firmware_bridge.protocol import FrameParser, Message, MessageType, encode_message
@@ -30,17 +28,8 @@ LAYOUT = {"format": "raw", "pixel_format": "rgb8", "width": WIDTH, "height": HEI
 
 
 @pytest.fixture(scope="module")
-def screener(tiny_bundle):
-    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def photo(retina_rgb) -> np.ndarray:
-    """The real photograph on a 640x480 RGB8 frame, as a camera holds it."""
-    frame = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
-    frame[:, 80:560] = cv2.resize(retina_rgb, (480, 480), interpolation=cv2.INTER_AREA)
-    return frame
+    return camera_frame(retina_rgb)
 
 
 @pytest.fixture

@@ -5,12 +5,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from bridge_support import connect, running_server
+from bridge_support import camera_frame, connect, running_server
 
 from edge_retina.errors import ImageError
 from edge_retina.preprocess import decode_image
 from edge_retina.preprocess.raw import PIXEL_FORMATS, RawFrame
-from edge_retina.screener import Screener
 from firmware_bridge.protocol import Message, MessageType
 
 CHANNEL = {"R": 0, "G": 1, "B": 2}
@@ -40,18 +39,8 @@ def jpeg_of(rgb: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def screener(tiny_bundle):
-    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def photo(retina_rgb) -> np.ndarray:
-    """The real photograph on a 4:3 frame (a camera sensor's shape), 640x480."""
-    small = cv2.resize(retina_rgb, (480, 480), interpolation=cv2.INTER_AREA)
-    frame = np.zeros((480, 640, 3), np.uint8)
-    frame[:, 80:560] = small
-    return frame
+    return camera_frame(retina_rgb)
 
 
 def test_every_pixel_format_gives_the_rgb_frame(photo):

@@ -30,12 +30,6 @@ from firmware_bridge.store import ResultStore
 
 
 @pytest.fixture(scope="module")
-def screener(tiny_bundle):
-    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def jpeg(retina_rgb):
     return small_jpeg(retina_rgb)
 

@@ -23,12 +23,6 @@ from edge_retina.screener import Screener  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def screener(tiny_bundle):
-    with Screener.from_bundle(tiny_bundle, backend="onnxruntime") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def photo(retina_rgb):
     return cv2.resize(retina_rgb, (320, 320), interpolation=cv2.INTER_AREA)
 

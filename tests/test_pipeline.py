@@ -13,12 +13,6 @@ from edge_retina.screener import Result, Screener
 
 
 @pytest.fixture(scope="module")
-def screener(tiny_bundle):
-    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory, retina_rgb):
     """Six different small photos (crops and flips of the real one), a corrupt file and a missing one."""
     folder = tmp_path_factory.mktemp("photos")

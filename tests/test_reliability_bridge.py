@@ -14,7 +14,6 @@ from bridge_support import connect, running_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_retina.screener import Screener
 from firmware_bridge.protocol import (
     HEADER_SIZE,
     ByteBudget,
@@ -34,12 +33,6 @@ from firmware_bridge.store import ResultStore
 
 NESTED = b"[" * 30_000 + b"]" * 30_000  # 60 KB: under the metadata limit, deeper than json can recurse
 STATUS = encode_message(Message(MessageType.STATUS))
-
-
-@pytest.fixture(scope="module")
-def screener(tiny_bundle):
-    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
-        yield s
 
 
 def _nested_frame() -> bytes:

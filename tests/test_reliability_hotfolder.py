@@ -15,15 +15,8 @@ from click.testing import CliRunner
 from narrow_terminal import unwrapped
 
 from edge_retina.cli.main import cli
-from edge_retina.screener import Screener
 from firmware_bridge.hotfolder import HotFolder, sidecar_path
 from firmware_bridge.store import ResultStore
-
-
-@pytest.fixture(scope="module")
-def screener(tiny_bundle):
-    with Screener.from_bundle(tiny_bundle, backend="onnxruntime", threads=1) as s:
-        yield s
 
 
 @pytest.fixture()
@@ -144,7 +137,6 @@ def test_a_capture_written_in_two_goes_ends_with_the_complete_files_result(scree
         rest.write(data[len(data) // 2:])
     assert scan_within(watcher) == [sidecar_path(capture)]
     assert json.loads(sidecar_path(capture).read_text())["result"]["status"] in ("refer", "no-referral")
-
 
 
 @pytest.mark.parametrize("arguments, why", [

@@ -6,12 +6,6 @@ from edge_retina.errors import EdgeRetinaError
 from edge_retina.screener import Screener
 
 
-@pytest.fixture(scope="module")
-def screener(tiny_bundle):
-    with Screener.from_bundle(tiny_bundle, backend="onnxruntime") as s:
-        yield s
-
-
 def test_screen_real_fundus_photo(screener, retina_jpeg):
     result = screener.screen(retina_jpeg)
     assert result.screened and result.gradable, result
