@@ -9,6 +9,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from edge_retina.bench import metrics
 from edge_retina.screener import STAGES
 
 
@@ -43,6 +44,7 @@ def system_table(report: dict) -> list[str]:
 def parity_table(folder: Path) -> list[str]:
     lines = ["| dataset | condition | n+ / n- | threshold | model | AUROC | ΔAUROC [95 % CI] | DeLong p | retention "
              "| sensitivity | specificity | decisions as teacher |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    few = False
     for path in sorted(folder.glob("parity-*.json")):
         report = json.loads(path.read_text())
         for row in report["conditions"]:
@@ -52,11 +54,15 @@ def parity_table(folder: Path) -> list[str]:
                 p_value = "" if model.get("delong_p") is None else f"{model['delong_p']:.3g}"
                 agreement = "" if model.get("decision_agreement") is None else f"{model['decision_agreement']:.1%}"
                 retention = "" if model.get("retention") is None else f"{model['retention']:.2f}"
+                auroc = metrics.format_auroc(model["auroc"], row["n_pos"], row["n_neg"])
                 lines.append(
                     f"| {path.stem.removeprefix('parity-')} | {row['condition']} | {row['n_pos']} / {row['n_neg']} "
-                    f"| {row['threshold']:.3f} | {name} | {model['auroc']:.4f} | {delta_text} | {p_value} | {retention} "
+                    f"| {row['threshold']:.3f} | {name} | {auroc} | {delta_text} | {p_value} | {retention} "
                     f"| {model.get('sensitivity', float('nan')):.1%} | {model.get('specificity', float('nan')):.1%} "
                     f"| {agreement} |")
+            few |= metrics.few_labels(row["n_pos"], row["n_neg"])
+    if few:
+        lines += ["", "\\" + metrics.FEW_LABELS_FOOTNOTE]  # escaped: a line starting with "*" is a list item
     return lines
 
 

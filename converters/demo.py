@@ -1,7 +1,7 @@
 """The main job on the embedded default: build the default bundle (the default student, distilled
-from the embedded reference teacher, INT8-quantized), screen sample images, and print latency tables
-(per engine, per stage) and parity tables (FP32 PyTorch teacher, FP32 PyTorch student and every
-engine side by side).
+from the embedded reference teacher, INT8-quantized), sign it with a demo key and verify it as a
+device would, screen sample images with it, and print latency tables (per engine, per stage) and
+parity tables (FP32 PyTorch teacher, FP32 PyTorch student and every engine side by side).
 
 The tables come from ``edge-retina bench``'s own API (``edge_retina.bench``), so the demo and the
 benchmark commands measure the same way.
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.filesize import decimal as format_size
 from rich.progress import Progress
@@ -43,7 +44,14 @@ from edge_retina.bench.latency import (
 )
 from edge_retina.bench.parity import bundle_parity
 from edge_retina.bench.parity import parity_tables as parity_tables_rows
-from edge_retina.bundle import Manifest, load_bundle
+from edge_retina.bundle import ARCHIVE_SUFFIX, Manifest, load_bundle, verify_bundle
+from edge_retina.bundle.signing import (
+    TrustedKeys,
+    check_signature,
+    generate_key_pair,
+    load_private_key,
+    sign_bundle,
+)
 from edge_retina.console_tables import parity_console_tables, print_results, print_wrapped, rich_table, summarise
 from edge_retina.errors import BundleError
 from edge_retina.screener import Screener
@@ -56,6 +64,13 @@ class DemoConfig:
     rebuild: bool = False
     latency_rounds: int = 5
     parity_limit: int = 120  # held-out images per dataset in the parity table
+
+
+#: The demo's signing key pair, made once in its work folder: the private key named so that nobody
+#: mistakes it for a release key, the public key alone in the folder a device is given (--trusted-keys).
+DEMO_KEY_DIR = "demo-signing-key"
+DEMO_PRIVATE_KEY = "demo-key-NOT-FOR-PRODUCTION.key"
+DEMO_TRUSTED_KEYS = "trusted-keys"
 
 
 def demo_settings(datasets: Path | None) -> ConvertSettings:
@@ -109,7 +124,7 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
             print_wrapped(console, Text.assemble((f"rebuilding {bundle_dir}:", "yellow"), f" {exc}"))
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
-    archive = bundle_dir.with_suffix(".erb.tar")
+    archive = bundle_dir.with_suffix(ARCHIVE_SUFFIX)
     settings = demo_settings(datasets)
     if settings.validation is not None:
         # Refer only on what could be validated: a condition without labelled data (AMD here: the
@@ -124,6 +139,32 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
             command="edge-retina demo", progress=lambda message: print_wrapped(console, message))
     print_wrapped(console, f"default bundle: {bundle_dir} (built; archive {archive.name})")
     return bundle_dir
+
+
+def demo_signing_key(key_dir: Path) -> tuple[Ed25519PrivateKey, TrustedKeys]:
+    """The demo's private key and the keys a device trusts (its public key), made on the first run
+    (the private key mode 0600) and reused by later ones."""
+    private = key_dir / DEMO_PRIVATE_KEY
+    trusted = key_dir / DEMO_TRUSTED_KEYS
+    if not private.exists():
+        generate_key_pair(private, trusted / private.with_suffix(".pub").name)
+    return load_private_key(private), TrustedKeys.from_directory(trusted)
+
+
+def sign_default_bundle(bundle_dir: Path, key_dir: Path, console: Console) -> TrustedKeys:
+    """Sign the bundle directory and its archive (when there is one) with the demo key, then check
+    each as ``bundle verify --trusted-keys`` does (every file, and the signature by a trusted key);
+    returns the trusted keys, which screening then requires as a device does."""
+    private_key, trusted = demo_signing_key(key_dir)
+    archive = bundle_dir.with_suffix(ARCHIVE_SUFFIX)
+    for path in [bundle_dir, archive] if archive.is_file() else [bundle_dir]:
+        sign_bundle(path, private_key)
+        report = verify_bundle(path)
+        if not report.ok:
+            raise BundleError(f"{path} failed verification after signing: {'; '.join(report.problems)}")
+        signed_by = check_signature(path, trusted)
+    print_wrapped(console, f"signed with demo key {signed_by} (not for production); verified")
+    return trusted
 
 
 def sample_images(workdir: Path, datasets: Path | None) -> list[Path]:
@@ -179,8 +220,8 @@ def parity_tables(teacher: Teacher, bundle_dir: Path, datasets: Path, limit: int
             report = bundle_parity(bundle_dir, labelled, reference=teacher_embedder(teacher),
                                    host_models=[student] if student else [],
                                    progress=lambda n: progress.advance(task, n))
-        titled = [(f"{dataset} (held-out test split) - {title}", headers, rows)
-                  for title, headers, rows in parity_tables_rows(report)]
+        titled = [table._replace(title=f"{dataset} (held-out test split) - {table.title}")
+                  for table in parity_tables_rows(report)]
         tables += parity_console_tables(titled, width=console.width, details="edge-retina bench parity --json")
     return tables
 
@@ -192,9 +233,10 @@ def run_demo(config: DemoConfig) -> dict:
                            f"input {teacher.input_spec.size[0]}x{teacher.input_spec.size[1]}; default student: "
                            f"{STUDENT_WEIGHTS.name} (distilled from it)")
     bundle_dir = default_bundle(teacher, config.workdir / "default-bundle", config.datasets, console, config.rebuild)
+    trusted = sign_default_bundle(bundle_dir, config.workdir / DEMO_KEY_DIR, console)
 
     images = sample_images(config.workdir, config.datasets)
-    with Screener.from_bundle(bundle_dir) as screener:
+    with Screener.from_bundle(bundle_dir, trusted_keys=trusted) as screener:
         results = [screener.screen(p) for p in images]
         summary = summarise(results)
         print_results(console, results, screener.conditions, summary)
@@ -209,5 +251,6 @@ def run_demo(config: DemoConfig) -> dict:
     cached = sum(s.size_bytes for s in user_caches.summarise())
     print_wrapped(console, f"\ncaches: {format_size(cached)} in {user_caches.user_cache_dir()}, reused by later "
                            "runs (edge-retina cache info; cache prune)")
-    print_wrapped(console, f"next: edge-retina screen YOUR_FOLDER --bundle {bundle_dir}")
+    print_wrapped(console, f"next: edge-retina screen YOUR_FOLDER --bundle {bundle_dir} "
+                           f"--trusted-keys {trusted.source}")
     return summary

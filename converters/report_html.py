@@ -27,6 +27,7 @@ from edge_retina.bench.parity import ParityReport, parity_tables  # noqa: E402
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+.footnote { margin-top: -1.2em; font-size: 0.85em; color: #555; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
@@ -43,10 +44,11 @@ def _png(fig: Any) -> str:
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def _table(title: str, headers: list[str], rows: list[list[str]]) -> str:
+def _table(title: str, headers: list[str], rows: list[list[str]], footnote: str | None = None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<h3>{html.escape(title)}</h3><table><tr>{head}</tr>{body}</table>"
+    under = f'<p class="footnote">{html.escape(footnote)}</p>' if footnote else ""
+    return f"<h3>{html.escape(title)}</h3><table><tr>{head}</tr>{body}</table>{under}"
 
 
 def _roc_figure(report: ParityReport, index: int) -> str:

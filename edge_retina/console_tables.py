@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from rich import box
 from rich.console import Console
@@ -21,6 +21,9 @@ from edge_retina.errors import named_once
 from edge_retina.screener import STAGES, Result
 from edge_retina.wording import plural
 
+if TYPE_CHECKING:
+    from edge_retina.bench.parity import ParityTable
+
 
 # The head rule in ASCII: a terminal's byte-counting tools (and 80-column checks) see one byte a column.
 ASCII_SIMPLE_HEAD = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
@@ -29,18 +32,21 @@ WRAP_MIN = 20
 
 
 def fit_columns(make: Callable[[int, str | None], Table], headers: list[str], width: int | None = None,
-                details: str = "--json", note: str | None = None, lines: list[list[str]] = ()) -> Table:
+                details: str = "--json", note: str | None = None, lines: list[list[str]] = (),
+                footnote: str | None = None) -> Table:
     """The table ``make(n, caption)`` builds from the first ``n`` columns, for the largest ``n`` (at
-    least 1) that fits ``width`` (default: the terminal's); the caption names the columns left out
-    and where they are (``details``), then ``note``. ``lines`` (header and rows as text) may hold
-    characters of more than one UTF-8 byte (ΔAUROC): the fit leaves room for them, so byte-counting
-    tools see no line wider than ``width`` either."""
+    least 1) that fits ``width`` (default: the terminal's); the caption is ``footnote`` (what a mark
+    in the cells means) on a line of its own, then the columns left out and where they are
+    (``details``), then ``note``. ``lines`` (header and rows as text) may hold characters of more
+    than one UTF-8 byte (ΔAUROC): the fit leaves room for them, so byte-counting tools see no line
+    wider than ``width`` either."""
     width = (width or Console().width) - max((len("".join(c).encode()) - len("".join(c)) for c in lines), default=0)
     wide = Console(width=10_000)
     for shown in range(len(headers), 0, -1):
         left_out = headers[shown:]
         parts = [f"more in {details}: {', '.join(left_out)}" if left_out else "", note or ""]
-        table = make(shown, "; ".join(p for p in parts if p) or None)
+        caption_lines = [footnote or "", "; ".join(p for p in parts if p)]
+        table = make(shown, "\n".join(line for line in caption_lines if line) or None)
         if Measurement.get(wide, wide.options, table).maximum <= width:
             break
     return table
@@ -59,8 +65,10 @@ def _table(title: str, caption: str | None) -> Table:
 
 
 def rich_table(title: str, headers: list[str], rows: list[list[str]], *, width: int | None = None,
-               details: str = "--json", note: str | None = None, wrap_last: bool = False) -> Table:
-    """A table of text cells, first column left-aligned, cut to the columns that fit (``fit_columns``).
+               details: str = "--json", note: str | None = None, wrap_last: bool = False,
+               footnote: str | None = None) -> Table:
+    """A table of text cells, first column left-aligned, cut to the columns that fit (``fit_columns``,
+    which also places ``note`` and ``footnote`` under it).
 
     ``wrap_last``: the last column is free text (a title, a note) that wraps in the room the others
     leave, when that is at least ``WRAP_MIN`` columns; with less it is left out like any other."""
@@ -78,7 +86,7 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]], *, width: 
 
     last_width = _room_left(make(len(headers), None, 1), width) if wrap_last else None
     return fit_columns(lambda shown, caption: make(shown, caption, last_width), headers, width, details, note,
-                       [headers, *rows])
+                       [headers, *rows], footnote)
 
 
 #: How much further than its first line a wrapped line's continuation lines are indented.
@@ -125,14 +133,15 @@ def identical_rows(rows: list[list[str]], keep: int = 1) -> tuple[list[list[str]
     return kept, [f"{', '.join(names)}: same numbers as {kept[i][0]}" for i, names in alike.items()]
 
 
-def parity_console_tables(tables: list[tuple[str, list[str], list[list[str]]]], *, width: int | None = None,
+def parity_console_tables(tables: list[ParityTable], *, width: int | None = None,
                           details: str = "--json") -> list[Table]:
     """``edge_retina.bench.parity.parity_tables`` for a terminal: rows whose numbers are identical to an
     earlier row's (an engine computing exactly what its FP32 model does) folded into a note."""
     fitted = []
-    for title, headers, rows in tables:
+    for title, headers, rows, footnote in tables:
         kept, notes = identical_rows(rows)
-        fitted.append(rich_table(title, headers, kept, width=width, details=details, note="; ".join(notes) or None))
+        fitted.append(rich_table(title, headers, kept, width=width, details=details, note="; ".join(notes) or None,
+                                 footnote=footnote))
     return fitted
 
 

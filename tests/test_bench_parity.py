@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import shutil
 import subprocess
@@ -11,11 +12,13 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 from narrow_terminal import COLUMNS, folder_wider_than_the_terminal, narrow_runner, unwrapped, widest_line
 
 from edge_retina.bench import parity as parity_module
 from edge_retina.bench.labels import LabelledImages, read_labels_csv, write_labels_csv
 from edge_retina.cli.bench import bench
+from edge_retina.console_tables import parity_console_tables
 from edge_retina.errors import EdgeRetinaError
 from edge_retina.prompt_table import PromptTable
 
@@ -71,8 +74,40 @@ def test_table_titles_count_one_image_and_one_positive_in_the_singular():
     report = degraded_report()
     one = dataclasses.replace(report, n_images=1,
                               conditions=[dataclasses.replace(report.conditions[0], n_pos=1, n_neg=1)])
-    titles = [title for title, _, _ in parity_module.parity_tables(one)]
+    titles = [table.title for table in parity_module.parity_tables(one)]
     assert titles[0].startswith("glaucoma: 1 positive / 1 negative, ") and titles[-1].endswith("(1 image)"), titles
+
+
+def report_on(n_pos, n_neg):
+    """A teacher and a noisy engine on ``n_pos`` glaucoma positives and ``n_neg`` negatives."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+    reference = rng.normal(size=(len(y), 4)) * 0.3
+    reference[:, 1] += 0.8 * y
+    return parity_module.compare_embeddings(
+        "teacher", {"teacher": reference, "engine": reference + 0.2 * rng.normal(size=reference.shape)},
+        {"glaucoma": y}, two_class_table(), {"glaucoma": 0.5, "normal": None}, replicates=100)
+
+
+FOOTNOTE = "* fewer than 10 positives or negatives: AUROC unreliable"
+
+
+@pytest.mark.parametrize("n_pos, n_neg, few", [(2, 118, True), (9, 111, True), (60, 3, True), (10, 110, False)])
+def test_an_auroc_on_fewer_than_10_positives_or_negatives_is_marked_and_footnoted(n_pos, n_neg, few):
+    """ODIR's hypertensive retinopathy had 2 positives among 120 photos: its AUROC of 0.42 said
+    nothing, and the table must not let it read as a measurement."""
+    report = report_on(n_pos, n_neg)
+    condition_table, cosine_table = parity_module.parity_tables(report)
+    assert [row[1].endswith("*") for row in condition_table.rows] == [few, few]
+    assert condition_table.footnote == (FOOTNOTE if few else None) and cosine_table.footnote is None
+    [condition] = report.to_dict()["conditions"]
+    assert (condition["n_pos"], condition["n_neg"], condition["few_labels"]) == (n_pos, n_neg, few)
+
+    console = Console(width=COLUMNS, record=True, file=io.StringIO())
+    for table in parity_console_tables(parity_module.parity_tables(report), width=COLUMNS):
+        console.print(table)
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
+    assert lines.count(FOOTNOTE) == few and widest_line("\n".join(lines)) <= COLUMNS  # one line of its own
 
 
 def test_labels_csv_round_trip(tmp_path):
@@ -135,8 +170,10 @@ def test_parity_against_the_fp32_engine_passes_the_gate(tiny_bundle, labelled_fo
     openvino = data["conditions"][0]["models"]["openvino/fp32/teacher"]
     assert abs(openvino["delta_auroc"]) < 1e-6 and openvino["decision_agreement"] == 1.0
     assert data["cosine_to_reference"]["openvino/fp32/teacher"]["min"] > 0.9999
+    assert all(c["few_labels"] for c in data["conditions"])  # 10 photos
     page = html.read_text()
     assert page.count("<img") >= 3 and "PASS" in page and "glaucoma" in page
+    assert page.count(f'<p class="footnote">{FOOTNOTE}</p>') == 2
 
 
 def test_parity_gate_fails_with_exit_1(tiny_bundle, labelled_folder, monkeypatch):

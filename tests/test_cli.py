@@ -143,6 +143,31 @@ def test_bundle_inspect_and_verify(tiny_bundle, tmp_path):
     assert res.exit_code == 1 and "prompts.npz" in unwrapped(res.output)
 
 
+def test_inspect_marks_a_student_auroc_on_fewer_than_10_positives_or_negatives():
+    """The student's report card in a manifest: an AUROC on 2 positives is marked and footnoted."""
+    import io
+
+    from rich.console import Console
+
+    from edge_retina.cli.bundle import _distillation_table
+
+    def condition(n_pos, n_neg):
+        return {"n_pos": n_pos, "n_neg": n_neg, "auroc_teacher": 0.42, "auroc_student": 0.41, "retention": None,
+                "decision_agreement": 0.9}
+
+    def shown(conditions):
+        console = Console(width=COLUMNS, record=True, file=io.StringIO())
+        console.print(_distillation_table({"held_out_images": 120, "conditions": conditions}))
+        return [line.strip() for line in console.export_text().splitlines()]
+
+    footnote = "* fewer than 10 positives or negatives: AUROC unreliable"
+    few = shown({"hypertensive_retinopathy": condition(2, 118), "glaucoma": condition(40, 80)})
+    assert [line.split()[2:4] for line in few if line.startswith(("hypertensive", "glaucoma"))] == [
+        ["0.420*", "0.410*"], ["0.420", "0.410"]]
+    assert few.count(footnote) == 1 and widest_line("\n".join(few)) <= COLUMNS
+    assert footnote not in shown({"glaucoma": condition(40, 80), "cataract": {"retention": 0.97}})
+
+
 def test_bundle_inspect_shows_a_damaged_bundle_and_names_the_damage(tiny_bundle, tiny_bundle_archive, tmp_path):
     """What a device maker needs from a bundle damaged in transfer: what it is, and which file is wrong."""
     damaged = Path(shutil.copytree(tiny_bundle, tmp_path / "damaged"))

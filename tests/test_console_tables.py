@@ -7,6 +7,7 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 
+from edge_retina.bench.parity import ParityTable
 from edge_retina.console_tables import (
     HANGING_INDENT,
     identical_rows,
@@ -50,7 +51,7 @@ def test_rows_with_the_numbers_of_an_earlier_row_are_folded_into_a_note():
     kept, notes = identical_rows(rows)
     assert [r[0] for r in kept] == ["teacher (PyTorch fp32)", "student (PyTorch fp32)", "openvino/int8/student"]
     assert notes == ["onnxruntime/fp32/student, openvino/fp32/student: same numbers as student (PyTorch fp32)"]
-    [table] = parity_console_tables([("glaucoma", ["model", "AUROC", "ΔAUROC"], rows)], width=80)
+    [table] = parity_console_tables([ParityTable("glaucoma", ["model", "AUROC", "ΔAUROC"], rows)], width=80)
     text = " ".join(" ".join(printed(table)).split())  # the note wraps
     assert "same numbers as student (PyTorch fp32)" in text and text.count("onnxruntime/fp32/student") == 1
 

@@ -336,6 +336,22 @@ def test_parity_of_a_student_identical_to_its_teacher(tiny_teacher, photo_dir):
     assert retention(0.8, 0.9) == pytest.approx(0.75) and retention(0.7, 0.5) is None
 
 
+def test_the_student_card_marks_an_auroc_on_fewer_than_10_positives_or_negatives():
+    from converters.distill.report import RetentionRow, StudentParity, format_markdown
+
+    def row(condition, n_pos, n_neg):
+        return RetentionRow("odir", condition, n_pos, n_neg, 0.42, 0.41, None, (-0.1, 0.1), 0.9, 0.5)
+
+    cosine = {"min": 0.9, "p1": 0.9, "p5": 0.9, "median": 0.95, "mean": 0.95, "max": 1.0}
+    few = format_markdown(StudentParity([row("hypertensive_retinopathy", 2, 118), row("glaucoma", 40, 80)],
+                                        {"odir": cosine}, {"odir": 120}, []))
+    assert "| odir | hypertensive_retinopathy | 2/118 | 0.420* | 0.410* |" in few
+    assert "| odir | glaucoma | 40/80 | 0.420 | 0.410 |" in few
+    assert "\n\\* fewer than 10 positives or negatives: AUROC unreliable\n" in few  # not a markdown list item
+    enough = format_markdown(StudentParity([row("glaucoma", 40, 80)], {"odir": cosine}, {"odir": 120}, []))
+    assert "fewer than" not in enough
+
+
 def test_latency_is_measured_for_every_model(tmp_path):
     from onnx_models import make_tiny_encoder_onnx
 

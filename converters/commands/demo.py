@@ -11,7 +11,7 @@ from edge_retina.command_error import fail
 
 @click.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("artifacts/demo"), show_default=True,
-              help="Where the default bundle and sample images go.")
+              help="Where the default bundle, its demo signing key and sample images go.")
 @click.option("--datasets", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Labelled fundus datasets for the parity table (default: ../shared/datasets when present).")
 @click.option("--rebuild", is_flag=True, help="Rebuild the default bundle even if it is up to date.")
@@ -19,7 +19,8 @@ from edge_retina.command_error import fail
               help="Held-out images per dataset in the parity table.")
 def demo(workdir: Path, datasets: Path | None, rebuild: bool, parity_limit: int) -> None:
     """Build the default bundle (the embedded student, distilled from the embedded reference model),
-    screen sample images, and print latency and parity tables."""
+    sign it with a demo key (not for production) and verify it, screen sample images, and print
+    latency and parity tables."""
     from converters.convert_pipeline import ConvertError
     from converters.demo import DemoConfig, run_demo
 

@@ -177,9 +177,13 @@ def format_markdown(parity: StudentParity, profile: dict | None = None, split: s
              "ΔAUROC 95 % CI | agreement @thr |",
              "|---|---|---:|---:|---:|---:|---|---:|"]
     for r in parity.rows:
-        lines.append(f"| {r.dataset} | {r.condition} | {r.n_pos}/{r.n_neg} | {r.auroc_teacher:.3f} | "
-                     f"{r.auroc_student:.3f} | {_fmt(r.retention, 2)} | [{r.delta_ci95[0]:+.3f}, {r.delta_ci95[1]:+.3f}] | "
+        teacher, student = (metrics.format_auroc(auroc, r.n_pos, r.n_neg, digits=3)
+                            for auroc in (r.auroc_teacher, r.auroc_student))
+        lines.append(f"| {r.dataset} | {r.condition} | {r.n_pos}/{r.n_neg} | {teacher} | "
+                     f"{student} | {_fmt(r.retention, 2)} | [{r.delta_ci95[0]:+.3f}, {r.delta_ci95[1]:+.3f}] | "
                      f"{r.decision_agreement:.3f} @{r.threshold:.3g} |")
+    if any(metrics.few_labels(r.n_pos, r.n_neg) for r in parity.rows):
+        lines += ["", "\\" + metrics.FEW_LABELS_FOOTNOTE]  # escaped: a line starting with "*" is a list item
     lines += ["", "| dataset | images | cosine to teacher: mean | median | 5th percentile | min |",
               "|---|---:|---:|---:|---:|---:|"]
     for dataset, c in parity.cosine.items():

@@ -12,6 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: Fewer positives or negatives than this and an AUROC rests on too few photos to be taken at face
+#: value: one photo more or less moves it by up to 1 / that count (by 0.5 with 2 positives). Every
+#: table that prints an AUROC measured on labels marks such a value (``format_auroc``) and explains
+#: the mark in a footnote (``FEW_LABELS_FOOTNOTE``).
+MIN_LABELS_PER_CLASS = 10
+FEW_LABELS_MARK = "*"
+FEW_LABELS_FOOTNOTE = (f"{FEW_LABELS_MARK} fewer than {MIN_LABELS_PER_CLASS} positives or negatives: "
+                       "AUROC unreliable")
+
 
 def midranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks of ``x`` with ties given the mean of the ranks they span."""
@@ -37,6 +46,16 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> float:
     m, n = len(positives), len(negatives)
     ranks = midranks(np.concatenate([positives, negatives]))
     return float((ranks[:m].sum() - m * (m + 1) / 2.0) / (m * n))
+
+
+def few_labels(n_pos: int, n_neg: int) -> bool:
+    """Whether an AUROC on ``n_pos`` positives and ``n_neg`` negatives rests on too few of either."""
+    return min(n_pos, n_neg) < MIN_LABELS_PER_CLASS
+
+
+def format_auroc(value: float, n_pos: int, n_neg: int, digits: int = 4) -> str:
+    """An AUROC as tables print it, marked when it rests on too few labels (``few_labels``)."""
+    return f"{value:.{digits}f}" + (FEW_LABELS_MARK if few_labels(n_pos, n_neg) else "")
 
 
 def roc_points(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -61,6 +61,11 @@ class ConditionParity:
     threshold: float | None
     models: dict[str, ModelParity]
     roc: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False)  # model -> (fpr, tpr)
+
+    @property
+    def few_labels(self) -> bool:
+        """Whether its AUROCs rest on too few positives or negatives (``metrics.few_labels``)."""
+        return metrics.few_labels(self.n_pos, self.n_neg)
 
 
 @dataclass
@@ -109,8 +114,8 @@ class ParityReport:
             "models": self.models,
             "images": self.n_images,
             "conditions": [
-                {"condition": c.condition, "n_pos": c.n_pos, "n_neg": c.n_neg, "threshold": c.threshold,
-                 "models": {name: model_dict(m) for name, m in c.models.items()}}
+                {"condition": c.condition, "n_pos": c.n_pos, "n_neg": c.n_neg, "few_labels": c.few_labels,
+                 "threshold": c.threshold, "models": {name: model_dict(m) for name, m in c.models.items()}}
                 for c in self.conditions
             ],
             "cosine_to_reference": {name: metrics.distribution(v) for name, v in self.cosine.items()},
@@ -322,24 +327,34 @@ def _ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def parity_tables(report: ParityReport) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, headers, rows) per condition, then the cosine table: shared by the CLI, the HTML
-    report and the demo."""
+class ParityTable(NamedTuple):
+    """A table of a parity report as text cells (``parity_tables``)."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    footnote: str | None = None  # printed under the table: what a mark in it means
+
+
+def parity_tables(report: ParityReport) -> list[ParityTable]:
+    """One table per condition, then the cosine table: shared by the CLI, the HTML report and the
+    demo. A condition's AUROCs on too few labels are marked, with the footnote saying so."""
     tables = []
     for c in report.conditions:
         threshold = "no threshold" if c.threshold is None else f"threshold {c.threshold:.3f}"
         # Site-adapted models have thresholds of their own: name them in their rows.
         own = any(m.threshold != c.threshold for m in c.models.values())
         rows = [[name + (f" (threshold {m.threshold:.3f})" if own and m.threshold is not None else ""),
-                 f"{m.auroc:.4f}", format_delta(m) or "(reference)",
+                 metrics.format_auroc(m.auroc, c.n_pos, c.n_neg), format_delta(m) or "(reference)",
                  "" if name == report.reference else _ratio(m.retention), _percent(m.sensitivity),
                  _percent(m.specificity), _percent(m.agreement)] for name, m in c.models.items()]
         counts = f"{plural(c.n_pos, 'positive')} / {plural(c.n_neg, 'negative')}"
-        tables.append((f"{c.condition}: {counts}, {threshold}",
-                       ["model", "AUROC", "ΔAUROC [95% CI] DeLong p", "retention", "sensitivity", "specificity",
-                        "agreement"], rows))
+        tables.append(ParityTable(f"{c.condition}: {counts}, {threshold}",
+                                  ["model", "AUROC", "ΔAUROC [95% CI] DeLong p", "retention", "sensitivity",
+                                   "specificity", "agreement"], rows,
+                                  metrics.FEW_LABELS_FOOTNOTE if c.few_labels else None))
     cosine_rows = [[name, *(f"{v:.6f}" for v in metrics.distribution(values).values())]
                    for name, values in report.cosine.items()]
-    tables.append((f"Embedding cosine to {report.reference} ({plural(report.n_images, 'image')})",
-                   ["model", "min", "p1", "p5", "median", "mean", "max"], cosine_rows))
+    tables.append(ParityTable(f"Embedding cosine to {report.reference} ({plural(report.n_images, 'image')})",
+                              ["model", "min", "p1", "p5", "median", "mean", "max"], cosine_rows))
     return tables

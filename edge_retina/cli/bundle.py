@@ -145,21 +145,28 @@ def _adaptation_table(adaptation) -> Table:
 
 def _distillation_table(report: dict) -> Table:
     """The student's report card from the manifest: how much of the teacher's skill it keeps."""
+    from edge_retina.bench import metrics
+
     def number(value, digits=3):
         return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
 
     profile = report.get("profile") if isinstance(report.get("profile"), dict) else {}
     speed = f", {number(profile.get('speedup'), 1)}x faster (FP32, medians)" if profile.get("speedup") else ""
-    rows = []
+    rows, marked = [], False
     for name, c in report["conditions"].items():
         c = c if isinstance(c, dict) else {}
+        counts = (c.get("n_pos"), c.get("n_neg"))
+        counted = all(isinstance(n, int) for n in counts)
+        marked |= counted and metrics.few_labels(*counts)
+        aurocs = [metrics.format_auroc(v, *counts, digits=3) if counted and isinstance(v, (int, float)) else number(v)
+                  for v in (c.get("auroc_teacher"), c.get("auroc_student"))]
         agreement = c.get("decision_agreement")
-        rows.append([name, f"{c.get('n_pos')}/{c.get('n_neg')}", number(c.get("auroc_teacher")),
-                     number(c.get("auroc_student")), number(c.get("retention"), 2),
+        rows.append([name, f"{c.get('n_pos')}/{c.get('n_neg')}", *aurocs, number(c.get("retention"), 2),
                      f"{number(agreement * 100, 1)} %" if isinstance(agreement, (int, float)) else "-"])
     return rich_table(f"student vs teacher on {report.get('held_out_images')} held-out images{speed}; AUROC, "
                       "retention of its skill, decisions that agree with the teacher's",
-                      ["condition", "pos/neg", "teacher", "student", "retention", "agree"], rows)
+                      ["condition", "pos/neg", "teacher", "student", "retention", "agree"], rows,
+                      footnote=metrics.FEW_LABELS_FOOTNOTE if marked else None)
 
 
 @bundle.command()
