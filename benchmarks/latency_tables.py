@@ -62,7 +62,7 @@ def parity_table(folder: Path) -> list[str]:
                     f"| {agreement} |")
             few |= metrics.few_labels(row["n_pos"], row["n_neg"])
     if few:
-        lines += ["", "\\" + metrics.FEW_LABELS_FOOTNOTE]  # escaped: a line starting with "*" is a list item
+        lines += ["", metrics.FEW_LABELS_FOOTNOTE]
     return lines
 
 

@@ -89,7 +89,7 @@ def report_on(n_pos, n_neg):
         {"glaucoma": y}, two_class_table(), {"glaucoma": 0.5, "normal": None}, replicates=100)
 
 
-FOOTNOTE = "* fewer than 10 positives or negatives: AUROC unreliable"
+FOOTNOTE = "? fewer than 10 positives or negatives: AUROC unreliable"
 
 
 @pytest.mark.parametrize("n_pos, n_neg, few", [(2, 118, True), (9, 111, True), (60, 3, True), (10, 110, False)])
@@ -98,7 +98,7 @@ def test_an_auroc_on_fewer_than_10_positives_or_negatives_is_marked_and_footnote
     nothing, and the table must not let it read as a measurement."""
     report = report_on(n_pos, n_neg)
     condition_table, cosine_table = parity_module.parity_tables(report)
-    assert [row[1].endswith("*") for row in condition_table.rows] == [few, few]
+    assert [row[1].endswith("?") for row in condition_table.rows] == [few, few]
     assert condition_table.footnote == (FOOTNOTE if few else None) and cosine_table.footnote is None
     [condition] = report.to_dict()["conditions"]
     assert (condition["n_pos"], condition["n_neg"], condition["few_labels"]) == (n_pos, n_neg, few)

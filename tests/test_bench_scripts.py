@@ -46,7 +46,7 @@ def test_the_benchmarks_parity_table_marks_an_auroc_on_fewer_than_10_positives_o
                   for name, n_pos, n_neg in [("hypertensive_retinopathy", 2, 118), ("glaucoma", 40, 80)]]
     (tmp_path / "parity-odir.json").write_text(json.dumps({"conditions": conditions}))
     lines = parity_table(tmp_path)
-    assert "| 2 / 118 | 0.500 | teacher | 0.4200* |" in lines[2] and "| 0.4200 |" in lines[3]
-    assert lines[-2:] == ["", "\\* fewer than 10 positives or negatives: AUROC unreliable"]
+    assert "| 2 / 118 | 0.500 | teacher | 0.4200? |" in lines[2] and "| 0.4200 |" in lines[3]
+    assert lines[-2:] == ["", "? fewer than 10 positives or negatives: AUROC unreliable"]
     (tmp_path / "parity-odir.json").write_text(json.dumps({"conditions": conditions[1:]}))
     assert "fewer than" not in "\n".join(parity_table(tmp_path))

@@ -160,10 +160,10 @@ def test_inspect_marks_a_student_auroc_on_fewer_than_10_positives_or_negatives()
         console.print(_distillation_table({"held_out_images": 120, "conditions": conditions}))
         return [line.strip() for line in console.export_text().splitlines()]
 
-    footnote = "* fewer than 10 positives or negatives: AUROC unreliable"
+    footnote = "? fewer than 10 positives or negatives: AUROC unreliable"
     few = shown({"hypertensive_retinopathy": condition(2, 118), "glaucoma": condition(40, 80)})
     assert [line.split()[2:4] for line in few if line.startswith(("hypertensive", "glaucoma"))] == [
-        ["0.420*", "0.410*"], ["0.420", "0.410"]]
+        ["0.420?", "0.410?"], ["0.420", "0.410"]]
     assert few.count(footnote) == 1 and widest_line("\n".join(few)) <= COLUMNS
     assert footnote not in shown({"glaucoma": condition(40, 80), "cataract": {"retention": 0.97}})
 

@@ -345,9 +345,9 @@ def test_the_student_card_marks_an_auroc_on_fewer_than_10_positives_or_negatives
     cosine = {"min": 0.9, "p1": 0.9, "p5": 0.9, "median": 0.95, "mean": 0.95, "max": 1.0}
     few = format_markdown(StudentParity([row("hypertensive_retinopathy", 2, 118), row("glaucoma", 40, 80)],
                                         {"odir": cosine}, {"odir": 120}, []))
-    assert "| odir | hypertensive_retinopathy | 2/118 | 0.420* | 0.410* |" in few
+    assert "| odir | hypertensive_retinopathy | 2/118 | 0.420? | 0.410? |" in few
     assert "| odir | glaucoma | 40/80 | 0.420 | 0.410 |" in few
-    assert "\n\\* fewer than 10 positives or negatives: AUROC unreliable\n" in few  # not a markdown list item
+    assert "\n? fewer than 10 positives or negatives: AUROC unreliable\n" in few
     enough = format_markdown(StudentParity([row("glaucoma", 40, 80)], {"odir": cosine}, {"odir": 120}, []))
     assert "fewer than" not in enough
 

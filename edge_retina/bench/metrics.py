@@ -17,7 +17,8 @@ import numpy as np
 #: table that prints an AUROC measured on labels marks such a value (``format_auroc``) and explains
 #: the mark in a footnote (``FEW_LABELS_FOOTNOTE``).
 MIN_LABELS_PER_CLASS = 10
-FEW_LABELS_MARK = "*"
+#: Not "*", which the screening table already uses for "over the referral threshold".
+FEW_LABELS_MARK = "?"
 FEW_LABELS_FOOTNOTE = (f"{FEW_LABELS_MARK} fewer than {MIN_LABELS_PER_CLASS} positives or negatives: "
                        "AUROC unreliable")
 
