@@ -12,13 +12,13 @@ Recipe:
   report openings), and report-style captions written from the labels of the other datasets
   (``captions.py``). The text tower (MiniLM) is frozen, so every text is embedded once up front; only
   the text projection trains on top of those features.
-- Image: EfficientNet-Lite2 at 384 px from ImageNet weights. Its trunk (the stem and the stages before
-  ``RECIPE["frozen_blocks"]``: 0-3) stays frozen; its features of ``views`` views of every training photo
-  (the clean photo and camera-like variations, ``converters.distill.augment``) are computed once by
-  OpenVINO (``converters.backbones.trunk_cache``). Epochs train the later stages (4-6), the head convolution, the
-  projections and the temperature on those cached features (under bfloat16 autocast), so an epoch
-  costs a fraction of a full forward and backward pass -- what makes an ImageNet-initialised
-  teacher trainable on a 2-core CPU.
+- Image: EfficientNet-Lite2 at 384 px from ImageNet weights. Its trunk (the stem and the stages
+  before ``RECIPE["frozen_blocks"]``: 0-3) stays frozen; its features of ``views`` views of every
+  training photo (the clean photo and camera-like variations, ``converters.distill.augment``) are
+  computed once by OpenVINO (``converters.backbones.trunk_cache``). Epochs train the later stages
+  (4-6), the head convolution, the projections and the temperature on those cached features (under
+  bfloat16 autocast), so an epoch costs a fraction of a full forward and backward pass -- what makes
+  an ImageNet-initialised teacher trainable on a 2-core CPU.
 - Loss: symmetric cross-entropy over the batch's image-text similarities with *finding-aware* soft
   targets: the target weight of a pair is the Jaccard overlap of their findings (an eye can have
   several), so texts that say the same thing are not pushed apart.
