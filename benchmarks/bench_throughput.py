@@ -250,7 +250,7 @@ def bench_bridge(args, bundle: Path, photos: list[Path], work: Path) -> dict:
             client.hello()
             client.screen("warm-up", jpegs[0])
         label_of = {label + f: label for label, client in clients.items() for f in formats  # variant -> its server
-                    if client.passes_fds or "by fd" not in f}
+                    if client.offers_fd_bodies or "by fd" not in f}
         samples: dict[str, list[float]] = {name: [] for name in label_of}
         server_ms: dict[str, list[float]] = {k: [] for k in samples}
         # CPU time per request (server process, user + system; client, this process): the work a request

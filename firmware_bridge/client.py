@@ -118,8 +118,9 @@ class BridgeClient:
         return self.server_hello
 
     @property
-    def passes_fds(self) -> bool:
-        """Whether this connection's HELLO offered frames by file descriptor (1.2, a Unix socket)."""
+    def offers_fd_bodies(self) -> bool:
+        """Whether the server's HELLO on this connection offered frames by file descriptor (``body``
+        fd, 1.2: a Unix socket on Linux); False before :meth:`hello`."""
         return FD_BODY in (self.server_hello or {}).get("body_transports", ())
 
     def status(self) -> dict[str, Any]:
@@ -151,7 +152,7 @@ class BridgeClient:
         ``by_fd``: pass the frame in a sealed memfd instead of the frame's body (protocol 1.2, see
         :meth:`screen_memfd`); None (the default) does when this connection's HELLO offered it."""
         if by_fd is None:
-            by_fd = self.passes_fds
+            by_fd = self.offers_fd_bodies
         if not by_fd:
             return self.screen(request_id, frame, image_format="raw", **raw_layout(pixel_format, width, height, stride),
                                **meta)

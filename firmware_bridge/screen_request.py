@@ -82,8 +82,6 @@ def validate_screen(meta: dict[str, Any], body: bytes | memoryview) -> dict[str,
 
     if not body:
         raise bad("SCREEN carries no image")
-    if meta.get("body") == FD_BODY and not (meta["format"] == "raw" and "pixel_format" in meta):
-        raise bad("body fd carries a raw frame: format raw with pixel_format, width and height")
     clean: dict[str, Any] = {"request_id": request_id, "format": meta["format"], "eye": meta.get("eye", "unknown")}
     if meta["format"] == "raw" and "pixel_format" in meta:
         fields = {k: meta.get(k) for k in ("pixel_format", "width", "height", "stride")}

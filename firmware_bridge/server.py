@@ -20,10 +20,12 @@ therefore only lose a request the server never answered, which the camera sends 
 request screened in time is never journalled: a 9 MB raw frame's journal and drop cost more than
 its screening (BENCHMARKS.md "Throughput").
 
-A raw frame passed by file descriptor (protocol 1.2, Unix sockets) is screened from a read-only
-mapping of the sender's sealed memfd, never copied: the transport holds the descriptors that come
-with a frame's bytes, the connection loop hands them to that frame's message, and :meth:`handle`
-closes every one of them whatever its reply (the mapping does not need the descriptor).
+A raw frame passed by file descriptor (protocol 1.2, Unix sockets on Linux) is screened from a
+read-only mapping of the sender's sealed memfd, never copied: the transport holds the descriptors that
+come with a frame's bytes, the connection loop hands them to that frame's message (or closes them with
+a frame it refuses), and :meth:`handle` closes every one of them whatever its reply. The mapping keeps
+a descriptor of its own (CPython's mmap holds a duplicate) until the worker lets the image go once its
+result is stored: one descriptor per frame by fd queued or being screened, bounded by the queue.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ from .protocol import (
 )
 from .screen_request import BODY_TRANSPORTS, FD_BODY, IMAGE_FORMATS, request_id_of, validate_screen
 from .store import ResultStore, StoredRequest, now_us
-from .transports import Listener, Stream, TooManyFds, map_sealed_frame
+from .transports import FdsDropped, Listener, Stream, TooManyFds, descriptor_use, map_sealed_frame
 
 log = logging.getLogger("edge_retina.bridge")
 
@@ -272,13 +274,13 @@ class BridgeServer:
             try:
                 message = parser.next()
             except ProtocolError as exc:
+                close_fds(stream.take_fds(start, parser.consumed))  # those of the bytes refused
                 if not self._refuse(stream, guard, exc):
                     return
                 continue
             if message is not None:
                 guard.valid_frame()
-                fds = stream.take_fds(start, parser.consumed) if stream.passes_fds else None
-                if not self._send(stream, self.handle(message, fds)):
+                if not self._send(stream, self.handle(message, stream.take_fds(start, parser.consumed))):
                     return
                 guard.heard()  # a long SCREEN is not idleness
                 continue
@@ -289,12 +291,17 @@ class BridgeServer:
             try:
                 data = stream.read()
             except TooManyFds as exc:
-                log.warning("%s: %s", stream.name, exc)
+                # Dropped descriptors may be the server's state (a full descriptor table): say how full.
+                state = f"; {descriptor_use()}" if isinstance(exc, FdsDropped) else ""
+                log.warning("%s: %s%s", stream.name, exc, state)
                 self._send(stream, error_message(ErrorCode.BAD_REQUEST, str(exc)))
                 return
             if data is None:
                 if parser.pending and time.monotonic() - guard.last_byte > self.config.frame_timeout:
                     parser.discard()
+                    # The stalled frame began at ``start`` (``next`` consumed nothing) and its bytes up to
+                    # the new ``consumed`` are dropped: so are the descriptors that came with them.
+                    close_fds(stream.take_fds(start, parser.consumed))
                     stalled = ProtocolError(ErrorCode.TRUNCATED, "the frame stopped before its end")
                     if not self._refuse(stream, guard, stalled):
                         return
@@ -344,8 +351,7 @@ class BridgeServer:
             return error_message(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
                                  request_id=message.meta.get("request_id") if isinstance(message.meta, dict) else None)
         finally:
-            for fd in fds or ():
-                os.close(fd)
+            close_fds(fds)
 
     def _error_reply(self, exc: ProtocolError) -> Message:
         busy = {"retry_after_ms": self.config.busy_retry_ms} if exc.code is ErrorCode.BUSY else {}
@@ -401,9 +407,8 @@ class BridgeServer:
         else:
             try:
                 image = map_sealed_frame(fd, self.config.max_payload)
-            except ProtocolError as exc:
-                exc.request_id = request_id_of(message.meta)
-                raise
+            except ProtocolError as exc:  # the memfd's fault: the ERROR names the request it came with
+                raise ProtocolError(exc.code, str(exc), request_id=request_id_of(message.meta)) from None
         meta = validate_screen(message.meta, image)
         request_id = meta["request_id"]
         # A request id seen for the first time (the usual case) is queued at once, its image's sha256
@@ -528,32 +533,41 @@ class BridgeServer:
 def frame_fd(message: Message, fds: list[int] | None) -> int | None:
     """The memfd holding the image of ``message``, a SCREEN with body fd, from the descriptors that came
     with its frame (``fds``, see :meth:`BridgeServer.handle`); None for any other message. A
-    ``bad_request`` when they do not match what the message declares."""
+    ``bad_request`` when they do not match what the message declares, or when it declares no raw frame
+    with ``pixel_format`` (all of it metadata: refused before the memfd is mapped)."""
     by_fd = message.type is MessageType.SCREEN and message.meta.get("body") == FD_BODY
     came = len(fds or ())
+
+    def refusal(text: str) -> ProtocolError:
+        # The request id only here: finding it validates the whole metadata, which validate_screen does anyway.
+        return ProtocolError(ErrorCode.BAD_REQUEST, text, request_id=request_id_of(message.meta))
+
     if not by_fd:
         if came:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{plural(came, 'file descriptor')} came with a "
-                                                       f"{message.type.name} message, which takes none (only a "
-                                                       f"SCREEN with body fd takes one)",
-                                request_id=request_id_of(message.meta))
+            raise refusal(f"{plural(came, 'file descriptor')} came with a {message.type.name} message, which "
+                          f"takes none (only a SCREEN with body fd takes one)")
         return None
-    request_id = request_id_of(message.meta)
     if fds is None:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "body fd: this connection passes no file descriptors (only a "
-                                                   "Unix socket on Linux does); send the frame as the body",
-                            request_id=request_id)
+        raise refusal("body fd: this connection passes no file descriptors (only a Unix socket on Linux does); "
+                      "send the frame as the body")
     if came != 1:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a SCREEN with body fd takes one file descriptor (a sealed "
-                                                   f"memfd); {came or 'none'} came with it", request_id=request_id)
+        raise refusal(f"a SCREEN with body fd takes one file descriptor (a sealed memfd); {came or 'none'} came "
+                      f"with it")
     if message.body:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a SCREEN with body fd has its image in the file descriptor, "
-                                                   f"not in its frame ({len(message.body)} bytes there)",
-                            request_id=request_id)
+        raise refusal(f"a SCREEN with body fd has its image in the file descriptor, not in its frame "
+                      f"({len(message.body)} bytes there)")
+    if not (message.meta.get("format") == "raw" and "pixel_format" in message.meta):
+        raise refusal("body fd carries a raw frame: format raw with pixel_format, width and height")
     return fds[0]
 
 
-def image_source(meta: dict[str, Any], image: bytes) -> bytes | RawFrame:
+def close_fds(fds: list[int] | None) -> None:
+    """Close descriptors taken from a stream (None: a stream that passes none)."""
+    for fd in fds or ():
+        os.close(fd)
+
+
+def image_source(meta: dict[str, Any], image: bytes | memoryview) -> bytes | memoryview | RawFrame:
     if meta["format"] != "raw":
         return image
     if "pixel_format" in meta:

@@ -1,9 +1,10 @@
 """Byte streams and listeners for the bridge: Unix domain socket, TCP, serial line.
 
 A :class:`Stream` is what one connection loop talks to: ``read`` returns bytes, ``None`` when
-nothing arrived within the poll interval, or ``b""`` at end of stream. A Unix socket also passes
-file descriptors (protocol 1.2: a raw frame as a sealed memfd, docs/PROTOCOL.md), which its stream
-holds until the server takes them with the frame they came with, and :func:`map_sealed_frame` maps.
+nothing arrived within the poll interval, or ``b""`` at end of stream. A Unix socket on Linux also
+passes file descriptors (protocol 1.2: a raw frame as a sealed memfd, docs/PROTOCOL.md), which its
+stream holds until the server takes them (``take_fds``) with the bytes they came with, and
+:func:`map_sealed_frame` maps.
 """
 from __future__ import annotations
 
@@ -43,15 +44,25 @@ REQUIRED_SEALS = ("F_SEAL_WRITE", "F_SEAL_SHRINK", "F_SEAL_GROW")
 
 
 class TooManyFds(Exception):
-    """A peer sent more file descriptors than its frames can claim: its connection is closed."""
+    """More file descriptors came than a connection's frames can claim: it gets one bad_request (this
+    message) and is closed. Raised as such when a peer sends them; see :class:`FdsDropped`."""
+
+
+class FdsDropped(TooManyFds):
+    """The kernel dropped descriptors passed to a connection (MSG_CTRUNC): more in one message than a
+    read takes, or no free slot in the server's descriptor table, which is the server's state, not the
+    peer's doing. Which frame lost its descriptor is unknown, so the connection is closed too."""
 
 
 class Stream(Protocol):
     name: str
-    #: Whether file descriptors come with the bytes (a Unix socket); such a stream has ``take_fds``.
-    passes_fds: bool
 
     def read(self) -> bytes | None: ...
+
+    def take_fds(self, start: int, end: int) -> list[int] | None:
+        """The file descriptors that came with stream bytes ``start`` to ``end`` - 1, now the caller's to
+        close; None from a stream that cannot pass descriptors (TCP, a serial line, a Unix socket where
+        memfd does not exist)."""
 
     def write(self, data: bytes) -> None: ...
 
@@ -59,8 +70,6 @@ class Stream(Protocol):
 
 
 class SocketStream:
-    passes_fds = False
-
     def __init__(self, sock: socket.socket, name: str):
         self.sock = sock
         self.name = name
@@ -76,6 +85,9 @@ class SocketStream:
 
     def _receive(self) -> bytes:
         return self.sock.recv(_READ_SIZE)
+
+    def take_fds(self, start: int, end: int) -> list[int] | None:
+        return None
 
     def write(self, data: bytes) -> None:
         # A slow reader must not block the loop for ever: the send gets its own, longer deadline.
@@ -104,8 +116,6 @@ class UnixSocketStream(SocketStream):
     frame even when its frames are pipelined. Every held descriptor is closed with the stream.
     """
 
-    passes_fds = True
-
     def __init__(self, sock: socket.socket, name: str):
         super().__init__(sock, name)
         self._received = 0  # bytes read so far: the stream offset of the next byte
@@ -121,17 +131,20 @@ class UnixSocketStream(SocketStream):
                 fds = array.array("i")
                 fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
                 self._fds.extend((self._received - 1, fd) for fd in fds)
-        # MSG_CTRUNC: more descriptors came than the room; the kernel closed those that did not fit.
-        if flags & socket.MSG_CTRUNC or len(self._fds) > MAX_HELD_FDS:
+        if flags & socket.MSG_CTRUNC:  # the kernel closed those that did not fit the room or the table
+            self._close_fds()
+            raise FdsDropped("descriptors were dropped by the kernel: too many at once, or the server has no "
+                             "free descriptor")
+        if len(self._fds) > MAX_HELD_FDS:
             self._close_fds()
             raise TooManyFds(f"more file descriptors than the frames sent can carry (one per SCREEN with "
                              f"body fd; at most {MAX_HELD_FDS} held): closing")
         return data
 
     def take_fds(self, start: int, end: int) -> list[int]:
-        """The descriptors that came with stream bytes ``start`` to ``end`` - 1 (one frame, see
-        ``FrameParser.consumed``), oldest first, now the caller's to close. Those that came before
-        ``start``, with bytes no frame was made of (a refused frame), are closed."""
+        """The descriptors that came with stream bytes ``start`` to ``end`` - 1 (one frame, or the bytes
+        of a refused one, see ``FrameParser.consumed``), oldest first, now the caller's to close. Any held
+        from before ``start`` (they came with the rest of a refused frame, dropped as it arrived) are closed."""
         taken = []
         while self._fds and self._fds[0][0] < end:
             offset, fd = self._fds.popleft()
@@ -150,12 +163,26 @@ class UnixSocketStream(SocketStream):
         super().close()
 
 
+def descriptor_use() -> str:
+    """How many descriptors this process has open, of how many it may (Linux, where descriptors are
+    passed: each one received takes a slot)."""
+    import resource  # here, not at the top: Windows has none, and the bridge serves TCP and serial lines there
+
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        open_now = len(os.listdir("/proc/self/fd")) - 1  # less the one listing them
+    except OSError:  # EMFILE: not one free to list them with
+        return f"this process has all the descriptors of its limit of {limit} open (ulimit -n)"
+    return f"this process has {open_now} descriptors open of its limit of {limit} (ulimit -n)"
+
+
 def map_sealed_frame(fd: int, max_size: int) -> memoryview:
     """A read-only view of the frame in the sealed memfd ``fd`` (the pixels are neither read nor
     copied: they are the sender's pages, mapped). ``ProtocolError``: ``bad_request`` for a descriptor
-    that is not a memfd with :data:`REQUIRED_SEALS`, or holds nothing; ``frame_too_large`` above
-    ``max_size`` bytes, the limit of a frame's payload. ``fd`` stays the caller's to close: the
-    mapping does not need it."""
+    that is not a memfd with :data:`REQUIRED_SEALS`, holds nothing or cannot be mapped read-only (opened
+    write-only; the kernel's ENOMEM...); ``frame_too_large`` above ``max_size`` bytes, the limit of a
+    frame's payload. ``fd`` stays the caller's to close; the mapping holds a duplicate of its own
+    (CPython's mmap keeps one) until the view is released, so each frame mapped holds a descriptor."""
     import fcntl  # here, not at the top: Windows has none, and the bridge serves TCP and serial lines there
 
     try:
@@ -173,13 +200,16 @@ def map_sealed_frame(fd: int, max_size: int) -> memoryview:
                             f"the frame passed by file descriptor is {size} bytes, over the limit of {max_size}")
     if size == 0:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "the memfd passed is empty")
-    return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ))
+    try:
+        mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    except OSError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"the memfd passed cannot be mapped read-only "
+                                                   f"({exc.strerror})") from None
+    return memoryview(mapping)
 
 
 class SerialStream:
     """A UART or USB-CDC port (pyserial): one camera, one stream, no end of stream."""
-
-    passes_fds = False
 
     def __init__(self, device: str, baudrate: int = 115200):
         import serial  # pyserial (a base dependency): loaded only when a serial line is served
@@ -197,6 +227,9 @@ class SerialStream:
         if not first:
             return None
         return first + self.port.read(self.port.in_waiting)
+
+    def take_fds(self, start: int, end: int) -> list[int] | None:
+        return None
 
     def write(self, data: bytes) -> None:
         self.port.write(data)

@@ -18,7 +18,8 @@ from bridge_support import camera_frame, connect, running_server, small_jpeg
 
 from firmware_bridge import server as server_module
 from firmware_bridge.client import BridgeClient, BridgeError, sealed_memfd
-from firmware_bridge.protocol import FrameParser, Message, MessageType, encode_message
+from firmware_bridge.protocol import HEADER_SIZE, FrameParser, Message, MessageType, encode_message
+from firmware_bridge.screen_request import request_id_of
 from firmware_bridge.server import BridgeConfig, BridgeServer
 from firmware_bridge.store import ResultStore
 from firmware_bridge.transports import MAX_HELD_FDS, UnixSocketStream
@@ -72,15 +73,18 @@ def memfd_of(data: bytes, seals: int | None = None) -> int:
     return fd
 
 
-def test_a_frame_by_fd_screens_like_the_same_frame_inline(screener, photo, tmp_path, mapped):
+def test_a_frame_by_fd_screens_like_the_same_frame_inline(screener, photo, tmp_path, mapped, monkeypatch):
     frame = photo.tobytes()
+    # Finding a request id validates the whole metadata: a request answered validates it once (validate_screen).
+    looked_up = []
+    monkeypatch.setattr(server_module, "request_id_of", lambda meta: looked_up.append(meta) or request_id_of(meta))
     other = np.ascontiguousarray(photo[::-1]).tobytes()
     with running_server(screener, tmp_path / "r.sqlite3") as (server, address), connect(address) as client:
         # Without HELLO the client sends the body inline, as a 1.1 client does.
         inline = client.screen_raw("cam:inline", frame, width=WIDTH, height=HEIGHT, eye="left")
-        assert mapped == [] and not client.passes_fds
+        assert mapped == [] and not client.offers_fd_bodies
         hello = client.hello()
-        assert hello["minor_version"] == 2 and hello["body_transports"] == ["inline", "fd"] and client.passes_fds
+        assert hello["minor_version"] == 2 and hello["body_transports"] == ["inline", "fd"] and client.offers_fd_bodies
         by_fd = client.screen_raw("cam:fd", frame, width=WIDTH, height=HEIGHT, eye="left")
         assert mapped == [len(frame)]
         assert by_fd["result"]["status"] == inline["result"]["status"] != "error"
@@ -106,6 +110,7 @@ def test_a_frame_by_fd_screens_like_the_same_frame_inline(screener, photo, tmp_p
             client.screen_raw("cam:fd", other, width=WIDTH, height=HEIGHT)
         assert conflict.value.code == "id_conflict"
         assert client.status()["processed"] == 4
+    assert looked_up == []
 
 
 def test_refusals_are_one_bad_request_each_and_keep_no_descriptor(screener, photo, tmp_path, mapped):
@@ -120,7 +125,9 @@ def test_refusals_are_one_bad_request_each_and_keep_no_descriptor(screener, phot
         before = open_fds()
         pipe_read, pipe_write = os.pipe()
         disk_fd = os.open(on_disk, os.O_RDONLY)
-        good = [memfd_of(frame) for _ in range(4)]
+        good = [memfd_of(frame) for _ in range(5)]
+        # The same sealed memfd opened again write-only: seals and size pass, a read-only mapping cannot be made.
+        write_only = os.open(f"/proc/self/fd/{good[4]}", os.O_WRONLY)
         cases = [  # (metadata, body, descriptors, code, what the message says)
             (by_fd, b"", [], "bad_request", "none came with it"),
             (by_fd, b"", good[:2], "bad_request", "2 came with it"),
@@ -141,6 +148,7 @@ def test_refusals_are_one_bad_request_each_and_keep_no_descriptor(screener, phot
             (by_fd, frame, good[2:3], "bad_request", "not in its frame"),
             ({**by_fd, "format": "jpeg"}, b"", good[3:4], "bad_request", "body fd carries a raw frame"),
             ({**by_fd, "body": "shm"}, b"", [], "bad_request", "body must be inline (the image"),
+            (by_fd, b"", [write_only], "bad_request", "cannot be mapped read-only (Permission denied)"),
         ]
         try:
             for meta, body, fds, code, says in cases:
@@ -150,8 +158,10 @@ def test_refusals_are_one_bad_request_each_and_keep_no_descriptor(screener, phot
                 assert says in reply.meta["message"], reply.meta
                 assert reply.meta.get("request_id") == meta.get("request_id"), reply.meta
         finally:
-            for fd in {fd for _, _, fds, _, _ in cases for fd in fds} | {pipe_write}:
+            for fd in {fd for _, _, fds, _, _ in cases for fd in fds} | {pipe_write, good[4]}:
                 os.close(fd)
+        # Only the memfd of the wrong size was mapped: what the metadata alone refuses is refused before.
+        assert mapped == [len(frame) - WIDTH * 3]
         assert settles_to(before)
         # The connection goes on: a good frame by fd is screened, and its descriptor is not kept either.
         assert client.screen_raw("cam:1", frame, width=WIDTH, height=HEIGHT, by_fd=True)["result"]["status"] != "error"
@@ -161,7 +171,7 @@ def test_refusals_are_one_bad_request_each_and_keep_no_descriptor(screener, phot
 def test_tcp_never_offers_descriptors(screener, photo, tmp_path):
     with running_server(screener, tmp_path / "r.sqlite3", transport="tcp") as (_, address), connect(address) as client:
         hello = client.hello()
-        assert hello["minor_version"] == 2 and hello["body_transports"] == ["inline"] and not client.passes_fds
+        assert hello["minor_version"] == 2 and hello["body_transports"] == ["inline"] and not client.offers_fd_bodies
         reply = client.request(Message(MessageType.SCREEN, {"request_id": "cam:1", **LAYOUT, "body": "fd"}))
         assert reply.meta["code"] == "bad_request" and "passes no file descriptors" in reply.meta["message"]
         assert client.screen_raw("cam:1", photo.tobytes(), width=WIDTH, height=HEIGHT)["result"]["status"] != "error"
@@ -228,6 +238,57 @@ def test_a_peer_sending_descriptors_no_frame_claims_is_closed(screener, photo, t
             client.receive()
         os.close(memfd)
         assert settles_to(before - 2)  # the server's end of the connection and our memfd
+
+
+def test_the_descriptor_of_a_refused_frame_is_not_kept(screener, photo, tmp_path):
+    """A frame the parser refuses (its CRC) or drops (it stopped arriving) takes the descriptor that
+    came with it along: none is held after its ERROR, so such frames in a row never reach the limit of
+    descriptors held, and the connection goes on."""
+    memfd = sealed_memfd(photo.tobytes())
+    frame = encode_message(Message(MessageType.SCREEN, {"request_id": "cam:1", **LAYOUT, "body": "fd"}))
+    corrupted = frame[:-1] + bytes([frame[-1] ^ 0xFF])  # the payload's CRC-32
+    passed = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [memfd]))]
+    try:
+        with running_server(screener, tmp_path / "r.sqlite3", frame_timeout=0.3) as (_, address), \
+                connect(address) as client:
+            client.status()
+            before = open_fds()
+            for _ in range(MAX_HELD_FDS + 1):
+                client.sock.sendmsg([corrupted], passed)
+                assert client.receive().meta["code"] == "bad_checksum"
+                assert open_fds() == before
+            client.sock.sendmsg([frame[:HEADER_SIZE]], passed)  # and then nothing: the frame stalls
+            assert client.receive().meta["code"] == "truncated"
+            assert open_fds() == before
+            assert client.status()["health"] == "ok"
+    finally:
+        os.close(memfd)
+
+
+def test_descriptors_the_kernel_drops_close_the_connection_without_blaming_the_peer(screener, photo, tmp_path,
+                                                                                   caplog):
+    """More descriptors in one message than a read takes: the kernel drops the rest (MSG_CTRUNC), as it
+    does when the server has no free descriptor, so the reply and the log do not say whose fault it is."""
+    memfd = sealed_memfd(photo.tobytes())
+    frame = encode_message(Message(MessageType.STATUS))
+    too_many = array.array("i", [memfd] * (4 * MAX_HELD_FDS))
+    try:
+        with running_server(screener, tmp_path / "r.sqlite3") as (_, address), connect(address) as client, \
+                caplog.at_level("WARNING", logger="edge_retina.bridge"):
+            client.status()
+            before = open_fds()
+            client.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, too_many)])
+            reply = client.receive()
+            assert reply.meta["code"] == "bad_request"
+            assert reply.meta["message"] == ("descriptors were dropped by the kernel: too many at once, or the "
+                                             "server has no free descriptor")
+            with pytest.raises(ConnectionError):
+                client.receive()
+            assert settles_to(before - 1)  # the server's end of the connection
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert "dropped by the kernel" in warning and "descriptors open" in warning and "limit" in warning
+    finally:
+        os.close(memfd)
 
 
 def test_a_frame_by_fd_waiting_too_long_is_journalled_from_its_mapping(screener, photo, tmp_path, monkeypatch):
