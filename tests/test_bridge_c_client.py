@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 from bridge_support import REPO, running_server, small_jpeg
 
 from firmware_bridge.client import BridgeClient
+from firmware_bridge.protocol import FrameParser, Message, MessageType, encode_message
 
 C_CLIENT = REPO / "firmware_bridge" / "c_client"
 
@@ -77,3 +81,59 @@ def test_c_example_screens_a_raw_rgb_frame(example, screener, retina_rgb, tmp_pa
         wrong_size = subprocess.run([example, f"--{kind}", where, "--raw", "640x479", path, "cam-c:raw2"],
                                     capture_output=True, text=True)
         assert wrong_size.returncode == 64 and "640x479 RGB8 frame is 919680 bytes" in wrong_size.stderr
+
+
+def test_c_example_falls_back_to_an_inline_frame_without_a_memfd(example, screener, retina_rgb, tmp_path,
+                                                                  monkeypatch):
+    """memfd_create failing (here EMFILE: a limit of 4 descriptors, the socket taking the last) is one line
+    on stderr, and the frame goes in the SCREEN instead."""
+    from firmware_bridge import server as server_module
+
+    mapped = []
+    map_sealed_frame = server_module.map_sealed_frame
+    monkeypatch.setattr(server_module, "map_sealed_frame",
+                        lambda fd, max_size: mapped.append(fd) or map_sealed_frame(fd, max_size))
+    path = tmp_path / "capture.rgb"
+    path.write_bytes(np.ascontiguousarray(retina_rgb[100:580, 100:740]).tobytes())
+    with running_server(screener, tmp_path / "r.sqlite3") as (_, address):
+        run = subprocess.run(["sh", "-c", 'ulimit -n 4 && exec "$@"', "sh", example, "--unix",
+                              address.partition(":")[2], "--raw", "640x480", path, "cam-c:inline"],
+                             capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines()[0] == "cannot put the frame in a memfd (Too many open files): sending it inline"
+    hello, result = (json.loads(line) for line in run.stdout.splitlines())
+    assert "fd" in hello["body_transports"] and mapped == [] and result["result"]["status"] != "error"
+
+
+@pytest.mark.parametrize("transports", [["inline"], ["inline", "fd"]])
+def test_c_example_fails_cleanly_when_the_server_stops_reading(example, tmp_path, transports):
+    """A server gone between two requests is an I/O error the firmware handles (EPIPE), not SIGPIPE
+    killing it: on the plain writes and on the sendmsg passing a memfd."""
+    path = tmp_path / "capture.rgb"
+    path.write_bytes(bytes(640 * 480 * 3))
+    socket_dir = Path(tempfile.mkdtemp(prefix="erc-"))  # a socket path under 107 bytes
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_dir / "s.sock"))
+    listener.listen(1)
+
+    def answer_hello_then_stop_reading() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            parser = FrameParser()
+            while parser.next() is None:
+                parser.feed(conn.recv(65536))
+            conn.shutdown(socket.SHUT_RD)  # the client's next write fails with EPIPE
+            conn.sendall(encode_message(Message(MessageType.HELLO, {"version": 1, "minor_version": 2,
+                                                                    "body_transports": transports})))
+
+    server = threading.Thread(target=answer_hello_then_stop_reading, daemon=True)
+    server.start()
+    try:
+        run = subprocess.run([example, "--unix", socket_dir / "s.sock", "--raw", "640x480", path, "cam-c:1"],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        server.join(timeout=10)
+        listener.close()
+        shutil.rmtree(socket_dir)
+    assert run.returncode == 1, (run.returncode, run.stderr)
+    assert run.stderr.strip() == "SCREEN failed: Broken pipe"

@@ -83,10 +83,16 @@ static uint32_t get_u32(const uint8_t *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
 }
 
+/* Write all of `data`. To a socket with send(MSG_NOSIGNAL): a server gone fails the write (EPIPE)
+ * instead of raising SIGPIPE, whose default action kills the process, and a library cannot ask its
+ * firmware to ignore a signal process-wide. Anything else (a serial port, a memfd) refuses send with
+ * ENOTSOCK and gets write(). */
 static int write_all(int fd, const void *data, size_t len) {
     const uint8_t *p = (const uint8_t *)data;
+    int is_socket = 1;
     while (len) {
-        ssize_t n = write(fd, p, len);
+        ssize_t n = is_socket ? send(fd, p, len, MSG_NOSIGNAL) : write(fd, p, len);
+        if (n < 0 && is_socket && errno == ENOTSOCK) { is_socket = 0; continue; }
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return ER_ERR_IO;
         p += n; len -= (size_t)n;
@@ -99,6 +105,7 @@ static int read_all(int fd, void *data, size_t len) {
     while (len) {
         ssize_t n = read(fd, p, len);
         if (n < 0 && errno == EINTR) continue;
+        if (n == 0) errno = 0; /* the peer closed the connection: no error of the system's */
         if (n <= 0) return ER_ERR_IO;
         p += n; len -= (size_t)n;
     }
@@ -171,7 +178,7 @@ static int write_with_fd(int sock, uint8_t *data, size_t len, int fd) {
     cmsg->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
     ssize_t n;
-    do n = sendmsg(sock, &msg, 0); while (n < 0 && errno == EINTR);
+    do n = sendmsg(sock, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR); /* see write_all */
     if (n <= 0) return ER_ERR_IO;
     return write_all(sock, data + n, len - (size_t)n);
 }
@@ -225,7 +232,8 @@ int er_receive(er_client *c, uint8_t *type, char *json, size_t json_cap) {
     if (header[0] != 'E' || header[1] != 'R' || header[2] != ER_PROTOCOL_VERSION) return ER_ERR_PROTOCOL;
     if (er_crc32(0, header, 8) != get_u32(header + 8)) return ER_ERR_PROTOCOL;
     uint32_t payload_len = get_u32(header + 4);
-    if (payload_len < 4 || read_all(c->fd, word, 4) != ER_OK) return ER_ERR_PROTOCOL;
+    if (payload_len < 4) return ER_ERR_PROTOCOL;
+    if (read_all(c->fd, word, 4) != ER_OK) return ER_ERR_IO;
     uint32_t meta_len = get_u32(word);
     if (meta_len > payload_len - 4) return ER_ERR_PROTOCOL;
     uint32_t crc = er_crc32(0, word, 4);

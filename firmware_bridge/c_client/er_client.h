@@ -3,7 +3,9 @@
  *
  * C99, POSIX sockets only, no allocation, no other dependency: meant to be copied into camera
  * firmware. One request at a time per connection: send a message, read its reply. (Frames passed
- * by file descriptor, revision 1.2, also need Linux's memfd_create: see er_frame_memfd.)
+ * by file descriptor, revision 1.2, also need Linux's memfd_create: see er_frame_memfd.) Writes to
+ * a socket never raise SIGPIPE (MSG_NOSIGNAL): a server gone is ER_ERR_IO with errno EPIPE, so the
+ * firmware need not ignore the signal.
  *
  *   er_client c;
  *   if (er_connect_tcp(&c, "127.0.0.1", 7070) == ER_OK) {
@@ -38,7 +40,8 @@ enum er_message_type {
 /* Return codes. ER_ERR_SERVER and ER_ERR_BUSY leave the server's ERROR JSON in the reply buffer. */
 enum er_result {
     ER_OK = 0,
-    ER_ERR_IO = -1,        /* connect/read/write failed or the peer closed the connection */
+    ER_ERR_IO = -1,        /* connect/read/write failed (errno says why) or the peer closed the
+                              connection (errno 0) */
     ER_ERR_PROTOCOL = -2,  /* the reply is not a valid v1 frame (bad magic, checksum, layout) */
     ER_ERR_SERVER = -3,    /* the server answered ERROR (see its "code": docs/PROTOCOL.md) */
     ER_ERR_BUSY = -4,      /* ERROR "busy": send the same request again after "retry_after_ms" */
@@ -108,7 +111,8 @@ int er_screen_raw(er_client *c, const er_screen_meta *meta, const er_raw_frame *
  * er_frame_memfd: a new such memfd holding `frame`'s stride x height bytes (one copy; a camera that
  * captures into a memfd and seals it skips it). Returns the descriptor, for the caller to close once
  * sent, or ER_ERR_ARGUMENT (bad layout) / ER_ERR_IO (memfd_create, write or sealing failed: errno;
- * ENOSYS without memfd_create). */
+ * ENOSYS without memfd_create, EMFILE, EPERM from a seccomp filter...), when the frame can still be
+ * sent in the SCREEN (er_screen_raw), as the example does. */
 int er_frame_memfd(const er_raw_frame *frame);
 /* SCREEN the frame held by `frame_fd` (a memfd sealed as er_frame_memfd seals it) laid out as
  * `frame` says (frame->pixels is not used). `frame_fd` stays the caller's. */

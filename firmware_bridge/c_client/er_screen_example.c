@@ -5,7 +5,8 @@
  *
  * IMAGE is a JPEG or PNG file or, with --raw, a raw RGB8 frame (WIDTH*HEIGHT*3 bytes: rows of R,G,B
  * bytes, no padding), sent as a protocol 1.1 raw frame; when the server's HELLO offers it (a Unix
- * socket, revision 1.2), in a sealed memfd passed with the SCREEN instead of through the socket.
+ * socket, revision 1.2), in a sealed memfd passed with the SCREEN instead of through the socket
+ * (inline after all, with one line on stderr, when no memfd can be made).
  * Prints the server's HELLO and RESULT JSON (one line each) on stdout. Exit status: 0 screened,
  * 1 connection or protocol failure, 2 refused by the server (ERROR, printed on stderr), 64 usage.
  * BUSY is retried with the same request id, which the server screens at most once.
@@ -31,6 +32,19 @@ static const char *image_format(const unsigned char *data, size_t len) {
     if (len >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) return "jpeg";
     if (len >= 8 && memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0) return "png";
     return NULL;
+}
+
+/* Why a call failed: errno's text for ER_ERR_IO (the only code that leaves errno set), the server's
+ * ERROR JSON for ER_ERR_SERVER and ER_ERR_BUSY, what the code means otherwise. */
+static const char *failure(int rc) {
+    switch (rc) {
+    case ER_ERR_IO: return errno ? strerror(errno) : "the connection was closed";
+    case ER_ERR_PROTOCOL: return "the reply is not a valid frame";
+    case ER_ERR_SERVER: case ER_ERR_BUSY: return reply;
+    case ER_ERR_ARGUMENT: return "invalid argument";
+    case ER_ERR_SPACE: return "the reply does not fit its buffer";
+    default: return "unknown error";
+    }
 }
 
 static void sleep_ms(long ms) {
@@ -90,17 +104,13 @@ int main(int argc, char **argv) {
     er_set_timeout(&client, 120000);
 
     rc = er_hello(&client, reply, sizeof reply);
-    if (rc != ER_OK) { fprintf(stderr, "HELLO failed (%d): %s\n", rc, reply); er_close(&client); return rc == ER_ERR_SERVER ? 2 : 1; }
+    if (rc != ER_OK) { fprintf(stderr, "HELLO failed: %s\n", failure(rc)); er_close(&client); return rc == ER_ERR_SERVER ? 2 : 1; }
     printf("%s\n", reply);
 
     int frame_fd = -1; /* the frame in a sealed memfd, when the server takes frames by descriptor */
     if (frame.pixels && er_json_has(reply, "body_transports", "fd")) {
         frame_fd = er_frame_memfd(&frame);
-        if (frame_fd < 0) {
-            fprintf(stderr, "cannot put the frame in a memfd: %s\n", strerror(errno));
-            er_close(&client);
-            return 1;
-        }
+        if (frame_fd < 0) fprintf(stderr, "cannot put the frame in a memfd (%s): sending it inline\n", failure(frame_fd));
     }
     er_screen_meta meta = {0};
     meta.request_id = request_id;
@@ -124,6 +134,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s: %s\n", meta.request_id, status);
         return 0;
     }
-    fprintf(stderr, "SCREEN failed (%d): %s\n", rc, reply);
+    fprintf(stderr, "SCREEN failed: %s\n", failure(rc));
     return rc == ER_ERR_SERVER || rc == ER_ERR_BUSY ? 2 : 1;
 }
