@@ -44,7 +44,7 @@ def system_table(report: dict) -> list[str]:
 def parity_table(folder: Path) -> list[str]:
     lines = ["| dataset | condition | n+ / n- | threshold | model | AUROC | ΔAUROC [95 % CI] | DeLong p | retention "
              "| sensitivity | specificity | decisions as teacher |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    few = False
+    counts = []
     for path in sorted(folder.glob("parity-*.json")):
         report = json.loads(path.read_text())
         for row in report["conditions"]:
@@ -60,9 +60,10 @@ def parity_table(folder: Path) -> list[str]:
                     f"| {row['threshold']:.3f} | {name} | {auroc} | {delta_text} | {p_value} | {retention} "
                     f"| {model.get('sensitivity', float('nan')):.1%} | {model.get('specificity', float('nan')):.1%} "
                     f"| {agreement} |")
-            few |= metrics.few_labels(row["n_pos"], row["n_neg"])
-    if few:
-        lines += ["", metrics.FEW_LABELS_FOOTNOTE]
+            counts.append((row["n_pos"], row["n_neg"]))
+    footnote = metrics.few_labels_footnote(counts)
+    if footnote:
+        lines += ["", footnote]
     return lines
 
 

@@ -17,6 +17,7 @@ from edge_retina.preprocess import IMAGE_EXTENSIONS
 class Candidate:
     path: Path
     metadata: Mapping[str, str] = field(default_factory=dict)
+    csv: Path | None = None  # the calibration CSV that lists it (None: found in a folder, or named alone)
 
 
 def _read_csv(path: Path) -> list[Candidate]:
@@ -28,7 +29,7 @@ def _read_csv(path: Path) -> list[Candidate]:
     for row in rows:
         file = Path(row["file"])
         metadata = {k: (v or "") for k, v in row.items() if k != "file"}
-        candidates.append(Candidate(file if file.is_absolute() else path.parent / file, metadata))
+        candidates.append(Candidate(file if file.is_absolute() else path.parent / file, metadata, path))
     return candidates
 
 
@@ -57,7 +58,7 @@ def list_candidates(sources: Iterable[str | Path]) -> list[Candidate]:
 
 
 def check_stratify_columns(candidates: Sequence[Candidate], columns: Sequence[str]) -> None:
-    """ValueError naming the ``columns`` that some candidate lacks, and the columns they all have:
+    """ValueError naming the ``columns`` that some candidate lacks, and the columns each source has:
     stratified selection groups every candidate by every one of them. Read from the CSVs' headers,
     so it is known before an image is opened."""
     if not columns or not candidates:
@@ -66,8 +67,14 @@ def check_stratify_columns(candidates: Sequence[Candidate], columns: Sequence[st
     missing = ", ".join(repr(c) for c in columns if c not in shared)
     if not missing:
         return
-    if shared:
+    columns_of = {k.csv: list(k.metadata) for k in candidates}  # per source (a CSV's rows share its header)
+    if not any(columns_of.values()):
+        raise ValueError(f"cannot stratify by {missing}: the calibration candidates have no columns to group by (a "
+                         "calibration CSV's columns besides 'file'; images from folders have none)")
+    if len(columns_of) == 1:
         raise ValueError(f"cannot stratify by {missing}: not a column of the calibration CSV (its columns besides "
                          f"'file': {', '.join(shared)})")
-    raise ValueError(f"cannot stratify by {missing}: the calibration candidates have no columns to group by (a "
-                     "calibration CSV's columns besides 'file'; images from folders have none)")
+    sources = "; ".join(f"{'images from folders or named alone' if csv is None else csv}: {', '.join(names) or 'none'}"
+                        for csv, names in columns_of.items())
+    raise ValueError(f"cannot stratify by {missing}: not a column of every calibration source (their columns "
+                     f"besides 'file': {sources})")

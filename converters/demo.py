@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.filesize import decimal as format_size
@@ -46,6 +47,8 @@ from edge_retina.bench.parity import bundle_parity
 from edge_retina.bench.parity import parity_tables as parity_tables_rows
 from edge_retina.bundle import ARCHIVE_SUFFIX, Manifest, load_bundle, verify_bundle
 from edge_retina.bundle.signing import (
+    PUBLIC_KEY_SUFFIX,
+    SignatureError,
     TrustedKeys,
     check_signature,
     generate_key_pair,
@@ -53,7 +56,8 @@ from edge_retina.bundle.signing import (
     sign_bundle,
 )
 from edge_retina.console_tables import parity_console_tables, print_results, print_wrapped, rich_table, summarise
-from edge_retina.errors import BundleError
+from edge_retina.errors import BundleError, EdgeRetinaError
+from edge_retina.files import write_atomically
 from edge_retina.screener import Screener
 
 
@@ -141,28 +145,52 @@ def default_bundle(teacher: Teacher, bundle_dir: Path, datasets: Path | None, co
     return bundle_dir
 
 
+class DemoSigningError(EdgeRetinaError):
+    """Signing or verifying the default bundle failed. The bundle was built by then: the run's
+    outcome (exit 1), as a failed conversion step is, not a refusal before the work."""
+
+
 def demo_signing_key(key_dir: Path) -> tuple[Ed25519PrivateKey, TrustedKeys]:
-    """The demo's private key and the keys a device trusts (its public key), made on the first run
-    (the private key mode 0600) and reused by later ones."""
+    """The demo's private key and the keys a device trusts, made on the first run (the private key
+    mode 0600) and reused by later ones. The trusted public key is derived from the private key and
+    (re)written when it is missing or another key's, so the folder a device is given always takes
+    what the demo signs."""
     private = key_dir / DEMO_PRIVATE_KEY
     trusted = key_dir / DEMO_TRUSTED_KEYS
+    public = trusted / private.with_suffix(PUBLIC_KEY_SUFFIX).name
     if not private.exists():
-        generate_key_pair(private, trusted / private.with_suffix(".pub").name)
-    return load_private_key(private), TrustedKeys.from_directory(trusted)
+        public.unlink(missing_ok=True)  # a lost private key's: a device must not trust it
+        generate_key_pair(private, public)
+    private_key = load_private_key(private)
+    public_pem = private_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+    if not public.is_file() or public.read_bytes() != public_pem:
+        trusted.mkdir(parents=True, exist_ok=True)
+        write_atomically(public, public_pem)
+    return private_key, TrustedKeys.from_directory(trusted)
 
 
 def sign_default_bundle(bundle_dir: Path, key_dir: Path, console: Console) -> TrustedKeys:
     """Sign the bundle directory and its archive (when there is one) with the demo key, then check
     each as ``bundle verify --trusted-keys`` does (every file, and the signature by a trusted key);
-    returns the trusted keys, which screening then requires as a device does."""
-    private_key, trusted = demo_signing_key(key_dir)
-    archive = bundle_dir.with_suffix(ARCHIVE_SUFFIX)
-    for path in [bundle_dir, archive] if archive.is_file() else [bundle_dir]:
-        sign_bundle(path, private_key)
-        report = verify_bundle(path)
-        if not report.ok:
-            raise BundleError(f"{path} failed verification after signing: {'; '.join(report.problems)}")
-        signed_by = check_signature(path, trusted)
+    returns the trusted keys, which screening then requires as a device does. A path the demo key
+    has already signed (an up-to-date bundle of an earlier run) is not signed again: signing an
+    archive unpacks and repacks all of it."""
+    try:
+        private_key, trusted = demo_signing_key(key_dir)
+        demo_key = TrustedKeys([private_key.public_key()], source=str(key_dir))
+        archive = bundle_dir.with_suffix(ARCHIVE_SUFFIX)
+        for path in [bundle_dir, archive] if archive.is_file() else [bundle_dir]:
+            try:
+                check_signature(path, demo_key)
+            except SignatureError:  # unsigned, or signed before the manifest or the key changed
+                sign_bundle(path, private_key)
+            report = verify_bundle(path)
+            if not report.ok:
+                raise BundleError(f"{path} failed verification: {'; '.join(report.problems)}")
+            signed_by = check_signature(path, trusted)
+    except BundleError as exc:
+        raise DemoSigningError(f"signing the default bundle with the demo key of {key_dir} failed: {exc}") from exc
     print_wrapped(console, f"signed with demo key {signed_by} (not for production); verified")
     return trusted
 

@@ -42,10 +42,10 @@ def unwritable_reason(path: Path, *, folder: bool = False, overwrite: bool = Tru
     return None
 
 
-def misnamed_reason(path: Path, format: str, suffixes: Sequence[str]) -> str | None:
-    """Why ``path`` is the wrong name for a ``format`` file (its suffix is not one of ``suffixes``, in
-    lower case), or None: a report written under another format's name (JSON in r.csv, HTML in r.json)
-    is opened by the wrong program."""
+def misnamed_reason(path: Path, kind: str, suffixes: Sequence[str]) -> str | None:
+    """Why ``path`` is the wrong name for a file of ``kind`` ("JSON", "HTML"; its suffix is not one of
+    ``suffixes``, in lower case), or None: a report written under another format's name (JSON in
+    r.csv, HTML in r.json) is opened by the wrong program."""
     if Path(path).suffix.lower() in suffixes:
         return None
-    return f"the report is {format}; name a {' or '.join(suffixes)} file"
+    return f"the report is {kind}; name a {' or '.join(suffixes)} file"

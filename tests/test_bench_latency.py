@@ -232,6 +232,14 @@ def test_a_report_not_named_for_its_format_is_refused_before_benchmarking(comman
     assert not report.exists()
 
 
+def test_the_kind_of_a_misnamed_report_is_not_called_format():
+    """``format`` would shadow the built-in in the helper and in its callers' loops."""
+    from edge_retina.out_paths import misnamed_reason
+
+    assert misnamed_reason(Path("R.JSON"), kind="JSON", suffixes=(".json",)) is None
+    assert misnamed_reason(Path("r.csv"), kind="JSON", suffixes=(".json",)) == "the report is JSON; name a .json file"
+
+
 def test_parity_command_keeps_an_earlier_report_unless_overwrite(tiny_bundle, tmp_path):
     earlier = tmp_path / "parity.json"
     earlier.write_text("{}\n")

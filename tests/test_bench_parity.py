@@ -110,6 +110,15 @@ def test_an_auroc_on_fewer_than_10_positives_or_negatives_is_marked_and_footnote
     assert lines.count(FOOTNOTE) == few and widest_line("\n".join(lines)) <= COLUMNS  # one line of its own
 
 
+def test_one_footnote_for_a_table_with_any_row_on_few_labels():
+    """Every table that marks an AUROC (parity, bundle inspect's student card, the student's report,
+    BENCHMARKS' parity table) asks this one function whether it needs the footnote."""
+    from edge_retina.bench.metrics import few_labels_footnote
+
+    assert few_labels_footnote([(40, 80), (2, 118)]) == FOOTNOTE
+    assert few_labels_footnote(iter([(40, 80), (10, 10)])) is None and few_labels_footnote([]) is None
+
+
 def test_labels_csv_round_trip(tmp_path):
     images = tmp_path / "photos"
     images.mkdir()

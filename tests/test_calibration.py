@@ -122,19 +122,26 @@ def test_embeddings_and_strata_drive_selection(candidates_csv, tmp_path):
 @pytest.mark.parametrize("sources, says", [
     (["labelled.csv"], "cannot stratify by 'camera': not a column of the calibration CSV (its columns besides "
                        "'file': label, site)"),
-    (["labelled.csv", "folder"], "cannot stratify by 'label', 'camera': the calibration candidates have no columns "
-                                 "to group by"),
+    (["folder"], "cannot stratify by 'label', 'camera': the calibration candidates have no columns to group by"),
+    # Each source's own columns: the intersection would say labelled.csv has no 'site' (or folders a 'label').
+    (["labelled.csv", "cameras.csv"], "cannot stratify by 'camera': not a column of every calibration source (their "
+                                      "columns besides 'file': {tmp}/labelled.csv: label, site; {tmp}/cameras.csv: "
+                                      "label, camera)"),
+    (["labelled.csv", "folder"], "cannot stratify by 'label', 'camera': not a column of every calibration source "
+                                 "(their columns besides 'file': {tmp}/labelled.csv: label, site; images from "
+                                 "folders or named alone: none)"),
 ])
 def test_a_stratification_column_a_candidate_lacks_is_refused_before_an_image_is_read(sources, says, tmp_path,
                                                                                        monkeypatch):
     (tmp_path / "labelled.csv").write_text("file,label,site\na.jpg,normal,north\n")
+    (tmp_path / "cameras.csv").write_text("file,label,camera\nc.jpg,glaucoma,x1\n")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "b.jpg").write_bytes(b"")
     monkeypatch.setattr(Preprocessor, "prepare", lambda *args: pytest.fail("an image was read"))
     with pytest.raises(ValueError) as refused:
         build_calibration_set(list_candidates([tmp_path / s for s in sources]), tmp_path / "x", SPEC,
                               stratify_by=["label", "camera"])
-    assert str(refused.value).startswith(says)
+    assert str(refused.value).startswith(says.format(tmp=tmp_path)), refused.value
 
 
 def test_load_verifies_tensors_and_spec(candidates_csv, tmp_path):

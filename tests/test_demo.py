@@ -4,17 +4,27 @@ import io
 import json
 import shutil
 import stat
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from converters.demo import DEMO_KEY_DIR, DEMO_PRIVATE_KEY, DEMO_TRUSTED_KEYS, demo_settings, sign_default_bundle
+from converters.demo import (
+    DEMO_KEY_DIR,
+    DEMO_PRIVATE_KEY,
+    DEMO_TRUSTED_KEYS,
+    DemoSigningError,
+    demo_settings,
+    sign_default_bundle,
+)
 from converters.reference.data import load_records
 from edge_retina.bundle import MANIFEST_NAME
 from edge_retina.bundle.manifest import canonical_json
-from edge_retina.bundle.signing import read_signed_parts
+from edge_retina.bundle.paths import SIGNATURE_NAME
+from edge_retina.bundle.signing import check_signature, read_signed_parts
 from edge_retina.cli.bundle import bundle as bundle_cli
-from narrow_terminal import COLUMNS, unwrapped
+from narrow_terminal import COLUMNS, narrow_runner, one_error, unwrapped
 
 
 def test_without_datasets_the_default_bundle_is_fp32_only():
@@ -109,3 +119,76 @@ def test_the_demo_signs_its_bundle_and_archive_with_a_demo_key_that_verify_accep
     refused = CliRunner().invoke(bundle_cli, ["verify", str(bundle), "--json", "--trusted-keys", trusted.source])
     assert refused.exit_code == 1
     assert any("signature does not match" in p for p in json.loads(refused.output)["problems"])
+
+
+def _signed_copy(tiny_bundle, tiny_bundle_archive, tmp_path):
+    """The tiny bundle and its archive where the demo keeps its default bundle, signed by the demo."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "default-bundle")
+    archive = shutil.copy(tiny_bundle_archive, tmp_path / "default-bundle.erb.tar")
+    trusted = sign_default_bundle(bundle, tmp_path / DEMO_KEY_DIR, Console(file=io.StringIO()))
+    return bundle, archive, trusted
+
+
+def test_the_demo_does_not_sign_again_what_its_key_signed_but_still_verifies_it(tiny_bundle, tiny_bundle_archive,
+                                                                               tmp_path, monkeypatch):
+    """Signing an archive unpacks and repacks all of it (40 MB): not on every run of an up-to-date bundle."""
+    from edge_retina.bundle.signing import generate_key_pair, load_private_key, sign_bundle
+
+    bundle, archive, trusted = _signed_copy(tiny_bundle, tiny_bundle_archive, tmp_path)
+    signed = {path: path.joinpath(SIGNATURE_NAME).read_bytes() if path.is_dir() else path.read_bytes()
+              for path in (bundle, archive)}
+    monkeypatch.setattr("converters.demo.sign_bundle", lambda *args: pytest.fail("signed again"))
+    again = sign_default_bundle(bundle, tmp_path / DEMO_KEY_DIR, Console(file=io.StringIO()))
+    assert list(again) == list(trusted)
+    assert signed == {path: path.joinpath(SIGNATURE_NAME).read_bytes() if path.is_dir() else path.read_bytes()
+                      for path in (bundle, archive)}
+
+    engine = next(p for p in sorted((bundle / "engines").iterdir()) if p.is_file())
+    engine.write_bytes(engine.read_bytes() + b"\0")  # signed, but its files no longer match
+    with pytest.raises(DemoSigningError, match="expected sha256"):
+        sign_default_bundle(bundle, tmp_path / DEMO_KEY_DIR, Console(file=io.StringIO()))
+
+    monkeypatch.undo()
+    shutil.copy(tiny_bundle / engine.relative_to(bundle), engine)
+    generate_key_pair(tmp_path / "other.key", tmp_path / "other.pub")
+    sign_bundle(bundle, load_private_key(tmp_path / "other.key"))  # another key's signature is replaced
+    sign_default_bundle(bundle, tmp_path / DEMO_KEY_DIR, Console(file=io.StringIO()))
+    assert check_signature(bundle, trusted) == next(iter(trusted))
+
+
+@pytest.mark.parametrize("change", ["deleted", "another key's", "private key lost"])
+def test_the_demos_trusted_keys_always_take_its_private_key(change, tiny_bundle, tiny_bundle_archive, tmp_path):
+    """The folder a device is given must accept what the demo signs, whatever became of it."""
+    from edge_retina.bundle.signing import generate_key_pair
+
+    bundle, _, first = _signed_copy(tiny_bundle, tiny_bundle_archive, tmp_path)
+    key_dir = tmp_path / DEMO_KEY_DIR
+    public = key_dir / DEMO_TRUSTED_KEYS / Path(DEMO_PRIVATE_KEY).with_suffix(".pub").name
+    if change == "deleted":
+        shutil.rmtree(key_dir / DEMO_TRUSTED_KEYS)
+    elif change == "another key's":
+        public.unlink()
+        generate_key_pair(tmp_path / "other.key", public)
+    else:
+        (key_dir / DEMO_PRIVATE_KEY).unlink()
+    trusted = sign_default_bundle(bundle, key_dir, Console(file=io.StringIO()))
+    assert [p.name for p in (key_dir / DEMO_TRUSTED_KEYS).iterdir()] == [public.name]
+    assert (list(trusted) == list(first)) == (change != "private key lost")
+    for path in (bundle, bundle.with_suffix(".erb.tar")):
+        accepted = CliRunner().invoke(bundle_cli, ["verify", str(path), "--trusted-keys", trusted.source])
+        assert accepted.exit_code == 0, accepted.output
+
+
+def test_a_signing_step_that_fails_ends_the_demo_with_1_not_as_a_refusal(tiny_bundle, tmp_path, monkeypatch):
+    """The bundle was built by then: the run's outcome (1), like a failed conversion step."""
+    from edge_retina.cli.main import cli
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "default-bundle")
+    engine = next(p for p in sorted((bundle / "engines").iterdir()) if p.is_file())
+    engine.write_bytes(engine.read_bytes() + b"\0")
+    monkeypatch.setattr("converters.demo.run_demo", lambda config: sign_default_bundle(
+        bundle, config.workdir / DEMO_KEY_DIR, Console(file=io.StringIO())))
+    result = narrow_runner().invoke(cli, ["demo", "--workdir", str(tmp_path)])
+    assert result.exit_code == 1 and one_error(result.output), result.output
+    assert unwrapped(f"signing the default bundle with the demo key of {tmp_path / DEMO_KEY_DIR} failed") \
+        in unwrapped(result.output), result.output

@@ -107,13 +107,30 @@ def test_distillation_is_deterministic_and_resume_matches_an_uninterrupted_run(t
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in first.history]
 
 
-def test_resume_refuses_another_recipe(tiny_teacher, photo_dir, tmp_path):
+def test_resume_refuses_another_recipe_or_teacher_before_the_teacher_embeds_an_image(tiny_teacher, photo_dir,
+                                                                                       tmp_path):
+    """Another seed or teacher misses the embedding cache: found after the embedding, it cost hours."""
+    from dataclasses import replace
+
     from converters.distill.train import DistillError
 
     distill(tiny_teacher, photos(photo_dir), tmp_path, TINY, max_epochs_this_run=1, progress=False)
-    with pytest.raises(DistillError, match="another recipe"):
+    calls = tiny_teacher.image_encoder.calls
+    with pytest.raises(DistillError, match="another recipe or teacher"):
         distill(tiny_teacher, photos(photo_dir), tmp_path, DistillConfig(**{**TINY.__dict__, "seed": 8}),
                 resume=True, progress=False)
+    with pytest.raises(DistillError, match="another recipe or teacher"):
+        distill(replace(tiny_teacher, checkpoint_sha256="1" * 64), photos(photo_dir), tmp_path, TINY,
+                resume=True, progress=False)
+    assert tiny_teacher.image_encoder.calls == calls
+
+
+def test_resume_refuses_another_image_set(tiny_teacher, photo_dir, tmp_path):
+    from converters.distill.train import DistillError
+
+    distill(tiny_teacher, photos(photo_dir), tmp_path, TINY, max_epochs_this_run=1, progress=False)
+    with pytest.raises(DistillError, match="another image set"):
+        distill(tiny_teacher, photos(photo_dir)[:5], tmp_path, TINY, resume=True, progress=False)
 
 
 def test_unreadable_images_are_skipped_and_a_second_run_hits_the_content_caches(tiny_teacher, photo_dir, tmp_path,
@@ -288,6 +305,7 @@ def _unreadable_teacher(family, checkpoint, **options):
     ("out", "cannot write the student to /proc/student.safetensors"),
     ("prompts", "cannot read prompt file"),
     ("images", "no images found"),
+    ("work-dir", "cannot write checkpoints to --work-dir /proc/run"),
 ])
 def test_distill_refuses_what_it_cannot_read_or_write_before_the_work(refused, says, tiny_teacher, photo_dir, tmp_path,
                                                                       monkeypatch):
@@ -297,11 +315,24 @@ def test_distill_refuses_what_it_cannot_read_or_write_before_the_work(refused, s
     monkeypatch.setattr("converters.distill.distill", lambda *args, **kwargs: pytest.fail("distilled"))
     (tmp_path / "prompts.json").write_text("{not json")
     (tmp_path / "no-photos").mkdir()
-    options = {"out": ["--out", "/proc/student.safetensors"], "prompts": ["--prompts", str(tmp_path / "prompts.json")]}
+    options = {"out": ["--out", "/proc/student.safetensors"], "prompts": ["--prompts", str(tmp_path / "prompts.json")],
+               "work-dir": ["--work-dir", "/proc/run"]}
     result = _distill_cli(tmp_path, tmp_path / "no-photos" if refused == "images" else photo_dir,
                           *options.get(refused, []))
     assert result.exit_code == 2 and one_error(result.output), result.output
     assert unwrapped(says) in unwrapped(result.output), result.output
+
+
+def test_distill_refuses_to_resume_another_recipes_checkpoint_before_the_work(tiny_teacher, photo_dir, tmp_path,
+                                                                               monkeypatch):
+    """Refused (2) in one line before any image is embedded, not found in the run once they are."""
+    distill(tiny_teacher, photos(photo_dir), tmp_path / "run", TINY, max_epochs_this_run=1, progress=False)
+    monkeypatch.setattr("converters.teachers.load_teacher", lambda family, checkpoint, **options: tiny_teacher)
+    monkeypatch.setattr("converters.distill.distill", lambda *args, **kwargs: pytest.fail("distilled"))
+    result = _distill_cli(tmp_path, photo_dir, "--resume", "--seed", "8")
+    assert result.exit_code == 2 and one_error(result.output), result.output
+    assert unwrapped(f"{tmp_path / 'run' / 'last.pt'} was written by another recipe or teacher") \
+        in unwrapped(result.output), result.output
 
 
 def test_a_bug_in_a_distillation_run_still_shows_its_traceback(tiny_teacher, photo_dir, tmp_path, monkeypatch):

@@ -22,12 +22,13 @@ def demo(workdir: Path, datasets: Path | None, rebuild: bool, parity_limit: int)
     sign it with a demo key (not for production) and verify it, screen sample images, and print
     latency and parity tables."""
     from converters.convert_pipeline import ConvertError
-    from converters.demo import DemoConfig, run_demo
+    from converters.demo import DemoConfig, DemoSigningError, run_demo
 
     try:
         run_demo(DemoConfig(workdir=workdir, datasets=datasets or shared_datasets_dir(), rebuild=rebuild,
                             parity_limit=parity_limit))
-    except ConvertError as exc:  # building the default bundle failed: the run's outcome (1), as `convert`'s
+    except (ConvertError, DemoSigningError) as exc:
+        # building or signing the default bundle failed: the run's outcome (1), as `convert`'s
         fail(exc, exit_code=1)
 
 

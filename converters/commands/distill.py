@@ -87,6 +87,7 @@ def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ..
     from converters.distill import DistillConfig, save_student
     from converters.distill import distill as run_distillation
     from converters.distill.student import STUDENT_WEIGHTS
+    from converters.distill.train import resumable_checkpoint
     from converters.prompt_files import load_prompt_file
     from converters.teachers import load_teacher
     from edge_retina.console_tables import print_wrapped
@@ -106,6 +107,9 @@ def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ..
     unwritable = unwritable_reason(weights)
     if unwritable:
         fail(f"cannot write the student to {weights}: {unwritable}")
+    unwritable = unwritable_reason(work_dir, folder=True)
+    if unwritable:
+        fail(f"cannot write checkpoints to --work-dir {work_dir}: {unwritable}")
     if not image_dirs:
         datasets = datasets or shared_datasets_dir()
         if datasets is None:
@@ -116,6 +120,8 @@ def distill(family: str, checkpoint: Path | None, teacher_options: tuple[str, ..
             fail("no images found")
         load_prompt_file(prompt_file)
         teacher = load_teacher(family, checkpoint, **parse_teacher_options(teacher_options))
+        if resume:  # a checkpoint of another recipe or teacher
+            resumable_checkpoint(work_dir, config, teacher)
     except EdgeRetinaError:
         raise  # the command line prints it: one line, or the traceback with -v
     except (OSError, ValueError) as exc:  # a file that cannot be read: the checkpoint, the prompt file...

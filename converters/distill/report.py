@@ -182,8 +182,9 @@ def format_markdown(parity: StudentParity, profile: dict | None = None, split: s
         lines.append(f"| {r.dataset} | {r.condition} | {r.n_pos}/{r.n_neg} | {teacher} | "
                      f"{student} | {_fmt(r.retention, 2)} | [{r.delta_ci95[0]:+.3f}, {r.delta_ci95[1]:+.3f}] | "
                      f"{r.decision_agreement:.3f} @{r.threshold:.3g} |")
-    if any(metrics.few_labels(r.n_pos, r.n_neg) for r in parity.rows):
-        lines += ["", metrics.FEW_LABELS_FOOTNOTE]
+    footnote = metrics.few_labels_footnote((r.n_pos, r.n_neg) for r in parity.rows)
+    if footnote:
+        lines += ["", footnote]
     lines += ["", "| dataset | images | cosine to teacher: mean | median | 5th percentile | min |",
               "|---|---:|---:|---:|---:|---:|"]
     for dataset, c in parity.cosine.items():

@@ -206,6 +206,22 @@ def _optimiser(student: StudentEncoder, config: DistillConfig) -> torch.optim.Op
                              lr=config.lr, weight_decay=config.weight_decay)
 
 
+def resumable_checkpoint(work_dir: Path, config: DistillConfig, teacher: Teacher) -> dict | None:
+    """The checkpoint in ``work_dir`` to resume from (None if there is none), or a DistillError if
+    another recipe or teacher wrote it. Checked before any image is read: with another teacher, seed
+    or augmentation the teacher's embeddings miss their cache, and would be recomputed for hours
+    before the mismatch showed. Memory-mapped, so this reads no weights. (The image set that wrote
+    it is checked once the images are hashed.)"""
+    checkpoint = Path(work_dir) / CHECKPOINT
+    if not checkpoint.is_file():
+        return None
+    state = torch.load(checkpoint, weights_only=False, mmap=True)
+    if state["config"] != config.to_dict() or state["teacher_sha256"] != teacher.checkpoint_sha256:
+        raise DistillError(f"{checkpoint} was written by another recipe or teacher: "
+                           "resume with the same ones, or start afresh in another directory")
+    return state
+
+
 def distill(
     teacher: Teacher,
     images: Sequence[Path],
@@ -227,6 +243,7 @@ def distill(
     started = time.time()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    state = resumable_checkpoint(work_dir, config, teacher) if resume else None
     student_spec = student_input_spec(teacher.input_spec, config.size)
     keys, pixels, targets, skipped = cached_training_set(
         teacher, student_spec, images, Path(cache_dir) if cache_dir else work_dir / "cache", config,
@@ -255,12 +272,10 @@ def distill(
     total_steps = steps_per_epoch * config.epochs
     start_epoch, history = 0, []
     checkpoint = work_dir / CHECKPOINT
-    if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
-        if state["config"] != config.to_dict() or state["data_sha256"] != data_sha256 \
-                or state["teacher_sha256"] != teacher.checkpoint_sha256:
-            raise DistillError(f"{checkpoint} was written by another recipe, image set or teacher: "
-                               "resume with the same ones, or start afresh in another directory")
+    if state is not None:
+        if state["data_sha256"] != data_sha256:
+            raise DistillError(f"{checkpoint} was written from another image set: "
+                               "resume with the same images, or start afresh in another directory")
         student.load_state_dict(state["student"])
         optimiser.load_state_dict(state["optimiser"])
         start_epoch, history = state["epoch"] + 1, state["history"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
 #: Fewer positives or negatives than this and an AUROC rests on too few photos to be taken at face
 #: value: one photo more or less moves it by up to 1 / that count (by 0.5 with 2 positives). Every
 #: table that prints an AUROC measured on labels marks such a value (``format_auroc``) and explains
-#: the mark in a footnote (``FEW_LABELS_FOOTNOTE``).
+#: the mark in a footnote (``few_labels_footnote``).
 MIN_LABELS_PER_CLASS = 10
 #: Not "*", which the screening table already uses for "over the referral threshold".
 FEW_LABELS_MARK = "?"
@@ -52,6 +53,12 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> float:
 def few_labels(n_pos: int, n_neg: int) -> bool:
     """Whether an AUROC on ``n_pos`` positives and ``n_neg`` negatives rests on too few of either."""
     return min(n_pos, n_neg) < MIN_LABELS_PER_CLASS
+
+
+def few_labels_footnote(counts: Iterable[tuple[int, int]]) -> str | None:
+    """The footnote of a table whose AUROCs rest on these (positives, negatives) counts: what its
+    marks mean (``FEW_LABELS_FOOTNOTE``) if any row is marked (``few_labels``), else None."""
+    return FEW_LABELS_FOOTNOTE if any(few_labels(n_pos, n_neg) for n_pos, n_neg in counts) else None
 
 
 def format_auroc(value: float, n_pos: int, n_neg: int, digits: int = 4) -> str:

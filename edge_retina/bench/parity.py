@@ -352,7 +352,7 @@ def parity_tables(report: ParityReport) -> list[ParityTable]:
         tables.append(ParityTable(f"{c.condition}: {counts}, {threshold}",
                                   ["model", "AUROC", "ΔAUROC [95% CI] DeLong p", "retention", "sensitivity",
                                    "specificity", "agreement"], rows,
-                                  metrics.FEW_LABELS_FOOTNOTE if c.few_labels else None))
+                                  metrics.few_labels_footnote([(c.n_pos, c.n_neg)])))
     cosine_rows = [[name, *(f"{v:.6f}" for v in metrics.distribution(values).values())]
                    for name, values in report.cosine.items()]
     tables.append(ParityTable(f"Embedding cosine to {report.reference} ({plural(report.n_images, 'image')})",

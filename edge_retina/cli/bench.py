@@ -33,10 +33,10 @@ def _check_out(out: Path | None, html: Path | None, *, overwrite: bool) -> None:
     """Refuse an --out or --html that cannot be written, or that holds a report and --overwrite was not
     given, before the benchmark runs, not after it; and one not named for its format (--out .json,
     --html .html or .htm), as `screen` refuses a suffix it cannot write."""
-    for path, format, suffixes in ((out, "JSON", (".json",)), (html, "HTML", (".html", ".htm"))):
+    for path, kind, suffixes in ((out, "JSON", (".json",)), (html, "HTML", (".html", ".htm"))):
         if path is None:
             continue
-        reason = misnamed_reason(path, format, suffixes) or unwritable_reason(path, overwrite=overwrite)
+        reason = misnamed_reason(path, kind, suffixes) or unwritable_reason(path, overwrite=overwrite)
         if reason:
             fail(f"cannot write the report to {path}: {reason}")
 

@@ -152,12 +152,13 @@ def _distillation_table(report: dict) -> Table:
 
     profile = report.get("profile") if isinstance(report.get("profile"), dict) else {}
     speed = f", {number(profile.get('speedup'), 1)}x faster (FP32, medians)" if profile.get("speedup") else ""
-    rows, marked = [], False
+    rows, label_counts = [], []
     for name, c in report["conditions"].items():
         c = c if isinstance(c, dict) else {}
         counts = (c.get("n_pos"), c.get("n_neg"))
         counted = all(isinstance(n, int) for n in counts)
-        marked |= counted and metrics.few_labels(*counts)
+        if counted:
+            label_counts.append(counts)
         aurocs = [metrics.format_auroc(v, *counts, digits=3) if counted and isinstance(v, (int, float)) else number(v)
                   for v in (c.get("auroc_teacher"), c.get("auroc_student"))]
         agreement = c.get("decision_agreement")
@@ -166,7 +167,7 @@ def _distillation_table(report: dict) -> Table:
     return rich_table(f"student vs teacher on {report.get('held_out_images')} held-out images{speed}; AUROC, "
                       "retention of its skill, decisions that agree with the teacher's",
                       ["condition", "pos/neg", "teacher", "student", "retention", "agree"], rows,
-                      footnote=metrics.FEW_LABELS_FOOTNOTE if marked else None)
+                      footnote=metrics.few_labels_footnote(label_counts))
 
 
 @bundle.command()
