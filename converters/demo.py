@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.filesize import decimal as format_size
@@ -53,6 +52,7 @@ from edge_retina.bundle.signing import (
     check_signature,
     generate_key_pair,
     load_private_key,
+    public_key_pem,
     sign_bundle,
 )
 from edge_retina.console_tables import parity_console_tables, print_results, print_wrapped, rich_table, summarise
@@ -162,8 +162,7 @@ def demo_signing_key(key_dir: Path) -> tuple[Ed25519PrivateKey, TrustedKeys]:
         public.unlink(missing_ok=True)  # a lost private key's: a device must not trust it
         generate_key_pair(private, public)
     private_key = load_private_key(private)
-    public_pem = private_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = public_key_pem(private_key)
     if not public.is_file() or public.read_bytes() != public_pem:
         trusted.mkdir(parents=True, exist_ok=True)
         write_atomically(public, public_pem)

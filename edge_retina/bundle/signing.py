@@ -97,6 +97,12 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:KEY_ID_HEX_DIGITS]
 
 
+def public_key_pem(private_key: Ed25519PrivateKey) -> bytes:
+    """The public half of ``private_key`` as the PEM a trusted-keys folder holds."""
+    return private_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def generate_key_pair(private_path: str | os.PathLike[str], public_path: str | os.PathLike[str]) -> str:
     """Write a new private key (PKCS#8 PEM, mode 0600) and its public key (PEM); returns the key id.
 
@@ -122,9 +128,7 @@ def generate_key_pair(private_path: str | os.PathLike[str], public_path: str | o
     private_pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    public_pem = private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    public_pem = public_key_pem(private_key)
     written: list[Path] = []
     try:
         fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
